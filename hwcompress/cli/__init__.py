@@ -1,0 +1,89 @@
+"""The ``hwcompress`` command line: a thin layer that parses, calls the library, and prints.
+
+Errors in the user's input (:class:`~hwcompress.errors.UserError`) are printed as one line on stderr
+with exit code 2; ``--debug`` or ``HWCOMPRESS_DEBUG=1`` shows the traceback instead. Heavy modules are
+imported inside the commands so that ``hwcompress --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from hwcompress import __version__
+from hwcompress.errors import UserError
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("HWCOMPRESS_DEBUG", "") not in ("", "0")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="hwcompress")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (or set HWCOMPRESS_DEBUG=1).")
+def cli(debug: bool) -> None:
+    """Compress a trained PyTorch network until it meets a latency budget measured on a real device.
+
+    \b
+    Examples:
+      hwcompress profile                                 # resnet18 on this CPU, measured
+      hwcompress profile --model mobilenet_v2 --json -   # the JSON document on stdout
+      hwcompress devices                                 # what can be measured or predicted here
+      hwcompress search --latency-ms 5                   # compress the embedded default to 5 ms
+    """
+    if debug:
+        os.environ["HWCOMPRESS_DEBUG"] = "1"
+
+
+def _add_commands() -> None:
+    from hwcompress.cli import devices_cmd, profile_cmd, search_cmd
+
+    cli.add_command(profile_cmd.profile)
+    cli.add_command(devices_cmd.devices)
+    cli.add_command(devices_cmd.plugins_command)
+    cli.add_command(search_cmd.search)
+    from hwcompress import plugins
+
+    plugins.call_register_hook("register_commands", cli)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``hwcompress`` script."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
+    if argv is not None:
+        argv = list(argv)
+    elif "--debug" in sys.argv[1:]:
+        os.environ["HWCOMPRESS_DEBUG"] = "1"
+    try:
+        _add_commands()
+        cli.main(args=argv, prog_name="hwcompress", standalone_mode=False)
+    except UserError as error:
+        if debug_enabled():
+            raise
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:
+        if debug_enabled():
+            raise
+        click.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,73 @@
+"""``hwcompress devices`` and ``hwcompress plugins``: what is installed and what can run here."""
+
+from __future__ import annotations
+
+import click
+
+from hwcompress.cli.common import console, emit_json
+
+
+@click.command()
+@click.option("--json", "json_target", metavar="FILE", help="Write the list as JSON to FILE ('-' for stdout).")
+def devices(json_target):
+    """List every device (catalog, plugins, user folder) and whether it can be measured here.
+
+    \b
+    Status: 'measured' = this machine is the device and its profiler works; 'lut' = predicted from a
+    recorded lookup table; 'unavailable' = neither, with the reason and the fix.
+
+    \b
+    Examples:
+      hwcompress devices
+      hwcompress devices --json - | jq '.[].name'
+    """
+    from rich.table import Table
+
+    from hwcompress.devices import catalog
+    from hwcompress.profiling import device_status
+
+    rows = []
+    for descriptor in catalog():
+        status, reason = device_status(descriptor)
+        rows.append({**descriptor.to_dict(), "status": status, "reason": reason, "source": descriptor.source})
+    if json_target:
+        emit_json(rows, json_target)
+        if json_target == "-":
+            return
+    table = Table(title="devices")
+    for column in ("device", "aliases", "profiler", "status", "why / how"):
+        table.add_column(column, overflow="fold")
+    colors = {"measured": "green", "lut": "cyan", "unavailable": "red"}
+    for row in rows:
+        table.add_row(row["name"], ", ".join(row["aliases"]), row["profiler"], f"[{colors[row['status']]}]{row['status']}[/]", row["reason"])
+    console().print(table)
+
+
+@click.command("plugins")
+@click.option("--json", "json_target", metavar="FILE", help="Write the list as JSON to FILE ('-' for stdout).")
+def plugins_command(json_target):
+    """List loaded plugins with their distribution and version, and broken ones with the error.
+
+    \b
+    Environment: HWCOMPRESS_PLUGINS=a,b loads only those entry points;
+    HWCOMPRESS_DISABLE_PLUGINS=a,b skips them.
+    """
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from hwcompress import plugins
+
+    infos = plugins.plugin_infos()
+    if json_target:
+        emit_json([asdict(info) for info in infos], json_target)
+        if json_target == "-":
+            return
+    table = Table(title="plugins")
+    for column in ("plugin", "distribution", "version", "provides", "status"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items())
+        status = f"[red]broken: {info.error}[/]" if info.error else ("built-in" if info.builtin else "[green]ok[/]")
+        table.add_row(info.name, info.distribution, info.version, provides, status)
+    console().print(table)

@@ -1,0 +1,79 @@
+"""``hwcompress search``: find a student that meets a budget on a device, distil it, measure it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--latency-ms", type=float, help="Latency budget in milliseconds, measured on the device (median).")
+@click.option("--macs", type=float, help="MACs budget instead of latency (e.g. 5e7).")
+@click.option("--params", "params_budget", type=float, help="Parameter budget instead of latency (e.g. 3e5).")
+@click.option("--agent", default="amc", show_default=True, help="Search agent: amc | uniform | random (and plugins).")
+@click.option("--device", "-d", default="cpu", show_default=True, help="Target device name or alias.")
+@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@click.option("--model", "-m", help="Teacher: torchvision name, pkg.module:factory or checkpoint (default: embedded ResNet-56 on digits).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for the teacher.")
+@click.option("--data", help="ImageFolder folder or pkg.module:factory returning (train, val, test) (default: digits).")
+@click.option("--input-shape", help="Input shape, e.g. 1,3,224,224.")
+@click.option("--episodes", type=int, default=120, show_default=True, help="Search episodes.")
+@click.option("--warmup", type=int, help="AMC random warm-up episodes (default: a quarter of --episodes).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice: same seed, same policy.")
+@click.option("--reward", type=click.Choice(["budget", "accuracy"]), default="budget", show_default=True,
+              help="budget: -error; accuracy: -error*log(cost) (AMC's accuracy-guaranteed mode).")
+@click.option("--lbound", type=float, default=0.2, show_default=True, help="Smallest preserve ratio of a channel group.")
+@click.option("--finetune-epochs", type=float, default=8.0, show_default=True, help="Distillation epochs for the final student.")
+@click.option("--reconstruct", is_flag=True, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
+@click.option("--lut", type=click.Path(dir_okay=False), help="Latency LUT for the cost model (default: the device's, or measured here and cached).")
+@click.option("--runs", type=int, help="Timed iterations when measuring on the device.")
+@click.option("--threads", type=int, help="Intra-op threads when measuring on the device.")
+@click.option("--out", "-o", default="hwcompress-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the interrupted search in this folder.")
+@click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-episode lines.")
+def search(latency_ms, macs, params_budget, agent, device, device_file, model, weights, data, input_shape, episodes, warmup,
+           seed, reward, lbound, finetune_epochs, reconstruct, lut, runs, threads, out, resume, json_target, quiet):
+    """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
+
+    The budget is measured latency by default (--latency-ms); --macs or --params are alternatives.
+    Without --model the embedded default runs: a ResNet-56 teacher on scikit-learn's digits, trained on
+    first use and cached. Results land in --out: result.json, summary.md, student.onnx, student.pt,
+    student.ts (TorchScript), policy.json, plots. Ctrl-C keeps the best student so far; --resume DIR
+    continues the search to the same policy an uninterrupted run would reach.
+
+    \b
+    Examples:
+      hwcompress search --latency-ms 2.5                       # embedded default on this CPU
+      hwcompress search --latency-ms 2.5 --agent uniform -o uni
+      hwcompress search --macs 4e7 --episodes 200 --seed 1
+      hwcompress search --resume hwcompress-out                # continue an interrupted run
+      hwcompress search -m resnet18 --data ./imagenette --latency-ms 15 --input-shape 1,3,160,160
+    """
+    from hwcompress.cli.common import emit_json
+    from hwcompress.errors import UserError
+    from hwcompress.models import parse_input_shape
+    from hwcompress.search.pipeline import BudgetAlreadyMet, SearchConfig, run_search
+
+    if resume:
+        config = SearchConfig(out=resume, episodes=episodes if episodes != 120 else SearchConfig.episodes)
+    else:
+        chosen = [(name, value) for name, value in (("latency_ms", latency_ms), ("macs", macs), ("params", params_budget)) if value is not None]
+        if len(chosen) != 1:
+            raise UserError("give exactly one budget: --latency-ms X, --macs N or --params N")
+        metric, budget = chosen[0]
+        config = SearchConfig(
+            budget_metric=metric, budget=budget, agent=agent, device=device, device_file=device_file, model=model,
+            weights=weights, data=data, input_shape=parse_input_shape(input_shape), episodes=episodes, warmup=warmup,
+            seed=seed, reward=reward, lbound=lbound, finetune_epochs=finetune_epochs, reconstruct=reconstruct,
+            lut=lut, out=out, runs=runs, threads=threads,
+        )
+    try:
+        document = run_search(config, resume=bool(resume), quiet=quiet)
+    except BudgetAlreadyMet as message:
+        click.echo(f"{message}; nothing to compress")
+        sys.exit(0)
+    emit_json(document, json_target)
+    if document.get("interrupted"):
+        sys.exit(130)

@@ -1,0 +1,197 @@
+"""The cost model the search consults: latency, MACs or parameters of a pruning policy, without pruning.
+
+A policy is ``{group name: kept channels}``. Each conv/linear layer's input and output channel counts
+follow from the groups it belongs to (producers shrink their outputs, consumers their inputs,
+depthwise convs both), and each BatchNorm follows the layer before it. From the resulting
+:class:`~hwcompress.analysis.LayerSpec` list:
+
+- **latency** is the sum of per-layer latencies looked up in the device's LUT (recorded on the device,
+  or measured on demand on a local device and cached), plus the LUT's calibration term;
+- **MACs** and **parameters** are exact (the formulas of the layers' own shapes, checked in the tests
+  against a physically pruned model).
+
+The clamp (:meth:`CostModel.clamp`) is AMC's action wall generalised to any monotone cost: with the
+groups decided so far at their counts and every later group at its minimum, the largest count for the
+current group whose total cost fits the budget, found by bisection over the allowed counts (latency
+is not bilinear in channels, so AMC's closed form does not apply).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Sequence
+
+from hwcompress.analysis import LayerSpec
+from hwcompress.pruning import ChannelGroup, round_channels
+
+METRICS = ("latency_ms", "macs", "params")
+
+
+@dataclass
+class _LayerPlan:
+    """Which group sets a layer's input and output channels."""
+
+    spec: LayerSpec
+    in_group: str | None
+    out_group: str | None
+
+
+class CostModel:
+    """Cost of a pruning policy for one model on one device.
+
+    Args:
+        layers: the unpruned model's layer rows (:func:`hwcompress.analysis.analyze`).
+        groups: its channel groups (:func:`hwcompress.pruning.find_channel_groups`).
+        metric: ``latency_ms`` | ``macs`` | ``params``.
+        latency_of: for ``latency_ms``, a function from the (possibly shrunk) layer rows of a whole
+            model to its predicted milliseconds (the LUT's calibrated prediction).
+        multiple: channel counts are rounded to this multiple (the device's ``channel_multiple``).
+        lbound: the smallest preserve ratio a group may get (AMC's 0.2).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerSpec],
+        groups: Sequence[ChannelGroup],
+        metric: str = "latency_ms",
+        latency_of: Callable[[list[LayerSpec]], float] | None = None,
+        multiple: int = 8,
+        lbound: float = 0.2,
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+        if metric == "latency_ms" and latency_of is None:
+            raise ValueError("a latency cost model needs latency_of")
+        self.metric = metric
+        self.groups = list(groups)
+        self.by_name = {g.name: g for g in self.groups}
+        self.latency_of = latency_of
+        self.multiple = multiple
+        self.lbound = lbound
+        self._plans = self._plan_layers(layers)
+        self._cache: dict[tuple, float] = {}
+
+    def _plan_layers(self, layers: Sequence[LayerSpec]) -> list[_LayerPlan]:
+        out_of: dict[str, str] = {}
+        in_of: dict[str, str] = {}
+        for group in self.groups:
+            for name in group.producers:
+                out_of[name] = group.name
+            for name in group.consumers:
+                in_of[name] = group.name
+            for name in group.depthwise:
+                out_of[name] = in_of[name] = group.name
+        plans: list[_LayerPlan] = []
+        previous: _LayerPlan | None = None
+        for spec in layers:
+            if spec.op.startswith("BatchNorm") and previous is not None and previous.spec.cout == spec.cin:
+                # A norm layer carries the channels of the layer that feeds it.
+                plan = _LayerPlan(spec, previous.out_group, previous.out_group)
+            else:
+                plan = _LayerPlan(spec, in_of.get(spec.name), out_of.get(spec.name))
+            plans.append(plan)
+            if spec.op in ("Conv1d", "Conv2d", "Conv3d", "Linear"):
+                previous = plan
+        return plans
+
+    # -- policies ------------------------------------------------------------------------------
+
+    def full_policy(self) -> dict[str, int]:
+        return {g.name: g.channels for g in self.groups}
+
+    def min_channels(self, group: ChannelGroup) -> int:
+        return max(group.min_channels, round_channels(group.channels, self.lbound, self.multiple))
+
+    def min_policy(self) -> dict[str, int]:
+        return {g.name: self.min_channels(g) for g in self.groups}
+
+    def allowed_counts(self, group: ChannelGroup) -> list[int]:
+        """Counts the search may give ``group``: multiples between its minimum and its size, and the size."""
+        low = self.min_channels(group)
+        counts = {group.channels, low}
+        counts.update(range(math.ceil(low / self.multiple) * self.multiple, group.channels + 1, self.multiple))
+        return sorted(c for c in counts if low <= c <= group.channels)
+
+    # -- costs ---------------------------------------------------------------------------------
+
+    def layers_for(self, keep: Mapping[str, int]) -> list[LayerSpec]:
+        """The layer rows of the model pruned to ``keep`` (groups not named keep every channel)."""
+        rows = []
+        for plan in self._plans:
+            spec = plan.spec
+            cin = keep.get(plan.in_group, spec.cin) if plan.in_group else spec.cin
+            cout = keep.get(plan.out_group, spec.cout) if plan.out_group else spec.cout
+            if cin == spec.cin and cout == spec.cout:
+                rows.append(spec)
+                continue
+            groups = spec.groups
+            if groups and groups > 1 and groups == spec.cin == spec.cout:  # depthwise follows its channels
+                groups = cout
+            rows.append(_shrunk(spec, cin, cout, groups))
+        return rows
+
+    def cost(self, keep: Mapping[str, int]) -> float:
+        """The metric for policy ``keep`` (memoised: the clamp asks for the same policies often)."""
+        key = tuple(keep.get(g.name, g.channels) for g in self.groups)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        rows = self.layers_for(keep)
+        if self.metric == "macs":
+            value = float(sum(r.macs for r in rows))
+        elif self.metric == "params":
+            value = float(sum(r.params for r in rows))
+        else:
+            value = float(self.latency_of(rows))
+        if len(self._cache) < 200_000:
+            self._cache[key] = value
+        return value
+
+    def group_costs(self) -> dict[str, float]:
+        """Cost share of each group: full-model cost minus the cost with that group at its minimum."""
+        full = self.cost(self.full_policy())
+        return {g.name: full - self.cost({g.name: self.min_channels(g)}) for g in self.groups}
+
+    def clamp(self, index: int, proposed: int, decided: Mapping[str, int], budget: float) -> int:
+        """AMC's action wall for group ``index``: the largest allowed count <= ``proposed`` that keeps the
+        budget reachable with every later group at its minimum. Returns the minimum if none does."""
+        group = self.groups[index]
+        policy = dict(decided)
+        for later in self.groups[index + 1:]:
+            policy[later.name] = self.min_channels(later)
+        counts = [c for c in self.allowed_counts(group) if c <= max(proposed, self.min_channels(group))]
+        low, high = 0, len(counts) - 1
+        if self.cost({**policy, group.name: counts[0]}) > budget:
+            return counts[0]
+        while low < high:  # largest count whose cost fits; cost grows with channels
+            mid = (low + high + 1) // 2
+            if self.cost({**policy, group.name: counts[mid]}) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        return counts[low]
+
+
+def _shrunk(spec: LayerSpec, cin: int | None, cout: int | None, groups: int | None) -> LayerSpec:
+    """A layer row with new channel counts; MACs and parameters rescaled exactly for conv/linear/BN."""
+    old_cin, old_cout, old_groups = spec.cin or 1, spec.cout or 1, spec.groups or 1
+    new_cin, new_cout, new_groups = cin or 1, cout or 1, groups or 1
+    if spec.op.startswith("BatchNorm"):
+        macs, params = spec.macs, spec.params * new_cout // old_cout
+    else:
+        per_weight_old = old_cout * (old_cin // old_groups)
+        per_weight_new = new_cout * (new_cin // new_groups)
+        kernel = math.prod(spec.kernel) if spec.kernel else 1
+        bias = spec.params - per_weight_old * kernel  # 0 or cout
+        macs = spec.macs * per_weight_new // per_weight_old if per_weight_old else 0
+        params = per_weight_new * kernel + (new_cout if bias else 0)
+    in_shape = _with_channels(spec.in_shape, new_cin)
+    out_shape = _with_channels(spec.out_shape, new_cout)
+    return replace(spec, cin=cin, cout=cout, groups=groups, macs=macs, params=params, in_shape=in_shape, out_shape=out_shape)
+
+
+def _with_channels(shape: tuple[int, ...] | None, channels: int) -> tuple[int, ...] | None:
+    if not shape or len(shape) < 2:
+        return shape
+    return (shape[0], channels, *shape[2:])

@@ -1,0 +1,616 @@
+"""``hwcompress search`` as a library call: teacher + device + budget -> a measured, distilled student.
+
+The chain: load the teacher and its data; measure the teacher on the device; build the cost model
+from the device's latency LUT (recorded on the device, or measured on demand here and cached); refuse
+infeasible budgets before searching; walk AMC episodes (or the baselines) under the clamp, scoring
+each student on the reward-validation split without fine-tuning; prune the best policy physically,
+fine-tune it by knowledge distillation, export it, measure it ON the device, and write the report.
+
+Long runs checkpoint after every episode (``checkpoint.pt`` in the output folder): ``--resume DIR``
+continues from there and reaches the same policy as an uninterrupted run with the same seed, and
+Ctrl-C leaves a usable best-so-far student.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hwcompress import __version__
+from hwcompress.errors import UserError
+
+RESULT_SCHEMA = "hwcompress.search/1"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search; saved in the checkpoint so ``--resume`` needs nothing else."""
+
+    budget_metric: str = "latency_ms"  # latency_ms | macs | params
+    budget: float = 0.0
+    agent: str = "amc"
+    device: str = "cpu"
+    device_file: str | None = None
+    model: str | None = None  # None: the embedded ResNet-56 on digits
+    weights: str | None = None
+    data: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    episodes: int = 120
+    warmup: int | None = None  # DDPG warm-up episodes; default a quarter of the episodes (NNI's rule)
+    seed: int = 0
+    reward: str = "budget"  # budget (-error) | accuracy (-error * log cost)
+    lbound: float = 0.2
+    finetune_epochs: float = 8.0
+    reconstruct: bool = False
+    lut: str | None = None
+    out: str = "hwcompress-out"
+    runs: int | None = None
+    threads: int | None = None
+    val_limit: int | None = None  # score each episode on at most this many validation images
+    agent_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape) if self.input_shape else None
+        return d
+
+
+class BudgetAlreadyMet(Exception):
+    """The teacher meets the budget: nothing to search."""
+
+
+@dataclass
+class Context:
+    """What the search needs, built once: teacher, data, device, cost model."""
+
+    config: SearchConfig
+    descriptor: Any
+    teacher: Any
+    teacher_meta: dict[str, Any]
+    splits: Any
+    example: Any
+    layers: list
+    groups: list
+    cost_model: Any
+    measure: Callable[[Any, str], dict[str, Any]] | None
+    teacher_measured: dict[str, Any] | None
+    val_set: Any
+    notes: list[str] = field(default_factory=list)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> Context:
+    """Load the teacher and data, measure the teacher, and build the cost model."""
+    from hwcompress.analysis import analyze
+    from hwcompress.data import load_data
+    from hwcompress.devices import resolve_device
+    from hwcompress.distill import evaluate
+    from hwcompress.models import load_model
+    from hwcompress.profiling import get_available_profiler, make_settings
+    from hwcompress.pruning import find_channel_groups
+
+    if config.budget_metric not in ("latency_ms", "macs", "params"):
+        raise UserError(f"unknown budget metric {config.budget_metric!r}")
+    if not config.budget or config.budget <= 0:
+        raise UserError("give a positive budget: --latency-ms X, --macs N or --params N")
+    if config.episodes < 1:
+        raise UserError("--episodes must be at least 1")
+    if not 0 < config.lbound < 1:
+        raise UserError("--lbound must be between 0 and 1")
+    descriptor = resolve_device(config.device, config.device_file)
+    local, why_not = descriptor.is_local()
+    settings = make_settings(descriptor, runs=config.runs, threads=config.threads, per_layer=False)
+    profiler = None
+    if local:
+        profiler = get_available_profiler(descriptor)
+    elif config.budget_metric == "latency_ms" and not (config.lut or descriptor.lut_path() and descriptor.lut_path().exists()):
+        raise UserError(
+            f"{why_not}; searching under a {descriptor.name} latency budget here needs a LUT recorded on the device "
+            f"(--lut FILE). Record one there: {descriptor.record_hint or 'hwcompress lut record --device NAME --model MODEL --out FILE'}"
+        )
+
+    if config.model is None:
+        from hwcompress import embedded
+        from hwcompress.data import digits_splits
+
+        log("teacher: ResNet-56 on scikit-learn digits (trained on first use, then cached)")
+        teacher, meta = embedded.default_teacher(progress=True)
+        splits = digits_splits()
+        if config.data not in (None, "digits"):
+            raise UserError("the embedded default teacher goes with the digits data; pass --model too to use --data")
+    else:
+        if config.data is None:
+            raise UserError("--model needs --data (an ImageFolder folder or pkg.module:factory) to score and fine-tune students")
+        loaded = load_model(config.model, weights=config.weights, input_shape=config.input_shape)
+        if loaded.module is None:
+            raise UserError("search needs a PyTorch model (an .onnx file cannot be pruned); pass the PyTorch model")
+        teacher, meta = loaded.module, {"name": loaded.name, "source": loaded.source}
+        size = (config.input_shape or loaded.input_shape)[-1]
+        splits = load_data(config.data, input_size=size)
+    teacher.eval()
+    input_shape = tuple(config.input_shape or splits.input_shape)
+    example = torch.zeros(*input_shape)
+    layers = analyze(teacher, input_shape).layers
+    groups = find_channel_groups(teacher, example)
+    if not groups:
+        raise UserError("the model has no prunable channel groups")
+    val_set = splits.val
+    if config.val_limit:
+        val_set = torch.utils.data.Subset(splits.val, range(min(config.val_limit, len(splits.val))))
+
+    measure = None
+    teacher_measured = None
+    if profiler is not None:
+        def measure(module: Any, name: str) -> dict[str, Any]:
+            return measure_on_device(module, input_shape, profiler, settings, name)
+
+        log(f"measuring the teacher on {descriptor.name} with {profiler.name}")
+        teacher_measured = measure(teacher, "teacher")
+    meta = {**meta, "val_accuracy": meta.get("val_accuracy", evaluate(teacher, splits.val))}
+    if "test_accuracy" not in meta:
+        meta["test_accuracy"] = evaluate(teacher, splits.test)
+
+    cost_model, notes = build_cost_model(config, descriptor, teacher, input_shape, layers, groups, profiler, settings, log)
+    return Context(config, descriptor, teacher, meta, splits, example, layers, groups, cost_model, measure,
+                   teacher_measured, val_set, notes)
+
+
+def measure_on_device(module: Any, input_shape: tuple[int, ...], profiler: Any, settings: Any, name: str,
+                      keep_onnx: Path | None = None) -> dict[str, Any]:
+    """Export ``module`` and time it with the device's profiler; returns the latency summary."""
+    import tempfile
+
+    from hwcompress.export import export_onnx
+    from hwcompress.profiler import ModelArtifact
+
+    with tempfile.TemporaryDirectory(prefix="hwcompress-") as folder:
+        path = Path(keep_onnx) if keep_onnx else Path(folder) / f"{name}.onnx"
+        info = export_onnx(module, input_shape, path)
+        measurement = profiler.measure(ModelArtifact(path, tuple(input_shape), module, name), settings)
+    return {**measurement.latency.to_dict(), "source": "measured", "profiler": profiler.name,
+            "onnx_max_abs_diff": info.max_abs_diff, "facts": measurement.facts}
+
+
+def build_cost_model(config, descriptor, teacher, input_shape, layers, groups, profiler, settings, log):
+    """The cost model for the budget's metric; for latency, backed by the device's LUT."""
+    from hwcompress.search.cost import CostModel
+
+    common = dict(multiple=descriptor.channel_multiple, lbound=config.lbound)
+    if config.budget_metric != "latency_ms":
+        return CostModel(layers, groups, metric=config.budget_metric, **common), []
+    from hwcompress.search.latency_table import table_for_search
+
+    table = table_for_search(
+        teacher, input_shape, layers, groups, descriptor, profiler, settings,
+        lut_path=config.lut, multiple=descriptor.channel_multiple, lbound=config.lbound, log=log,
+    )
+    notes = [f"latency cost model: {table.describe()}"]
+    return CostModel(layers, groups, metric="latency_ms", latency_of=table.latency_of, **common), notes
+
+
+def check_budget(ctx: Context, log: Callable[[str], None]) -> dict[str, Any]:
+    """Refuse a budget the smallest student cannot meet; report a budget the teacher already meets."""
+    config, model = ctx.config, ctx.cost_model
+    unit = {"latency_ms": "ms", "macs": "MACs", "params": "parameters"}[config.budget_metric]
+    teacher_cost = model.cost(model.full_policy())
+    if config.budget_metric == "latency_ms" and ctx.teacher_measured:
+        teacher_cost = ctx.teacher_measured["median"]
+    if teacher_cost <= config.budget:
+        raise BudgetAlreadyMet(
+            f"the teacher already meets the budget: {_fmt(teacher_cost, unit)} <= {_fmt(config.budget, unit)}"
+            + (" (measured)" if config.budget_metric == "latency_ms" and ctx.teacher_measured else "")
+        )
+    min_policy = model.min_policy()
+    smallest = model.cost(min_policy)
+    if smallest > config.budget:
+        detail = "predicted by the cost model"
+        if config.budget_metric == "latency_ms" and ctx.measure is not None:
+            from hwcompress.pruning import prune_channels
+
+            smallest = ctx.measure(prune_channels(ctx.teacher, ctx.example, min_policy), "smallest")["median"]
+            detail = f"measured on {ctx.descriptor.name}"
+        raise UserError(
+            f"budget {_fmt(config.budget, unit)} is infeasible: the smallest allowed student (every group at "
+            f"{config.lbound:.0%} of its channels) reaches {_fmt(smallest, unit)} ({detail}); "
+            f"raise the budget to at least {_fmt(smallest, unit)} or lower --lbound"
+        )
+    return {"teacher": teacher_cost, "smallest": smallest}
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The search loop
+# ---------------------------------------------------------------------------------------------
+
+
+def make_policy(config: SearchConfig, n_groups: int) -> Any:
+    from hwcompress.plugins import get_agents
+
+    agents = get_agents()
+    factory = agents.get(config.agent)
+    if factory is None:
+        raise UserError(f"unknown agent {config.agent!r}; available: {', '.join(sorted(agents))}")
+    options = dict(config.agent_options)
+    if config.agent == "amc":
+        options.setdefault("warmup", config.warmup if config.warmup is not None else max(1, config.episodes // 4))
+    return factory(n_groups=n_groups, seed=config.seed, **options)
+
+
+def _save_checkpoint(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / f".{CHECKPOINT}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run the whole search and write the output folder; returns the ``hwcompress.search/1`` document.
+
+    Raises:
+        UserError: bad input, an infeasible budget, an unusable LUT.
+        BudgetAlreadyMet: the teacher already meets the budget (nothing is written).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from hwcompress.distill import evaluate
+    from hwcompress.pruning import prune_channels
+    from hwcompress.search.amc import EpisodeWalker, reward_for
+
+    console = _console()
+    log = (lambda message: None) if quiet else (lambda message: console.print(f"[dim]{message}[/dim]"))
+    out = Path(config.out)
+    checkpoint = None
+    if resume:
+        path = out / CHECKPOINT
+        if not path.exists():
+            raise UserError(f"nothing to resume in {out}: {CHECKPOINT} not found")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:
+            raise UserError(f"cannot read {path}: {type(error).__name__}: {error}") from None
+        saved = checkpoint["config"]
+        saved["input_shape"] = tuple(saved["input_shape"]) if saved.get("input_shape") else None
+        episodes = config.episodes if config.episodes != SearchConfig.episodes else saved["episodes"]
+        config = SearchConfig(**{**saved, "episodes": max(episodes, saved["episodes"]), "out": str(out)})
+        log(f"resuming {out} at episode {checkpoint['episode'] + 1} of {config.episodes}")
+    elif (out / "result.json").exists() or (out / CHECKPOINT).exists():
+        raise UserError(f"{out} already holds a search; pass --resume {out} to continue it, or choose another --out")
+
+    started = time.perf_counter()
+    ctx = build_context(config, log)
+    bounds = check_budget(ctx, log)
+    out.mkdir(parents=True, exist_ok=True)
+    walker = EpisodeWalker(ctx.cost_model, ctx.layers, config.budget)
+    policy = make_policy(config, len(ctx.groups))
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    accuracy_cache: dict[tuple, float] = {}
+    start_episode = 0
+    search_seconds = 0.0
+    if checkpoint is not None:
+        policy.load_state_dict(checkpoint["policy"])
+        history = checkpoint["history"]
+        best = checkpoint["best"]
+        start_episode = checkpoint["episode"] + 1
+        search_seconds = checkpoint.get("search_seconds", 0.0)
+
+    def score(keep: dict[str, int]) -> float:
+        key = tuple(keep[g.name] for g in ctx.groups)
+        if key not in accuracy_cache:
+            student = prune_channels(ctx.teacher, ctx.example, keep)
+            accuracy_cache[key] = evaluate(student, ctx.val_set)
+        return accuracy_cache[key]
+
+    unit = "ms" if config.budget_metric == "latency_ms" else ""
+    interrupted = False
+    # Episodes are many small ops (prune a copy, score a few hundred images): on small shared machines
+    # one intra-op thread is 20-100x faster than two contending ones (measured while writing pruning.py).
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    loop_start = time.perf_counter()
+    progress = Progress(TextColumn("[bold]search[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
+    try:
+        with progress:
+            task = progress.add_task(config.agent, total=config.episodes, completed=start_episode)
+            for episode_index in range(start_episode, config.episodes):
+                episode = policy.run_episode(walker, episode_index)
+                cost = ctx.cost_model.cost(episode.keep)
+                accuracy = score(episode.keep)
+                reward = reward_for(accuracy, cost, config.reward)
+                policy.finish_episode(walker, episode, reward, episode_index)
+                record = {"episode": episode_index, "reward": reward, "accuracy": accuracy, "cost": cost,
+                          "ratios": [round(r, 4) for r in episode.ratios]}
+                history.append(record)
+                if best is None or reward > best["reward"]:
+                    best = {**record, "keep": dict(episode.keep)}
+                _save_checkpoint(out, {"config": config.to_dict(), "episode": episode_index, "policy": policy.state_dict(),
+                                       "history": history, "best": best,
+                                       "search_seconds": search_seconds + time.perf_counter() - loop_start})
+                progress.advance(task)
+                if not quiet:
+                    progress.console.print(
+                        f"ep {episode_index:4d}  reward {reward:+.4f}  val acc {accuracy:.4f}  "
+                        f"cost {cost:,.3f}{unit}  best {best['reward']:+.4f}"
+                    )
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print(f"[yellow]interrupted after {len(history)} episodes; writing the best student so far "
+                      f"(resume with --resume {out})[/yellow]")
+    finally:
+        torch.set_num_threads(threads_before)
+    search_seconds += time.perf_counter() - loop_start
+    if best is None:
+        raise UserError("interrupted before the first episode finished; nothing to write")
+    return finalize(ctx, best, history, out, started, search_seconds, bounds, interrupted, log, console)
+
+
+def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], out: Path, started: float,
+             search_seconds: float, bounds: dict[str, Any], interrupted: bool, log, console) -> dict[str, Any]:
+    """Prune the best policy, fine-tune it by distillation, export, measure on the device, report."""
+    from hwcompress.analysis import analyze
+    from hwcompress.distill import distill, evaluate
+    from hwcompress.export import export_onnx
+    from hwcompress.pruning import prune_channels, reconstruct_least_squares
+
+    config = ctx.config
+    keep = best["keep"]
+    student = prune_channels(ctx.teacher, ctx.example, keep)
+    if config.reconstruct:
+        calibration = torch.stack([ctx.splits.train[i][0] for i in range(min(256, len(ctx.splits.train)))])
+        reconstruct_least_squares(student, ctx.teacher, calibration)
+    accuracy_before = evaluate(student, ctx.splits.test)
+    finetune_info: dict[str, Any] = {}
+    if config.finetune_epochs > 0 and not interrupted:
+        log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epochs")
+        finetune_info = distill(student, ctx.teacher, ctx.splits.train, epochs=config.finetune_epochs,
+                                seed=config.seed, progress=True, description="fine-tune (KD)")
+    accuracy_after = evaluate(student, ctx.splits.test)
+    student.eval()
+    student_analysis = analyze(student, tuple(ctx.example.shape))
+    teacher_analysis_macs = sum(layer.macs for layer in ctx.layers)
+    teacher_params = sum(p.numel() for p in ctx.teacher.parameters())
+
+    artifacts: dict[str, Any] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "student.onnx"
+    measured = None
+    if ctx.measure is not None:
+        measured = ctx.measure(student, "student")
+    export_onnx(student, tuple(ctx.example.shape), onnx_path)
+    artifacts["onnx"] = onnx_path.name
+    artifacts.update(save_student(student, tuple(ctx.example.shape), keep, out))
+    predicted = ctx.cost_model.cost(keep) if config.budget_metric == "latency_ms" else None
+    if config.budget_metric == "latency_ms":
+        if measured is not None:
+            student_latency, budget_met = measured["median"], measured["median"] <= config.budget
+        else:
+            student_latency, budget_met = None, predicted <= config.budget
+    else:
+        value = student_analysis.macs if config.budget_metric == "macs" else student_analysis.params
+        budget_met = value <= config.budget
+        student_latency = measured["median"] if measured else None
+
+    policy_rows = [
+        {"group": g.name, "channels": g.channels, "kept": keep[g.name], "ratio": round(keep[g.name] / g.channels, 4)}
+        for g in ctx.groups
+    ]
+    teacher_latency = ctx.teacher_measured["median"] if ctx.teacher_measured else None
+    document = {
+        "schema": RESULT_SCHEMA,
+        "agent": config.agent,
+        "device": {**ctx.descriptor.to_dict(), "facts": (ctx.teacher_measured or {}).get("facts", {})},
+        "budget": {config.budget_metric: config.budget},
+        "teacher": {
+            "latency_ms": teacher_latency,
+            "predicted_latency_ms": ctx.cost_model.cost(ctx.cost_model.full_policy()) if config.budget_metric == "latency_ms" else None,
+            "accuracy": ctx.teacher_meta.get("test_accuracy"),
+            "val_accuracy": ctx.teacher_meta.get("val_accuracy"),
+            "macs": teacher_analysis_macs,
+            "params": teacher_params,
+        },
+        "student": {
+            "latency_ms": student_latency,
+            "latency": measured and {k: v for k, v in measured.items() if k != "facts"},
+            "predicted_latency_ms": predicted,
+            "accuracy": accuracy_after,
+            "accuracy_before_finetune": accuracy_before,
+            "val_accuracy_during_search": best["accuracy"],
+            "macs": student_analysis.macs,
+            "params": student_analysis.params,
+        },
+        "budget_met": bool(budget_met),
+        "budget_margin": _margin(config, student_latency, predicted, student_analysis),
+        "policy": policy_rows,
+        "episodes": len(history),
+        "best_episode": best["episode"],
+        "search_seconds": round(search_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,
+        "finetune": {k: v for k, v in finetune_info.items() if isinstance(v, (int, float, str))},
+        "interrupted": interrupted,
+        "config": config.to_dict(),
+        "notes": ctx.notes,
+        "versions": {"hwcompress": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "artifacts": artifacts,
+    }
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    artifacts["history"] = "history.json"
+    artifacts["plots"] = write_plots(document, history, out, log)
+    from hwcompress.report import write_json_atomic
+
+    write_json_atomic(document, out / "result.json")
+    (out / "summary.md").write_text(summary_markdown(document))
+    artifacts["summary"] = "summary.md"
+    write_json_atomic(document, out / "result.json")
+    print_summary(document, console, out)
+    return document
+
+
+def _margin(config, measured, predicted, analysis) -> dict[str, Any]:
+    if config.budget_metric == "latency_ms":
+        value = measured if measured is not None else predicted
+        source = "measured" if measured is not None else "predicted"
+    else:
+        value = analysis.macs if config.budget_metric == "macs" else analysis.params
+        source = "counted"
+    return {"value": value, "source": source, "over_by": max(0.0, value - config.budget),
+            "over_by_percent": max(0.0, 100.0 * (value - config.budget) / config.budget)}
+
+
+def save_student(student: Any, input_shape: tuple[int, ...], keep: dict[str, int], out: Path) -> dict[str, str]:
+    """Write the student three ways: a full module (hwcompress / torch.load), TorchScript (plain
+    PyTorch, no hwcompress needed) and the policy (to re-apply with ``--policy``)."""
+    files = {}
+    full = out / "student.pt"
+    tmp = out / ".student.pt.tmp"
+    torch.save({"model": student, "input_shape": list(input_shape), "policy": keep,
+                "format": "hwcompress.student/1"}, tmp)
+    os.replace(tmp, full)
+    files["weights"] = full.name
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.trace(copy.deepcopy(student).eval(), torch.zeros(*input_shape))
+        tmp = out / ".student.ts.tmp"
+        scripted.save(str(tmp))
+        os.replace(tmp, out / "student.ts")
+        files["torchscript"] = "student.ts"
+    except Exception:  # TorchScript is a convenience; the .pt and .onnx files are the contract
+        pass
+    (out / "policy.json").write_text(json.dumps({"format": "hwcompress.policy/1", "keep": keep}, indent=1))
+    files["policy"] = "policy.json"
+    return files
+
+
+def write_plots(doc: dict[str, Any], history: list[dict[str, Any]], out: Path, log) -> list[str]:
+    """Per-group preserve ratios, reward curves, teacher vs student; skipped without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        doc["notes"].append("plots skipped: matplotlib is not installed (pip install 'hwcompress[plots]')")
+        return []
+    files = []
+    fig, ax = plt.subplots(figsize=(max(6, len(doc["policy"]) * 0.25), 3.5))
+    ratios = [row["ratio"] for row in doc["policy"]]
+    ax.bar(range(len(ratios)), ratios, color="#4477aa")
+    ax.set_xticks(range(len(ratios)), [row["group"] for row in doc["policy"]], rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("preserve ratio")
+    ax.set_title(f"{doc['agent']}: channels kept per group")
+    fig.tight_layout()
+    fig.savefig(out / "ratios.png", dpi=120)
+    plt.close(fig)
+    files.append("ratios.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rewards = [h["reward"] for h in history]
+    best = [max(rewards[: i + 1]) for i in range(len(rewards))]
+    ax.plot(rewards, ".", alpha=0.5, label="episode reward")
+    ax.plot(best, "-", label="best so far")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward")
+    ax.legend()
+    ax.set_title("search progress")
+    fig.tight_layout()
+    fig.savefig(out / "reward.png", dpi=120)
+    plt.close(fig)
+    files.append("reward.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    teacher, student = doc["teacher"], doc["student"]
+    latencies = [teacher["latency_ms"] or teacher.get("predicted_latency_ms") or 0, student["latency_ms"] or student.get("predicted_latency_ms") or 0]
+    axes[0].bar(["teacher", "student"], latencies, color=["#999999", "#4477aa"])
+    budget = doc["budget"].get("latency_ms")
+    if budget:
+        axes[0].axhline(budget, color="#cc3311", linestyle="--", label="budget")
+        axes[0].legend()
+    axes[0].set_ylabel("latency (ms, measured)")
+    axes[1].bar(["teacher", "student"], [100 * (teacher["accuracy"] or 0), 100 * student["accuracy"]], color=["#999999", "#4477aa"])
+    axes[1].set_ylabel("test accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(out / "teacher_vs_student.png", dpi=120)
+    plt.close(fig)
+    files.append("teacher_vs_student.png")
+    return files
+
+
+def summary_markdown(doc: dict[str, Any]) -> str:
+    t, s = doc["teacher"], doc["student"]
+    budget_key, budget = next(iter(doc["budget"].items()))
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3f} ms"
+
+    lines = [
+        f"# hwcompress search: {doc['agent']} on {doc['device']['name']}",
+        "",
+        f"Budget: {budget_key} = {budget:g}. **Budget met: {'yes' if doc['budget_met'] else 'no'}**"
+        + ("" if doc["budget_met"] else f" (over by {doc['budget_margin']['over_by_percent']:.1f}%, {doc['budget_margin']['source']})"),
+        "",
+        "| | teacher | student |",
+        "|---|---|---|",
+        f"| latency, measured | {ms(t['latency_ms'])} | {ms(s['latency_ms'])} |",
+        f"| latency, predicted by the cost model | {ms(t.get('predicted_latency_ms'))} | {ms(s['predicted_latency_ms'])} |",
+        f"| test accuracy | {100 * (t['accuracy'] or 0):.2f}% | {100 * s['accuracy']:.2f}% (before fine-tuning {100 * s['accuracy_before_finetune']:.2f}%) |",
+        f"| MACs | {t['macs']:,} | {s['macs']:,} |",
+        f"| parameters | {t['params']:,} | {s['params']:,} |",
+        "",
+        f"{doc['episodes']} episodes in {doc['search_seconds']:.0f} s (best: episode {doc['best_episode']}); total {doc['total_seconds']:.0f} s."
+        + (" **Interrupted**: this is the best student so far, not fine-tuned." if doc["interrupted"] else ""),
+        "",
+        "Files: " + ", ".join(f"`{v}`" for k, v in doc["artifacts"].items() if isinstance(v, str)) + ", plots: "
+        + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", [])),
+    ]
+    for note in doc.get("notes", []):
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(doc: dict[str, Any], console, out: Path) -> None:
+    from rich.table import Table
+
+    t, s = doc["teacher"], doc["student"]
+    table = Table(title=f"{doc['agent']} on {doc['device']['name']}: budget {next(iter(doc['budget'].items()))}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    table.add_row("latency ms (measured)", ms(t["latency_ms"]), ms(s["latency_ms"]))
+    table.add_row("latency ms (predicted)", ms(t.get("predicted_latency_ms")), ms(s["predicted_latency_ms"]))
+    table.add_row("test accuracy", f"{100 * (t['accuracy'] or 0):.2f}%", f"{100 * s['accuracy']:.2f}%")
+    table.add_row("accuracy before fine-tune", "", f"{100 * s['accuracy_before_finetune']:.2f}%")
+    table.add_row("MACs", f"{t['macs']:,}", f"{s['macs']:,}")
+    table.add_row("parameters", f"{t['params']:,}", f"{s['params']:,}")
+    console.print(table)
+    verdict = "[green]budget met[/green]" if doc["budget_met"] else f"[red]budget NOT met[/red] (over by {doc['budget_margin']['over_by_percent']:.1f}%)"
+    console.print(f"{verdict}; results in {out}/ (result.json, summary.md, student.onnx, student.pt, plots)")

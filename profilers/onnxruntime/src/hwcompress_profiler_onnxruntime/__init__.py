@@ -1,0 +1,141 @@
+"""ONNX Runtime CPU profiler for hwcompress (a plugin distribution registered through entry points).
+
+ONNX Runtime is imported only inside the methods, so listing plugins never loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hwcompress import hookimpl
+from hwcompress.profiler import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+
+INSTALL_HINT = "pip install onnxruntime (or pip install ./profilers/onnxruntime from the hwcompress repository)"
+# Per-node times come from a separate profiled session: ORT's profiler adds overhead per node, so it
+# must never share iterations with the whole-model timing.
+PROFILED_RUNS = 20
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name where the OS tells it, else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_session(onnx_path: str | os.PathLike[str], settings: ProfileSettings, profile_prefix: str | None = None, layout_optimizations: bool = True) -> Any:
+    """An ONNX Runtime CPU session with the measurement settings applied (threads fixed, spinning off)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(settings.threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout_optimizations else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    )
+    # Spinning workers fight the timing thread on small machines (measured: 2 threads with spinning
+    # ran 35% slower than without on a 2-vCPU host); keep it off unless asked for.
+    spin = "1" if settings.options.get("spin", False) else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def random_feed(session: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    import numpy as np
+
+    inp = session.get_inputs()[0]
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    return {inp.name: np.random.default_rng(0).standard_normal(input_shape).astype(dtype)}
+
+
+def time_session(session: Any, feed: dict[str, Any], runs: int, warmup: int) -> list[float]:
+    """Per-iteration wall times in ms after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        session.run(None, feed)
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    return samples
+
+
+class OnnxRuntimeProfiler:
+    """Latency on this machine's CPU with ONNX Runtime's CPU execution provider."""
+
+    name = "onnxruntime"
+    description = "CPU latency with ONNX Runtime (CPU execution provider)"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            metadata.version("onnxruntime")
+        except metadata.PackageNotFoundError:
+            try:
+                metadata.version("onnxruntime-gpu")
+            except metadata.PackageNotFoundError:
+                return False, f"onnxruntime is not installed; {INSTALL_HINT}"
+        return True, ""
+
+    def facts(self, settings: ProfileSettings) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {
+            "cpu": cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "machine": platform.machine(),
+            "os": platform.platform(),
+            "runtime": "onnxruntime",
+            "runtime_version": ort.__version__,
+            "execution_provider": "CPUExecutionProvider",
+            "intra_op_threads": int(settings.threads),
+            "spinning": bool(settings.options.get("spin", False)),
+        }
+
+    def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
+        session = make_session(artifact.onnx_path, settings)
+        feed = random_feed(session, artifact.input_shape)
+        samples = time_session(session, feed, int(settings.runs), int(settings.warmup))
+        node_ms = self._node_times(artifact, settings, feed) if settings.per_layer else None
+        return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
+
+    def _node_times(self, artifact: ModelArtifact, settings: ProfileSettings, feed: dict[str, Any]) -> dict[str, float]:
+        with tempfile.TemporaryDirectory() as folder:
+            # Without the NCHWc layout pass, fused nodes keep the exporter's names (/layer1/layer1.0/conv1/Conv),
+            # which is what maps them back to PyTorch layers; the whole-model timing keeps every pass.
+            session = make_session(
+                artifact.onnx_path, settings, profile_prefix=os.path.join(folder, "ort"), layout_optimizations=False
+            )
+            for _ in range(max(1, min(int(settings.warmup), 5))):
+                session.run(None, feed)
+            runs = max(1, min(int(settings.runs), PROFILED_RUNS))
+            for _ in range(runs):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        per_node: dict[str, list[float]] = {}
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                per_node.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
+        # The first `warmup` runs are in the profile too; keep the last `runs` samples of each node.
+        return {name: statistics.median(times[-runs:]) for name, times in per_node.items()}
+
+
+@hookimpl
+def register_profilers(register):
+    register(OnnxRuntimeProfiler())

@@ -1,0 +1,207 @@
+"""Tests of the data sets: the embedded digits splits, ImageFolder trees, factories, and user errors."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+
+from hwcompress.data import DataSplits, RandomShift, digits_splits, load_data, loader, split_indices, split_sizes
+from hwcompress.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return digits_splits()
+
+
+def _images(dataset) -> torch.Tensor:
+    return dataset.tensors[0]
+
+
+def test_digits_split_sizes_are_documented_and_add_up(digits):
+    assert (len(digits.train), len(digits.val), len(digits.test)) == (1169, 269, 359)
+    assert split_sizes(1797) == (1169, 269, 359)
+    assert digits.num_classes == 10 and digits.name == "digits"
+    assert digits.input_shape == (1, 3, 32, 32)
+
+
+def test_digits_shapes_dtypes_and_normalisation(digits):
+    images, labels = digits.train.tensors
+    assert images.shape == (1169, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and set(labels.tolist()) == set(range(10))
+    assert torch.equal(images[:, 0], images[:, 2])  # grey replicated to three channels
+    assert abs(float(images.mean())) < 1e-4 and abs(float(images.std()) - 1) < 1e-4
+    assert _images(digits.test).shape == (359, 3, 32, 32)
+
+
+def test_split_indices_are_disjoint_and_cover_everything():
+    train, val, test = split_indices(1797)
+    assert len(set(train) | set(val) | set(test)) == 1797
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+
+
+def test_digits_splits_do_not_share_images(digits):
+    def rows(dataset):
+        return {tuple(image[0, ::4, ::4].flatten().tolist()) for image in _images(dataset)}
+
+    # Digits holds a few exact duplicates, so compare against the per-split counts, not zero.
+    train, val, test = rows(digits.train), rows(digits.val), rows(digits.test)
+    assert len(train & test) < 5 and len(val & test) < 5
+
+
+def test_digits_splits_are_deterministic(digits):
+    again = digits_splits()
+    for a, b in [(digits.train, again.train), (digits.val, again.val), (digits.test, again.test)]:
+        assert torch.equal(a.tensors[0], b.tensors[0]) and torch.equal(a.tensors[1], b.tensors[1])
+    other = digits_splits(seed=1)
+    assert not torch.equal(other.test.tensors[1], digits.test.tensors[1])
+
+
+def test_digits_size_and_load_data_default():
+    small = load_data("digits", input_size=16)
+    assert small.input_shape == (1, 3, 16, 16) and small.train[0][0].shape == (3, 16, 16)
+    assert len(load_data(None).test) == 359
+
+
+def test_loader_shuffles_reproducibly(digits):
+    def first_labels(seed):
+        return next(iter(loader(digits.train, 32, shuffle=True, seed=seed)))[1]
+
+    assert torch.equal(first_labels(3), first_labels(3))
+    assert not torch.equal(first_labels(3), first_labels(4))
+    assert loader(digits.train, 32).num_workers == 0
+
+
+def test_random_shift_moves_images_within_bounds():
+    images = torch.zeros(64, 3, 8, 8)
+    images[:, :, 3:5, 3:5] = 1.0
+    torch.manual_seed(0)
+    shifted = RandomShift(2)(images)
+    assert shifted.shape == images.shape
+    assert torch.equal(shifted.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)))  # the blob stays inside
+    assert not torch.equal(shifted, images)
+    torch.manual_seed(0)
+    assert torch.equal(RandomShift(2)(images), shifted)
+    assert torch.equal(RandomShift(0)(images), images)
+
+
+def _write_class_tree(root, classes=("cat", "dog"), per_class=10, size=(20, 12)):
+    for index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", size, (index * 100, i * 20, 50)).save(folder / f"{i}.png")
+
+
+def test_image_folder_with_train_val_test(tmp_path):
+    for split, count in [("train", 6), ("val", 2), ("test", 3)]:
+        _write_class_tree(tmp_path / split, per_class=count)
+    splits = load_data(str(tmp_path), input_size=16)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 4, 6)
+    assert splits.num_classes == 2 and splits.class_names == ("cat", "dog")
+    image, label = splits.test[0]
+    assert image.shape == (3, 16, 16) and label in (0, 1)
+    assert splits.input_shape == (1, 3, 16, 16)
+
+
+def test_image_folder_without_val_carves_it_from_train(tmp_path):
+    _write_class_tree(tmp_path / "train", per_class=10)
+    _write_class_tree(tmp_path / "test", per_class=2)
+    splits = load_data(str(tmp_path), input_size=8)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (17, 3, 4)
+    assert not set(splits.train.indices) & set(splits.val.indices)
+
+
+def test_single_class_tree_is_split_with_a_fixed_seed(tmp_path):
+    _write_class_tree(tmp_path, per_class=10)
+    splits = load_data(str(tmp_path), input_size=8)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == split_sizes(20) == (13, 3, 4)
+    again = load_data(str(tmp_path), input_size=8)
+    assert splits.test.indices == again.test.indices
+    assert splits.train[0][0].shape == (3, 8, 8)
+
+
+def test_factory_returning_a_tuple_or_splits(tmp_path, monkeypatch):
+    (tmp_path / "my_data_factory.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch.utils.data import TensorDataset
+            from hwcompress.data import DataSplits
+
+            def part(n, size):
+                return TensorDataset(torch.zeros(n, 3, size, size), torch.arange(n) % 4)
+
+            def as_tuple(input_size=24):
+                return part(8, input_size), part(4, input_size), part(4, input_size)
+
+            def as_splits():
+                return DataSplits(part(8, 5), part(2, 5), part(2, 5), 4, (1, 3, 5, 5), "mine")
+
+            def broken():
+                raise RuntimeError("disk on fire\\nsecond line")
+
+            def wrong():
+                return 42
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    splits = load_data("my_data_factory:as_tuple")
+    assert splits.num_classes == 4 and splits.input_shape == (1, 3, 24, 24) and len(splits.train) == 8
+    assert load_data("my_data_factory:as_tuple", input_size=12).input_shape == (1, 3, 12, 12)
+    assert load_data("my_data_factory:as_splits").name == "mine"
+    with pytest.raises(UserError, match="RuntimeError: disk on fire second line") as caught:
+        load_data("my_data_factory:broken")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="returned int"):
+        load_data("my_data_factory:wrong")
+    with pytest.raises(UserError, match="has no function 'missing'"):
+        load_data("my_data_factory:missing")
+    sys.modules.pop("my_data_factory", None)
+
+
+def test_factory_import_error_is_a_user_error(tmp_path, monkeypatch):
+    (tmp_path / "my_bad_import.py").write_text("import no_such_module_for_hwcompress\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="cannot import 'my_bad_import'.*no_such_module_for_hwcompress"):
+        load_data("my_bad_import:make")
+    with pytest.raises(UserError, match="cannot import 'no_such_package_xyz.sub'.*No module named"):
+        load_data("no_such_package_xyz.sub:make")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("/definitely/not/here", "no such folder"),
+        ("pkg.module:", "neither a folder nor"),
+        ("pkg module:f", "neither a folder nor"),
+        (":factory", "neither a folder nor"),
+    ],
+)
+def test_bad_specs_are_user_errors(spec, message):
+    with pytest.raises(UserError, match=message) as caught:
+        load_data(spec)
+    assert "\n" not in str(caught.value)
+
+
+def test_folders_without_images_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no images"):
+        load_data(str(tmp_path))  # empty folder, no class subfolders
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match="no images"):
+        load_data(str(tmp_path))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        load_data(str(tmp_path / "file.txt"))
+
+
+def test_train_without_test_is_a_user_error(tmp_path):
+    _write_class_tree(tmp_path / "train", per_class=2)
+    with pytest.raises(UserError, match="no test/"):
+        load_data(str(tmp_path))

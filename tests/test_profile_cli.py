@@ -1,0 +1,137 @@
+"""`hwcompress profile`, `devices`, `plugins` through the real console script."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from hwcompress.profiling import profile_model
+
+
+def test_profile_json_document(cli, tmp_path):
+    out = tmp_path / "r.json"
+    result = cli("profile", "-m", "resnet18", "--input-shape", "1,3,64,64", "--runs", "5", "--warmup", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "hwcompress.profile/1"
+    lat = doc["latency_ms"]
+    assert lat["source"] == "measured" and lat["runs"] == 5
+    assert 0 < lat["median"] <= lat["p99"] and lat["std"] >= 0
+    assert doc["params"] == 11_689_512 and doc["flops"] == 2 * doc["macs"]
+    assert doc["device"]["name"] == "cpu"
+    facts = doc["device"]["facts"]
+    assert facts["runtime"] == "onnxruntime" and facts["intra_op_threads"] == 1 and facts["logical_cores"] >= 1
+    assert doc["model"]["onnx"]["opset"] == 17
+    timed = [row for row in doc["layers"] if row["latency_ms"] is not None]
+    assert len(timed) >= 15 and any(row["name"] == "layer1.0.conv1" for row in timed)
+    assert "Examples" not in result.stdout and "resnet18 on cpu" in result.stdout
+
+
+def test_profile_json_to_stdout_is_pure_json(cli):
+    result = cli("profile", "-m", "mobilenet_v2", "--input-shape", "1,3,32,32", "--runs", "3", "--no-per-layer", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["settings"]["per_layer"] is False and all(r["latency_ms"] is None for r in doc["layers"])
+
+
+def test_profile_onnx_and_checkpoint_inputs(cli, tmp_path):
+    model = torchvision.models.resnet18().eval()
+    torch.save(model, tmp_path / "full.pt")
+    result = cli("profile", "-m", str(tmp_path / "full.pt"), "--input-shape", "1,3,32,32", "--runs", "3", "--json", "-", "--no-per-layer")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["params"] == 11_689_512
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(tmp_path / "m.onnx"), dynamo=False, opset_version=17)
+    result = cli("profile", "-m", str(tmp_path / "m.onnx"), "--runs", "3", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"]["input_shape"] == [1, 3, 32, 32] and doc["params"] > 11_000_000
+
+
+def test_factory_and_weights(tmp_path, monkeypatch):
+    (tmp_path / "mynets.py").write_text(
+        "import torch\n"
+        "def tiny():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))\n"
+        "def small():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).state_dict()
+    weights["0.bias"] = torch.full((4,), 7.0)
+    torch.save(weights, tmp_path / "w.pt")
+    report = profile_model("mynets:small", input_shape=(1, 3, 8, 8), weights=str(tmp_path / "w.pt"), runs=3, warmup=0)
+    assert report.analysis.params == 4 * 3 * 9 + 4 and report.latency.runs == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "toaster"], "unknown device 'toaster'; known devices: android-phone"),
+        (["-m", "resnet_nope"], "unknown model 'resnet_nope'"),
+        (["-m", "missing.pt"], "checkpoint missing.pt not found"),
+        (["--input-shape", "1,3,x"], "malformed input shape"),
+        (["--input-shape", "1,-3,4,4"], "malformed input shape"),
+        (["--runs", "0"], "--runs must be at least 1"),
+        (["-m", "nosuchpkg.mod:fn"], "cannot import 'nosuchpkg.mod'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(cli, args, message):
+    result = cli("profile", *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_checkpoint_and_unexportable_model(cli, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = cli("profile", "-m", str(bad))
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "oddnet.py").write_text(
+        "import torch\n"
+        "class Airy(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.special.airy_ai(x)\n"
+        "def build():\n"
+        "    return Airy()\n"
+    )
+    result = cli("profile", "-m", "oddnet:build", "--input-shape", "1,4", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "cannot be exported to ONNX" in result.stderr and "airy_ai" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_traceback(cli):
+    result = cli("--debug", "profile", "--device", "toaster")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_version_and_help(cli):
+    from hwcompress import __version__
+
+    assert __version__ in cli("--version").stdout
+    for command in (["profile"], ["devices"], ["plugins"], []):
+        result = cli(*command, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout, command
+
+
+def test_devices_lists_catalog_with_status(cli):
+    result = cli("devices", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {"cpu", "nvidia-gpu", "jetson-orin-nano", "raspberry-pi-5", "android-phone"} <= set(rows)
+    assert rows["cpu"]["status"] == "measured" and rows["cpu"]["profiler"] == "onnxruntime"
+    assert "jetson" in rows["jetson-orin-nano"]["aliases"]
+    assert rows["jetson-orin-nano"]["status"] == "unavailable"
+    assert "hwcompress lut record --device jetson" in rows["jetson-orin-nano"]["reason"]
+
+
+def test_plugins_lists_onnxruntime_distribution(cli):
+    result = cli("plugins", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    infos = {row["name"]: row for row in json.loads(result.stdout)}
+    ort = infos["hwcompress-profiler-onnxruntime"]
+    assert ort["distribution"] == "hwcompress-profiler-onnxruntime" and ort["error"] is None
+    assert ort["provides"] == {"profilers": ["onnxruntime"]}
