@@ -157,7 +157,9 @@ def train_supervised(
     def objective(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(images), labels)
 
-    result = _optimise(model, batches, total_steps, objective, optimizer, scheduler, augment, progress, description)
+    result = _optimise(
+        model, batches, total_steps, objective, optimizer, scheduler, augment, progress, description
+    )
     return _finish(model, result, val_ds)
 
 
@@ -254,13 +256,17 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _train_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty")
     # Drop the short last batch: one image alone makes BatchNorm fail in train mode.
     return loader(dataset, batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)
 
 
 def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        parameters, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay
+    )
 
 
 def _endless(batches: DataLoader) -> Iterator[Any]:
@@ -281,8 +287,6 @@ def _optimise(
     description: str,
 ) -> dict[str, Any]:
     """The loop shared by supervised training and distillation."""
-    if len(batches) == 0:
-        raise ValueError("the training dataset is empty")
     device = _device_of(model)
     recent: deque[float] = deque(maxlen=max(len(batches), 1))
     callback, bar = _progress_reporter(progress, description, total_steps)
@@ -328,7 +332,14 @@ def _progress_reporter(
     if not progress:
         return None, None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
         TextColumn("{task.description}"),

@@ -108,7 +108,9 @@ class ResNetCifar(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def resnet_cifar(depth: int = 56, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)) -> nn.Module:
+def resnet_cifar(
+    depth: int = 56, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)
+) -> nn.Module:
     """Build a CIFAR-style ResNet with option-B (1x1 convolution) shortcuts, Kaiming-initialised.
 
     Args:

@@ -9,7 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from hwcompress.data import DataSplits, RandomShift, digits_splits, load_data, loader, split_indices, split_sizes
+from hwcompress.data import (
+    DataSplits,
+    RandomShift,
+    digits_splits,
+    load_data,
+    loader,
+    split_indices,
+    split_sizes,
+)
 from hwcompress.errors import UserError
 
 

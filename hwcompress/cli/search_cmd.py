@@ -9,6 +9,9 @@ import click
 
 @click.command()
 @click.option("--latency-ms", type=float, help="Latency budget in milliseconds, measured on the device (median).")
+@click.option("--latency-ratio", type=float, help="Latency budget as a fraction of the teacher's latency measured on the device (e.g. 0.6).")
+@click.option("--margin", type=float, default=0.03, show_default=True,
+              help="The search aims this fraction below a latency budget, so that measurement noise does not break it.")
 @click.option("--macs", type=float, help="MACs budget instead of latency (e.g. 5e7).")
 @click.option("--params", "params_budget", type=float, help="Parameter budget instead of latency (e.g. 3e5).")
 @click.option("--agent", default="amc", show_default=True, help="Search agent: amc | uniform | random (and plugins).")
@@ -25,16 +28,20 @@ import click
               help="budget: -error; accuracy: -error*log(cost) (AMC's accuracy-guaranteed mode).")
 @click.option("--lbound", type=float, default=0.2, show_default=True, help="Smallest preserve ratio of a channel group.")
 @click.option("--finetune-epochs", type=float, default=8.0, show_default=True, help="Distillation epochs for the final student.")
+@click.option("--bn-calibration", type=int, default=256, show_default=True,
+              help="Re-estimate BatchNorm statistics of each candidate on this many train images before scoring it (0: AMC's original, none).")
 @click.option("--reconstruct", is_flag=True, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--lut", type=click.Path(dir_okay=False), help="Latency LUT for the cost model (default: the device's, or measured here and cached).")
 @click.option("--runs", type=int, help="Timed iterations when measuring on the device.")
 @click.option("--threads", type=int, help="Intra-op threads when measuring on the device.")
 @click.option("--out", "-o", default="hwcompress-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the interrupted search in this folder.")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
+              help="Re-apply a saved policy.json to the teacher without searching (prune, fine-tune, measure, report).")
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-episode lines.")
-def search(latency_ms, macs, params_budget, agent, device, device_file, model, weights, data, input_shape, episodes, warmup,
-           seed, reward, lbound, finetune_epochs, reconstruct, lut, runs, threads, out, resume, json_target, quiet):
+def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, device, device_file, model, weights, data, input_shape, episodes, warmup,
+           seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, lut, runs, threads, out, resume, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
     The budget is measured latency by default (--latency-ms); --macs or --params are alternatives.
@@ -46,31 +53,39 @@ def search(latency_ms, macs, params_budget, agent, device, device_file, model, w
     \b
     Examples:
       hwcompress search --latency-ms 2.5                       # embedded default on this CPU
+      hwcompress search --latency-ratio 0.6                    # 60% of the teacher's measured latency
       hwcompress search --latency-ms 2.5 --agent uniform -o uni
       hwcompress search --macs 4e7 --episodes 200 --seed 1
       hwcompress search --resume hwcompress-out                # continue an interrupted run
+      hwcompress search --policy hwcompress-out/policy.json -o again   # re-apply a policy, no search
       hwcompress search -m resnet18 --data ./imagenette --latency-ms 15 --input-shape 1,3,160,160
     """
     from hwcompress.cli.common import emit_json
     from hwcompress.errors import UserError
     from hwcompress.models import parse_input_shape
-    from hwcompress.search.pipeline import BudgetAlreadyMet, SearchConfig, run_search
+    from hwcompress.search.pipeline import BudgetAlreadyMet, SearchConfig, apply_policy, run_search
 
     if resume:
         config = SearchConfig(out=resume, episodes=episodes if episodes != 120 else SearchConfig.episodes)
     else:
-        chosen = [(name, value) for name, value in (("latency_ms", latency_ms), ("macs", macs), ("params", params_budget)) if value is not None]
+        chosen = [(name, value) for name, value in (("latency_ms", latency_ms), ("latency_ratio", latency_ratio),
+                                                   ("macs", macs), ("params", params_budget)) if value is not None]
         if len(chosen) != 1:
-            raise UserError("give exactly one budget: --latency-ms X, --macs N or --params N")
+            raise UserError("give exactly one budget: --latency-ms X, --latency-ratio R, --macs N or --params N")
         metric, budget = chosen[0]
+        ratio = budget if metric == "latency_ratio" else None
         config = SearchConfig(
-            budget_metric=metric, budget=budget, agent=agent, device=device, device_file=device_file, model=model,
+            budget_metric="latency_ms" if metric == "latency_ratio" else metric, budget=0.0 if ratio else budget,
+            budget_ratio=ratio, margin=margin, agent=agent, device=device, device_file=device_file, model=model,
             weights=weights, data=data, input_shape=parse_input_shape(input_shape), episodes=episodes, warmup=warmup,
-            seed=seed, reward=reward, lbound=lbound, finetune_epochs=finetune_epochs, reconstruct=reconstruct,
+            seed=seed, reward=reward, lbound=lbound, finetune_epochs=finetune_epochs, bn_calibration=bn_calibration, reconstruct=reconstruct,
             lut=lut, out=out, runs=runs, threads=threads,
         )
     try:
-        document = run_search(config, resume=bool(resume), quiet=quiet)
+        if policy_file:
+            document = apply_policy(config, policy_file, quiet=quiet)
+        else:
+            document = run_search(config, resume=bool(resume), quiet=quiet)
     except BudgetAlreadyMet as message:
         click.echo(f"{message}; nothing to compress")
         sys.exit(0)

@@ -21,5 +21,12 @@ def _random(**kw: Any) -> Any:
     return RandomPolicy(**kw)
 
 
-#: Agents that walk AMC's episode over channel groups; the registry exposes them by name.
-BUILTIN_AGENTS: dict[str, Callable[..., Any]] = {"amc": _amc, "uniform": _uniform, "random": _random}
+def _n2n(**kw: Any) -> Any:
+    from hwcompress.search.n2n import N2NSettings
+
+    return N2NSettings(**kw)
+
+
+#: The built-in agents by name. amc, uniform and random walk AMC's episode over channel groups;
+#: n2n runs its own two-stage loop (hwcompress/search/n2n.py) on the same pipeline.
+BUILTIN_AGENTS: dict[str, Callable[..., Any]] = {"amc": _amc, "uniform": _uniform, "random": _random, "n2n": _n2n}

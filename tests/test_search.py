@@ -1,0 +1,124 @@
+"""The search pipeline end to end on a tiny teacher: clamp, budgets, outputs, resume, CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hwcompress.analysis import analyze
+from hwcompress.embedded import resnet_cifar
+from hwcompress.errors import UserError
+from hwcompress.pruning import find_channel_groups, prune_channels
+from hwcompress.search.amc import EpisodeWalker, RandomPolicy
+from hwcompress.search.cost import CostModel
+from hwcompress.search.pipeline import BudgetAlreadyMet, SearchConfig, run_search
+
+SHAPE = (1, 3, 32, 32)
+TINY = "hwcompress.embedded:resnet20"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model_and_cost(metric="macs"):
+    torch.manual_seed(0)
+    model = resnet_cifar(depth=20).eval()
+    x = torch.zeros(SHAPE)
+    layers = analyze(model, SHAPE).layers
+    groups = find_channel_groups(model, x)
+    return model, x, layers, groups, CostModel(layers, groups, metric=metric, multiple=8, lbound=0.2)
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_cost_model_is_exact_against_the_pruned_model(metric):
+    model, x, layers, groups, cost = _model_and_cost(metric)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        keep = {g.name: int(rng.choice(cost.allowed_counts(g))) for g in groups}
+        pruned = analyze(prune_channels(model, x, keep), SHAPE)
+        assert cost.cost(keep) == (pruned.macs if metric == "macs" else pruned.params)
+    assert cost.cost(cost.full_policy()) == (analyze(model, SHAPE).macs if metric == "macs" else sum(p.numel() for p in model.parameters()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_every_episode_meets_the_budget_under_the_clamp(seed):
+    _, _, layers, groups, cost = _model_and_cost("macs")
+    full, smallest = cost.cost(cost.full_policy()), cost.cost(cost.min_policy())
+    budget = smallest + (full - smallest) * 0.35
+    walker = EpisodeWalker(cost, layers, budget)
+    policy = RandomPolicy(len(groups), seed=seed)
+    for episode in range(20):
+        result = policy.run_episode(walker, episode)
+        assert cost.cost(result.keep) <= budget
+        assert all(cost.min_channels(g) <= result.keep[g.name] <= g.channels for g in groups)
+        assert all(result.keep[g.name] % 8 == 0 or result.keep[g.name] == g.channels for g in groups)
+
+
+def _config(tmp_path, **overrides):
+    base = dict(budget_metric="macs", budget=12e6, agent="amc", model=TINY, data="digits", episodes=6, warmup=2,
+                seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=64,
+                agent_options={"hidden": 32, "batch_size": 8})
+    base.update(overrides)
+    return SearchConfig(**base)
+
+
+def test_search_writes_the_result_contract(tmp_path):
+    doc = run_search(_config(tmp_path), quiet=True)
+    out = tmp_path / "out"
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["schema"] == doc["schema"] == "hwcompress.search/1"
+    assert saved["budget"] == {"macs": 12e6} and saved["budget_met"] is True
+    assert saved["student"]["macs"] <= 12e6 < saved["teacher"]["macs"]
+    assert saved["student"]["latency_ms"] > 0 and saved["teacher"]["latency_ms"] > 0  # measured on this CPU
+    assert saved["episodes"] == 6 and len(saved["policy"]) == len(find_channel_groups(resnet_cifar(20), torch.zeros(SHAPE)))
+    for name in ("student.onnx", "student.pt", "policy.json", "summary.md", "history.json", "ratios.png", "reward.png"):
+        assert (out / name).exists(), name
+    loaded = torch.load(out / "student.pt", weights_only=False)["model"]
+    assert sum(p.numel() for p in loaded.parameters()) == saved["student"]["params"]
+
+
+def test_resume_reaches_the_same_policy(tmp_path):
+    straight = run_search(_config(tmp_path / "a", episodes=6), quiet=True)
+    run_search(_config(tmp_path / "b", episodes=3, finetune_epochs=0), quiet=True)
+    (tmp_path / "b" / "out" / "result.json").unlink()
+    resumed = run_search(SearchConfig(out=str(tmp_path / "b" / "out"), episodes=6), resume=True, quiet=True)
+    history_a = json.loads((tmp_path / "a" / "out" / "history.json").read_text())
+    history_b = json.loads((tmp_path / "b" / "out" / "history.json").read_text())
+    assert [h["ratios"] for h in history_a] == [h["ratios"] for h in history_b]
+    assert straight["policy"] == resumed["policy"]
+
+
+def test_infeasible_budget_names_the_smallest_reachable(tmp_path):
+    with pytest.raises(UserError, match=r"infeasible.*reaches [\d,]+ MACs"):
+        run_search(_config(tmp_path, budget=1e5), quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_budget_the_teacher_meets(tmp_path):
+    with pytest.raises(BudgetAlreadyMet, match="already meets"):
+        run_search(_config(tmp_path, budget=1e12), quiet=True)
+
+
+def test_uniform_and_random_use_the_same_pipeline(tmp_path):
+    for agent in ("uniform", "random"):
+        doc = run_search(_config(tmp_path / agent, agent=agent, episodes=3), quiet=True)
+        assert doc["agent"] == agent and doc["budget_met"]
+    ratios = {row["ratio"] for row in json.loads((tmp_path / "uniform" / "out" / "result.json").read_text())["policy"]}
+    assert len(ratios) <= 4  # one ratio, rounded per group size
+
+
+def test_cli_errors_are_one_line(cli, tmp_path):
+    result = cli("search", "--macs", "1e5", "-m", TINY, "--data", "digits", "--episodes", "2", "-o", str(tmp_path / "x"))
+    assert result.returncode == 2 and "infeasible" in result.stderr and "Traceback" not in result.stderr
+    result = cli("search")
+    assert result.returncode == 2 and "give exactly one budget" in result.stderr
+    result = cli("search", "--macs", "1e12", "-m", TINY, "--data", "digits", "-o", str(tmp_path / "y"))
+    assert result.returncode == 0 and "already meets" in result.stdout
+    result = cli("search", "--resume", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "nothing to resume" in result.stderr
