@@ -87,8 +87,26 @@ def round_channels(channels: int, ratio: float, multiple: int) -> int:
 
 
 def prune_random(model: Any, input_shape: tuple[int, ...], rng: random.Random, multiple: int) -> tuple[Any, list[float]]:
-    """Prune every prunable channel group of ``model`` to a random preserve ratio (physically)."""
+    """Prune every prunable channel group of ``model`` to a random preserve ratio (physically).
+
+    Uses :mod:`hwcompress.pruning` (the search's own torch-pruning based surgery) when present, else
+    torch-pruning's dependency graph directly.
+    """
     import torch
+
+    try:
+        from hwcompress import pruning
+    except ImportError:
+        pruning = None
+    if pruning is not None:
+        example = torch.zeros(*input_shape)
+        groups = pruning.find_channel_groups(model, example)
+        keep, ratios = {}, []
+        for group in groups:
+            kept = max(group.min_channels, round_channels(group.channels, rng.uniform(*RATIO_RANGE), multiple))
+            keep[group.name] = kept
+            ratios.append(kept / group.channels)
+        return pruning.prune_channels(model, example, keep).eval(), ratios
     import torch_pruning as tp
 
     example = torch.randn(*input_shape)

@@ -185,9 +185,9 @@ def distill(
 ) -> dict[str, Any]:
     """Train ``student`` to reproduce ``teacher``'s outputs on ``train_ds``.
 
-    The student is usually a compressed copy of the teacher, so the default learning rate is a
-    fine-tuning one and decays with a cosine from the first step (no warm-up). The teacher runs in
-    eval mode under ``no_grad`` and is left in its previous mode.
+    The student is usually a compressed copy of the teacher, already close to a good solution, so the
+    learning rate decays with a cosine from the first step (no warm-up). The teacher runs in eval mode
+    under ``no_grad`` and is left in its previous mode.
 
     Args:
         student: Network trained in place.

@@ -5,8 +5,15 @@ device itself (``hwcompress lut record``). For every layer of a model the record
 made of that layer *as the runtime executes it inside the network* (Conv2d with the BatchNorm and
 activation that follow it, which runtimes fold into one kernel; depthwise convolutions with their
 groups; Linear), over a grid of channel counts, so that channel-pruned variants are predicted by
-interpolation. It also times the whole model once: the ratio between that measurement and the sum of
-the layers is the *calibration* stored with the table and applied to every prediction.
+interpolation. It also times the whole model, and copies of it uniformly pruned to a few widths: the
+ratio between each measurement and the sum of its layers is the *calibration* stored with the table
+and applied to every prediction (interpolated between the widths by layer sum). Devices without a
+usable PyTorch (phones) time a *plan* exported elsewhere (:func:`export_plan`, :func:`record_plan`).
+
+Public API: :class:`LatencyTable` (``load``, ``save``, ``merge``, ``predict_layer``, ``predict``,
+``predict_detail``, ``check_request``, ``summary``), :func:`record_lut`, :func:`ensure_lut`,
+:func:`export_plan`, :func:`record_plan`, :class:`Recorder` (time any list of configurations),
+:func:`model_units`, :func:`grid_configs`, :class:`LutProfiler` and :func:`predict_report`.
 
 The file format (JSON, ``"schema": "hwcompress.lut/1"``)::
 
@@ -18,7 +25,8 @@ The file format (JSON, ``"schema": "hwcompress.lut/1"``)::
                   "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1,
                   "fused": ["BatchNorm2d", "ReLU"], "median": 1.21, "p90": 1.25, "std": 0.02, "runs": 50}, ...],
      "models": [{"name": "resnet18", "input_shape": [1, 3, 224, 224], "families": [...],
-                 "layer_sum_ms": 20.1, "measured_ms": 23.2, "scale": 1.154, "offset_ms": 3.1, ...}]}
+                 "layer_sum_ms": 20.1, "measured_ms": 23.2, "scale": 1.154, "offset_ms": 3.1,
+                 "points": [{"width": 1.0, "layer_sum_ms": 20.1, "measured_ms": 23.2, "ratio": 1.154}, ...]}]}
 
 An entry is keyed by op, batch, input H x W, cin, cout, kernel, stride, padding and groups. Two
 timing modes exist (``provenance.timing``):
@@ -268,6 +276,11 @@ class LutEntry:
     fused: tuple[str, ...] = ()
     passes: int = 1
 
+    @property
+    def spread(self) -> float:
+        """A standard deviation robust to the odd preempted run: (p90 - median) / 1.2816."""
+        return max(0.0, self.p90 - self.median) / 1.2816
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.config.to_dict(),
@@ -297,7 +310,8 @@ class PredictionDetail:
         per_layer_ms: calibrated per-layer predictions (they add up to ``total_ms`` minus ``offset_ms``).
         status: per layer, ``exact`` | ``interpolated`` | ``missing`` | ``fused``.
         layer_sum_ms: the uncalibrated sum of the layers.
-        std_ms: spread of the prediction (entries' standard deviations combined as independent).
+        std_ms: spread of the prediction (the entries' robust spreads, see :attr:`LutEntry.spread`,
+            combined as independent).
         scale, offset_ms: the calibration applied (``total = scale * layer_sum + offset``).
         calibration: which recorded model the calibration came from (None when uncalibrated).
         extrapolated: layers outside the recorded channel grid (a subset of the interpolated ones).
@@ -647,7 +661,7 @@ class LatencyTable:
                 grouped.setdefault(entry.config.family(), {}).setdefault(xy, []).append(entry)
             self._index = {
                 family: {
-                    xy: (statistics.fmean(self._entry_ms(e) for e in es), statistics.fmean(e.std for e in es))
+                    xy: (statistics.fmean(self._entry_ms(e) for e in es), statistics.fmean(e.spread for e in es))
                     for xy, es in points.items()
                 }
                 for family, points in grouped.items()
@@ -664,7 +678,7 @@ class LatencyTable:
         key = config.key()
         entry = self.entries.get(key)
         if entry is not None:
-            return self._entry_ms(entry), entry.std, EXACT, False
+            return self._entry_ms(entry), entry.spread, EXACT, False
         families = self._families()
         cached = self._cache.get(key)
         if cached is None:
@@ -745,7 +759,7 @@ class LatencyTable:
 
         entry = min(candidates, key=distance)
         ratio = macs / max(entry.config.macs(), 1)
-        return self._entry_ms(entry) * ratio, entry.std * ratio, MISSING, False
+        return self._entry_ms(entry) * ratio, entry.spread * ratio, MISSING, False
 
     def predict_layer(self, spec: LayerSpec) -> tuple[float, str]:
         """Uncalibrated latency (ms) of one layer and how it was found: exact | interpolated | missing."""
@@ -855,6 +869,11 @@ class LatencyTable:
                     "scale": m.get("scale"),
                     "offset_ms": m.get("offset_ms"),
                     "layers": m.get("layers"),
+                    "macs": m.get("macs"),
+                    "points": [
+                        {"width": q.get("width"), "ratio": q.get("ratio"), "measured_ms": q.get("measured_ms"), "layer_sum_ms": q.get("layer_sum_ms")}
+                        for q in m.get("points") or []
+                    ],
                 }
                 for m in self.models
             ],
@@ -910,6 +929,15 @@ def _is_fused_norm(spec: LayerSpec, previous: LayerSpec | None) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # Recording
+
+
+@dataclass
+class PlannedUnit:
+    """A layer configuration exported to ONNX ahead of time (``hwcompress lut plan``)."""
+
+    onnx_path: Path
+    input_shape: tuple[int, ...]
+    fused: tuple[str, ...] = ()
 
 
 @dataclass
@@ -1182,29 +1210,16 @@ def _ort_kernel_stats(artifact: ModelArtifact, settings: ProfileSettings) -> Lat
     return LatencyStats.from_samples(samples)
 
 
-#: Bytes streamed between timed runs of a layer when neither the settings
-#: (``options["cache_flush_mb"]``) nor the table say otherwise.
+#: MB streamed between timed runs of a layer (``settings.options["cache_flush_mb"]`` overrides; 0 = off).
+#: Measured on a 2-core Xeon: 16 MB brings a 480x1000 Linear from 0.033 to 0.078 ms (0.084 inside
+#: mobilenet_v2) and 1x1 convolutions at 7x7 within 5 % of their in-network times; larger flushes
+#: also evict the activations a layer finds warm inside a network and over-predict memory-bound
+#: layers (mobilenet_v2's layer sum +20 % at 48 MB), so the remainder is left to the calibration.
 DEFAULT_CACHE_FLUSH_MB = 16
-#: Bounds of the flush sized from a model's working set (see :func:`flush_size_for`).
-FLUSH_RANGE_MB = (16, 128)
 
 
 def cache_flush_mb(settings: ProfileSettings) -> float:
     return float(settings.options.get("cache_flush_mb", DEFAULT_CACHE_FLUSH_MB))
-
-
-def flush_size_for(module: Any, units: Sequence["UnitTemplate"]) -> int:
-    """MB to stream between timed layer runs so that a layer's weights are as far away as in the
-    network: what one inference touches (weights and activations, fp32), within ``FLUSH_RANGE_MB``.
-
-    Measured on a shared 2-core Xeon: resnet18's 7x7 convolutions ran 20 % and its classifier 70 %
-    slower inside the network than alone with a 16 MB flush, and matched it within 5 % with 64 MB.
-    """
-    weights = sum(p.numel() for p in module.parameters()) * 4
-    activations = sum(u.config.cout * math.prod(u.config.out_hw() or (1,)) * u.config.batch * 4 for u in units)
-    megabytes = (weights + activations) / (1 << 20)
-    low, high = FLUSH_RANGE_MB
-    return int(min(high, max(low, 16 * math.ceil(megabytes / 16))))
 
 
 def _cache_flusher(megabytes: float) -> Callable[[], None]:
@@ -1322,10 +1337,7 @@ def new_provenance(descriptor: Any, profiler: Any, settings: ProfileSettings, ba
         "channel_multiple": int(getattr(descriptor, "channel_multiple", 8)),
         "channel_quantum": 1,
         "session_overhead_ms": 0.0,
-        # Decided by the first recording (sized from its model) unless the settings fix it.
-        "cache_flush_mb": (float(settings.options["cache_flush_mb"]) if "cache_flush_mb" in settings.options else None)
-        if timing == TIMING_KERNELS
-        else 0.0,
+        "cache_flush_mb": cache_flush_mb(settings) if timing == TIMING_KERNELS else 0.0,
         "facts": facts,
     }
 
@@ -1388,11 +1400,15 @@ class Recorder:
             self.table.save(self.path)
         self._last_save = time.monotonic()
 
-    def time_config(self, config: LayerConfig, template: UnitTemplate | None = None) -> LatencyStats:
-        """Time one configuration (not stored)."""
+    def time_config(self, config: LayerConfig, source: "UnitTemplate | PlannedUnit | None" = None) -> LatencyStats:
+        """Time one configuration (not stored): built from its template and exported here, or, for a
+        :class:`PlannedUnit`, the ONNX file exported beforehand (no PyTorch needed on the device)."""
+        if isinstance(source, PlannedUnit):
+            artifact = ModelArtifact(onnx_path=source.onnx_path, input_shape=source.input_shape, name=config.key())
+            return self.timer.time(artifact, self.settings)
         from hwcompress.export import export_onnx
 
-        module, shape = build_unit(config, template)
+        module, shape = build_unit(config, source)
         onnx_path = Path(self._tmp.name) / "unit.onnx"
         export_onnx(module, shape, onnx_path, verify=False)
         artifact = ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=module, name=config.key())
@@ -1400,7 +1416,7 @@ class Recorder:
 
     def record(
         self,
-        configs: Sequence[tuple[LayerConfig, UnitTemplate | None]],
+        configs: Sequence[tuple[LayerConfig, "UnitTemplate | PlannedUnit | None"]],
         passes: int = 1,
         every: int = 0,
         between: Callable[[], None] | None = None,
@@ -1408,7 +1424,8 @@ class Recorder:
         """Time every configuration not yet in the table (``passes`` times); returns the table.
 
         Args:
-            configs: configurations with the templates that build them (None: a bare layer).
+            configs: configurations with what times them: the template that builds the layer, a
+                :class:`PlannedUnit` (an exported file), or None (a bare layer).
             passes: time each configuration in this many passes over the whole list and keep the
                 lowest median: a burst of load or a thermal throttle slows a whole timing down for a
                 moment, never speeds it up, and passes minutes apart rarely both meet one.
@@ -1457,13 +1474,17 @@ class Recorder:
         """The channel step the runtime works in: time a 3x3 convolution at 64, 64+m, ... 64+8m output
         channels and pick the step that explains the times best (a staircase of 2m when kernels work
         on blocks of 2m channels)."""
-        counts = [64 + i * multiple for i in range(9)]
-        base = LayerConfig("Conv2d", batch, (28, 28), 64, 64, (3, 3), (1, 1), (1, 1), 1)
+        probes = quantum_probe_configs(batch, multiple)
+        return self.detect_quantum_from([(config, None) for config in probes], multiple)
+
+    def detect_quantum_from(self, probes: Sequence[tuple[LayerConfig, "PlannedUnit | None"]], multiple: int) -> tuple[int, list[list[float]]]:
+        """:meth:`detect_quantum` on given probe configurations (exported beforehand for a plan)."""
+        counts = [config.cout for config, _ in probes]
         saved = self.settings
         # Steps are a few per cent of the time: more runs than a layer needs make them stand out.
         self.settings = replace(saved, runs=max(int(saved.runs), 30))
         try:
-            times = [self.time_config(base.with_channels(64, count)).median for count in counts]
+            times = [self.time_config(config, source).median for config, source in probes]
         finally:
             self.settings = saved
         return fit_quantum(counts, times, multiple), [[c, round(t, 6)] for c, t in zip(counts, times)]
@@ -1472,6 +1493,13 @@ class Recorder:
         """The fixed cost of one call on a trivial model (subtracted from session-timed entries)."""
         config = LayerConfig("Conv2d", 1, (1, 1), 8, 8, (1, 1), (1, 1), (0, 0), 1)
         return self.time_config(config).median
+
+
+def quantum_probe_configs(batch: int, multiple: int) -> list[LayerConfig]:
+    """The probe of :meth:`Recorder.detect_quantum`: a 3x3 convolution at 28x28, 64 input channels,
+    64, 64 + m, ..., 64 + 8m output channels."""
+    base = LayerConfig("Conv2d", batch, (28, 28), 64, 64, (3, 3), (1, 1), (1, 1), 1)
+    return [base.with_channels(64, 64 + i * multiple) for i in range(9)]
 
 
 def fit_quantum(counts: Sequence[int], times: Sequence[float], multiple: int) -> int:
@@ -1573,62 +1601,78 @@ def record_lut(
     Returns:
         The table (also saved at ``out_path``).
     """
+    from hwcompress.analysis import analyze
     from hwcompress.export import export_onnx
 
     input_shape = tuple(int(d) for d in input_shape)
     table = open_table(out_path, descriptor, profiler, settings, input_shape[0], overwrite=overwrite)
     units = model_units(model_module, input_shape)
-    if table.timing == TIMING_KERNELS and table.provenance.get("cache_flush_mb") is None:
-        table.provenance["cache_flush_mb"] = float(flush_size_for(model_module, units))
+    multiple = int(getattr(descriptor, "channel_multiple", 8) or 8)
     recorder = Recorder(table, profiler, settings, out_path, progress, save_every_s)
     try:
-        multiple = int(getattr(descriptor, "channel_multiple", 8) or 8)
         if quantum is not None:
             table.provenance["channel_quantum"] = int(quantum)
             table.provenance["channel_quantum_source"] = "given"
         elif "channel_quantum_source" not in table.provenance:
             detected, probe = recorder.detect_quantum(input_shape[0], multiple)
-            table.provenance["channel_quantum"] = detected
-            table.provenance["channel_quantum_source"] = "detected"
-            table.provenance["quantum_probe"] = probe
+            table.provenance.update(channel_quantum=detected, channel_quantum_source="detected", quantum_probe=probe)
         table.invalidate()
-        if table.timing == TIMING_SESSION and not table.provenance.get("session_overhead_ms"):
-            table.provenance["session_overhead_ms"] = round(recorder.session_overhead(), 6)
         configs = grid_configs(units, multiple, table.quantum, points, min_ratio)
         fingerprint = _model_fingerprint(units)
         name = model_name or type(model_module).__name__
-        known = any(m.get("fingerprint") == fingerprint for m in table.models)
-        between = None
-        every = 0
-        points: list[dict[str, Any]] = []
-        if calibrate and not known:
-            whole_settings = replace(settings, per_layer=False)
+        calibration = None
+        if calibrate and not any(m.get("fingerprint") == fingerprint for m in table.models):
             fixed = [u.name for u in units if u.cout_fixed]
             variants = [(1.0, model_module)] + uniform_variants(model_module, input_shape, widths, multiple, fixed)
+            calibration_points = []
             for width, variant in variants:
                 onnx_path = Path(recorder._tmp.name) / f"model-{width:.2f}.onnx"
                 export_onnx(variant, input_shape, onnx_path, verify=False)
+                analysis = analyze(variant, input_shape)
                 artifact = ModelArtifact(onnx_path=onnx_path, input_shape=input_shape, module=variant, name=name)
-                points.append({"width": width, "module": variant, "artifact": artifact, "wholes": []})
-
-            def between() -> None:
-                for point in points:
-                    point["wholes"].append(profiler.measure(point["artifact"], whole_settings).latency)
-
-            # The whole model (at each calibration width) is timed before, during and after its
-            # layers, so that the calibration sees the same conditions (load, temperature, clocks)
-            # as the entries do on average.
-            between()
-            every = max(10, len(configs) * max(1, passes) // 6)
-        recorder.record(configs, passes=passes, every=every, between=between)
-        if between is not None:
-            between()
-            table.models.append(calibration_record(table, input_shape, name, fingerprint, points, [u.config for u in units]))
+                calibration_points.append({"width": width, "artifact": artifact, "specs": analysis.layers, "macs": analysis.macs})
+            calibration = {
+                "name": name, "input_shape": input_shape, "fingerprint": fingerprint,
+                "configs": [u.config for u in units], "points": calibration_points,
+            }
+        _record_with_calibration(table, recorder, profiler, settings, configs, passes, calibration)
         if out_path is not None:
             table.save(out_path)
     finally:
         recorder.close()
     return table
+
+
+def _record_with_calibration(
+    table: LatencyTable,
+    recorder: "Recorder",
+    profiler: Any,
+    settings: ProfileSettings,
+    configs: Sequence[tuple[LayerConfig, Any]],
+    passes: int,
+    calibration: dict[str, Any] | None,
+) -> None:
+    """Record ``configs``; with ``calibration``, time its whole models before, during and after."""
+    if table.timing == TIMING_SESSION and not table.provenance.get("session_overhead_ms"):
+        table.provenance["session_overhead_ms"] = round(recorder.session_overhead(), 6)
+    if calibration is None:
+        recorder.record(configs, passes=passes)
+        return
+    whole_settings = replace(settings, per_layer=False)
+    points = [dict(point, wholes=[]) for point in calibration["points"]]
+
+    def between() -> None:
+        for point in points:
+            point["wholes"].append(profiler.measure(point["artifact"], whole_settings).latency)
+
+    # The whole model (at each calibration width) is timed before, during and after its layers, so
+    # that the calibration sees the same conditions (load, temperature, clocks) as the entries do.
+    between()
+    recorder.record(configs, passes=passes, every=max(10, len(configs) * max(1, passes) // 6), between=between)
+    between()
+    table.models.append(
+        calibration_record(table, calibration["input_shape"], calibration["name"], calibration["fingerprint"], points, calibration["configs"])
+    )
 
 
 def uniform_variants(
@@ -1640,55 +1684,72 @@ def uniform_variants(
 ) -> list[tuple[float, Any]]:
     """Copies of ``module`` with every prunable channel group kept at ``width`` (physically pruned).
 
-    The calibration measures these beside the full model: what layers miss is not the same share of a
-    pruned model as of the full one (measured: 10 % of mobilenet_v2, 0-5 % of its pruned variants).
-    Channel groups come from torch-pruning's dependency graph, so residual and depthwise couplings
-    stay consistent; layers in ``fixed`` (the model's outputs) are kept whole. A model torch-pruning
-    cannot handle yields no variants (the calibration then uses the full model alone).
+    The calibration measures these beside the full model: what separate layers miss is not the same
+    share of a pruned model as of the full one (measured on this project's 2-core Xeon: measured/sum
+    1.01 for mobilenet_v2, 0.75 at width 0.3). Channel groups come from
+    :func:`hwcompress.pruning.find_channel_groups` (the search's own), else from torch-pruning's
+    dependency graph directly; layers in ``fixed`` (the model's outputs) are kept whole. A model that
+    cannot be pruned yields no variants: the calibration then uses the full model alone.
     """
+    import torch
+
+    widths = [w for w in widths if 0 < w < 1]
+    if not widths:
+        return []
+    example = torch.zeros(*input_shape)
+    try:
+        from hwcompress import pruning
+    except Exception:  # the shared module needs torch-pruning too; fall back below
+        pruning = None
+    out: list[tuple[float, Any]] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if pruning is not None:
+                groups = pruning.find_channel_groups(module, example)
+                for width in widths:
+                    keep = {g.name: max(g.min_channels, pruning.round_channels(g.channels, width, multiple)) for g in groups}
+                    out.append((width, pruning.prune_channels(module, example, keep).eval()))
+            else:
+                out = [(width, _prune_uniform_tp(module, example, width, multiple, fixed)) for width in widths]
+            for _, model in out:
+                with torch.no_grad():
+                    model(example)
+    except Exception as error:  # calibration falls back to the full model; never fatal
+        warnings.warn(f"calibration variants skipped: the model could not be pruned ({type(error).__name__}: {error})", stacklevel=2)
+        return []
+    return out
+
+
+def _prune_uniform_tp(module: Any, example: Any, width: float, multiple: int, fixed: Sequence[str]) -> Any:
+    """Uniform pruning with torch-pruning alone (when :mod:`hwcompress.pruning` is unavailable)."""
     import copy
 
     import torch
+    import torch_pruning as tp
 
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        return []
-    out: list[tuple[float, Any]] = []
-    for width in widths:
-        if not 0 < width < 1:
+    model = copy.deepcopy(module).eval()
+    named = dict(model.named_modules())
+    ignored = [named[name] for name in fixed if name in named]
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    roots = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=roots)):
+        root = group[0].dep.target.module
+        linear = isinstance(root, torch.nn.Linear)
+        channels = root.out_features if linear else root.out_channels
+        keep = max(multiple, min(channels, int(round(channels * width / multiple)) * multiple))
+        if keep >= channels:
             continue
-        model = copy.deepcopy(module).eval()
-        named = dict(model.named_modules())
-        ignored = [named[name] for name in fixed if name in named]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(*input_shape))
-                roots = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
-                for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=roots)):
-                    root = group[0].dep.target.module
-                    linear = isinstance(root, torch.nn.Linear)
-                    channels = root.out_features if linear else root.out_channels
-                    keep = max(multiple, min(channels, int(round(channels * width / multiple)) * multiple))
-                    if keep >= channels:
-                        continue
-                    handler = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
-                    pruning = graph.get_pruning_group(root, handler, idxs=list(range(keep, channels)))
-                    if graph.check_pruning_group(pruning):
-                        pruning.prune()
-            with torch.no_grad():
-                model(torch.zeros(*input_shape))
-        except Exception as error:  # calibration falls back to the full model; never fatal
-            warnings.warn(f"calibration variants skipped: torch-pruning could not prune this model ({type(error).__name__}: {error})", stacklevel=2)
-            return out
-        out.append((width, model))
-    return out
+        handler = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
+        pruning = graph.get_pruning_group(root, handler, idxs=list(range(keep, channels)))
+        if graph.check_pruning_group(pruning):
+            pruning.prune()
+    return model
 
 
 def calibration_record(
     table: LatencyTable,
-    input_shape: tuple[int, ...],
+    input_shape: Sequence[int],
     name: str,
     fingerprint: str,
     points: Sequence[dict[str, Any]],
@@ -1696,21 +1757,19 @@ def calibration_record(
 ) -> dict[str, Any]:
     """The calibration of one model: measured whole-model medians against the sums of the layers.
 
-    Each point (the full model, uniformly pruned copies) gets the median of its whole-model medians
-    taken across the recording and its layer sum as the table predicts it; ``scale`` is the full
-    model's ratio, and predictions interpolate the ratio between points by layer sum.
+    Each point (the full model first, then uniformly pruned copies) brings its analysed layers
+    (``specs``), ``macs`` and whole-model timings (``wholes``); it gets the median of those medians and
+    its layer sum as the table predicts it. ``scale`` is the full model's ratio; predictions
+    interpolate the ratio between points by layer sum (:func:`calibration_ratio`).
     """
-    from hwcompress.analysis import analyze
-
     rows = []
     for point in points:
-        analysis = analyze(point["module"], input_shape)
-        layer_sum = table.predict_detail(analysis, calibration="none").layer_sum_ms
+        layer_sum = table.predict_detail(list(point["specs"]), calibration="none").layer_sum_ms
         medians = [w.median for w in point["wholes"]]
         measured = statistics.median(medians)
         rows.append({
             "width": point["width"],
-            "macs": analysis.macs,
+            "macs": point["macs"],
             "layer_sum_ms": round(layer_sum, 6),
             "measured_ms": round(measured, 6),
             "measurements_ms": [round(m, 6) for m in medians],
@@ -1735,6 +1794,168 @@ def calibration_record(
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# Plans: export on a workstation, time on a device that has ONNX Runtime but no PyTorch
+
+PLAN_SCHEMA = "hwcompress.lut-plan/1"
+
+
+def export_plan(
+    model_module: Any,
+    input_shape: tuple[int, ...],
+    descriptor: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    model_name: str | None = None,
+    points: int = 5,
+    min_ratio: float = 0.2,
+    quantum: int | None = None,
+    widths: Sequence[float] = CALIBRATION_WIDTHS,
+    calibrate: bool = True,
+) -> Path:
+    """Export everything :func:`record_lut` would time, for :func:`record_plan` to time on the device.
+
+    Phones (Termux) and some boards have ONNX Runtime but no usable PyTorch; the layers, the channel
+    grid, the calibration models and the quantum probe are exported here as ONNX files with a
+    ``manifest.json``. Without ``quantum`` the grid is planned on the device's channel multiple and
+    the device still detects its quantum from the probe, for interpolation.
+
+    Returns:
+        The manifest's path.
+    """
+    from hwcompress import __version__
+    from hwcompress.analysis import analyze
+    from hwcompress.export import export_onnx
+
+    out = Path(out_dir)
+    (out / "units").mkdir(parents=True, exist_ok=True)
+    input_shape = tuple(int(d) for d in input_shape)
+    units = model_units(model_module, input_shape)
+    multiple = int(getattr(descriptor, "channel_multiple", 8) or 8)
+    configs = grid_configs(units, multiple, quantum or multiple, points, min_ratio)
+    name = model_name or type(model_module).__name__
+
+    def export(module: Any, shape: tuple[int, ...], relative: str) -> str:
+        export_onnx(module, shape, out / relative, verify=False)
+        return relative
+
+    planned = []
+    for index, (config, template) in enumerate(configs):
+        module, shape = build_unit(config, template)
+        planned.append({"config": config.to_dict(), "fused": list(template.fused), "input_shape": list(shape),
+                        "onnx": export(module, shape, f"units/{index:04d}.onnx")})
+    probe = []
+    if quantum is None:
+        for index, config in enumerate(quantum_probe_configs(input_shape[0], multiple)):
+            module, shape = build_unit(config)
+            probe.append({"config": config.to_dict(), "input_shape": list(shape), "onnx": export(module, shape, f"probe/{index}.onnx")})
+    calibration = None
+    if calibrate:
+        fixed = [u.name for u in units if u.cout_fixed]
+        variants = [(1.0, model_module)] + uniform_variants(model_module, input_shape, widths, multiple, fixed)
+        calibration = {"name": name, "fingerprint": _model_fingerprint(units), "configs": [u.config.to_dict() for u in units], "points": []}
+        for width, variant in variants:
+            analysis = analyze(variant, input_shape)
+            calibration["points"].append({
+                "width": width, "macs": analysis.macs, "specs": [spec.to_dict() for spec in analysis.layers],
+                "onnx": export(variant, input_shape, f"models/{width:.2f}.onnx"),
+            })
+    manifest = {
+        "schema": PLAN_SCHEMA,
+        "device": descriptor.name,
+        "model": name,
+        "input_shape": list(input_shape),
+        "channel_multiple": multiple,
+        "channel_quantum": quantum,
+        "grid": {"points": points, "min_ratio": min_ratio},
+        "planner": f"hwcompress {__version__}",
+        "date": _now(),
+        "units": planned,
+        "probe": probe,
+        "calibration": calibration,
+    }
+    from hwcompress.report import write_json_atomic
+
+    write_json_atomic(manifest, out / "manifest.json")
+    return out / "manifest.json"
+
+
+def load_plan(plan: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Read a plan folder (or its ``manifest.json``); one-line errors for anything missing."""
+    path = Path(plan)
+    manifest = path / "manifest.json" if path.is_dir() else path
+    try:
+        document = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"LUT plan {manifest} not found (make one with `hwcompress lut plan`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"LUT plan {manifest} is unreadable (truncated or corrupted?): {error}") from None
+    if not isinstance(document, dict) or document.get("schema") != PLAN_SCHEMA:
+        raise UserError(f"{manifest} is not a hwcompress LUT plan (schema {PLAN_SCHEMA!r} expected)")
+    for key in ("device", "input_shape", "units"):
+        if key not in document:
+            raise UserError(f"LUT plan {manifest} has no field {key!r}")
+    folder = manifest.parent
+    for item in document["units"] + document.get("probe", []) + ((document.get("calibration") or {}).get("points") or []):
+        if not (folder / item["onnx"]).is_file():
+            raise UserError(f"LUT plan {manifest}: {item['onnx']} is missing; copy the whole plan folder")
+    return folder, document
+
+
+def record_plan(
+    plan: str | os.PathLike[str],
+    descriptor: Any,
+    profiler: Any,
+    settings: ProfileSettings,
+    out_path: str | os.PathLike[str] | None,
+    *,
+    passes: int = 1,
+    progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    save_every_s: float = 5.0,
+) -> LatencyTable:
+    """Time an exported plan (:func:`export_plan`) on this device into a LUT; resumable like
+    :func:`record_lut`, and needs only ONNX Runtime (no PyTorch)."""
+    folder, document = load_plan(plan)
+    if document["device"] not in {descriptor.name, *getattr(descriptor, "aliases", [])}:
+        raise UserError(f"LUT plan {folder} was made for device {document['device']!r}, not {descriptor.name!r}")
+    input_shape = tuple(int(d) for d in document["input_shape"])
+    table = open_table(out_path, descriptor, profiler, settings, input_shape[0], overwrite=overwrite)
+    recorder = Recorder(table, profiler, settings, out_path, progress, save_every_s)
+    try:
+        multiple = int(document.get("channel_multiple") or getattr(descriptor, "channel_multiple", 8))
+        if document.get("channel_quantum"):
+            table.provenance.update(channel_quantum=int(document["channel_quantum"]), channel_quantum_source="given")
+        elif "channel_quantum_source" not in table.provenance and document.get("probe"):
+            probes = [(LayerConfig.from_dict(p["config"]), PlannedUnit(folder / p["onnx"], tuple(p["input_shape"]))) for p in document["probe"]]
+            detected, probe = recorder.detect_quantum_from(probes, multiple)
+            table.provenance.update(channel_quantum=detected, channel_quantum_source="detected", quantum_probe=probe)
+        table.invalidate()
+        configs = [
+            (LayerConfig.from_dict(u["config"]), PlannedUnit(folder / u["onnx"], tuple(u["input_shape"]), tuple(u.get("fused", []))))
+            for u in document["units"]
+        ]
+        source = document.get("calibration")
+        calibration = None
+        if source and not any(m.get("fingerprint") == source["fingerprint"] for m in table.models):
+            points = []
+            for point in source["points"]:
+                specs = [LayerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}) for spec in point["specs"]]
+                artifact = ModelArtifact(onnx_path=folder / point["onnx"], input_shape=input_shape, name=source["name"])
+                points.append({"width": point["width"], "artifact": artifact, "specs": specs, "macs": point["macs"]})
+            calibration = {
+                "name": source["name"], "input_shape": input_shape, "fingerprint": source["fingerprint"],
+                "configs": [LayerConfig.from_dict(c) for c in source["configs"]], "points": points,
+            }
+        _record_with_calibration(table, recorder, profiler, settings, configs, passes, calibration)
+        table.provenance["plan"] = {"model": document.get("model"), "planner": document.get("planner"), "date": document.get("date")}
+        if out_path is not None:
+            table.save(out_path)
+    finally:
+        recorder.close()
+    return table
+
+
 def default_lut_path(descriptor: Any, settings: ProfileSettings, batch: int = 1) -> Path:
     """Where the on-demand cost model of a local device is cached (the user data folder's ``luts/``)."""
     from hwcompress.devices import user_data_dir
@@ -1754,21 +1975,25 @@ def ensure_lut(
 ) -> LatencyTable:
     """The cost model of a *local* device for this model: the cached table, completed where needed.
 
-    The search calls this before it starts: the first call records (minutes), later ones only load.
-    A cache recorded with another runtime version is re-recorded from scratch.
+    The search calls this before it starts: the first call records (minutes), later ones only load
+    (and record what a new model adds). A cache recorded with another runtime version or other
+    settings, or a damaged one, is recorded afresh: it is ours to replace.
 
     Args:
-        options: passed to :func:`record_lut` (``points``, ``min_ratio``, ``progress``...).
+        path: the cache file (default :func:`default_lut_path`).
+        options: passed to :func:`record_lut` (``points``, ``min_ratio``, ``passes``, ``progress``...).
     """
     profiler = profiler or recording_profiler(descriptor)
-    path = Path(path) if path is not None else default_lut_path(descriptor, settings, int(input_shape[0]))
-    try:
-        return record_lut(model_module, input_shape, descriptor, profiler, settings, path, **options)
-    except UserError:
-        if "overwrite" in options:
-            raise
-        # A stale cache (other runtime version or settings): it is ours to replace.
-        return record_lut(model_module, input_shape, descriptor, profiler, settings, path, overwrite=True, **options)
+    batch = int(input_shape[0])
+    path = Path(path) if path is not None else default_lut_path(descriptor, settings, batch)
+    if "overwrite" not in options and path.exists():
+        try:
+            cached = LatencyTable.load(path)
+            fresh = LatencyTable(new_provenance(descriptor, profiler, settings, batch, unit_timer(profiler).timing))
+            options["overwrite"] = cached.settings_key() != fresh.settings_key()
+        except UserError:
+            options["overwrite"] = True
+    return record_lut(model_module, input_shape, descriptor, profiler, settings, path, **options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1837,10 +2062,29 @@ def lut_facts(table: LatencyTable) -> dict[str, Any]:
 
 
 def predicted_stats(detail: PredictionDetail) -> LatencyStats:
-    """LatencyStats of a prediction. ``median`` and ``mean`` are the calibrated prediction; the spread
-    combines the entries' standard deviations as independent (normal quantiles give p90/p99, min/max
-    are median -/+ 2.33 std); ``runs`` is 0 because nothing was timed for this report."""
+    """LatencyStats of a prediction (``runs = 0``: nothing was timed for it).
+
+    ``median`` and ``mean`` are the calibrated prediction. The spread is a whole-model property
+    (preemption, clock changes, the runtime's own jitter), so it is taken relative from the
+    calibration model's measured statistics on the device (p90/median, p99/median, min, max, std)
+    and applied to the prediction; without a calibration, the entries' robust spreads are combined
+    as independent and normal quantiles give p90 and p99.
+    """
     median = detail.total_ms
+    measured = (detail.calibration or {}).get("measured") or {}
+    base = float(measured.get("median") or 0.0)
+    if base > 0 and all(isinstance(measured.get(k), (int, float)) for k in ("p90", "p99", "std", "min", "max")):
+        rel = {k: float(measured[k]) / base for k in ("p90", "p99", "std", "min", "max")}
+        return LatencyStats(
+            median=median,
+            mean=median,
+            p90=median * rel["p90"],
+            p99=median * rel["p99"],
+            std=median * rel["std"],
+            min=median * rel["min"],
+            max=median * rel["max"],
+            runs=0,
+        )
     std = detail.std_ms
     return LatencyStats(
         median=median,
@@ -1913,7 +2157,10 @@ def predict_report(
         f"{coverage[MISSING]} missing, {coverage[FUSED]} fused into the layer before"
         + (f"; missing: {', '.join(coverage['missing_layers'][:5])}" if coverage["missing_layers"] else "")
     )
-    notes.append("predicted latency: median = calibrated sum of layers; spread combined from the entries; runs = 0 (nothing timed)")
+    notes.append(
+        "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
+        "spread on the device; runs = 0 (nothing timed here)"
+    )
     return ProfileReport(
         device=descriptor.to_dict(),
         model=model_info,

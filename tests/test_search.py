@@ -84,7 +84,7 @@ def test_search_writes_the_result_contract(tmp_path):
 
 
 def test_resume_reaches_the_same_policy(tmp_path):
-    straight = run_search(_config(tmp_path / "a", episodes=6), quiet=True)
+    straight = run_search(_config(tmp_path / "a", episodes=6, finetune_epochs=0), quiet=True)
     run_search(_config(tmp_path / "b", episodes=3, finetune_epochs=0), quiet=True)
     (tmp_path / "b" / "out" / "result.json").unlink()
     resumed = run_search(SearchConfig(out=str(tmp_path / "b" / "out"), episodes=6), resume=True, quiet=True)
@@ -114,11 +114,30 @@ def test_uniform_and_random_use_the_same_pipeline(tmp_path):
 
 
 def test_cli_errors_are_one_line(cli, tmp_path):
-    result = cli("search", "--macs", "1e5", "-m", TINY, "--data", "digits", "--episodes", "2", "-o", str(tmp_path / "x"))
+    result = cli("search", "--macs", "1e5", "-m", TINY, "--data", "digits", "--episodes", "2", "--runs", "3", "-o", str(tmp_path / "x"))
     assert result.returncode == 2 and "infeasible" in result.stderr and "Traceback" not in result.stderr
     result = cli("search")
     assert result.returncode == 2 and "give exactly one budget" in result.stderr
-    result = cli("search", "--macs", "1e12", "-m", TINY, "--data", "digits", "-o", str(tmp_path / "y"))
+    result = cli("search", "--macs", "1e12", "-m", TINY, "--data", "digits", "--runs", "3", "-o", str(tmp_path / "y"))
     assert result.returncode == 0 and "already meets" in result.stdout
     result = cli("search", "--resume", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "nothing to resume" in result.stderr
+
+
+def test_free_channels_fill_a_runtime_block():
+    """Where latency moves in blocks of 16 channels, a count of 8 is raised to 16 at no cost."""
+    model, x, layers, groups, _ = _model_and_cost()
+
+    def blocky_latency(rows):  # a stand-in runtime whose kernels work on 16-channel blocks
+        return sum((((r.cin or 1) + 15) // 16) * (((r.cout or 1) + 15) // 16) for r in rows if r.op == "Conv2d")
+
+    cost = CostModel(layers, groups, metric="latency_ms", latency_of=blocky_latency, multiple=8, lbound=0.2)
+    wide = max(range(len(groups)), key=lambda i: groups[i].channels)  # a 64-channel group
+    decided = {g.name: g.channels for g in groups[:wide]}
+    budget = cost.cost(cost.full_policy())
+    assert cost.cost({**decided, groups[wide].name: 40}) == cost.cost({**decided, groups[wide].name: 48})
+    assert cost.free_channels(wide, 40, decided, budget) == 48
+    assert cost.free_channels(wide, 48, decided, budget) == 48  # 56 needs a fourth block
+    later_at_min = {g.name: cost.min_channels(g) for g in groups[wide + 1:]}
+    tight = cost.cost({**decided, **later_at_min, groups[wide].name: 40}) - 1
+    assert cost.free_channels(wide, 40, decided, tight) == 40  # never steps past the budget

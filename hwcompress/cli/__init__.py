@@ -38,12 +38,13 @@ def cli(debug: bool) -> None:
 
 
 def _add_commands() -> None:
-    from hwcompress.cli import devices_cmd, profile_cmd, search_cmd
+    from hwcompress.cli import devices_cmd, lut_cmd, profile_cmd, search_cmd
 
     cli.add_command(profile_cmd.profile)
     cli.add_command(devices_cmd.devices)
     cli.add_command(devices_cmd.plugins_command)
     cli.add_command(search_cmd.search)
+    cli.add_command(lut_cmd.lut)
     from hwcompress import plugins
 
     plugins.call_register_hook("register_commands", cli)

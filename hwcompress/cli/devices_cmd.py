@@ -51,6 +51,12 @@ def plugins_command(json_target):
     \b
     Environment: HWCOMPRESS_PLUGINS=a,b loads only those entry points;
     HWCOMPRESS_DISABLE_PLUGINS=a,b skips them.
+
+    \b
+    Examples:
+      hwcompress plugins
+      hwcompress plugins --json - | jq '.[] | select(.error)'
+      HWCOMPRESS_DISABLE_PLUGINS=hwcompress-profiler-tensorrt hwcompress devices
     """
     from dataclasses import asdict
 

@@ -8,7 +8,7 @@ from hwcompress.cli.common import console, emit_json, fmt_count, fmt_ms
 
 
 @click.command()
-@click.option("--device", "-d", default="cpu", show_default=True, help="Device name or alias (see `hwcompress devices`).")
+@click.option("--device", "-d", help="Device name or alias (see `hwcompress devices`; default: cpu, or the one --device-file describes).")
 @click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
 @click.option("--model", "-m", default="resnet18", show_default=True,
               help="torchvision name, pkg.module:factory, checkpoint (.pt, trusted files only: it is unpickled), .onnx file, or 'embedded'.")

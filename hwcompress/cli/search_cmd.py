@@ -15,7 +15,7 @@ import click
 @click.option("--macs", type=float, help="MACs budget instead of latency (e.g. 5e7).")
 @click.option("--params", "params_budget", type=float, help="Parameter budget instead of latency (e.g. 3e5).")
 @click.option("--agent", default="amc", show_default=True, help="Search agent: amc | uniform | random (and plugins).")
-@click.option("--device", "-d", default="cpu", show_default=True, help="Target device name or alias.")
+@click.option("--device", "-d", help="Target device name or alias (default: cpu, or the one --device-file describes).")
 @click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
 @click.option("--model", "-m", help="Teacher: torchvision name, pkg.module:factory or checkpoint (default: embedded ResNet-56 on digits).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for the teacher.")

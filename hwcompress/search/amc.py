@@ -86,7 +86,10 @@ class EpisodeWalker:
         group = self.groups[t]
         ratio = min(max(float(ratio), 0.0), 1.0)
         proposed = round_channels(group.channels, ratio, self.cost_model.multiple)
-        return self.cost_model.clamp(t, proposed, decided, self.budget)
+        kept = self.cost_model.clamp(t, proposed, decided, self.budget)
+        if self.cost_model.metric == "latency_ms":
+            kept = self.cost_model.free_channels(t, kept, decided, self.budget)
+        return kept
 
     def walk(self, propose) -> Episode:
         """Run one episode with ``propose(t, state) -> ratio``."""

@@ -173,6 +173,26 @@ class CostModel:
         return counts[low]
 
 
+    def free_channels(self, index: int, count: int, decided: Mapping[str, int], budget: float) -> int:
+        """Raise group ``index`` from ``count`` to larger allowed counts that cost nothing more.
+
+        Runtimes work in channel blocks (ONNX Runtime's CPU kernels in blocks of 16 on AVX-512, so 56
+        channels cost what 64 do): where the cost model says a larger count is no slower, keeping
+        those channels is free accuracy. Only steps that keep the cost within ``budget`` are taken.
+        """
+        group = self.groups[index]
+        policy = dict(decided)
+        for later in self.groups[index + 1:]:
+            policy[later.name] = self.min_channels(later)
+        current = self.cost({**policy, group.name: count})
+        for larger in (c for c in self.allowed_counts(group) if c > count):
+            cost = self.cost({**policy, group.name: larger})
+            if cost > current * (1 + 1e-9) or cost > budget:
+                break
+            count = larger
+        return count
+
+
 def _shrunk(spec: LayerSpec, cin: int | None, cout: int | None, groups: int | None) -> LayerSpec:
     """A layer row with new channel counts; MACs and parameters rescaled exactly for conv/linear/BN."""
     old_cin, old_cout, old_groups = spec.cin or 1, spec.cout or 1, spec.groups or 1

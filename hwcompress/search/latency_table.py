@@ -11,6 +11,7 @@ Prediction goes through :meth:`hwcompress.lut.LatencyTable.predict`, which sums 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -65,5 +66,7 @@ def table_for_search(
             log(f"note: {note}")
         return SearchTable(table, f"LUT {path}")
     log(f"recording the latency LUT of the teacher's layers on {descriptor.name} (cached for later searches)")
-    table = lut.ensure_lut(teacher, tuple(input_shape), descriptor, settings, profiler=profiler, min_ratio=lbound)
+    # Per-entry timings need fewer runs than a headline number: thousands of entries, medians of 30.
+    recording = dataclasses.replace(settings, runs=min(int(settings.runs), 30), per_layer=False)
+    table = lut.ensure_lut(teacher, tuple(input_shape), descriptor, recording, profiler=profiler, min_ratio=lbound)
     return SearchTable(table, f"LUT measured here on {descriptor.name}, cached at {table.where()}")

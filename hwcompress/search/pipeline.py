@@ -92,6 +92,7 @@ class Context:
     teacher_measured: dict[str, Any] | None
     val_set: Any
     notes: list[str] = field(default_factory=list)
+    quiet: bool = False
 
 
 def _console():
@@ -124,6 +125,7 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
         raise UserError("--lbound must be between 0 and 1")
     descriptor = resolve_device(config.device, config.device_file)
     local, why_not = descriptor.is_local()
+    torch.manual_seed(config.seed)  # a factory model's initialisation, too, follows the seed
     settings = make_settings(descriptor, runs=config.runs, threads=config.threads, per_layer=False)
     profiler = None
     if local:
@@ -362,6 +364,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fals
         raise UserError(f"unknown agent {config.agent!r}; available: {', '.join(sorted(get_agents()))}")
     started = time.perf_counter()
     ctx = build_context(config, log)
+    ctx.quiet = quiet
     bounds = check_budget(ctx, log)
     out.mkdir(parents=True, exist_ok=True)
     if config.agent == "n2n":
@@ -469,7 +472,7 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
     if config.finetune_epochs > 0 and not interrupted:
         log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epochs")
         finetune_info = distill(student, ctx.teacher, ctx.splits.train, epochs=config.finetune_epochs,
-                                seed=config.seed, progress=True, description="fine-tune (KD)")
+                                seed=config.seed, progress=not ctx.quiet, description="fine-tune (KD)")
     accuracy_after = evaluate(student, ctx.splits.test)
     student.eval()
     student_analysis = analyze(student, tuple(ctx.example.shape))
@@ -550,7 +553,8 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
     (out / "summary.md").write_text(summary_markdown(document))
     artifacts["summary"] = "summary.md"
     write_json_atomic(document, out / "result.json")
-    print_summary(document, console, out)
+    if not ctx.quiet:
+        print_summary(document, console, out)
     return document
 
 
@@ -625,6 +629,7 @@ def apply_policy(config: SearchConfig, policy_path: str, *, quiet: bool = False)
     started = time.perf_counter()
     policy = load_policy(policy_path)
     ctx = build_context(config, log)
+    ctx.quiet = quiet
     by_name = {g.name: g for g in ctx.groups}
     unknown = sorted(set(policy["keep"]) - set(by_name))
     if unknown:

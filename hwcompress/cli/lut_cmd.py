@@ -1,0 +1,297 @@
+"""``hwcompress lut``: record a latency lookup table on a device, inspect it, merge several.
+
+Predicting from a table is ``hwcompress profile --device NAME --lut FILE``; see docs/devices.md.
+"""
+
+from __future__ import annotations
+
+import click
+
+from hwcompress.cli.common import console, emit_json, fmt_count
+
+
+@click.group()
+def lut():
+    """Latency lookup tables (LUTs) recorded ON a device, for devices that cannot run the search.
+
+    \b
+    A LUT holds each layer's latency over a grid of channel counts, measured on the device, plus a
+    whole-model calibration; `hwcompress profile --lut FILE` and the search predict from it anywhere.
+
+    \b
+    Examples:
+      hwcompress lut record --device rpi5 --model resnet18 --out rpi5.lut.json    # on the Pi
+      hwcompress lut plan -d android-phone -m mobilenet_v2 --out plan/   # no PyTorch on the device:
+      hwcompress lut record --plan plan/ --out phone.lut.json            #   export here, time there
+      hwcompress lut show rpi5.lut.json
+      hwcompress lut merge a.lut.json b.lut.json --out all.lut.json
+      hwcompress profile --device rpi5 --lut rpi5.lut.json --model resnet18       # anywhere
+    """
+
+
+@lut.command()
+@click.option("--device", "-d", help="Device name or alias (default: cpu, or the one --device-file describes); this machine must be it.")
+@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@click.option("--model", "-m", default="resnet18", show_default=True,
+              help="torchvision name, pkg.module:factory, checkpoint (.pt, trusted files only) or 'embedded'.")
+@click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size); its batch is the LUT's.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for a torchvision/factory model.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False),
+              help="The LUT file; an existing one recorded here with the same settings is resumed and extended.")
+@click.option("--plan", "plan", type=click.Path(), help="Time a plan folder made by `hwcompress lut plan` (no PyTorch needed here).")
+@click.option("--profiler", "profiler_name", help="Measuring profiler (default: the device's; onnxruntime when that one is missing).")
+@click.option("--threads", type=int, help="Intra-op threads (default from the device).")
+@click.option("--runs", type=int, help="Timed iterations per layer configuration (default from the device).")
+@click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it.")
+@click.option("--points", type=int, default=5, show_default=True, help="Grid points per channel axis (1: only the model's own channel counts).")
+@click.option("--min-ratio", type=float, default=0.2, show_default=True, help="Smallest preserve ratio the grid covers.")
+@click.option("--quantum", type=int, help="The runtime's channel step (default: detected once per LUT).")
+@click.option("--passes", type=int, default=1, show_default=True,
+              help="Passes over the grid; each configuration keeps its lowest median (2 on busy or throttling machines).")
+@click.option("--calibration-widths", default="0.75,0.5,0.3", show_default=True,
+              help="Uniform preserve ratios of pruned copies timed whole beside the model for the calibration ('' = the model only).")
+@click.option("--no-calibration", is_flag=True, help="Do not time the whole model (predictions are then plain sums of layers).")
+@click.option("--overwrite", is_flag=True, help="Start a new LUT even if --out exists.")
+@click.option("--json", "json_target", metavar="FILE", help="Write the LUT's summary as JSON to FILE ('-' for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def record(device, device_file, model, input_shape, weights, out, plan, profiler_name, threads, runs, warmup, precision,
+           points, min_ratio, quantum, passes, calibration_widths, no_calibration, overwrite, json_target, quiet):
+    """Time every layer of a model over a grid of channel counts, on this device, into a LUT.
+
+    Run it ON the device (a Raspberry Pi, a Jetson, a phone under Termux, this laptop). Identical
+    layer configurations are timed once; the whole model (and uniformly pruned copies) is timed too,
+    for the calibration term. Interrupted runs keep what they measured: run the same command again
+    to continue.
+
+    Devices without a usable PyTorch (a phone under Termux) time a plan exported elsewhere with
+    `hwcompress lut plan`: `hwcompress lut record --plan DIR --out FILE` needs only ONNX Runtime.
+
+    \b
+    Examples:
+      hwcompress lut record --model resnet18 --out cpu.lut.json                 # this CPU
+      hwcompress lut record -d rpi5 -m mobilenet_v2 --out rpi5.lut.json --passes 2
+      hwcompress lut record -d jetson -m mypkg.nets:build --input-shape 1,3,128,128 --out jetson.lut.json
+      hwcompress lut record --plan phone-plan/ --out phone.lut.json             # on the phone
+    """
+    import warnings
+
+    from hwcompress import lut as lut_module
+    from hwcompress.devices import resolve_device
+    from hwcompress.errors import UserError
+    from hwcompress.models import load_model, parse_input_shape
+    from hwcompress.profiling import make_settings
+
+    manifest = None
+    if plan:
+        _, manifest = lut_module.load_plan(plan)
+    descriptor = resolve_device(device or (None if device_file else (manifest or {}).get("device", "cpu")), device_file)
+    local, why_not = descriptor.is_local()
+    if not local:
+        how = descriptor.record_hint or f"hwcompress lut record --device {descriptor.name} --model MODEL --out FILE"
+        raise UserError(f"`hwcompress lut record` times layers on the device itself and this machine is not it ({why_not}); run it there: {how}")
+    for name, value in (("--points", points), ("--passes", passes)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1 (got {value})")
+    if not 0 < min_ratio <= 1:
+        raise UserError(f"--min-ratio must be in (0, 1] (got {min_ratio})")
+    try:
+        widths = tuple(float(w) for w in calibration_widths.split(",") if w.strip())
+    except ValueError:
+        raise UserError(f"malformed --calibration-widths {calibration_widths!r}; expected numbers like 0.75,0.5,0.3") from None
+    if any(not 0 < w < 1 for w in widths):
+        raise UserError(f"--calibration-widths must lie strictly between 0 and 1 (got {calibration_widths!r})")
+    settings = make_settings(descriptor, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        profiler = lut_module.recording_profiler(descriptor, profiler_name)
+    err = console(stderr=True)
+    for warning in caught:
+        err.print(f"[yellow]note:[/] {warning.message}")
+    if plan:
+        label = f"plan {manifest.get('model')}"
+
+        def run(progress):
+            return lut_module.record_plan(plan, descriptor, profiler, settings, out, passes=passes, progress=progress, overwrite=overwrite)
+    else:
+        loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape))
+        if loaded.module is None:
+            raise UserError(f"a LUT is recorded from a PyTorch model (its layers); {model} is an ONNX file: pass the PyTorch model")
+        shape = tuple(loaded.input_shape)
+        label = loaded.name
+
+        def run(progress):
+            return lut_module.record_lut(
+                loaded.module, shape, descriptor, profiler, settings, out, model_name=loaded.name,
+                points=points, min_ratio=min_ratio, quantum=quantum, passes=passes, widths=widths,
+                calibrate=not no_calibration, overwrite=overwrite, progress=progress,
+            )
+
+    if quiet:
+        table = run(None)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("[dim]{task.fields[label]}"))
+        with Progress(*columns, console=err, transient=False) as bar:
+            task = bar.add_task(f"{label} on {descriptor.name}", total=None, label="")
+
+            def progress(done: int, total: int, label: str) -> None:
+                bar.update(task, completed=done, total=total, label=label[:60])
+
+            table = run(progress)
+    summary = table.summary()
+    if json_target:
+        emit_json(summary, json_target)
+    if not quiet and json_target != "-":
+        print_summary(summary)
+        err.print(f"wrote {out}: predict with `hwcompress profile --device {descriptor.name} --lut {out} --model {(manifest or {}).get('model', model)}`")
+
+
+@lut.command()
+@click.option("--device", "-d", default="cpu", show_default=True, help="The device the plan is for (its channel multiple shapes the grid).")
+@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@click.option("--model", "-m", default="resnet18", show_default=True, help="torchvision name, pkg.module:factory, checkpoint or 'embedded'.")
+@click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for a torchvision/factory model.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="The plan folder to write (copy it to the device).")
+@click.option("--points", type=int, default=5, show_default=True, help="Grid points per channel axis.")
+@click.option("--min-ratio", type=float, default=0.2, show_default=True, help="Smallest preserve ratio the grid covers.")
+@click.option("--quantum", type=int, help="The device runtime's channel step, if known (else the device detects it).")
+@click.option("--calibration-widths", default="0.75,0.5,0.3", show_default=True, help="Uniformly pruned copies for the calibration.")
+@click.option("--no-calibration", is_flag=True, help="Do not export the whole models for the calibration.")
+def plan(device, device_file, model, input_shape, weights, out, points, min_ratio, quantum, calibration_widths, no_calibration):
+    """Export a model's layers (grid included) as ONNX files, to be timed on a device without PyTorch.
+
+    \b
+    Examples (a phone under Termux has ONNX Runtime but no usable PyTorch):
+      hwcompress lut plan --device android-phone --model mobilenet_v2 --out phone-plan/   # workstation
+      adb push phone-plan /sdcard/Download/phone-plan                                     # or any copy
+      hwcompress lut record --plan phone-plan --out phone.lut.json                        # on the phone
+    """
+    from hwcompress import lut as lut_module
+    from hwcompress.devices import resolve_device
+    from hwcompress.errors import UserError
+    from hwcompress.models import load_model, parse_input_shape
+
+    descriptor = resolve_device(None if device_file and device == "cpu" else device, device_file)
+    try:
+        widths = tuple(float(w) for w in calibration_widths.split(",") if w.strip())
+    except ValueError:
+        raise UserError(f"malformed --calibration-widths {calibration_widths!r}; expected numbers like 0.75,0.5,0.3") from None
+    loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape))
+    if loaded.module is None:
+        raise UserError(f"a LUT plan is made from a PyTorch model (its layers); {model} is an ONNX file")
+    manifest = lut_module.export_plan(
+        loaded.module, tuple(loaded.input_shape), descriptor, out, model_name=loaded.name, points=points,
+        min_ratio=min_ratio, quantum=quantum, widths=widths, calibrate=not no_calibration,
+    )
+    units = len(__import__("json").loads(manifest.read_text())["units"])
+    click.echo(f"wrote {out}: {units} layer configurations of {loaded.name} for {descriptor.name}; on the device run "
+               f"`hwcompress lut record --plan {out} --out {descriptor.name}.lut.json`", err=True)
+
+
+@lut.command()
+@click.argument("file")  # checked by LatencyTable.load: one-line errors
+@click.option("--json", "json_target", metavar="FILE", help="Write the summary as JSON to FILE ('-' for stdout).")
+@click.option("--entries", is_flag=True, help="Also list every entry.")
+def show(file, json_target, entries):
+    """Summarise a LUT: provenance, entries per op, calibration.
+
+    \b
+    Examples:
+      hwcompress lut show rpi5.lut.json
+      hwcompress lut show rpi5.lut.json --json - | jq .provenance
+    """
+    from hwcompress.lut import LatencyTable
+
+    table = LatencyTable.load(file)
+    summary = table.summary()
+    if entries:
+        summary["entry_list"] = [e.to_dict() for e in table.entries.values()]
+    if json_target:
+        emit_json(summary, json_target)
+        if json_target == "-":
+            return
+    print_summary(summary)
+    if entries:
+        from rich.table import Table
+
+        listing = Table(title="entries")
+        for column in ("op", "batch", "in", "cin -> cout", "k/s/p/g", "fused", "median ms", "p90", "runs"):
+            listing.add_column(column, justify="right" if column in ("median ms", "p90", "runs") else "left")
+        for e in sorted(summary["entry_list"], key=lambda e: (e["op"], e["in_hw"], e["cin"], e["cout"])):
+            listing.add_row(
+                e["op"], str(e["batch"]), "x".join(map(str, e["in_hw"])) or "-", f"{e['cin']} -> {e['cout']}",
+                f"{'x'.join(map(str, e['kernel'])) or '-'}/{'x'.join(map(str, e['stride'])) or '-'}/{'x'.join(map(str, e['padding'])) or '-'}/{e['groups']}",
+                "+".join(e["fused"]) or "-", f"{e['median']:.4f}", f"{e['p90']:.4f}", str(e["runs"]),
+            )
+        console().print(listing)
+
+
+@lut.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The merged LUT file.")
+def merge(files, out):
+    """Combine LUTs recorded on the same device with the same runtime and settings.
+
+    Where two tables timed the same configuration, the one with more runs wins (the later file on a
+    tie); calibrations of every recorded model are kept. Tables from another device, runtime
+    version, precision, batch or thread count are refused.
+
+    \b
+    Examples:
+      hwcompress lut merge resnet18.lut.json mobilenet_v2.lut.json --out rpi5.lut.json
+    """
+    from hwcompress.errors import UserError
+    from hwcompress.lut import LatencyTable
+
+    if len(files) < 2:
+        raise UserError("`hwcompress lut merge` needs at least two LUT files")
+    tables = [LatencyTable.load(f) for f in files]
+    merged = tables[0]
+    for other in tables[1:]:
+        merged.merge(other)
+    merged.provenance["merged_from"] = list(files)
+    merged.save(out)
+    click.echo(f"wrote {out}: {len(merged)} entries, {len(merged.models)} calibrated model(s) from {len(files)} files", err=True)
+
+
+def print_summary(summary: dict) -> None:
+    """Render :meth:`hwcompress.lut.LatencyTable.summary` as rich tables."""
+    from rich.table import Table
+
+    out = console()
+    p = summary["provenance"]
+    head = Table(title=f"LUT {summary['file']}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("device", f"{p.get('device')} (recorded on {p.get('host', '?')}, {p.get('machine', '?')})")
+    head.add_row("runtime", f"{p.get('runtime')} {p.get('runtime_version')} via the {p.get('profiler')} profiler")
+    head.add_row("settings", f"precision {p.get('precision')}, batch {p.get('batch')}, threads {p.get('threads')}, "
+                             f"runs {p.get('runs', '?')}, warmup {p.get('warmup', '?')}")
+    clocks = p.get("clocks") or {}
+    head.add_row("clocks", ", ".join(f"{k}={v}" for k, v in clocks.items()) or "not readable")
+    head.add_row("recorded", f"{p.get('date')} (updated {p.get('updated', p.get('date'))}) by {p.get('recorder')}")
+    head.add_row("timing", f"{p.get('timing')}" + (f", cache flush {p.get('cache_flush_mb'):g} MB between runs" if p.get("cache_flush_mb") else ""))
+    head.add_row("channel quantum", f"{p.get('channel_quantum')} ({p.get('channel_quantum_source', 'given')}; device multiple "
+                                    f"{p.get('channel_multiple')}): prune to multiples of it")
+    head.add_row("entries", f"{summary['entries']} in {summary['families']} layer shapes: "
+                            + ", ".join(f"{op} {n}" for op, n in summary["ops"].items()))
+    if p.get("merged_from"):
+        head.add_row("merged from", ", ".join(map(str, p["merged_from"])))
+    out.print(head)
+    if summary["models"]:
+        models = Table(title="calibration (whole model measured vs sum of its layers)")
+        for column in ("model", "input", "MACs", "measured ms", "layer sum ms", "scale", "by width"):
+            models.add_column(column, justify="right" if column.endswith(("ms", "scale", "MACs")) else "left")
+        for m in summary["models"]:
+            widths = " ".join(f"{w['width']:.2f}:x{w['ratio']:.3f}" for w in m.get("points") or [])
+            models.add_row(
+                str(m["name"]), "x".join(map(str, m.get("input_shape") or [])), fmt_count(m.get("macs")),
+                f"{m['measured_ms']:.3f}", f"{m['layer_sum_ms']:.3f}", f"{m['scale']:.3f}", widths or "-",
+            )
+        out.print(models)
+    else:
+        out.print("[dim]no calibration recorded: predictions are plain sums of layers[/dim]")

@@ -1,0 +1,381 @@
+"""Latency lookup tables: recording (resumable), prediction with coverage and calibration, the CLI,
+and one-line errors for every kind of bad LUT. Tiny models, few runs: a few seconds per recording."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwcompress import lut
+from hwcompress.analysis import analyze
+from hwcompress.devices import descriptor_from_dict
+from hwcompress.errors import UserError
+from hwcompress.profiler import ModelArtifact, ProfileSettings
+
+SHAPE = (1, 3, 16, 16)
+SETTINGS = ProfileSettings(runs=3, warmup=1, threads=1, per_layer=False)
+CPU = descriptor_from_dict({"name": "cpu", "profiler": "onnxruntime", "channel_multiple": 8, "detect": {"always": True}})
+GRID = {"points": 3, "quantum": 8}  # quantum given: no detection probe in tests
+
+TINYNETS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def tiny(c1=16, c2=32):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.Conv2d(c2, c2, 3, padding=1, groups=c2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, 10),
+        ).eval()
+    """
+)
+namespace: dict = {}
+exec(TINYNETS, namespace)
+tiny = namespace["tiny"]
+
+
+def ort_profiler():
+    from hwcompress_profiler_onnxruntime import OnnxRuntimeProfiler
+
+    return OnnxRuntimeProfiler()
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    """A LUT of the tiny net on this CPU (recorded once for the module; tests copy it)."""
+    path = tmp_path_factory.mktemp("lut") / "tiny.lut.json"
+    lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="tiny", widths=(0.5,), **GRID)
+    return path
+
+
+@pytest.fixture
+def tinynets(tmp_path, monkeypatch) -> str:
+    """``lut_tinynets:tiny`` importable as a ``--model`` factory."""
+    (tmp_path / "lut_tinynets.py").write_text(TINYNETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "lut_tinynets:tiny"
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The real CLI entry point, in process: (exit code, stdout, stderr)."""
+    from hwcompress.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure parts
+
+
+def test_channel_grid_covers_the_search_range():
+    assert lut.channel_grid(64, 8, 16, 5, 0.2) == [8, 16, 32, 48, 64]
+    assert lut.channel_grid(24, 8, 16, 5, 0.2) == [8, 16, 24]  # below a block: timed, not inferred
+    assert lut.channel_grid(3, 8, 16, 5, 0.2) == [3]
+    assert lut.channel_grid(512, 8, 16, 5, 0.2, fixed=True) == [512]
+    grid = lut.channel_grid(1280, 8, 16, 5, 0.2)
+    assert grid[0] == 256 and grid[-1] == 1280 and len(grid) == 5 and all(c % 16 == 0 for c in grid)
+
+
+def test_fit_quantum_finds_channel_blocks():
+    counts = [64 + 8 * i for i in range(9)]
+    staircase = [1.0 + 0.01 * math.ceil(c / 16) * 16 for c in counts]
+    linear = [1.0 + 0.01 * c for c in counts]
+    assert lut.fit_quantum(counts, staircase, 8) == 16
+    assert lut.fit_quantum(counts, linear, 8) == 8
+
+
+def test_units_fuse_norms_and_identical_layers_are_recorded_once():
+    """A digits-size (32x32) network of repeated identical blocks: few distinct configurations."""
+    blocks = [nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()) for _ in range(3)]
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    units = lut.model_units(model, (1, 3, 32, 32))
+    assert [u.fused for u in units] == [("ReLU",), ("BatchNorm2d", "ReLU"), ("BatchNorm2d", "ReLU"), ("BatchNorm2d", "ReLU"), ()]
+    assert units[0].cin_fixed and not units[0].cout_fixed and units[-1].cout_fixed
+    assert len({u.config.key() for u in units}) == 3
+    configs = lut.grid_configs(units, multiple=8, quantum=8, points=3)
+    keys = [c.key() for c, _ in configs]
+    assert len(keys) == len(set(keys))
+    # stem: cout {8, 16}; blocks: {8, 16} x {8, 16} once for all three; Linear: cin {8, 16}.
+    assert len(keys) == 2 + 4 + 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Recording and prediction
+
+
+def test_prediction_coverage_and_calibration(recorded):
+    table = lut.LatencyTable.load(recorded)
+    assert table.provenance["device"] == "cpu" and table.provenance["timing"] == lut.TIMING_KERNELS
+    assert table.provenance["runtime"] == "onnxruntime" and table.provenance["recorder"].startswith("hwcompress ")
+    assert len(table) == 14
+    assert all(e.median >= 0 and e.runs == 3 for e in table.entries.values())
+
+    full = table.predict_detail(analyze(tiny(), SHAPE))
+    coverage = full.coverage()
+    assert (coverage["layers"], coverage["exact"], coverage["interpolated"], coverage["missing"], coverage["fused"]) == (4, 4, 0, 0, 2)
+    # The calibration recorded with the LUT is applied: measured whole model / sum of its layers.
+    model = table.models[0]
+    assert model["name"] == "tiny" and [p["width"] for p in model["points"]] == [1.0, 0.5]
+    assert model["measured_ms"] > 0 and model["scale"] == pytest.approx(model["measured_ms"] / model["layer_sum_ms"], rel=1e-3)
+    assert full.scale == pytest.approx(lut.calibration_ratio(model, full.layer_sum_ms))
+    assert full.total_ms == pytest.approx(full.scale * full.layer_sum_ms)
+    assert sum(full.per_layer_ms.values()) == pytest.approx(full.total_ms)
+    total, per_layer, coverage_tuple = table.predict(analyze(tiny(), SHAPE))
+    assert total == pytest.approx(full.total_ms) and coverage_tuple["calibration_model"] == "tiny"
+    assert table.predict(analyze(tiny(), SHAPE), calibration="none").total_ms == pytest.approx(full.layer_sum_ms)
+
+    pruned = table.predict_detail(analyze(tiny(8, 24), SHAPE))
+    assert pruned.status == {"0": "exact", "1": "fused", "3": "interpolated", "4": "fused", "6": "interpolated", "10": "interpolated"}
+    assert 0 < pruned.total_ms < full.total_ms
+    ms, status = table.predict_layer(analyze(tiny(8, 24), SHAPE).layers[2])
+    assert status == "interpolated" and ms > 0
+
+    other_size = table.predict_detail(analyze(tiny(), (1, 3, 20, 20)))
+    assert other_size.coverage()["missing"] == 3 and other_size.status["10"] == "exact"  # Linear has no H x W
+    assert other_size.coverage()["missing_layers"] == ["0", "3", "6"]
+    assert all(other_size.per_layer_ms[n] > 0 for n in ("0", "3", "6"))  # nearest configuration, scaled by MACs
+
+
+def test_recording_resumes_without_re_measuring(tmp_path):
+    path = tmp_path / "resume.lut.json"
+    first: list[str] = []
+
+    def interrupt_after_four(done: int, total: int, label: str) -> None:
+        if label:
+            first.append(label)
+            if len(first) == 4:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False, progress=interrupt_after_four, **GRID)
+    kept = lut.LatencyTable.load(path)
+    assert sorted(e.config.key() for e in kept.entries.values()) == sorted(first)
+
+    second: list[str] = []
+    table = lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False,
+                           progress=lambda d, t, label: second.append(label) if label else None, **GRID)
+    assert len(table) == 14 and not set(first) & set(second) and len(first) + len(second) == 14
+    third: list[str] = []
+    lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False,
+                   progress=lambda d, t, label: third.append(label) if label else None, **GRID)
+    assert third == []
+
+
+def test_resume_refuses_other_settings(tmp_path, recorded):
+    path = tmp_path / "t.lut.json"
+    path.write_text(recorded.read_text())
+    other = ProfileSettings(runs=3, warmup=1, threads=2, per_layer=False)
+    with pytest.raises(UserError, match="threads"):
+        lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), other, path, **GRID)
+
+
+def test_lut_profiler_predicts_and_the_registered_one_explains(recorded, tmp_path):
+    from hwcompress import plugins
+    from hwcompress.export import export_onnx
+
+    registered = plugins.get_profilers()["lut"]
+    assert registered.available() == (True, "")
+    model = tiny()
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(model, SHAPE, onnx_path, verify=False)
+    artifact = ModelArtifact(onnx_path, SHAPE, model, "tiny")
+    with pytest.raises(UserError, match="--lut"):
+        registered.measure(artifact, SETTINGS)
+    measurement = lut.LutProfiler(lut.LatencyTable.load(recorded)).measure(artifact, SETTINGS)
+    assert measurement.latency.runs == 0 and measurement.latency.median > 0
+    assert measurement.latency.p90 >= measurement.latency.median
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_show_and_merge(recorded, tmp_path, capsys):
+    code, out, err = run_main(capsys, "lut", "show", str(recorded), "--json", "-")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["entries"] == 14 and summary["provenance"]["device"] == "cpu" and summary["models"][0]["name"] == "tiny"
+    code, out, _ = run_main(capsys, "lut", "show", str(recorded))
+    assert code == 0 and "channel quantum" in out and "calibration" in out
+
+    small = tmp_path / "small.lut.json"
+    lut.record_lut(tiny(), (1, 3, 8, 8), CPU, ort_profiler(), SETTINGS, small, calibrate=False, points=1, quantum=8)
+    merged = tmp_path / "merged.lut.json"
+    code, _, err = run_main(capsys, "lut", "merge", str(recorded), str(small), "--out", str(merged))
+    assert code == 0, err
+    table = lut.LatencyTable.load(merged)
+    assert len(table) == 14 + len(lut.LatencyTable.load(small)) - 1  # the Linear 32 -> 10 is in both
+    assert [m["name"] for m in table.models] == ["tiny"]
+
+    document = json.loads(small.read_text())
+    document["provenance"]["threads"] = 2
+    small.write_text(json.dumps(document))
+    code, _, err = run_main(capsys, "lut", "merge", str(recorded), str(small), "--out", str(merged))
+    assert code == 2 and "threads differs" in error_line(err) and str(small) in err
+
+
+def _mutations():
+    def provenance(key, value):
+        def apply(doc):
+            if value is None:
+                del doc["provenance"][key]
+            else:
+                doc["provenance"][key] = value
+        return apply
+
+    def entry(key, value):
+        def apply(doc):
+            if value is None:
+                del doc["entries"][0][key]
+            else:
+                doc["entries"][0][key] = value
+        return apply
+
+    return {
+        "wrong schema": (lambda doc: doc.update(schema="hwcompress.lut/9"), "schema"),
+        "not a LUT": (lambda doc: doc.update(schema="something-else"), "not a hwcompress LUT"),
+        "no provenance field": (provenance("runtime_version", None), "runtime_version"),
+        "bad provenance type": (provenance("batch", "one"), "batch"),
+        "entry without median": (entry("median", None), "median"),
+        "negative latency": (entry("median", -1.0), "median"),
+        "NaN latency": (entry("p90", float("nan")), "p90"),
+        "entry with bad cin": (entry("cin", "16"), "cin"),
+        "no entries": (lambda doc: doc.pop("entries"), "entries"),
+        "another device": (provenance("device", "raspberry-pi-5"), "recorded for device 'raspberry-pi-5'"),
+        "another runtime version": (provenance("runtime_version", "0.0.1"), "0.0.1"),
+        "another precision": (provenance("precision", "fp16"), "precision"),
+        "other threads": (provenance("threads", 4), "thread"),
+        "other batch": (provenance("batch", 8), "batch"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mutations()))
+def test_bad_luts_are_one_line_errors(case, recorded, tmp_path, capsys, tinynets):
+    mutate, expected = _mutations()[case]
+    document = json.loads(recorded.read_text())
+    mutate(document)
+    path = tmp_path / "bad.lut.json"
+    path.write_text(json.dumps(document))
+    code, _, err = run_main(capsys, "profile", "--device", "cpu", "--lut", str(path), "-m", tinynets, "--input-shape", "1,3,16,16", "-q")
+    line = error_line(err)
+    assert code == 2 and expected in line and str(path) in line
+
+
+@pytest.mark.parametrize("content", ["", "not json", '{"schema": "hwcompress.lut/1", "provenance": {', "[1, 2]", None, "folder"])
+def test_unreadable_luts_are_one_line_errors(content, recorded, tmp_path, capsys, tinynets):
+    path = tmp_path / "broken.lut.json"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content if content != "not json" else recorded.read_text()[: len(recorded.read_text()) // 2])
+    commands = [["lut", "show", str(path)], ["lut", "merge", str(path), str(recorded), "--out", str(tmp_path / "m.json")]]
+    if content != "folder":  # `profile --lut` rejects a folder in click's own usage message
+        commands.append(["profile", "--lut", str(path), "-m", tinynets, "--input-shape", "1,3,16,16", "-q"])
+    for args in commands:
+        code, _, err = run_main(capsys, *args)
+        assert code == 2 and str(path) in error_line(err)
+
+
+def test_profile_jetson_needs_a_lut_recorded_there(cli, tmp_path, tinynets):
+    result = cli("profile", "--device", "jetson", "-m", tinynets, "--input-shape", "1,3,16,16", cwd=tmp_path)
+    assert result.returncode == 2
+    line = error_line(result.stderr)
+    assert "needs a LUT recorded on the device" in line and "hwcompress lut record --device jetson" in line
+
+
+def test_profile_jetson_with_a_lut(tmp_path, capsys, tinynets, recorded):
+    # A named stand-in for the absent board: the Jetson's name, measured here with ONNX Runtime.
+    board = tmp_path / "fake-jetson.toml"
+    board.write_text(
+        'name = "jetson-orin-nano"\nprofiler = "onnxruntime"\ndetect = { always = true }\n'
+        '[settings]\nthreads = 1\nprecision = "fp32"\n'
+    )
+    table = tmp_path / "jetson.lut.json"
+    code, _, err = run_main(capsys, "lut", "record", "--device-file", str(board), "-m", tinynets, "--input-shape", "1,3,16,16",
+                            "--out", str(table), "--runs", "3", "--warmup", "1", "--points", "2", "--quantum", "8",
+                            "--calibration-widths", "0.5", "-q")
+    assert code == 0, err
+    assert lut.LatencyTable.load(table).provenance["device"] == "jetson-orin-nano"
+
+    code, out, err = run_main(capsys, "profile", "--device", "jetson", "--lut", str(table), "-m", tinynets,
+                              "--input-shape", "1,3,16,16", "--precision", "fp32", "--json", "-", "-q")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["latency_ms"]["source"] == "lut" and doc["latency_ms"]["runs"] == 0 and doc["latency_ms"]["median"] > 0
+    assert doc["device"]["name"] == "jetson-orin-nano" and doc["profiler"] == "lut"
+    assert doc["coverage"]["exact"] == 4 and doc["coverage"]["missing"] == 0
+    assert any("tensorrt" in note for note in doc["notes"]) and any(note.startswith("calibrated with") for note in doc["notes"])
+    assert all(row["latency_ms"] is not None for row in doc["layers"])
+
+    # The catalog's Jetson runs fp16: a fp32 LUT is refused unless fp32 is asked for explicitly.
+    code, _, err = run_main(capsys, "profile", "--device", "jetson", "--lut", str(table), "-m", tinynets, "--input-shape", "1,3,16,16", "-q")
+    assert code == 2 and "precision fp32" in error_line(err)
+    # A LUT recorded on this CPU is not a Jetson's.
+    code, _, err = run_main(capsys, "profile", "--device", "jetson", "--lut", str(recorded), "-m", tinynets,
+                            "--input-shape", "1,3,16,16", "--precision", "fp32", "-q")
+    assert code == 2 and "recorded for device 'cpu'" in error_line(err)
+    # Recording for the real Jetson from here is refused with the command to run there.
+    code, _, err = run_main(capsys, "lut", "record", "--device", "jetson", "-m", tinynets, "--out", str(tmp_path / "x.json"), "-q")
+    assert code == 2 and "run it there" in error_line(err)
+
+
+def test_ensure_lut_caches_and_replaces_stale_tables(tmp_path):
+    path = tmp_path / "cache.lut.json"
+    first = lut.ensure_lut(tiny(), SHAPE, CPU, SETTINGS, path=path, profiler=ort_profiler(), calibrate=False, points=1, quantum=8)
+    assert len(first) == 4 and path.exists()
+    stale = json.loads(path.read_text())
+    stale["provenance"]["runtime_version"] = "0.0.1"
+    path.write_text(json.dumps(stale))
+    again = lut.ensure_lut(tiny(), SHAPE, CPU, SETTINGS, path=path, profiler=ort_profiler(), calibrate=False, points=1, quantum=8)
+    assert again.provenance["runtime_version"] != "0.0.1" and len(again) == 4
+
+
+def test_plan_is_timed_without_pytorch(tmp_path, capsys, tinynets):
+    """`lut plan` exports here; `lut record --plan` times it where PyTorch is missing (a phone)."""
+    import subprocess
+    import sys
+
+    plan = tmp_path / "plan"
+    code, _, err = run_main(capsys, "lut", "plan", "-m", tinynets, "--input-shape", "1,3,16,16", "--out", str(plan),
+                            "--points", "3", "--quantum", "8", "--calibration-widths", "0.5")
+    assert code == 0, err
+    out = tmp_path / "planned.lut.json"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None          # any `import torch` now fails, as on a device without it
+        from hwcompress.cli import main
+        main(["lut", "record", "--plan", {str(plan)!r}, "--out", {str(out)!r}, "--runs", "3", "--warmup", "1", "-q"])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = lut.LatencyTable.load(out)
+    assert len(table) == 14 and table.provenance["plan"]["model"] == "lut_tinynets:tiny"
+    assert [p["width"] for p in table.models[0]["points"]] == [1.0, 0.5]
+    coverage = table.predict_detail(analyze(tiny(), SHAPE)).coverage()
+    assert coverage["exact"] == 4 and coverage["missing"] == 0
+
+    (plan / "units" / "0000.onnx").unlink()
+    code, _, err = run_main(capsys, "lut", "record", "--plan", str(plan), "--out", str(tmp_path / "x.json"), "-q")
+    assert code == 2 and "0000.onnx is missing" in error_line(err)
