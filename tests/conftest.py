@@ -58,6 +58,17 @@ def fresh_plugins(tmp_path_factory, monkeypatch):
     plugins.reset()
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests run small ops, which one thread runs far faster than two fighting over shared cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the real ``hwcompress`` console script in a subprocess."""
     full_env = {**os.environ, **(env or {})}

@@ -24,13 +24,6 @@ OPTIONS = {"removal_epochs": 2, "shrink_epochs": 2, "rollouts": 3, "student_step
            "base_steps": 1, "keep_bias": -4.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _config(out, **overrides):
     base = dict(budget_metric="macs", budget=12e6, agent="n2n", model=TINY, data="digits", episodes=12, seed=0,

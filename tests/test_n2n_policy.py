@@ -23,15 +23,6 @@ from hwcompress.search.n2n_policy import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny LSTMs run far faster on one thread than fighting over shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -18,14 +18,6 @@ SHAPE = (1, 3, 32, 32)
 TINY = "hwcompress.embedded:resnet20"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model_and_cost(metric="macs"):
     torch.manual_seed(0)
     model = resnet_cifar(depth=20).eval()

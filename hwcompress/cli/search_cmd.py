@@ -33,6 +33,8 @@ import click
 @click.option("--reconstruct", is_flag=True, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--lut", type=click.Path(dir_okay=False), help="Latency LUT for the cost model (default: the device's, or measured here and cached).")
 @click.option("--runs", type=int, help="Timed iterations when measuring on the device.")
+@click.option("--torch-threads", type=int, default=1, show_default=True,
+              help="PyTorch threads for training and scoring (1 is fastest for these small ops on small shared machines).")
 @click.option("--threads", type=int, help="Intra-op threads when measuring on the device.")
 @click.option("--out", "-o", default="hwcompress-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the interrupted search in this folder.")
@@ -41,7 +43,7 @@ import click
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-episode lines.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, device, device_file, model, weights, data, input_shape, episodes, warmup,
-           seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, lut, runs, threads, out, resume, policy_file, json_target, quiet):
+           seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, lut, runs, torch_threads, threads, out, resume, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
     The budget is measured latency by default (--latency-ms); --macs or --params are alternatives.
@@ -79,7 +81,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, device
             budget_ratio=ratio, margin=margin, agent=agent, device=device, device_file=device_file, model=model,
             weights=weights, data=data, input_shape=parse_input_shape(input_shape), episodes=episodes, warmup=warmup,
             seed=seed, reward=reward, lbound=lbound, finetune_epochs=finetune_epochs, bn_calibration=bn_calibration, reconstruct=reconstruct,
-            lut=lut, out=out, runs=runs, threads=threads,
+            lut=lut, out=out, runs=runs, threads=threads, torch_threads=torch_threads,
         )
     try:
         if policy_file:

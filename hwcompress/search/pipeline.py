@@ -16,10 +16,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +61,7 @@ class SearchConfig:
     threads: int | None = None
     val_limit: int | None = None  # score each episode on at most this many validation images
     bn_calibration: int = 256  # re-estimate BatchNorm statistics on this many train images before scoring (0: off)
+    torch_threads: int = 1  # PyTorch intra-op threads for training and scoring (see torch_threads())
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,15 +178,7 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
 
     cost_model, notes = build_cost_model(config, descriptor, teacher, input_shape, layers, groups, profiler, settings, log)
     if config.budget_metric == "latency_ms" and teacher_measured is not None:
-        # Re-anchor the LUT's prediction on the teacher measured in this very run: clocks, load and
-        # runtime state drift between recording the table and searching.
-        predicted = cost_model.cost(cost_model.full_policy())
-        scale = teacher_measured["median"] / predicted
-        table_latency = cost_model.latency_of
-        cost_model.latency_of = lambda rows: scale * table_latency(rows)
-        cost_model._cache.clear()
-        notes.append(f"cost model re-anchored on the teacher measured now: x{scale:.3f} "
-                     f"(LUT predicted {predicted:.3f} ms, measured {teacher_measured['median']:.3f} ms)")
+        notes.append(anchor_cost_model(cost_model, teacher, example, groups, measure, teacher_measured["median"], log))
     if config.budget_ratio is not None and not config.budget:
         if config.budget_metric != "latency_ms":
             raise UserError("--latency-ratio applies to latency budgets only")
@@ -196,6 +187,37 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
         log(f"budget: {config.budget_ratio:g} x teacher latency {reference:.3f} ms = {config.budget:.3f} ms")
     return Context(config, descriptor, teacher, meta, splits, example, layers, groups, cost_model, measure,
                    teacher_measured, val_set, notes)
+
+
+def anchor_cost_model(cost_model: Any, teacher: Any, example: Any, groups: Any, measure: Callable, teacher_ms: float,
+                      log: Callable[[str], None]) -> str:
+    """Re-anchor the LUT's latency prediction on two students measured in this very run.
+
+    The teacher and the smallest allowed student (every group at its minimum) are measured on the
+    device, and the prediction is mapped through the straight line that makes both exact. Clocks,
+    load and runtime state drift between recording a table and searching, and a per-layer sum misses
+    a part of the whole-model cost that does not shrink with channels (measured here: the LUT put the
+    smallest ResNet-56 student at 0.97 ms, the device at 0.72 ms); two anchors fix both ends of the
+    range the search moves in.
+    """
+    from hwcompress.pruning import prune_channels
+
+    raw = cost_model.latency_of
+    predicted_full = cost_model.cost(cost_model.full_policy())
+    min_policy = cost_model.min_policy()
+    predicted_min = cost_model.cost(min_policy)
+    smallest_ms = measure(prune_channels(teacher, example, min_policy), "smallest")["median"]
+    if predicted_full - predicted_min > 1e-9 and teacher_ms > smallest_ms:
+        slope = (teacher_ms - smallest_ms) / (predicted_full - predicted_min)
+        offset = teacher_ms - slope * predicted_full
+    else:  # degenerate (nothing to prune, or noise inverted the two): scale on the teacher alone
+        slope, offset = teacher_ms / predicted_full, 0.0
+    cost_model.latency_of = lambda rows: slope * raw(rows) + offset
+    cost_model._cache.clear()
+    note = (f"cost model anchored on two measurements of this run: teacher {teacher_ms:.3f} ms (LUT {predicted_full:.3f}), "
+            f"smallest student {smallest_ms:.3f} ms (LUT {predicted_min:.3f}); prediction x{slope:.3f} {offset:+.3f} ms")
+    log(note)
+    return note
 
 
 def measure_on_device(module: Any, input_shape: tuple[int, ...], profiler: Any, settings: Any, name: str,
@@ -248,10 +270,7 @@ def check_budget(ctx: Context, log: Callable[[str], None]) -> dict[str, Any]:
     if smallest > search_budget(config):
         detail = "predicted by the cost model"
         if config.budget_metric == "latency_ms" and ctx.measure is not None:
-            from hwcompress.pruning import prune_channels
-
-            smallest = ctx.measure(prune_channels(ctx.teacher, ctx.example, min_policy), "smallest")["median"]
-            detail = f"measured on {ctx.descriptor.name}"
+            detail = f"measured on {ctx.descriptor.name}"  # the cost model is anchored on that measurement
         raise UserError(
             f"budget {_fmt(config.budget, unit)} is infeasible: the smallest allowed student (every group at "
             f"{config.lbound:.0%} of its channels) reaches {_fmt(smallest, unit)} ({detail}); "
@@ -325,6 +344,25 @@ def _save_checkpoint(out: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, out / CHECKPOINT)
 
 
+class torch_threads:
+    """Run PyTorch with ``n`` intra-op threads inside the block, restoring the previous count after.
+
+    One thread by default: the search runs many small ops (prune a copy, score a few hundred images,
+    distil a few steps), and on small shared machines two contending threads ran them 10-100x slower
+    (measured while building this: a KD step 0.95 s with one thread, 9 s with two under load).
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = max(1, int(n))
+
+    def __enter__(self) -> None:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
 def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run the whole search and write the output folder; returns the ``hwcompress.search/1`` document.
 
@@ -332,6 +370,11 @@ def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fals
         UserError: bad input, an infeasible budget, an unusable LUT.
         BudgetAlreadyMet: the teacher already meets the budget (nothing is written).
     """
+    with torch_threads(config.torch_threads):
+        return _run_search(config, resume=resume, quiet=quiet)
+
+
+def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from hwcompress.distill import evaluate
@@ -395,10 +438,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fals
 
     unit = "ms" if config.budget_metric == "latency_ms" else ""
     interrupted = False
-    # Episodes are many small ops (prune a copy, score a few hundred images): on small shared machines
-    # one intra-op thread is 20-100x faster than two contending ones (measured while writing pruning.py).
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(1)
     loop_start = time.perf_counter()
     progress = Progress(TextColumn("[bold]search[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
@@ -429,8 +468,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fals
         interrupted = True
         console.print(f"[yellow]interrupted after {len(history)} episodes; writing the best student so far "
                       f"(resume with --resume {out})[/yellow]")
-    finally:
-        torch.set_num_threads(threads_before)
     search_seconds += time.perf_counter() - loop_start
     if best is None:
         raise UserError("interrupted before the first episode finished; nothing to write")
@@ -462,8 +499,10 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
 
     config = ctx.config
     keep = best["keep"]
-    student = build_student(ctx, best)
-    if config.reconstruct:
+    trained = best.get("model")
+    # N2N trains its students during the search; fine-tuning continues from those weights.
+    student = copy.deepcopy(trained) if trained is not None else build_student(ctx, best)
+    if config.reconstruct and trained is None:
         calibration = torch.stack([ctx.splits.train[i][0] for i in range(min(256, len(ctx.splits.train)))])
         reconstruct_least_squares(student, ctx.teacher, calibration)
     recalibrate_batchnorm(student, ctx.splits.train, config.bn_calibration)
@@ -616,6 +655,12 @@ def load_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def apply_policy(config: SearchConfig, policy_path: str, *, quiet: bool = False) -> dict[str, Any]:
+    """Re-apply a saved policy to the teacher without searching: prune, fine-tune, measure, report."""
+    with torch_threads(config.torch_threads):
+        return _apply_policy(config, policy_path, quiet=quiet)
+
+
+def _apply_policy(config: SearchConfig, policy_path: str, *, quiet: bool = False) -> dict[str, Any]:
     """Re-apply a saved policy to the teacher without searching: prune, fine-tune, measure, report.
 
     Group names must exist in this teacher; counts larger than a group (a policy from a smaller
