@@ -3,7 +3,8 @@
 For each model, the same exported ONNX file is timed by hwcompress's ONNX Runtime profiler and by a
 bare loop (a session with the same thread count, `time.perf_counter` around `session.run`), in
 alternating rounds within one process, so machine noise hits both alike. Prints each side's median of
-round medians and the ratio (target 1.00 +- 0.03).
+round medians, and the median of the per-round ratios (each round's two sides ran back to back, so
+the paired ratio cancels slow drift in machine load; target 1.00 +- 0.03).
 
     python bench/profile_agreement.py [--models resnet18,mobilenet_v2] [--rounds 6] [--runs 40]
 """
@@ -51,7 +52,7 @@ def main() -> None:
     profiler = get_profilers()["onnxruntime"]
     settings = ProfileSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, per_layer=False)
     print(f"threads={args.threads} rounds={args.rounds} runs/round={args.runs} ort={ort.__version__}")
-    print(f"{'model':<14}{'hwcompress ms':>15}{'plain ORT ms':>14}{'ratio':>8}")
+    print(f"{'model':<14}{'hwcompress ms':>15}{'plain ORT ms':>14}{'paired ratio':>14}{'min..max':>14}")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             shape = (1, 3, 224, 224)
@@ -67,7 +68,9 @@ def main() -> None:
                     else:
                         plain.append(plain_loop(path, shape, args.runs, args.warmup, args.threads))
             a, b = statistics.median(ours), statistics.median(plain)
-            print(f"{name:<14}{a:>15.3f}{b:>14.3f}{a / b:>8.3f}")
+            ratios = [x / y for x, y in zip(ours, plain)]
+            spread = f"{min(ratios):.3f}..{max(ratios):.3f}"
+            print(f"{name:<14}{a:>15.3f}{b:>14.3f}{statistics.median(ratios):>14.3f}{spread:>14}")
 
 
 if __name__ == "__main__":

@@ -133,3 +133,24 @@ def test_free_channels_fill_a_runtime_block():
     later_at_min = {g.name: cost.min_channels(g) for g in groups[wide + 1:]}
     tight = cost.cost({**decided, **later_at_min, groups[wide].name: 40}) - 1
     assert cost.free_channels(wide, 40, decided, tight) == 40  # never steps past the budget
+
+
+def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path, monkeypatch):
+    """With a cost model that predicts 35% too little, the measured check re-fits the student."""
+    from hwcompress.search import pipeline
+
+    original = pipeline.anchor_cost_model
+
+    def optimistic(cost_model, *args, **kwargs):
+        note = original(cost_model, *args, **kwargs)
+        anchored = cost_model.latency_of
+        cost_model.latency_of = lambda rows: 0.65 * anchored(rows)
+        cost_model._cache.clear()
+        return note
+
+    monkeypatch.setattr(pipeline, "anchor_cost_model", optimistic)
+    doc = run_search(_config(tmp_path, budget_metric="latency_ms", budget=0.0, budget_ratio=0.75, agent="uniform",
+                             episodes=1, runs=30), quiet=True)
+    assert doc["budget_repairs"], "the optimistic cost model should have needed a repair"
+    assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
+    assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
