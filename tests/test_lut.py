@@ -146,7 +146,10 @@ def test_prediction_coverage_and_calibration(recorded):
 
     pruned = table.predict_detail(analyze(tiny(8, 24), SHAPE))
     assert pruned.status == {"0": "exact", "1": "fused", "3": "interpolated", "4": "fused", "6": "interpolated", "10": "interpolated"}
-    assert 0 < pruned.total_ms < full.total_ms
+    # Not "pruned < full": at 16x16 ORT's kernels below a 16-channel block take a slower path, so 8
+    # channels can cost more than 16 (measured); the prediction must follow the table, not MACs.
+    assert pruned.total_ms > 0
+    assert pruned.total_ms == pytest.approx(pruned.scale * pruned.layer_sum_ms + pruned.offset_ms)
     ms, status = table.predict_layer(analyze(tiny(8, 24), SHAPE).layers[2])
     assert status == "interpolated" and ms > 0
 

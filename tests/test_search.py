@@ -154,3 +154,24 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert doc["budget_repairs"], "the optimistic cost model should have needed a repair"
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
+
+
+def test_ctrl_c_leaves_the_best_student_so_far(tmp_path, monkeypatch):
+    from hwcompress.search import amc
+
+    calls = {"n": 0}
+    real = amc.reward_for
+
+    def interrupt_at_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(amc, "reward_for", interrupt_at_third)
+    doc = run_search(_config(tmp_path, episodes=6), quiet=True)
+    assert doc["interrupted"] is True and doc["episodes"] == 2
+    assert (tmp_path / "out" / "student.onnx").exists() and (tmp_path / "out" / "checkpoint.pt").exists()
+    monkeypatch.setattr(amc, "reward_for", real)
+    resumed = run_search(SearchConfig(out=str(tmp_path / "out"), episodes=6), resume=True, quiet=True)
+    assert resumed["episodes"] == 6 and resumed["interrupted"] is False

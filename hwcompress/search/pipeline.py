@@ -496,7 +496,9 @@ def fit_to_measured_budget(ctx: Context, walker: Any, best: dict[str, Any], log:
     target = walker.budget
     for attempt in range(attempts):
         measured = ctx.measure(build_student(ctx, {"keep": keep}), "candidate")["median"]
-        if measured <= config.budget:
+        # Accept with half the margin to spare: the final measurement repeats this one, and a student
+        # a hair under the budget flips over on the next run's noise (seen: 0.94 then 0.949 ms for 0.946).
+        if measured <= config.budget * (1.0 - config.margin / 2):
             break
         target *= config.budget / measured * (1.0 - config.margin)
         ratios = [keep[g.name] / g.channels for g in ctx.groups]
