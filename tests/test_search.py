@@ -175,3 +175,13 @@ def test_ctrl_c_leaves_the_best_student_so_far(tmp_path, monkeypatch):
     monkeypatch.setattr(amc, "reward_for", real)
     resumed = run_search(SearchConfig(out=str(tmp_path / "out"), episodes=6), resume=True, quiet=True)
     assert resumed["episodes"] == 6 and resumed["interrupted"] is False
+
+
+def test_agent_options_from_the_command_line(cli, tmp_path):
+    from hwcompress.cli.search_cmd import parse_agent_options
+
+    assert parse_agent_options(("delta_decay=0.99", "student_loss=l2", "rollouts=3")) == {
+        "delta_decay": 0.99, "student_loss": "l2", "rollouts": 3}
+    result = cli("search", "--macs", "2e7", "-m", TINY, "--data", "digits", "--runs", "3", "--episodes", "2",
+                 "--agent-option", "no_such_setting=1", "-o", str(tmp_path / "z"))
+    assert result.returncode == 2 and "does not accept" in result.stderr and "Traceback" not in result.stderr

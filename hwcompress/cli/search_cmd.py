@@ -14,7 +14,9 @@ import click
               help="The search aims this fraction below a latency budget, so that measurement noise does not break it.")
 @click.option("--macs", type=float, help="MACs budget instead of latency (e.g. 5e7).")
 @click.option("--params", "params_budget", type=float, help="Parameter budget instead of latency (e.g. 3e5).")
-@click.option("--agent", default="amc", show_default=True, help="Search agent: amc | uniform | random (and plugins).")
+@click.option("--agent", default="amc", show_default=True, help="Search agent: amc | n2n | uniform | random (and plugins).")
+@click.option("--agent-option", "agent_option", multiple=True, metavar="KEY=VALUE",
+              help="An agent setting, repeatable: e.g. delta_decay=0.99 (AMC), rollouts=3 or student_steps=20 (N2N); see docs/search.md.")
 @click.option("--device", "-d", help="Target device name or alias (default: cpu, or the one --device-file describes).")
 @click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
 @click.option("--model", "-m", help="Teacher: torchvision name, pkg.module:factory or checkpoint (default: embedded ResNet-56 on digits).")
@@ -42,7 +44,7 @@ import click
               help="Re-apply a saved policy.json to the teacher without searching (prune, fine-tune, measure, report).")
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-episode lines.")
-def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, device, device_file, model, weights, data, input_shape, episodes, warmup,
+def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights, data, input_shape, episodes, warmup,
            seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, lut, runs, torch_threads, threads, out, resume, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
@@ -77,6 +79,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, device
         metric, budget = chosen[0]
         ratio = budget if metric == "latency_ratio" else None
         config = SearchConfig(
+            agent_options=parse_agent_options(agent_option),
             budget_metric="latency_ms" if metric == "latency_ratio" else metric, budget=0.0 if ratio else budget,
             budget_ratio=ratio, margin=margin, agent=agent, device=device, device_file=device_file, model=model,
             weights=weights, data=data, input_shape=parse_input_shape(input_shape), episodes=episodes, warmup=warmup,
@@ -94,3 +97,21 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, device
     emit_json(document, json_target)
     if document.get("interrupted"):
         sys.exit(130)
+
+
+def parse_agent_options(items: tuple[str, ...]) -> dict:
+    """``("rollouts=3", "student_loss=l2")`` -> ``{"rollouts": 3, "student_loss": "l2"}`` (JSON values, else strings)."""
+    import json
+
+    from hwcompress.errors import UserError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--agent-option {item!r} is not KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options

@@ -335,7 +335,10 @@ def make_policy(config: SearchConfig, n_groups: int) -> Any:
     options = dict(config.agent_options)
     if config.agent == "amc":
         options.setdefault("warmup", config.warmup if config.warmup is not None else max(1, config.episodes // 4))
-    return factory(n_groups=n_groups, seed=config.seed, **options)
+    try:
+        return factory(n_groups=n_groups, seed=config.seed, **options)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"agent {config.agent!r} does not accept these settings ({', '.join(options)}): {error}") from None
 
 
 def _save_checkpoint(out: Path, state: dict[str, Any]) -> None:
