@@ -610,6 +610,7 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
             "params": student_analysis.params,
         },
         "budget_met": bool(budget_met),
+        "reachable": {"teacher": bounds.get("teacher"), "smallest_student": bounds.get("smallest")},
         "budget_margin": _margin(config, student_latency, predicted, student_analysis),
         "policy": policy_rows,
         "episodes": len(history),
@@ -625,14 +626,16 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
         "artifacts": artifacts,
         **(extra or {}),
     }
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    artifacts["history"] = "history.json"
-    artifacts["plots"] = write_plots(document, history, out, log)
     from hwcompress.report import write_json_atomic
 
-    write_json_atomic(document, out / "result.json")
-    (out / "summary.md").write_text(summary_markdown(document))
+    write_json_atomic(history, out / "history.json")
+    artifacts["history"] = "history.json"
+    artifacts["plots"] = write_plots(document, history, out, log)
     artifacts["summary"] = "summary.md"
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(summary_markdown(document))
+    os.replace(tmp, out / "summary.md")
+    # Written last: a result.json in the folder means everything beside it is complete.
     write_json_atomic(document, out / "result.json")
     if not ctx.quiet:
         print_summary(document, console, out)
