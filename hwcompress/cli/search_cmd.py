@@ -43,7 +43,7 @@ import click
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
               help="Re-apply a saved policy.json to the teacher without searching (prune, fine-tune, measure, report).")
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
-@click.option("--quiet", "-q", is_flag=True, help="No per-episode lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights, data, input_shape, episodes, warmup,
            seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, lut, runs, torch_threads, threads, out, resume, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
@@ -94,6 +94,11 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
     except BudgetAlreadyMet as message:
         click.echo(f"{message}; nothing to compress")
         sys.exit(0)
+    if quiet and json_target != "-":
+        student = document["student"]
+        latency = f"{student['latency_ms']:.3f} ms" if student.get("latency_ms") is not None else "not measured here"
+        click.echo(f"budget met: {'yes' if document['budget_met'] else 'no'}; student {latency}, "
+                   f"test accuracy {100 * student['accuracy']:.2f}%; results in {config.out}/")
     emit_json(document, json_target)
     if document.get("interrupted"):
         sys.exit(130)
