@@ -185,3 +185,15 @@ def test_agent_options_from_the_command_line(cli, tmp_path):
     result = cli("search", "--macs", "2e7", "-m", TINY, "--data", "digits", "--runs", "3", "--episodes", "2",
                  "--agent-option", "no_such_setting=1", "-o", str(tmp_path / "z"))
     assert result.returncode == 2 and "does not accept" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reconstruct_and_policy_reapply(tmp_path):
+    doc = run_search(_config(tmp_path, episodes=3, reconstruct=True), quiet=True)
+    assert doc["config"]["reconstruct"] is True and doc["budget_met"]
+    from hwcompress.search.pipeline import apply_policy
+
+    again = apply_policy(_config(tmp_path, out=str(tmp_path / "again")), str(tmp_path / "out" / "policy.json"), quiet=True)
+    assert again["student"]["params"] == doc["student"]["params"] and again["episodes"] == 0
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(UserError, match="not a hwcompress policy"):
+        apply_policy(_config(tmp_path, out=str(tmp_path / "bad")), str(tmp_path / "bad.json"), quiet=True)
