@@ -541,8 +541,9 @@ def fit_to_measured_budget(ctx: Context, walker: Any, best: dict[str, Any], log:
 
     The cost model is exact at the teacher and the smallest student, but between them a per-layer sum
     can be off by 10% on small, fast networks (measured: a ResNet-56 student predicted 0.835 ms ran at
-    0.943 ms). The student keeps the search's per-group proportions and only gives up what the
-    measurement says it must. Returns one record per repair (empty when the first measurement fits).
+    0.943 ms). The student keeps the search's per-group proportions (:func:`scale_policy`) and only
+    gives up what the measurement says it must. Returns one record per repair (empty when the first
+    measurement fits).
     """
     config = ctx.config
     if config.budget_metric != "latency_ms" or ctx.measure is None:
@@ -558,16 +559,34 @@ def fit_to_measured_budget(ctx: Context, walker: Any, best: dict[str, Any], log:
         if measured <= accept:
             break
         target *= config.budget / measured * (1.0 - config.margin)
-        ratios = [keep[g.name] / g.channels for g in ctx.groups]
-        saved, walker.budget = walker.budget, target
-        try:
-            keep = walker.walk(lambda t, state: ratios[t]).keep
-        finally:
-            walker.budget = saved
+        keep = scale_policy(ctx.cost_model, keep, target)
         repairs.append({"measured_ms": measured, "retarget_ms": round(target, 4), "keep": dict(keep)})
         log(f"student measured {measured:.3f} ms, over {accept:.3f} ms (the {config.budget:.3f} ms budget less half "
             f"the margin): re-fitting its ratios under {target:.3f} ms predicted (repair {attempt + 1})")
     return repairs
+
+
+def scale_policy(cost_model: Any, keep: dict[str, int], target: float) -> dict[str, int]:
+    """Shrink every group of ``keep`` by one common factor, the largest whose predicted cost fits ``target``.
+
+    Keeps the search's proportions between groups (a sequential re-walk of the clamp would instead
+    give the early groups what they ask and starve the late ones).
+    """
+    from hwcompress.pruning import round_channels
+
+    def scaled(factor: float) -> dict[str, int]:
+        return {g.name: max(cost_model.min_channels(g), round_channels(g.channels, keep[g.name] / g.channels * factor,
+                                                                       cost_model.multiple))
+                for g in cost_model.groups}
+
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        if cost_model.cost(scaled(middle)) <= target:
+            low = middle
+        else:
+            high = middle
+    return scaled(low)
 
 
 def build_student(ctx: Context, policy: dict[str, Any]) -> Any:
