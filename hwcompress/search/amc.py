@@ -128,9 +128,6 @@ class AMCPolicy:
             transitions.append((episode.states[t], episode.proposed[t], next_state, t == n - 1))
         return self.agent.observe_episode(transitions, reward, episode_index)
 
-    def greedy_episode(self, walker: EpisodeWalker) -> Episode:
-        return walker.walk(lambda t, state: self.agent.greedy(state))
-
     def state_dict(self) -> dict:
         return {"agent": self.agent.state_dict()}
 
@@ -151,9 +148,6 @@ class RandomPolicy:
 
     def finish_episode(self, walker, episode, reward, episode_index) -> dict:
         return {}
-
-    def greedy_episode(self, walker: EpisodeWalker) -> Episode | None:
-        return None
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -198,9 +192,6 @@ class UniformPolicy:
 
     def finish_episode(self, walker, episode, reward, episode_index) -> dict:
         return {}
-
-    def greedy_episode(self, walker: EpisodeWalker) -> Episode | None:
-        return None
 
     def state_dict(self) -> dict:
         return {"ratio": self.ratio}

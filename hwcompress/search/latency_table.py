@@ -28,9 +28,6 @@ class SearchTable:
     def latency_of(self, rows: Sequence[LayerSpec]) -> float:
         return float(self.table.predict(list(rows)).total_ms)
 
-    def coverage(self, rows: Sequence[LayerSpec]) -> dict[str, Any]:
-        return self.table.predict(list(rows)).coverage
-
     def describe(self) -> str:
         return f"{self.origin} ({len(self.table)} entries)"
 

@@ -168,15 +168,15 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
     teacher_measured = None
     if profiler is not None:
         log(f"measuring the teacher on {descriptor.name} with {profiler.name}")
-        teacher_measured = measure_on_device(teacher, input_shape, profiler, settings, "teacher")
-        measure = PairedMeasurement(teacher, input_shape, profiler, settings, teacher_measured["median"])
+        measure = PairedMeasurement(teacher, input_shape, profiler, settings)
+        teacher_measured = measure.teacher_measured
     meta = {**meta, "val_accuracy": meta.get("val_accuracy", evaluate(teacher, splits.val))}
     if "test_accuracy" not in meta:
         meta["test_accuracy"] = evaluate(teacher, splits.test)
 
     cost_model, notes = build_cost_model(config, descriptor, teacher, input_shape, layers, groups, profiler, settings, log)
     if config.budget_metric == "latency_ms" and teacher_measured is not None:
-        notes.append(anchor_cost_model(cost_model, teacher, example, groups, measure, teacher_measured["median"], log))
+        notes.append(anchor_cost_model(cost_model, teacher, example, measure, teacher_measured["median"], log))
     if config.budget_ratio is not None and not config.budget:
         if config.budget_metric != "latency_ms":
             raise UserError("--latency-ratio applies to latency budgets only")
@@ -187,7 +187,7 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
                    teacher_measured, val_set, notes)
 
 
-def anchor_cost_model(cost_model: Any, teacher: Any, example: Any, groups: Any, measure: Callable, teacher_ms: float,
+def anchor_cost_model(cost_model: Any, teacher: Any, example: Any, measure: Callable, teacher_ms: float,
                       log: Callable[[str], None]) -> str:
     """Re-anchor the LUT's latency prediction on two students measured in this very run.
 
@@ -226,19 +226,25 @@ class PairedMeasurement:
     teacher alternately and taking the median of the per-round ratios cancels that drift; the ratio
     times the teacher's latency measured at the start of the run is the student's latency on the
     same footing as the budget. The raw medians are kept in the result too.
+
+    Constructing it exports the teacher once and measures it: ``teacher_measured`` is that reference.
     """
 
     def __init__(self, teacher: Any, input_shape: tuple[int, ...], profiler: Any, settings: Any,
-                 teacher_ms: float, rounds: int = 3) -> None:
+                 rounds: int = 3) -> None:
         import tempfile
 
         from hwcompress.export import export_onnx
+        from hwcompress.profiler import ModelArtifact
 
         self.folder = tempfile.TemporaryDirectory(prefix="hwcompress-")
         self.teacher_onnx = Path(self.folder.name) / "teacher.onnx"
-        export_onnx(teacher, input_shape, self.teacher_onnx, verify=False)
-        self.input_shape, self.profiler, self.settings = tuple(input_shape), profiler, settings
-        self.teacher_ms, self.rounds = teacher_ms, rounds
+        info = export_onnx(teacher, input_shape, self.teacher_onnx)
+        self.input_shape, self.profiler, self.settings, self.rounds = tuple(input_shape), profiler, settings, rounds
+        measurement = profiler.measure(ModelArtifact(self.teacher_onnx, self.input_shape, teacher, "teacher"), settings)
+        self.teacher_measured = {**measurement.latency.to_dict(), "source": "measured", "profiler": profiler.name,
+                                 "onnx_max_abs_diff": info.max_abs_diff, "facts": measurement.facts}
+        self.teacher_ms = measurement.latency.median
 
     def __call__(self, module: Any, name: str) -> dict[str, Any]:
         import statistics
@@ -273,22 +279,6 @@ class PairedMeasurement:
         }
 
 
-def measure_on_device(module: Any, input_shape: tuple[int, ...], profiler: Any, settings: Any, name: str,
-                      keep_onnx: Path | None = None) -> dict[str, Any]:
-    """Export ``module`` and time it with the device's profiler; returns the latency summary."""
-    import tempfile
-
-    from hwcompress.export import export_onnx
-    from hwcompress.profiler import ModelArtifact
-
-    with tempfile.TemporaryDirectory(prefix="hwcompress-") as folder:
-        path = Path(keep_onnx) if keep_onnx else Path(folder) / f"{name}.onnx"
-        info = export_onnx(module, input_shape, path)
-        measurement = profiler.measure(ModelArtifact(path, tuple(input_shape), module, name), settings)
-    return {**measurement.latency.to_dict(), "source": "measured", "profiler": profiler.name,
-            "onnx_max_abs_diff": info.max_abs_diff, "facts": measurement.facts}
-
-
 def build_cost_model(config, descriptor, teacher, input_shape, layers, groups, profiler, settings, log):
     """The cost model for the budget's metric; for latency, backed by the device's LUT."""
     from hwcompress.search.cost import CostModel
@@ -306,7 +296,7 @@ def build_cost_model(config, descriptor, teacher, input_shape, layers, groups, p
     return CostModel(layers, groups, metric="latency_ms", latency_of=table.latency_of, **common), notes
 
 
-def check_budget(ctx: Context, log: Callable[[str], None]) -> dict[str, Any]:
+def check_budget(ctx: Context) -> dict[str, Any]:
     """Refuse a budget the smallest student cannot meet; report a budget the teacher already meets."""
     config, model = ctx.config, ctx.cost_model
     unit = {"latency_ms": "ms", "macs": "MACs", "params": "parameters"}[config.budget_metric]
@@ -464,7 +454,7 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
     started = time.perf_counter()
     ctx = build_context(config, log)
     ctx.quiet = quiet
-    bounds = check_budget(ctx, log)
+    bounds = check_budget(ctx)
     out.mkdir(parents=True, exist_ok=True)
     if config.agent == "n2n":
         from hwcompress.search.n2n import run_n2n
@@ -527,14 +517,14 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
     search_seconds += time.perf_counter() - loop_start
     if best is None:
         raise UserError("interrupted before the first episode finished; nothing to write")
-    repairs = fit_to_measured_budget(ctx, walker, best, log)
+    repairs = fit_to_measured_budget(ctx, best, log)
     if repairs:
         best = {**best, "keep": repairs[-1]["keep"]}
     return finalize(ctx, best, history, out, started, search_seconds, bounds, interrupted, log, console,
                     extra={"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs]})
 
 
-def fit_to_measured_budget(ctx: Context, walker: Any, best: dict[str, Any], log: Callable[[str], None],
+def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[str], None],
                            attempts: int = 3) -> list[dict[str, Any]]:
     """Measure the best student on the device; while it is over a latency budget, walk its ratios again
     under a budget tightened by the measured overshoot (same clamp), and measure again.
@@ -550,7 +540,7 @@ def fit_to_measured_budget(ctx: Context, walker: Any, best: dict[str, Any], log:
         return []
     repairs: list[dict[str, Any]] = []
     keep = dict(best["keep"])
-    target = walker.budget
+    target = search_budget(config)
     for attempt in range(attempts):
         measured = ctx.measure(build_student(ctx, {"keep": keep}), "candidate")["median"]
         # Accept with half the margin to spare: the final measurement repeats this one, and a student
