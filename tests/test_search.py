@@ -142,11 +142,10 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     original = pipeline.anchor_cost_model
 
     def optimistic(cost_model, *args, **kwargs):
-        note = original(cost_model, *args, **kwargs)
+        result = original(cost_model, *args, **kwargs)
         anchored = cost_model.latency_of
-        cost_model.latency_of = lambda rows: 0.65 * anchored(rows)
-        cost_model._cache.clear()
-        return note
+        cost_model.set_latency(lambda rows: 0.65 * anchored(rows))
+        return result
 
     monkeypatch.setattr(pipeline, "anchor_cost_model", optimistic)
     doc = run_search(_config(tmp_path, budget_metric="latency_ms", budget=0.0, budget_ratio=0.75, agent="uniform",
@@ -197,3 +196,22 @@ def test_reconstruct_and_policy_reapply(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(UserError, match="not a hwcompress policy"):
         apply_policy(_config(tmp_path, out=str(tmp_path / "bad")), str(tmp_path / "bad.json"), quiet=True)
+
+
+def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):
+    """The anchors are real measurements of this run: the teacher's is the teacher's reference latency,
+    and with --anchors 3 a uniform student near the search budget joins them (unless noise put it out
+    of order, which the notes then say)."""
+    doc = run_search(_config(tmp_path, budget_metric="latency_ms", budget=0.0, budget_ratio=0.6, agent="uniform",
+                             episodes=1, runs=20, anchors=3), quiet=True)
+    anchors = {a["name"]: a for a in doc["cost_model_anchors"]}
+    assert anchors["teacher"]["measured_ms"] == pytest.approx(doc["teacher"]["latency_ms"], abs=1e-4)
+    assert anchors["smallest"]["measured_ms"] < anchors["teacher"]["measured_ms"]
+    if "uniform at the budget" in anchors:
+        middle = anchors["uniform at the budget"]
+        assert anchors["smallest"]["measured_ms"] < middle["measured_ms"] < anchors["teacher"]["measured_ms"]
+    else:
+        assert any("left out" in note for note in doc["notes"])
+    assert any("anchored on" in note for note in doc["notes"])
+    with pytest.raises(UserError, match="--anchors"):
+        run_search(_config(tmp_path, budget_metric="latency_ms", budget=1.0, anchors=4, out=str(tmp_path / "bad")), quiet=True)

@@ -33,6 +33,10 @@ import click
 @click.option("--bn-calibration", type=int, default=256, show_default=True,
               help="Re-estimate BatchNorm statistics of each candidate on this many train images before scoring it (0: AMC's original, none).")
 @click.option("--reconstruct", is_flag=True, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
+@click.option("--anchors", type=click.IntRange(2, 3), default=2, show_default=True,
+              help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
+                   "student, 3 = also a uniform student at the budget (for devices whose latency bends between the ends; "
+                   "docs/search.md).")
 @click.option("--lut", type=click.Path(dir_okay=False), help="Latency LUT for the cost model (default: the device's, or measured here and cached).")
 @click.option("--runs", type=int, help="Timed iterations when measuring on the device.")
 @click.option("--torch-threads", type=int, default=1, show_default=True,
@@ -45,7 +49,7 @@ import click
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights, data, input_shape, episodes, warmup,
-           seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, lut, runs, torch_threads, threads, out, resume, policy_file, json_target, quiet):
+           seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct, anchors, lut, runs, torch_threads, threads, out, resume, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
     The budget is measured latency by default (--latency-ms); --macs or --params are alternatives.
@@ -84,6 +88,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
             budget_ratio=ratio, margin=margin, agent=agent, device=device, device_file=device_file, model=model,
             weights=weights, data=data, input_shape=parse_input_shape(input_shape), episodes=episodes, warmup=warmup,
             seed=seed, reward=reward, lbound=lbound, finetune_epochs=finetune_epochs, bn_calibration=bn_calibration, reconstruct=reconstruct,
+            anchors=anchors,
             lut=lut, out=out, runs=runs, threads=threads, torch_threads=torch_threads,
         )
     try:

@@ -192,6 +192,33 @@ class CostModel:
             count = larger
         return count
 
+    def scaled_policy(self, keep: Mapping[str, int], target: float) -> dict[str, int]:
+        """Shrink every group of ``keep`` by one common factor, the largest whose cost fits ``target``.
+
+        Keeps the proportions between groups (a sequential re-walk of the clamp would instead give the
+        early groups what they ask and starve the late ones). With ``keep`` the full policy this is the
+        uniformly pruned model that fits ``target``.
+        """
+
+        def scaled(factor: float) -> dict[str, int]:
+            return {g.name: max(self.min_channels(g), round_channels(g.channels, keep[g.name] / g.channels * factor,
+                                                                     self.multiple))
+                    for g in self.groups}
+
+        low, high = 0.0, 1.0
+        for _ in range(30):
+            middle = (low + high) / 2
+            if self.cost(scaled(middle)) <= target:
+                low = middle
+            else:
+                high = middle
+        return scaled(low)
+
+    def set_latency(self, latency_of: Callable[[list[LayerSpec]], float]) -> None:
+        """Replace the latency function (a re-anchored prediction) and forget the memoised costs."""
+        self.latency_of = latency_of
+        self._cache.clear()
+
 
 def _shrunk(spec: LayerSpec, cin: int | None, cout: int | None, groups: int | None) -> LayerSpec:
     """A layer row with new channel counts; MACs and parameters rescaled exactly for conv/linear/BN."""

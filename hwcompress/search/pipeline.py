@@ -60,6 +60,7 @@ class SearchConfig:
     runs: int | None = None
     threads: int | None = None
     val_limit: int | None = None  # score each episode on at most this many validation images
+    anchors: int = 2  # students measured to anchor the latency cost model: 2 (teacher, smallest) or 3 (+ uniform at the budget)
     bn_calibration: int = 256  # re-estimate BatchNorm statistics on this many train images before scoring (0: off)
     torch_threads: int = 1  # PyTorch intra-op threads for training and scoring (see torch_threads())
     agent_options: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +93,7 @@ class Context:
     val_set: Any
     notes: list[str] = field(default_factory=list)
     quiet: bool = False
+    anchors: list[dict[str, Any]] = field(default_factory=list)  # students that anchored the cost model
 
 
 def _console():
@@ -122,6 +124,8 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
         raise UserError("--episodes must be at least 1")
     if not 0 < config.lbound < 1:
         raise UserError("--lbound must be between 0 and 1")
+    if config.anchors not in (2, 3):
+        raise UserError("--anchors must be 2 (teacher and smallest student) or 3 (and a uniform student at the budget)")
     descriptor = resolve_device(config.device, config.device_file)
     local, why_not = descriptor.is_local()
     torch.manual_seed(config.seed)  # a factory model's initialisation, too, follows the seed
@@ -175,47 +179,32 @@ def build_context(config: SearchConfig, log: Callable[[str], None] = print) -> C
         meta["test_accuracy"] = evaluate(teacher, splits.test)
 
     cost_model, notes = build_cost_model(config, descriptor, teacher, input_shape, layers, groups, profiler, settings, log)
-    if config.budget_metric == "latency_ms" and teacher_measured is not None:
-        notes.append(anchor_cost_model(cost_model, teacher, example, measure, teacher_measured["median"], log))
     if config.budget_ratio is not None and not config.budget:
         if config.budget_metric != "latency_ms":
             raise UserError("--latency-ratio applies to latency budgets only")
         reference = teacher_measured["median"] if teacher_measured else cost_model.cost(cost_model.full_policy())
         config.budget = round(config.budget_ratio * reference, 4)
         log(f"budget: {config.budget_ratio:g} x teacher latency {reference:.3f} ms = {config.budget:.3f} ms")
+    anchors: list[dict[str, Any]] = []
+    if config.budget_metric == "latency_ms" and teacher_measured is not None:
+        used, note = anchor_cost_model(cost_model, teacher, example, measure, teacher_measured["median"],
+                                       search_budget(config) if config.anchors >= 3 else None, log)
+        anchors = [a.to_dict() for a in used]
+        notes.append(note)
     return Context(config, descriptor, teacher, meta, splits, example, layers, groups, cost_model, measure,
-                   teacher_measured, val_set, notes)
+                   teacher_measured, val_set, notes, anchors=anchors)
 
 
 def anchor_cost_model(cost_model: Any, teacher: Any, example: Any, measure: Callable, teacher_ms: float,
-                      log: Callable[[str], None]) -> str:
-    """Re-anchor the LUT's latency prediction on two students measured in this very run.
-
-    The teacher and the smallest allowed student (every group at its minimum) are measured on the
-    device, and the prediction is mapped through the straight line that makes both exact. Clocks,
-    load and runtime state drift between recording a table and searching, and a per-layer sum misses
-    a part of the whole-model cost that does not shrink with channels (measured here: the LUT put the
-    smallest ResNet-56 student at 0.97 ms, the device at 0.72 ms); two anchors fix both ends of the
-    range the search moves in.
-    """
+                      target_ms: float | None, log: Callable[[str], None]) -> tuple[list[Any], str]:
+    """Anchor the LUT's latency prediction on students measured in this run (see :mod:`.anchors`)."""
     from hwcompress.pruning import prune_channels
+    from hwcompress.search.anchors import anchor_latency
 
-    raw = cost_model.latency_of
-    predicted_full = cost_model.cost(cost_model.full_policy())
-    min_policy = cost_model.min_policy()
-    predicted_min = cost_model.cost(min_policy)
-    smallest_ms = measure(prune_channels(teacher, example, min_policy), "smallest")["median"]
-    if predicted_full - predicted_min > 1e-9 and teacher_ms > smallest_ms:
-        slope = (teacher_ms - smallest_ms) / (predicted_full - predicted_min)
-        offset = teacher_ms - slope * predicted_full
-    else:  # degenerate (nothing to prune, or noise inverted the two): scale on the teacher alone
-        slope, offset = teacher_ms / predicted_full, 0.0
-    cost_model.latency_of = lambda rows: slope * raw(rows) + offset
-    cost_model._cache.clear()
-    note = (f"cost model anchored on two measurements of this run: teacher {teacher_ms:.3f} ms (LUT {predicted_full:.3f}), "
-            f"smallest student {smallest_ms:.3f} ms (LUT {predicted_min:.3f}); prediction x{slope:.3f} {offset:+.3f} ms")
-    log(note)
-    return note
+    def measure_policy(keep: dict[str, int], name: str) -> float:
+        return measure(prune_channels(teacher, example, keep), name)["median"]
+
+    return anchor_latency(cost_model, measure_policy, teacher_ms, target_ms, log)
 
 
 class PairedMeasurement:
@@ -531,7 +520,7 @@ def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[st
 
     The cost model is exact at the teacher and the smallest student, but between them a per-layer sum
     can be off by 10% on small, fast networks (measured: a ResNet-56 student predicted 0.835 ms ran at
-    0.943 ms). The student keeps the search's per-group proportions (:func:`scale_policy`) and only
+    0.943 ms). The student keeps the search's per-group proportions (:meth:`CostModel.scaled_policy`) and only
     gives up what the measurement says it must. Returns one record per repair (empty when the first
     measurement fits).
     """
@@ -549,34 +538,11 @@ def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[st
         if measured <= accept:
             break
         target *= config.budget / measured * (1.0 - config.margin)
-        keep = scale_policy(ctx.cost_model, keep, target)
+        keep = ctx.cost_model.scaled_policy(keep, target)
         repairs.append({"measured_ms": measured, "retarget_ms": round(target, 4), "keep": dict(keep)})
         log(f"student measured {measured:.3f} ms, over {accept:.3f} ms (the {config.budget:.3f} ms budget less half "
             f"the margin): re-fitting its ratios under {target:.3f} ms predicted (repair {attempt + 1})")
     return repairs
-
-
-def scale_policy(cost_model: Any, keep: dict[str, int], target: float) -> dict[str, int]:
-    """Shrink every group of ``keep`` by one common factor, the largest whose predicted cost fits ``target``.
-
-    Keeps the search's proportions between groups (a sequential re-walk of the clamp would instead
-    give the early groups what they ask and starve the late ones).
-    """
-    from hwcompress.pruning import round_channels
-
-    def scaled(factor: float) -> dict[str, int]:
-        return {g.name: max(cost_model.min_channels(g), round_channels(g.channels, keep[g.name] / g.channels * factor,
-                                                                       cost_model.multiple))
-                for g in cost_model.groups}
-
-    low, high = 0.0, 1.0
-    for _ in range(30):
-        middle = (low + high) / 2
-        if cost_model.cost(scaled(middle)) <= target:
-            low = middle
-        else:
-            high = middle
-    return scaled(low)
 
 
 def build_student(ctx: Context, policy: dict[str, Any]) -> Any:
@@ -674,6 +640,7 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
         },
         "budget_met": bool(budget_met),
         "reachable": {"teacher": bounds.get("teacher"), "smallest_student": bounds.get("smallest")},
+        "cost_model_anchors": ctx.anchors,
         "budget_margin": _margin(config, student_latency, predicted, student_analysis),
         "policy": policy_rows,
         "episodes": len(history),

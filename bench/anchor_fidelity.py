@@ -1,0 +1,111 @@
+"""Two anchors or three: how close does the cost model put the students a search produces to the budget?
+
+On the embedded default (ResNet-56 on digits, this CPU, ONNX Runtime, one thread) this script
+
+1. builds the search context once, as ``hwcompress search`` does: the teacher measured, the LUT
+   (recorded here on first use, then cached), the smallest student measured: the two-anchor curve;
+2. for each budget ratio, measures the uniformly pruned student the two-anchor curve puts at the
+   search budget (the budget less the margin): with it, the three-anchor curve for that budget;
+3. under each curve, walks ``--students`` episodes with AMC's random-warm-up policy through the clamp
+   (what the first quarter of every AMC search does, and what every random-agent episode does), so
+   each student is predicted right at the search budget by the curve it was searched under;
+4. measures every student on the device, interleaved with the teacher (the search's paired ratio),
+   and prints, per budget and curve: the mean and worst measured/budget, how many students the
+   search's acceptance rule (measured <= budget x (1 - margin/2)) would take without a repair, and the
+   mean absolute prediction error of both curves on the same students.
+
+Both curves are built from the same measurements of one run and their students are measured
+alternately in one loop, so a machine that slows down mid-run slows both.
+
+    python bench/anchor_fidelity.py [--ratios 0.5,0.6,0.7] [--students 8] [--seed 0] [--runs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from hwcompress.pruning import prune_channels
+from hwcompress.search.amc import EpisodeWalker, RandomPolicy
+from hwcompress.search.anchors import Anchor, AnchoredLatency
+from hwcompress.search.pipeline import SearchConfig, build_context, search_budget, torch_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ratios", default="0.5,0.6,0.7", help="budget ratios to the teacher's measured latency")
+    parser.add_argument("--students", type=int, default=8, help="students searched per budget and curve")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=None, help="timed iterations per measurement (device default)")
+    args = parser.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+
+    with torch_threads(1):
+        started = time.perf_counter()
+        config = SearchConfig(budget_ratio=ratios[0], anchors=2, runs=args.runs, seed=args.seed)
+        ctx = build_context(config, log=lambda m: print(f"  {m}"))
+        curve2 = ctx.cost_model.latency_of
+        raw = curve2.raw
+        teacher_ms = ctx.teacher_measured["median"]
+        print(f"teacher {teacher_ms:.3f} ms measured; anchors: {ctx.anchors}")
+
+        def measure(keep: dict[str, int], name: str) -> float:
+            return ctx.measure(prune_channels(ctx.teacher, ctx.example, keep), name)["median"]
+
+        rows = []
+        for ratio in ratios:
+            config.budget = ratio * teacher_ms
+            target = search_budget(config)
+            ctx.cost_model.set_latency(curve2)
+            uniform = ctx.cost_model.scaled_policy(ctx.cost_model.full_policy(), target)
+            ctx.cost_model.set_latency(raw)
+            middle = Anchor("uniform", ctx.cost_model.cost(uniform), measure(uniform, "uniform"))
+            curve3 = AnchoredLatency(raw, [*curve2.anchors, middle])
+            print(f"budget {ratio:g}x = {config.budget:.3f} ms: uniform anchor LUT {middle.predicted_ms:.3f} ms, "
+                  f"measured {middle.measured_ms:.3f} ms (two anchors predicted {curve2.map(middle.predicted_ms):.3f})")
+            students: dict[str, list[dict[str, int]]] = {}
+            for label, curve in (("2 anchors", curve2), ("3 anchors", curve3)):
+                ctx.cost_model.set_latency(curve)
+                walker = EpisodeWalker(ctx.cost_model, ctx.layers, target)
+                policy = RandomPolicy(len(ctx.groups), seed=args.seed)
+                students[label] = [policy.run_episode(walker, i).keep for i in range(args.students)]
+            measured: dict[str, list[float]] = {"2 anchors": [], "3 anchors": []}
+            for index in range(args.students):  # alternate the two curves' students
+                for label in measured:
+                    measured[label].append(measure(students[label][index], f"{label[0]}-{index}"))
+            accept = config.budget * (1 - config.margin / 2)
+            for label in measured:
+                ms = measured[label]
+                ctx.cost_model.set_latency(raw)
+                lut = [ctx.cost_model.cost(k) for k in students[label]]
+                error = {name: statistics.mean(abs(c.map(p) - m) / m for p, m in zip(lut, ms))
+                         for name, c in (("2", curve2), ("3", curve3))}
+                rows.append({
+                    "budget": f"{ratio:g}x = {config.budget:.3f}",
+                    "searched under": label,
+                    "mean measured/budget": statistics.mean(m / config.budget for m in ms),
+                    "worst measured/budget": max(m / config.budget for m in ms),
+                    "accepted without repair": f"{sum(m <= accept for m in ms)}/{len(ms)}",
+                    "error of 2-anchor curve": error["2"],
+                    "error of 3-anchor curve": error["3"],
+                })
+        ctx.cost_model.set_latency(curve2)
+
+    print()
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{v:.3f}" if "budget" in k and isinstance(v, float) else f"{100 * v:.1f}%" if isinstance(v, float) else str(v)
+                 for k, v in row.items()]
+        print("| " + " | ".join(cells) + " |")
+    for ratio in ratios:
+        pair = [r for r in rows if r["budget"].startswith(f"{ratio:g}x")]
+        print(f"{ratio:g}x: mean measured/budget, 3 anchors / 2 anchors = "
+              f"{pair[1]['mean measured/budget'] / pair[0]['mean measured/budget']:.3f}")
+    print(f"({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

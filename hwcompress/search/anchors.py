@@ -1,0 +1,139 @@
+"""Anchor the cost model's latency on students measured on the device in the run itself.
+
+A LUT is recorded once, layer by layer; a search runs later, on a machine whose clocks, load and
+runtime state have moved, and a per-layer sum misses the part of a whole model's time that does not
+shrink with channels. So before the search, a few students are measured on the device and the LUT's
+prediction is mapped through the monotone piecewise-linear curve that makes each of them exact:
+
+1. the teacher (every channel) and the smallest allowed student (every group at its minimum) fix the
+   two ends of the range the search moves in (the default);
+2. optionally (``--anchors 3``), a third student, pruned uniformly to the width the two-point curve
+   puts at the search budget, fixes the point where the search's policies end up, for devices whose
+   latency bends between the two ends. On this project's 2-core CPU it did not help: with two anchors
+   the searched students already measured within 3-5% of their prediction, the level at which two
+   measurements of one student agree (``bench/anchor_fidelity.py``, docs/benchmarks.md).
+
+A measurement that contradicts the order of the others (noise on a machine that is busy) is left out
+and said so, never bent into a non-monotone curve.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from hwcompress.analysis import LayerSpec
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """One student measured on the device: its name, the raw LUT prediction and the measurement (ms)."""
+
+    name: str
+    predicted_ms: float
+    measured_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "predicted_ms": round(self.predicted_ms, 5), "measured_ms": round(self.measured_ms, 5)}
+
+
+class AnchoredLatency:
+    """A latency function: the raw prediction mapped through the curve that passes through the anchors.
+
+    Between two anchors the map is the straight line through them; beyond the outermost ones, the
+    nearest segment is extended. One anchor scales the prediction by its measured/predicted ratio.
+
+    Args:
+        raw: the LUT's prediction for a model's layer rows (ms).
+        anchors: measured students; they must increase together in prediction and measurement
+            (see :func:`monotone_anchors`).
+
+    Example:
+        >>> curve = AnchoredLatency(lambda rows: 1.0, [Anchor("a", 1.0, 0.5), Anchor("b", 2.0, 2.0)])
+        >>> curve.map(1.5)
+        1.25
+    """
+
+    def __init__(self, raw: Callable[[list[LayerSpec]], float], anchors: Sequence[Anchor]) -> None:
+        if not anchors:
+            raise ValueError("at least one anchor is needed")
+        self.raw = raw
+        self.anchors = sorted(anchors, key=lambda a: a.predicted_ms)
+        self._xs = [a.predicted_ms for a in self.anchors]
+
+    def map(self, predicted: float) -> float:
+        """The measured-scale latency for a raw prediction."""
+        points = self.anchors
+        if len(points) == 1:
+            return predicted * points[0].measured_ms / points[0].predicted_ms
+        right = min(max(bisect.bisect_left(self._xs, predicted), 1), len(points) - 1)
+        a, b = points[right - 1], points[right]
+        slope = (b.measured_ms - a.measured_ms) / (b.predicted_ms - a.predicted_ms)
+        return a.measured_ms + slope * (predicted - a.predicted_ms)
+
+    def __call__(self, rows: list[LayerSpec]) -> float:
+        return self.map(self.raw(rows))
+
+
+def monotone_anchors(anchors: Sequence[Anchor]) -> tuple[list[Anchor], list[Anchor]]:
+    """Split anchors into those that keep prediction and measurement increasing together, and the rest.
+
+    The teacher and the smallest student come first and are always kept when they agree with each
+    other; every further anchor is kept only when it lies strictly inside its neighbours on both axes.
+    """
+    kept: list[Anchor] = []
+    dropped: list[Anchor] = []
+    for anchor in anchors:
+        trial = sorted([*kept, anchor], key=lambda a: a.predicted_ms)
+        ordered = all(p.predicted_ms < q.predicted_ms and p.measured_ms < q.measured_ms for p, q in zip(trial, trial[1:]))
+        (kept if ordered else dropped).append(anchor)
+    return kept, dropped
+
+
+def anchor_latency(
+    cost_model: Any,
+    measure_policy: Callable[[Mapping[str, int], str], float],
+    teacher_ms: float,
+    target_ms: float | None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[Anchor], str]:
+    """Measure the anchor students and install the anchored prediction in ``cost_model``.
+
+    Args:
+        cost_model: a latency :class:`~hwcompress.search.cost.CostModel` (its current ``latency_of`` is
+            taken as the raw prediction, or its ``raw`` when it is already anchored).
+        measure_policy: measures the student pruned to a policy on the device (ms); its second
+            argument names the student.
+        teacher_ms: the teacher's measured latency.
+        target_ms: the latency the search aims at (the budget less its margin), where the third anchor
+            goes; None for two anchors only.
+        log: where the one-line summary goes.
+
+    Returns:
+        ``(anchors used, smallest prediction first; note)``.
+    """
+    raw = getattr(cost_model.latency_of, "raw", cost_model.latency_of)
+    cost_model.set_latency(raw)
+    full_policy, min_policy = cost_model.full_policy(), cost_model.min_policy()
+    teacher = Anchor("teacher", cost_model.cost(full_policy), teacher_ms)
+    smallest = Anchor("smallest", cost_model.cost(min_policy), measure_policy(min_policy, "smallest"))
+    kept, dropped = monotone_anchors([teacher, smallest])
+    if len(kept) < 2:  # nothing to prune, or noise inverted the two: scale on the teacher alone
+        kept, dropped = [teacher], [smallest]
+    cost_model.set_latency(AnchoredLatency(raw, kept))
+    if target_ms is not None and len(kept) == 2 and smallest.measured_ms < target_ms < teacher_ms:
+        middle_policy = cost_model.scaled_policy(full_policy, target_ms)
+        cost_model.set_latency(raw)
+        middle = Anchor("uniform at the budget", cost_model.cost(middle_policy), measure_policy(middle_policy, "uniform"))
+        kept, more_dropped = monotone_anchors([*kept, middle])
+        dropped += more_dropped
+        cost_model.set_latency(AnchoredLatency(raw, kept))
+    kept = sorted(kept, key=lambda a: a.predicted_ms)
+    parts = [f"{a.name} {a.measured_ms:.3f} ms (LUT {a.predicted_ms:.3f})" for a in reversed(kept)]
+    note = f"cost model anchored on {len(kept)} students measured in this run: " + ", ".join(parts)
+    if dropped:
+        note += "; left out as out of order (measurement noise): " + ", ".join(
+            f"{a.name} {a.measured_ms:.3f} ms (LUT {a.predicted_ms:.3f})" for a in dropped)
+    log(note)
+    return kept, note
