@@ -74,6 +74,9 @@ def test_factory_and_weights(tmp_path, monkeypatch):
         (["--input-shape", "1,-3,4,4"], "malformed input shape"),
         (["--runs", "0"], "--runs must be at least 1"),
         (["-m", "nosuchpkg.mod:fn"], "cannot import 'nosuchpkg.mod'"),
+        (["--plot", "layers.txt"], "must end in .png, .svg, .pdf"),
+        (["--plot", "no/such/folder/layers.png"], "does not exist"),
+        (["--plot", "layers.png", "--no-per-layer"], "drop --no-per-layer"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(cli, args, message):
@@ -135,3 +138,38 @@ def test_plugins_lists_onnxruntime_distribution(cli):
     ort = infos["hwcompress-profiler-onnxruntime"]
     assert ort["distribution"] == "hwcompress-profiler-onnxruntime" and ort["error"] is None
     assert ort["provides"] == {"profilers": ["onnxruntime"]}
+
+
+def test_profile_plot_shows_time_and_macs_shares(cli, tmp_path):
+    out = tmp_path / "layers.png"
+    result = cli("profile", "-m", "mobilenet_v2", "--input-shape", "1,3,64,64", "--runs", "3", "--warmup", "1",
+                 "--plot", str(out), "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {out}" in result.stdout
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_profile_plot_folds_the_fastest_layers_into_one_bar(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from hwcompress import plots
+
+    layers = [{"name": f"conv{i}", "op": "Conv2d", "macs": 10 * (i + 1), "latency_ms": 0.01 * (i + 1)} for i in range(50)]
+    document = {"layers": layers, "model": {"name": "toy"}, "device": {"name": "cpu"},
+                "latency_ms": {"median": 12.0, "source": "measured"}}
+    drawn = {}
+    real_barh = Axes.barh
+
+    def spy(self, y, width, *args, **kwargs):
+        drawn.setdefault(kwargs.get("label"), list(width))
+        return real_barh(self, y, width, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "barh", spy)
+    plots.profile_layers(document, tmp_path / "toy.svg")
+    time_shares = drawn["share of layer time"]
+    assert len(time_shares) == plots.MAX_PROFILE_LAYERS + 1  # the slowest 40, then "10 other layers"
+    assert sum(time_shares) == pytest.approx(100.0) and sum(drawn["share of MACs"]) == pytest.approx(100.0)
+    assert time_shares[-1] == pytest.approx(100 * sum(0.01 * (i + 1) for i in range(10)) / sum(0.01 * (i + 1) for i in range(50)))
+    assert (tmp_path / "toy.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(plots.UserError, match="no per-layer times"):
+        plots.profile_layers({**document, "layers": [{**r, "latency_ms": None} for r in layers]}, tmp_path / "x.png")

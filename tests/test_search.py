@@ -69,7 +69,8 @@ def test_search_writes_the_result_contract(tmp_path):
     assert saved["student"]["macs"] <= 12e6 < saved["teacher"]["macs"]
     assert saved["student"]["latency_ms"] > 0 and saved["teacher"]["latency_ms"] > 0  # measured on this CPU
     assert saved["episodes"] == 6 and len(saved["policy"]) == len(find_channel_groups(resnet_cifar(20), torch.zeros(SHAPE)))
-    for name in ("student.onnx", "student.pt", "policy.json", "summary.md", "history.json", "ratios.png", "reward.png"):
+    for name in ("student.onnx", "student.pt", "policy.json", "summary.md", "history.json", "ratios.png", "reward.png",
+                 "accuracy_vs_cost.png"):
         assert (out / name).exists(), name
     loaded = torch.load(out / "student.pt", weights_only=False)["model"]
     assert sum(p.numel() for p in loaded.parameters()) == saved["student"]["params"]

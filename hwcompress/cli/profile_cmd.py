@@ -21,8 +21,10 @@ from hwcompress.cli.common import console, emit_json, fmt_count, fmt_ms
 @click.option("--lut", type=click.Path(dir_okay=False), help="Predict from this recorded LUT instead of measuring.")
 @click.option("--per-layer/--no-per-layer", default=True, show_default=True, help="Also time each layer (a separate profiled run).")
 @click.option("--json", "json_target", metavar="FILE", help="Write the hwcompress.profile/1 JSON document to FILE ('-' for stdout).")
+@click.option("--plot", "plot_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also draw each layer's share of the time beside its share of the MACs (.png, .svg or .pdf; needs matplotlib).")
 @click.option("--quiet", "-q", is_flag=True, help="No table (useful with --json).")
-def profile(device, device_file, model, input_shape, weights, threads, runs, warmup, precision, lut, per_layer, json_target, quiet):
+def profile(device, device_file, model, input_shape, weights, threads, runs, warmup, precision, lut, per_layer, json_target, plot_path, quiet):
     """Profile a model on a device: measured latency (median and spread), MACs, FLOPs, parameters.
 
     Measured when this machine is the device; on any other device predicted from a latency lookup
@@ -35,9 +37,18 @@ def profile(device, device_file, model, input_shape, weights, threads, runs, war
       hwcompress profile -m model.onnx --json report.json
       hwcompress profile -m mypkg.nets:build --input-shape 1,3,128,128
       hwcompress profile --device jetson --lut jetson.lut.json -m resnet18
+      hwcompress profile -m mobilenet_v2 --plot layers.png     # where the time goes, against the MACs
     """
+    from hwcompress.errors import UserError
     from hwcompress.models import parse_input_shape
     from hwcompress.profiling import profile_model
+
+    if plot_path:
+        from hwcompress.plots import check_plot_path
+
+        if not per_layer:
+            raise UserError("--plot draws the per-layer times; drop --no-per-layer")
+        check_plot_path(plot_path)
 
     report = profile_model(
         model,
@@ -56,6 +67,12 @@ def profile(device, device_file, model, input_shape, weights, threads, runs, war
     if not quiet and json_target != "-":
         print_report(document)
     emit_json(document, json_target)
+    if plot_path:
+        from hwcompress.plots import profile_layers
+
+        written = profile_layers(document, plot_path)
+        if not quiet and json_target != "-":
+            console().print(f"plot: {written}")
 
 
 def print_report(doc: dict) -> None:

@@ -660,7 +660,7 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
 
     write_json_atomic(history, out / "history.json")
     artifacts["history"] = "history.json"
-    artifacts["plots"] = write_plots(document, history, out, log)
+    artifacts["plots"] = write_plots(document, history, out)
     artifacts["summary"] = "summary.md"
     tmp = out / ".summary.md.tmp"
     tmp.write_text(summary_markdown(document))
@@ -760,59 +760,14 @@ def _apply_policy(config: SearchConfig, policy_path: str, *, quiet: bool = False
     return finalize(ctx, best, [], out, started, 0.0, {}, False, log, console, extra={"policy_source": str(policy_path)})
 
 
-def write_plots(doc: dict[str, Any], history: list[dict[str, Any]], out: Path, log) -> list[str]:
-    """Per-group preserve ratios, reward curves, teacher vs student; skipped without matplotlib."""
-    try:
-        import matplotlib
+def write_plots(doc: dict[str, Any], history: list[dict[str, Any]], out: Path) -> list[str]:
+    """The search folder's plots (:func:`hwcompress.plots.search_plots`); skipped with a note without matplotlib."""
+    from hwcompress.plots import PLOTS_HINT, has_matplotlib, search_plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        doc["notes"].append("plots skipped: matplotlib is not installed (pip install 'hwcompress[plots]')")
+    if not has_matplotlib():
+        doc["notes"].append(f"plots skipped: matplotlib is not installed ({PLOTS_HINT})")
         return []
-    files = []
-    fig, ax = plt.subplots(figsize=(max(6, len(doc["policy"]) * 0.25), 3.5))
-    ratios = [row["ratio"] for row in doc["policy"]]
-    ax.bar(range(len(ratios)), ratios, color="#4477aa")
-    ax.set_xticks(range(len(ratios)), [row["group"] for row in doc["policy"]], rotation=90, fontsize=6)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("preserve ratio")
-    ax.set_title(f"{doc['agent']}: channels kept per group")
-    fig.tight_layout()
-    fig.savefig(out / "ratios.png", dpi=120)
-    plt.close(fig)
-    files.append("ratios.png")
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    rewards = [h["reward"] for h in history] or [0.0]
-    best = [max(rewards[: i + 1]) for i in range(len(rewards))]
-    ax.plot(rewards, ".", alpha=0.5, label="episode reward")
-    ax.plot(best, "-", label="best so far")
-    ax.set_xlabel("episode")
-    ax.set_ylabel("reward")
-    ax.legend()
-    ax.set_title("search progress")
-    fig.tight_layout()
-    fig.savefig(out / "reward.png", dpi=120)
-    plt.close(fig)
-    files.append("reward.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
-    teacher, student = doc["teacher"], doc["student"]
-    latencies = [teacher["latency_ms"] or teacher.get("predicted_latency_ms") or 0, student["latency_ms"] or student.get("predicted_latency_ms") or 0]
-    axes[0].bar(["teacher", "student"], latencies, color=["#999999", "#4477aa"])
-    budget = doc["budget"].get("latency_ms")
-    if budget:
-        axes[0].axhline(budget, color="#cc3311", linestyle="--", label="budget")
-        axes[0].legend()
-    axes[0].set_ylabel("latency (ms, measured)")
-    axes[1].bar(["teacher", "student"], [100 * (teacher["accuracy"] or 0), 100 * student["accuracy"]], color=["#999999", "#4477aa"])
-    axes[1].set_ylabel("test accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(out / "teacher_vs_student.png", dpi=120)
-    plt.close(fig)
-    files.append("teacher_vs_student.png")
-    return files
+    return search_plots(doc, history, out)
 
 
 def summary_markdown(doc: dict[str, Any]) -> str:
