@@ -31,13 +31,14 @@ The file format (JSON, ``"schema": "hwcompress.lut/1"``)::
 An entry is keyed by op, batch, input H x W, cin, cout, kernel, stride, padding and groups. Two
 timing modes exist (``provenance.timing``):
 
-* ``kernels``: the sum of the runtime's per-node kernel times inside the tiny model, leaving out the
-  layout conversions at its edges (ONNX Runtime's NCHWc ``ReorderInput``/``ReorderOutput``), which a
-  layer inside a network does not pay. Used with ONNX Runtime; measured: on mobilenet_v2 the sum of
-  standalone sessions over-estimates the network by 55 %, the sum of kernels is within 1 %.
+* ``kernels``: the profiler's own ``measure_unit(artifact, settings) -> Measurement``, the in-network
+  time of the unit: the sum of the runtime's per-node kernel times inside the tiny model, leaving out
+  the layout conversions at its edges (ONNX Runtime's NCHWc ``ReorderInput``/``ReorderOutput``,
+  TensorRT's reformatting layers), which a layer inside a network does not pay. ONNX Runtime and
+  TensorRT offer it; measured: on mobilenet_v2 the sum of standalone ONNX Runtime sessions
+  over-estimates the network by 55 %, the sum of kernels is within 1 %.
 * ``session``: the whole standalone run through the profiler's ``measure``, minus the fixed per-call
-  overhead (timed once on a trivial model). Used for every other profiler, unless it offers
-  ``measure_unit(artifact, settings) -> Measurement`` with the in-network time of the unit.
+  overhead (timed once on a trivial model), for profilers without ``measure_unit``.
 
 Channel quantum: many kernels work on blocks of channels (ONNX Runtime's NCHWc uses 16 with AVX-512,
 8 with AVX2), so 56 channels cost what 64 cost. The recorder detects that step once per table
@@ -80,10 +81,6 @@ FUSED = "fused"
 
 TIMING_KERNELS = "kernels"
 TIMING_SESSION = "session"
-
-#: ONNX Runtime nodes that only convert layouts at the edge of a tiny model; inside a network the
-#: whole chain of NCHWc convolutions runs without them (they appear once, at the network's edges).
-BOUNDARY_OPS = frozenset({"ReorderInput", "ReorderOutput"})
 
 #: Leaf modules folded into the convolution (or Linear) they follow, as runtimes fuse them.
 FUSABLE_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
@@ -1156,58 +1153,18 @@ class UnitTimer:
 def unit_timer(profiler: Any) -> UnitTimer:
     """The best way ``profiler`` can time a layer as it runs inside a network.
 
-    Order: the profiler's own ``measure_unit`` (in-network time of the unit); ONNX Runtime's per-node
-    kernel times with layout conversions at the edges left out; else the profiler's whole-session
-    ``measure`` (the table then also stores the fixed per-call overhead, subtracted at prediction).
+    The profiler's own ``measure_unit`` (in-network time of the unit) when it has one; else its
+    whole-session ``measure`` (the table then also stores the fixed per-call overhead, subtracted at
+    prediction).
     """
     own = getattr(profiler, "measure_unit", None)
     if callable(own):
         return UnitTimer(TIMING_KERNELS, lambda artifact, settings: own(artifact, settings).latency)
-    if getattr(profiler, "name", None) == "onnxruntime":
-        try:
-            import hwcompress_profiler_onnxruntime  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            return UnitTimer(TIMING_KERNELS, _ort_kernel_stats)
 
     def session(artifact: ModelArtifact, settings: ProfileSettings) -> LatencyStats:
         return profiler.measure(artifact, replace(settings, per_layer=False)).latency
 
     return UnitTimer(TIMING_SESSION, session)
-
-
-def _ort_kernel_stats(artifact: ModelArtifact, settings: ProfileSettings) -> LatencyStats:
-    """Per-run sums of ONNX Runtime's kernel times in ``artifact``, edge layout conversions excluded.
-
-    The session is the profiler's own (same threads, spinning and optimisation level, NCHWc layout
-    included), with ONNX Runtime's node profiler on.
-    """
-    from hwcompress_profiler_onnxruntime import make_session, random_feed
-
-    runs = max(1, int(settings.runs))
-    warmup = max(1, int(settings.warmup))
-    flush = _cache_flusher(cache_flush_mb(settings))
-    with tempfile.TemporaryDirectory(prefix="hwcompress-lut-") as folder:
-        session = make_session(artifact.onnx_path, settings, profile_prefix=os.path.join(folder, "unit"))
-        feed = random_feed(session, artifact.input_shape)
-        for _ in range(warmup + runs):
-            flush()
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    per_node: dict[str, list[float]] = {}
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
-            continue
-        if event.get("args", {}).get("op_name") in BOUNDARY_OPS:
-            continue
-        per_node.setdefault(name, []).append(event["dur"] / 1000.0)
-    if not per_node:
-        raise RuntimeError(f"ONNX Runtime reported no kernel times for {artifact.onnx_path}")
-    count = min(runs, min(len(times) for times in per_node.values()))
-    samples = [sum(times[len(times) - count + i] for times in per_node.values()) for i in range(count)]
-    return LatencyStats.from_samples(samples)
 
 
 #: MB streamed between timed runs of a layer (``settings.options["cache_flush_mb"]`` overrides; 0 = off).
@@ -1222,8 +1179,9 @@ def cache_flush_mb(settings: ProfileSettings) -> float:
     return float(settings.options.get("cache_flush_mb", DEFAULT_CACHE_FLUSH_MB))
 
 
-def _cache_flusher(megabytes: float) -> Callable[[], None]:
-    """Evict the layer's weights from the core's private caches between timed runs.
+def cache_flusher(settings: ProfileSettings) -> Callable[[], None]:
+    """Evict the layer's weights from the core's private caches between timed runs (for a CPU
+    profiler's ``measure_unit``; ``settings.options["cache_flush_mb"]`` sets the size, 0 turns it off).
 
     Inside a network the rest of the layers run between two uses of a layer's weights, so they come
     from the shared cache or memory; a layer timed alone in a loop keeps them in L2 and looks faster
@@ -1231,6 +1189,7 @@ def _cache_flusher(megabytes: float) -> Callable[[], None]:
     input stays warm: the runtime's layout conversion rewrites it right before the layer, as the
     previous layer would have.
     """
+    megabytes = cache_flush_mb(settings)
     if megabytes <= 0:
         return lambda: None
     import numpy as np

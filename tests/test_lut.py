@@ -3,14 +3,12 @@ and one-line errors for every kind of bad LUT. Tiny models, few runs: a few seco
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 from hwcompress import lut

@@ -22,6 +22,9 @@ INSTALL_HINT = "pip install onnxruntime (or pip install ./profilers/onnxruntime 
 # Per-node times come from a separate profiled session: ORT's profiler adds overhead per node, so it
 # must never share iterations with the whole-model timing.
 PROFILED_RUNS = 20
+# Nodes that only convert layouts at the edge of a tiny model; inside a network the whole chain of
+# NCHWc convolutions runs without them (they appear once, at the network's edges).
+BOUNDARY_OPS = frozenset({"ReorderInput", "ReorderOutput"})
 
 
 def cpu_model() -> str:
@@ -114,6 +117,41 @@ class OnnxRuntimeProfiler:
         samples = time_session(session, feed, int(settings.runs), int(settings.warmup))
         node_ms = self._node_times(artifact, settings, feed) if settings.per_layer else None
         return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
+
+    def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
+        """The in-network time of a tiny model (one layer and what fuses into it), for LUT recording.
+
+        Per run, the sum of ONNX Runtime's kernel times, leaving out the layout conversions at the
+        model's edges (:data:`BOUNDARY_OPS`), which a layer inside a network does not pay. The session
+        is the one ``measure`` uses (same threads, spinning and optimisation level, NCHWc layout
+        included) with the node profiler on; between runs the recorder's cache flush
+        (:func:`hwcompress.lut.cache_flusher`) evicts the layer's weights, as the rest of a network would.
+        """
+        from hwcompress.lut import cache_flusher
+
+        runs = max(1, int(settings.runs))
+        warmup = max(1, int(settings.warmup))
+        flush = cache_flusher(settings)
+        with tempfile.TemporaryDirectory(prefix="hwcompress-lut-") as folder:
+            session = make_session(artifact.onnx_path, settings, profile_prefix=os.path.join(folder, "unit"))
+            feed = random_feed(session, artifact.input_shape)
+            for _ in range(warmup + runs):
+                flush()
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        per_node: dict[str, list[float]] = {}
+        for event in events:
+            name = event.get("name", "")
+            if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+                continue
+            if event.get("args", {}).get("op_name") in BOUNDARY_OPS:
+                continue
+            per_node.setdefault(name, []).append(event["dur"] / 1000.0)
+        if not per_node:
+            raise RuntimeError(f"ONNX Runtime reported no kernel times for {artifact.onnx_path}")
+        count = min(runs, min(len(times) for times in per_node.values()))
+        samples = [sum(times[len(times) - count + i] for times in per_node.values()) for i in range(count)]
+        return Measurement(latency=LatencyStats.from_samples(samples), facts=self.facts(settings))
 
     def _node_times(self, artifact: ModelArtifact, settings: ProfileSettings, feed: dict[str, Any]) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as folder:
