@@ -216,3 +216,17 @@ def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):
     assert any("anchored on" in note for note in doc["notes"])
     with pytest.raises(UserError, match="--anchors"):
         run_search(_config(tmp_path, budget_metric="latency_ms", budget=1.0, anchors=4, out=str(tmp_path / "bad")), quiet=True)
+
+
+def test_trimming_fits_the_target_with_small_steps_where_they_save_most():
+    """A policy a little over its target loses a few channel steps, not a slice of every group."""
+    _, _, layers, groups, cost = _model_and_cost("macs")
+    full = cost.full_policy()
+    target = cost.cost(full) * 0.97
+    trimmed, scaled = cost.trimmed_policy(full, target), cost.scaled_policy(full, target)
+    assert cost.cost(trimmed) <= target and cost.cost(scaled) <= target
+    assert all(cost.min_channels(g) <= trimmed[g.name] <= g.channels for g in groups)
+    assert sum(trimmed.values()) > sum(scaled.values())  # fewer channels given up for the same target
+    assert sum(trimmed[g.name] < g.channels for g in groups) < len(groups)  # only some groups were touched
+    assert cost.trimmed_policy(full, 0.0) == cost.min_policy()  # unreachable: everything at its minimum
+    assert cost.trimmed_policy(trimmed, target) == trimmed  # already fits: unchanged

@@ -214,6 +214,35 @@ class CostModel:
                 high = middle
         return scaled(low)
 
+    def trimmed_policy(self, keep: Mapping[str, int], target: float) -> dict[str, int]:
+        """Take channels from ``keep`` a step at a time until its cost fits ``target``.
+
+        Each step gives up, in one group, the next smaller allowed count that lowers the cost (a count
+        inside the same runtime block saves nothing and is skipped), choosing the group whose step saves
+        the most cost per share of that group's channels given up. A policy just over its budget thus
+        loses a few channels where they buy the most, instead of every group shrinking together
+        (:meth:`scaled_policy`), which with counts rounded to the channel multiple moves in coarse jumps.
+        Stops at every group's minimum if the target cannot be reached.
+        """
+        policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
+        current = self.cost(policy)
+        while current > target:
+            best: tuple[float, str, int, float] | None = None
+            for group in self.groups:
+                have = policy[group.name]
+                for count in reversed([c for c in self.allowed_counts(group) if c < have]):
+                    trial = self.cost({**policy, group.name: count})
+                    if trial < current:
+                        value = (current - trial) / ((have - count) / have)
+                        if best is None or value > best[0]:
+                            best = (value, group.name, count, trial)
+                        break
+            if best is None:
+                break
+            _, name, count, current = best
+            policy[name] = count
+        return policy
+
     def set_latency(self, latency_of: Callable[[list[LayerSpec]], float]) -> None:
         """Replace the latency function (a re-anchored prediction) and forget the memoised costs."""
         self.latency_of = latency_of

@@ -515,14 +515,15 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
 
 def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[str], None],
                            attempts: int = 3) -> list[dict[str, Any]]:
-    """Measure the best student on the device; while it is over a latency budget, walk its ratios again
-    under a budget tightened by the measured overshoot (same clamp), and measure again.
+    """Measure the best student on the device; while it is over a latency budget, trim it to fit a
+    budget tightened by the measured overshoot, and measure again.
 
     The cost model is exact at the teacher and the smallest student, but between them a per-layer sum
     can be off by 10% on small, fast networks (measured: a ResNet-56 student predicted 0.835 ms ran at
-    0.943 ms). The student keeps the search's per-group proportions (:meth:`CostModel.scaled_policy`) and only
-    gives up what the measurement says it must. Returns one record per repair (empty when the first
-    measurement fits).
+    0.943 ms). The student gives up only what the measurement says it must, a channel step at a time
+    where a step saves the most (:meth:`CostModel.trimmed_policy`; measured against shrinking every
+    group by one factor in ``bench/repair_quality.py``). Returns one record per repair (empty when the
+    first measurement fits).
     """
     config = ctx.config
     if config.budget_metric != "latency_ms" or ctx.measure is None:
@@ -538,7 +539,7 @@ def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[st
         if measured <= accept:
             break
         target *= config.budget / measured * (1.0 - config.margin)
-        keep = ctx.cost_model.scaled_policy(keep, target)
+        keep = ctx.cost_model.trimmed_policy(keep, target)
         repairs.append({"measured_ms": measured, "retarget_ms": round(target, 4), "keep": dict(keep)})
         log(f"student measured {measured:.3f} ms, over {accept:.3f} ms (the {config.budget:.3f} ms budget less half "
             f"the margin): re-fitting its ratios under {target:.3f} ms predicted (repair {attempt + 1})")

@@ -1,0 +1,94 @@
+"""Repairing a student that measured over its budget: shrink every group together, or trim a few channels?
+
+When the searched student measures over the budget, the search shrinks it under a tightened target
+(docs/search.md, step 7). Two ways, compared side by side on the same students:
+
+* ``scaled``: every group's preserve ratio times one common factor, the largest that fits
+  (``CostModel.scaled_policy``);
+* ``trimmed``: one channel step at a time from the group whose step saves the most predicted latency
+  per share of its channels (``CostModel.trimmed_policy``).
+
+On the embedded default (ResNet-56 on digits, this CPU) the script walks ``--students`` episodes of
+AMC's random warm-up policy through the clamp at a ``--ratio`` budget (students the search could end
+with), then for each tightening in ``--tighten`` (the repair's target = the search budget x (1 - t))
+repairs every student both ways and prints, as means over the students: the validation accuracy the
+search's reward sees (BatchNorm re-estimated on 256 training images, no fine-tuning), the measured
+latency (interleaved with the teacher) against the target, and the share of channels kept. Last, the
+ratios trimmed / scaled.
+
+    python bench/repair_quality.py [--ratio 0.5] [--students 10] [--tighten 0.03,0.06] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from hwcompress.distill import evaluate
+from hwcompress.pruning import prune_channels
+from hwcompress.search.amc import EpisodeWalker, RandomPolicy
+from hwcompress.search.pipeline import SearchConfig, build_context, recalibrate_batchnorm, search_budget, torch_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ratio", type=float, default=0.5, help="budget as a fraction of the teacher's measured latency")
+    parser.add_argument("--students", type=int, default=10)
+    parser.add_argument("--tighten", default="0.03,0.06", help="how much below the search budget the repair aims")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    with torch_threads(1):
+        started = time.perf_counter()
+        config = SearchConfig(budget_ratio=args.ratio, seed=args.seed)
+        ctx = build_context(config, log=lambda m: print(f"  {m}"))
+        model = ctx.cost_model
+        target = search_budget(config)
+        walker = EpisodeWalker(model, ctx.layers, target)
+        policy = RandomPolicy(len(ctx.groups), seed=args.seed)
+        students = [policy.run_episode(walker, i).keep for i in range(args.students)]
+        total = sum(g.channels for g in ctx.groups)
+
+        def accuracy(keep: dict[str, int]) -> float:
+            student = prune_channels(ctx.teacher, ctx.example, keep)
+            recalibrate_batchnorm(student, ctx.splits.train, config.bn_calibration)
+            return evaluate(student, ctx.val_set)
+
+        def measured(keep: dict[str, int], name: str) -> float:
+            return ctx.measure(prune_channels(ctx.teacher, ctx.example, keep), name)["median"]
+
+        searched = [accuracy(k) for k in students]
+        print(f"budget {config.budget:.3f} ms, search target {target:.3f} ms; {len(students)} students, "
+              f"validation accuracy {100 * statistics.mean(searched):.2f}% before any repair")
+        rows = []
+        for tighten in [float(t) for t in args.tighten.split(",")]:
+            goal = target * (1 - tighten)
+            results: dict[str, dict[str, list[float]]] = {m: {"acc": [], "ms": [], "kept": []} for m in ("scaled", "trimmed")}
+            for index, keep in enumerate(students):
+                repaired = {"scaled": model.scaled_policy(keep, goal), "trimmed": model.trimmed_policy(keep, goal)}
+                for method, fixed in repaired.items():  # both ways of one student back to back
+                    results[method]["acc"].append(accuracy(fixed))
+                    results[method]["ms"].append(measured(fixed, f"{method}-{index}"))
+                    results[method]["kept"].append(sum(fixed.values()) / total)
+            for method, r in results.items():
+                rows.append({"tighten": tighten, "method": method, "goal": goal,
+                             "acc": statistics.mean(r["acc"]), "ms": statistics.mean(r["ms"]),
+                             "ms_over_goal": statistics.mean(m / goal for m in r["ms"]), "kept": statistics.mean(r["kept"])})
+
+    print()
+    print("| repair target | method | val. accuracy (BN re-estimated, no FT) | measured ms | measured / target | channels kept |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| search target x {1 - r['tighten']:.2f} = {r['goal']:.3f} ms | {r['method']} | {100 * r['acc']:.2f}% | "
+              f"{r['ms']:.3f} | {r['ms_over_goal']:.3f} | {100 * r['kept']:.1f}% |")
+    print(f"\nsearched students before repair: {100 * statistics.mean(searched):.2f}% validation accuracy")
+    for tighten in sorted({r["tighten"] for r in rows}):
+        scaled, trimmed = [next(r for r in rows if r["tighten"] == tighten and r["method"] == m) for m in ("scaled", "trimmed")]
+        print(f"tighten {tighten:g}: trimmed / scaled: accuracy {trimmed['acc'] / scaled['acc']:.3f}, "
+              f"measured latency {trimmed['ms'] / scaled['ms']:.3f}, channels kept {trimmed['kept'] / scaled['kept']:.3f}")
+    print(f"({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
