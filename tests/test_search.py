@@ -230,3 +230,12 @@ def test_trimming_fits_the_target_with_small_steps_where_they_save_most():
     assert sum(trimmed[g.name] < g.channels for g in groups) < len(groups)  # only some groups were touched
     assert cost.trimmed_policy(full, 0.0) == cost.min_policy()  # unreachable: everything at its minimum
     assert cost.trimmed_policy(trimmed, target) == trimmed  # already fits: unchanged
+
+
+def test_amc_defaults_to_nni_noise_decay_and_takes_the_original_on_request():
+    from hwcompress.search.pipeline import make_policy
+
+    default = make_policy(SearchConfig(agent="amc", episodes=120), 5)
+    assert default.agent.settings.delta_decay == 0.99 and default.agent.settings.warmup == 30
+    original = make_policy(SearchConfig(agent="amc", agent_options={"delta_decay": 0.95}), 5)
+    assert original.agent.settings.delta_decay == 0.95

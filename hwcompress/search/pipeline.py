@@ -29,6 +29,7 @@ from hwcompress import __version__
 from hwcompress.errors import UserError
 
 RESULT_SCHEMA = "hwcompress.search/1"
+AMC_DELTA_DECAY = 0.99  # AMC's exploration-noise decay per episode here (see make_policy)
 POLICY_FORMAT = "hwcompress.policy/1"
 CHECKPOINT = "checkpoint.pt"
 
@@ -367,6 +368,10 @@ def make_policy(config: SearchConfig, n_groups: int) -> Any:
     options = dict(config.agent_options)
     if config.agent == "amc":
         options.setdefault("warmup", config.warmup if config.warmup is not None else max(1, config.episodes // 4))
+        # NNI's noise decay, not the original's 0.95: over a 120-episode run the original's sigma falls
+        # to 0.02 by episode 90 and the agent repeats itself (measured at 0.5x over 3 seeds: 64-83
+        # distinct policies of 120 and 81.7% best validation accuracy, against 118-119 and 89.6%).
+        options.setdefault("delta_decay", AMC_DELTA_DECAY)
     try:
         return factory(n_groups=n_groups, seed=config.seed, **options)
     except (TypeError, ValueError) as error:
