@@ -74,6 +74,12 @@ def test_search_writes_the_result_contract(tmp_path):
         assert (out / name).exists(), name
     loaded = torch.load(out / "student.pt", weights_only=False)["model"]
     assert sum(p.numel() for p in loaded.parameters()) == saved["student"]["params"]
+    finetune = saved["finetune"]  # the validation split decides whether the fine-tuned weights are kept
+    if finetune["val_accuracy_after"] < finetune["val_accuracy_before"]:
+        assert finetune["kept"] == "before fine-tuning" and any("lowered" in n for n in saved["notes"])
+        assert saved["student"]["accuracy"] == saved["student"]["accuracy_before_finetune"]
+    else:
+        assert finetune["kept"] == "fine-tuned"
 
 
 def test_resume_reaches_the_same_policy(tmp_path):
@@ -239,3 +245,26 @@ def test_amc_defaults_to_nni_noise_decay_and_takes_the_original_on_request():
     assert default.agent.settings.delta_decay == 0.99 and default.agent.settings.warmup == 30
     original = make_policy(SearchConfig(agent="amc", agent_options={"delta_decay": 0.95}), 5)
     assert original.agent.settings.delta_decay == 0.95
+
+
+def test_scored_trimming_spares_the_groups_the_score_needs():
+    """With a score, the step that loses the least score per cost saved is taken: a group the score
+    depends on is left alone although cutting it would save the most."""
+    _, _, layers, groups, cost = _model_and_cost("macs")
+    full = cost.full_policy()
+    target = cost.cost(full) * 0.97
+    greedy = cost.trimmed_policy(full, target)
+    touched = [g.name for g in groups if greedy[g.name] < g.channels]
+    precious = touched[0]
+    calls = []
+
+    def score(policy):
+        calls.append(policy)
+        return 1.0 if policy[precious] == full[precious] else 0.0
+
+    spared = cost.trimmed_policy(full, target, score=score, candidates=len(groups))
+    assert cost.cost(spared) <= target and spared[precious] == full[precious]
+    assert calls, "the score was consulted"
+    before = len(calls)
+    assert cost.trimmed_policy(greedy, target, score=score) == greedy  # already fits: nothing scored again
+    assert len(calls) == before

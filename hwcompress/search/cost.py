@@ -214,33 +214,43 @@ class CostModel:
                 high = middle
         return scaled(low)
 
-    def trimmed_policy(self, keep: Mapping[str, int], target: float) -> dict[str, int]:
+    def trimmed_policy(self, keep: Mapping[str, int], target: float,
+                       score: Callable[[dict[str, int]], float] | None = None, candidates: int = 8) -> dict[str, int]:
         """Take channels from ``keep`` a step at a time until its cost fits ``target``.
 
-        Each step gives up, in one group, the next smaller allowed count that lowers the cost (a count
-        inside the same runtime block saves nothing and is skipped), choosing the group whose step saves
-        the most cost per share of that group's channels given up. A policy just over its budget thus
-        loses a few channels where they buy the most, instead of every group shrinking together
-        (:meth:`scaled_policy`), which with counts rounded to the channel multiple moves in coarse jumps.
-        Stops at every group's minimum if the target cannot be reached.
+        A step gives up, in one group, the next smaller allowed count that lowers the cost (a count
+        inside the same runtime block saves nothing and is skipped). Without ``score``, the step that
+        saves the most cost per share of its group's channels is taken. With ``score`` (accuracy of a
+        policy, higher is better), the ``candidates`` steps that save the most per share are scored and
+        the one that loses the least score per unit of cost saved is taken, NetAdapt's rule: the cost
+        alone favours the wide residual groups that every block shares, which accuracy needs most.
+
+        A policy just over its budget thus loses a few channels where they hurt least, instead of every
+        group shrinking together (:meth:`scaled_policy`), which with counts rounded to the channel
+        multiple moves in coarse jumps. Stops at every group's minimum if the target cannot be reached.
         """
         policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
         current = self.cost(policy)
+        current_score = score(policy) if score is not None and current > target else None
         while current > target:
-            best: tuple[float, str, int, float] | None = None
+            steps: list[tuple[float, dict[str, int], float]] = []
             for group in self.groups:
                 have = policy[group.name]
                 for count in reversed([c for c in self.allowed_counts(group) if c < have]):
-                    trial = self.cost({**policy, group.name: count})
+                    trial_policy = {**policy, group.name: count}
+                    trial = self.cost(trial_policy)
                     if trial < current:
-                        value = (current - trial) / ((have - count) / have)
-                        if best is None or value > best[0]:
-                            best = (value, group.name, count, trial)
+                        steps.append(((current - trial) / ((have - count) / have), trial_policy, trial))
                         break
-            if best is None:
+            if not steps:
                 break
-            _, name, count, current = best
-            policy[name] = count
+            steps.sort(key=lambda step: -step[0])
+            if score is None:
+                _, policy, current = steps[0]
+                continue
+            scored = [(score(p), p, c) for _, p, c in steps[:max(1, candidates)]]
+            best_score, policy, current = min(scored, key=lambda s: (current_score - s[0]) / (current - s[2]))
+            current_score = best_score
         return policy
 
     def set_latency(self, latency_of: Callable[[list[LayerSpec]], float]) -> None:

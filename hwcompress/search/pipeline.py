@@ -511,7 +511,7 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
     search_seconds += time.perf_counter() - loop_start
     if best is None:
         raise UserError("interrupted before the first episode finished; nothing to write")
-    repairs = fit_to_measured_budget(ctx, best, log)
+    repairs = fit_to_measured_budget(ctx, best, log, score)
     if repairs:
         best = {**best, "keep": repairs[-1]["keep"]}
     return finalize(ctx, best, history, out, started, search_seconds, bounds, interrupted, log, console,
@@ -519,6 +519,7 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
 
 
 def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[str], None],
+                           score: Callable[[dict[str, int]], float] | None = None,
                            attempts: int = 3) -> list[dict[str, Any]]:
     """Measure the best student on the device; while it is over a latency budget, trim it to fit a
     budget tightened by the measured overshoot, and measure again.
@@ -526,9 +527,9 @@ def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[st
     The cost model is exact at the teacher and the smallest student, but between them a per-layer sum
     can be off by 10% on small, fast networks (measured: a ResNet-56 student predicted 0.835 ms ran at
     0.943 ms). The student gives up only what the measurement says it must, a channel step at a time
-    where a step saves the most (:meth:`CostModel.trimmed_policy`; measured against shrinking every
-    group by one factor in ``bench/repair_quality.py``). Returns one record per repair (empty when the
-    first measurement fits).
+    where it costs the least of ``score`` (the search's reward accuracy) per unit of latency saved
+    (:meth:`CostModel.trimmed_policy`; compared with other repairs in ``bench/repair_quality.py``).
+    Returns one record per repair (empty when the first measurement fits).
     """
     config = ctx.config
     if config.budget_metric != "latency_ms" or ctx.measure is None:
@@ -544,7 +545,7 @@ def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[st
         if measured <= accept:
             break
         target *= config.budget / measured * (1.0 - config.margin)
-        keep = ctx.cost_model.trimmed_policy(keep, target)
+        keep = ctx.cost_model.trimmed_policy(keep, target, score=score)
         repairs.append({"measured_ms": measured, "retarget_ms": round(target, 4), "keep": dict(keep)})
         log(f"student measured {measured:.3f} ms, over {accept:.3f} ms (the {config.budget:.3f} ms budget less half "
             f"the margin): re-fitting its ratios under {target:.3f} ms predicted (repair {attempt + 1})")
@@ -587,8 +588,19 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
     finetune_info: dict[str, Any] = {}
     if config.finetune_epochs > 0 and not interrupted:
         log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epochs")
+        untuned = copy.deepcopy(student.state_dict())
+        val_before = evaluate(student, ctx.splits.val)
         finetune_info = distill(student, ctx.teacher, ctx.splits.train, epochs=config.finetune_epochs,
                                 seed=config.seed, progress=not ctx.quiet, description="fine-tune (KD)")
+        val_after = evaluate(student, ctx.splits.val)
+        finetune_info.update(val_accuracy_before=val_before, val_accuracy_after=val_after, kept="fine-tuned")
+        if val_after < val_before:
+            # Too short a fine-tuning can leave a student worse than it started (seen: 0.1 epoch, one
+            # step at the initial learning rate, 95% -> 50%); the validation split decides, never the test.
+            student.load_state_dict(untuned)
+            finetune_info["kept"] = "before fine-tuning"
+            ctx.notes.append(f"fine-tuning lowered the validation accuracy ({100 * val_before:.2f}% -> {100 * val_after:.2f}%); "
+                             "the student is the one before fine-tuning (give more --finetune-epochs)")
     accuracy_after = evaluate(student, ctx.splits.test)
     student.eval()
     student_analysis = analyze(student, tuple(ctx.example.shape))
