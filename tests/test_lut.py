@@ -35,6 +35,9 @@ TINYNETS = textwrap.dedent(
             nn.Conv2d(c2, c2, 3, padding=1, groups=c2), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, 10),
         ).eval()
+
+    def half():
+        return tiny(8, 16)
     """
 )
 namespace: dict = {}
@@ -380,3 +383,15 @@ def test_plan_is_timed_without_pytorch(tmp_path, capsys, tinynets):
     (plan / "units" / "0000.onnx").unlink()
     code, _, err = run_main(capsys, "lut", "record", "--plan", str(plan), "--out", str(tmp_path / "x.json"), "-q")
     assert code == 2 and "0000.onnx is missing" in error_line(err)
+
+
+def test_compare_predicts_from_a_lut(recorded, tinynets):
+    """Off the device, `compare` predicts every model from the LUT: a ratio of predictions."""
+    from hwcompress.comparing import compare_models
+
+    doc = compare_models([tinynets, tinynets.replace(":tiny", ":half")], lut=str(recorded), input_shape=SHAPE)
+    assert doc["schema"] == "hwcompress.compare/1" and doc["source"] == "lut" and doc["rounds"] == 0
+    full, half = doc["models"]
+    assert full["ratio"] == 1.0 and 0 < half["ratio"] < 1.0
+    assert half["latency_ms"] == pytest.approx(full["latency_ms"] * half["ratio"])
+    assert half["macs"] < full["macs"] and half["params"] < full["params"]

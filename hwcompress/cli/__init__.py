@@ -30,6 +30,7 @@ def cli(debug: bool) -> None:
     Examples:
       hwcompress profile                                 # resnet18 on this CPU, measured
       hwcompress profile --model mobilenet_v2 --json -   # the JSON document on stdout
+      hwcompress compare resnet18 mobilenet_v2           # which is faster here, by how much
       hwcompress devices                                 # what can be measured or predicted here
       hwcompress search --latency-ms 5                   # compress the embedded default to 5 ms
     """
@@ -38,9 +39,10 @@ def cli(debug: bool) -> None:
 
 
 def _add_commands() -> None:
-    from hwcompress.cli import devices_cmd, lut_cmd, profile_cmd, search_cmd
+    from hwcompress.cli import compare_cmd, devices_cmd, lut_cmd, profile_cmd, search_cmd
 
     cli.add_command(profile_cmd.profile)
+    cli.add_command(compare_cmd.compare)
     cli.add_command(devices_cmd.devices)
     cli.add_command(devices_cmd.plugins_command)
     cli.add_command(search_cmd.search)

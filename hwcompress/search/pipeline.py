@@ -239,19 +239,18 @@ class PairedMeasurement:
     def __call__(self, module: Any, name: str) -> dict[str, Any]:
         import statistics
 
+        from hwcompress.comparing import measure_interleaved, paired_ratios
         from hwcompress.export import export_onnx
         from hwcompress.profiler import ModelArtifact
 
         path = Path(self.folder.name) / f"{name}.onnx"
         info = export_onnx(module, self.input_shape, path)
-        student, teacher = [], []
-        for round_index in range(self.rounds):
-            order = ("student", "teacher") if round_index % 2 == 0 else ("teacher", "student")
-            for side in order:
-                onnx = path if side == "student" else self.teacher_onnx
-                measured = self.profiler.measure(ModelArtifact(onnx, self.input_shape, None, side), self.settings)
-                (student if side == "student" else teacher).append(measured)
-        ratio = statistics.median(s.latency.median / t.latency.median for s, t in zip(student, teacher))
+        student, teacher = measure_interleaved(
+            self.profiler,
+            [ModelArtifact(path, self.input_shape, None, "student"), ModelArtifact(self.teacher_onnx, self.input_shape, None, "teacher")],
+            self.settings, self.rounds,
+        )
+        ratio = statistics.median(paired_ratios(student, teacher))
         middle = sorted(student, key=lambda m: m.latency.median)[len(student) // 2]
         return {
             **middle.latency.to_dict(),

@@ -1,0 +1,64 @@
+"""``hwcompress compare``: the latency of two or more models on one device, as paired ratios."""
+
+from __future__ import annotations
+
+import click
+
+from hwcompress.cli.common import console, emit_json, fmt_count
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--device", "-d", help="Device name or alias (default: cpu, or the one --device-file describes).")
+@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@click.option("--input-shape", help="Input shape for every model, e.g. 1,3,224,224 (default: the models' usual one).")
+@click.option("--rounds", type=int, default=5, show_default=True,
+              help="Interleaved rounds; each times every model once, the first model rotating.")
+@click.option("--runs", type=int, help="Timed iterations per model and round (default from the device).")
+@click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device).")
+@click.option("--threads", type=int, help="Intra-op threads (default from the device).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it.")
+@click.option("--lut", type=click.Path(dir_okay=False), help="Predict both from this recorded LUT instead of measuring.")
+@click.option("--json", "json_target", metavar="FILE", help="Write the hwcompress.compare/1 document to FILE ('-' for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No table.")
+def compare(models, device, device_file, input_shape, rounds, runs, warmup, threads, precision, lut, json_target, quiet):
+    """Compare the latency of MODELS on a device; the first one is the reference.
+
+    The models are measured in interleaved rounds (every model once per round, the order rotating), and
+    each is quoted as the median of its per-round ratios to the reference, with their range: on a
+    shared machine whose speed drifts, that ratio is what holds, more than either median. MODELS take
+    what --model takes: torchvision names, pkg.module:factory, checkpoints, .onnx files, 'embedded'.
+
+    \b
+    Examples:
+      hwcompress compare resnet18 mobilenet_v2 --input-shape 1,3,224,224
+      hwcompress compare embedded hwcompress-out/student.onnx --input-shape 1,3,32,32 --rounds 10
+      hwcompress compare resnet18 resnet50 --device jetson --lut jetson.lut.json   # predicted
+    """
+    from hwcompress.comparing import compare_models
+    from hwcompress.models import parse_input_shape
+
+    document = compare_models(models, device=device, device_file=device_file, input_shape=parse_input_shape(input_shape),
+                              lut=lut, rounds=rounds, runs=runs, warmup=warmup, threads=threads, precision=precision)
+    if not quiet and json_target != "-":
+        print_comparison(document)
+    emit_json(document, json_target)
+
+
+def print_comparison(doc: dict) -> None:
+    """Render a ``hwcompress.compare/1`` document as a table."""
+    from rich.table import Table
+
+    measured = doc["source"] == "measured"
+    how = f"{doc['rounds']} interleaved rounds, {doc['profiler']}" if measured else "predicted from the LUT"
+    table = Table(title=f"on {doc['device']['name']} ({how}), input {'x'.join(map(str, doc['input_shape']))}")
+    for column in ("model", "latency ms", f"x {doc['reference']}", "range", "MACs", "params"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in doc["models"]:
+        spread = f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f}" if measured else "-"
+        table.add_row(row["name"], f"{row['latency_ms']:.3f}", f"{row['ratio']:.3f}", spread,
+                      fmt_count(row["macs"]), f"{row['params']:,}")
+    out = console()
+    out.print(table)
+    for note in doc.get("notes", []):
+        out.print(f"[dim]note: {note}[/dim]")
