@@ -68,6 +68,7 @@ def test_search_writes_the_result_contract(tmp_path):
     assert saved["budget"] == {"macs": 12e6} and saved["budget_met"] is True
     assert saved["student"]["macs"] <= 12e6 < saved["teacher"]["macs"]
     assert saved["student"]["latency_ms"] > 0 and saved["teacher"]["latency_ms"] > 0  # measured on this CPU
+    assert saved["student"]["latency"]["rounds"] == 5  # the verdict's interleaved rounds
     assert saved["episodes"] == 6 and len(saved["policy"]) == len(find_channel_groups(resnet_cifar(20), torch.zeros(SHAPE)))
     for name in ("student.onnx", "student.pt", "policy.json", "summary.md", "history.json", "ratios.png", "reward.png",
                  "accuracy_vs_cost.png"):

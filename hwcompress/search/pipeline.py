@@ -29,6 +29,7 @@ from hwcompress import __version__
 from hwcompress.errors import UserError
 
 RESULT_SCHEMA = "hwcompress.search/1"
+VERDICT_ROUNDS = 5  # interleaved rounds of the final student's measurement (3 for the anchors and repairs)
 AMC_DELTA_DECAY = 0.99  # AMC's exploration-noise decay per episode here (see make_policy)
 POLICY_FORMAT = "hwcompress.policy/1"
 CHECKPOINT = "checkpoint.pt"
@@ -236,7 +237,7 @@ class PairedMeasurement:
                                  "onnx_max_abs_diff": info.max_abs_diff, "facts": measurement.facts}
         self.teacher_ms = measurement.latency.median
 
-    def __call__(self, module: Any, name: str) -> dict[str, Any]:
+    def __call__(self, module: Any, name: str, rounds: int | None = None) -> dict[str, Any]:
         import statistics
 
         from hwcompress.comparing import measure_interleaved, paired_ratios
@@ -248,7 +249,7 @@ class PairedMeasurement:
         student, teacher = measure_interleaved(
             self.profiler,
             [ModelArtifact(path, self.input_shape, None, "student"), ModelArtifact(self.teacher_onnx, self.input_shape, None, "teacher")],
-            self.settings, self.rounds,
+            self.settings, rounds or self.rounds,
         )
         ratio = statistics.median(paired_ratios(student, teacher))
         middle = sorted(student, key=lambda m: m.latency.median)[len(student) // 2]
@@ -259,7 +260,7 @@ class PairedMeasurement:
             "paired_ratio_to_teacher": ratio,
             "teacher_reference_ms": self.teacher_ms,
             "teacher_now_ms": statistics.median(m.latency.median for m in teacher),
-            "rounds": self.rounds,
+            "rounds": rounds or self.rounds,
             "source": "measured",
             "method": "interleaved with the teacher; median = ratio x the teacher's latency measured at the start",
             "profiler": self.profiler.name,
@@ -611,7 +612,8 @@ def finalize(ctx: Context, best: dict[str, Any], history: list[dict[str, Any]], 
     onnx_path = out / "student.onnx"
     measured = None
     if ctx.measure is not None:
-        measured = ctx.measure(student, "student")
+        # The verdict gets more rounds than the search's checks: it is the number the user is told.
+        measured = ctx.measure(student, "student", rounds=VERDICT_ROUNDS)
     export_onnx(student, tuple(ctx.example.shape), onnx_path)
     artifacts["onnx"] = onnx_path.name
     artifacts.update(save_student(student, tuple(ctx.example.shape), best, out))
