@@ -32,11 +32,9 @@ import argparse
 import statistics
 import time
 
-from hwcompress.distill import evaluate
 from hwcompress.pruning import prune_channels
 from hwcompress.search.amc import EpisodeWalker, RandomPolicy, reward_for
-from hwcompress.search.pipeline import (SearchConfig, build_context, make_policy, recalibrate_batchnorm, search_budget,
-                                        torch_threads)
+from hwcompress.search.pipeline import SearchConfig, build_context, make_policy, policy_scorer, search_budget, torch_threads
 
 METHODS = ("scaled", "trimmed", "trimmed+scored")
 
@@ -58,15 +56,7 @@ def main() -> None:
         target = search_budget(config)
         walker = EpisodeWalker(model, ctx.layers, target)
         total = sum(g.channels for g in ctx.groups)
-        cache: dict[tuple, float] = {}
-
-        def accuracy(keep: dict[str, int]) -> float:
-            key = tuple(keep[g.name] for g in ctx.groups)
-            if key not in cache:
-                student = prune_channels(ctx.teacher, ctx.example, keep)
-                recalibrate_batchnorm(student, ctx.splits.train, config.bn_calibration)
-                cache[key] = evaluate(student, ctx.val_set)
-            return cache[key]
+        accuracy = policy_scorer(ctx)
 
         if args.episodes:
             agent = make_policy(SearchConfig(agent="amc", episodes=args.episodes, seed=args.seed), len(ctx.groups))

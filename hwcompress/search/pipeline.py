@@ -417,8 +417,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fals
 def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from hwcompress.distill import evaluate
-    from hwcompress.pruning import prune_channels
     from hwcompress.search.amc import EpisodeWalker, reward_for
 
     console = _console()
@@ -458,7 +456,6 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
     policy = make_policy(config, len(ctx.groups))
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    accuracy_cache: dict[tuple, float] = {}
     start_episode = 0
     search_seconds = 0.0
     if checkpoint is not None:
@@ -468,14 +465,7 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
         start_episode = checkpoint["episode"] + 1
         search_seconds = checkpoint.get("search_seconds", 0.0)
 
-    def score(keep: dict[str, int]) -> float:
-        key = tuple(keep[g.name] for g in ctx.groups)
-        if key not in accuracy_cache:
-            student = prune_channels(ctx.teacher, ctx.example, keep)
-            recalibrate_batchnorm(student, ctx.splits.train, config.bn_calibration)
-            accuracy_cache[key] = evaluate(student, ctx.val_set)
-        return accuracy_cache[key]
-
+    score = policy_scorer(ctx)
     unit = "ms" if config.budget_metric == "latency_ms" else ""
     interrupted = False
     loop_start = time.perf_counter()
@@ -516,6 +506,25 @@ def _run_search(config: SearchConfig, *, resume: bool = False, quiet: bool = Fal
         best = {**best, "keep": repairs[-1]["keep"]}
     return finalize(ctx, best, history, out, started, search_seconds, bounds, interrupted, log, console,
                     extra={"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs]})
+
+
+def policy_scorer(ctx: Context) -> Callable[[dict[str, int]], float]:
+    """The search's accuracy of a channel policy, memoised: the teacher pruned to it, its BatchNorm
+    statistics re-estimated (``--bn-calibration``), scored on the reward-validation split; no training."""
+    from hwcompress.distill import evaluate
+    from hwcompress.pruning import prune_channels
+
+    cache: dict[tuple, float] = {}
+
+    def score(keep: dict[str, int]) -> float:
+        key = tuple(keep[g.name] for g in ctx.groups)
+        if key not in cache:
+            student = prune_channels(ctx.teacher, ctx.example, keep)
+            recalibrate_batchnorm(student, ctx.splits.train, ctx.config.bn_calibration)
+            cache[key] = evaluate(student, ctx.val_set)
+        return cache[key]
+
+    return score
 
 
 def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[str], None],
