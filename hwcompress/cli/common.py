@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
+
+
+def _stack(*options: Callable) -> Callable:
+    """Apply click options so that they list in the order given."""
+
+    def decorate(function: Callable) -> Callable:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def device_options(note: str = "") -> Callable:
+    """``--device/-d`` and ``--device-file``, as every measuring command takes them."""
+    return _stack(
+        click.option("--device", "-d", help="Device name or alias (see `hwcompress devices`; default: cpu, or the one "
+                                            f"--device-file describes){note}."),
+        click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name."),
+    )
+
+
+def timing_options(runs: str = "Timed iterations") -> Callable:
+    """``--threads``, ``--runs``, ``--warmup`` and ``--precision``: how a measurement is taken (defaults from
+    the device's settings)."""
+    return _stack(
+        click.option("--threads", type=int, help="Intra-op threads (default from the device, 1 on cpu)."),
+        click.option("--runs", type=int, help=f"{runs} (default from the device, 100 on cpu)."),
+        click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device)."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it."),
+    )
 
 
 def emit_json(document: Any, target: str | None) -> None:

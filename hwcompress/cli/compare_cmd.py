@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, emit_json, fmt_count
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, timing_options
 
 
 @click.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--device", "-d", help="Device name or alias (default: cpu, or the one --device-file describes).")
-@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@device_options()
 @click.option("--input-shape", help="Input shape for every model, e.g. 1,3,224,224 (default: the models' usual one).")
 @click.option("--rounds", type=int, default=5, show_default=True,
               help="Interleaved rounds; each times every model once, the first model rotating.")
-@click.option("--runs", type=int, help="Timed iterations per model and round (default from the device).")
-@click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device).")
-@click.option("--threads", type=int, help="Intra-op threads (default from the device).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it.")
+@timing_options("Timed iterations per model and round")
 @click.option("--lut", type=click.Path(dir_okay=False), help="Predict both from this recorded LUT instead of measuring.")
 @click.option("--json", "json_target", metavar="FILE", help="Write the hwcompress.compare/1 document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No table.")
-def compare(models, device, device_file, input_shape, rounds, runs, warmup, threads, precision, lut, json_target, quiet):
+def compare(models, device, device_file, input_shape, rounds, threads, runs, warmup, precision, lut, json_target, quiet):
     """Compare the latency of MODELS on a device; the first one is the reference.
 
     The models are measured in interleaved rounds (every model once per round, the order rotating), and

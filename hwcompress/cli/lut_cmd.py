@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, emit_json, fmt_count
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, timing_options
 
 
 @click.group()
@@ -30,8 +30,7 @@ def lut():
 
 
 @lut.command()
-@click.option("--device", "-d", help="Device name or alias (default: cpu, or the one --device-file describes); this machine must be it.")
-@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@device_options("; this machine must be it")
 @click.option("--model", "-m", default="resnet18", show_default=True,
               help="torchvision name, pkg.module:factory, checkpoint (.pt, trusted files only) or 'embedded'.")
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size); its batch is the LUT's.")
@@ -40,10 +39,7 @@ def lut():
               help="The LUT file; an existing one recorded here with the same settings is resumed and extended.")
 @click.option("--plan", "plan", type=click.Path(), help="Time a plan folder made by `hwcompress lut plan` (no PyTorch needed here).")
 @click.option("--profiler", "profiler_name", help="Measuring profiler (default: the device's; onnxruntime when that one is missing).")
-@click.option("--threads", type=int, help="Intra-op threads (default from the device).")
-@click.option("--runs", type=int, help="Timed iterations per layer configuration (default from the device).")
-@click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it.")
+@timing_options("Timed iterations per layer configuration")
 @click.option("--points", type=int, default=5, show_default=True, help="Grid points per channel axis (1: only the model's own channel counts).")
 @click.option("--min-ratio", type=float, default=0.2, show_default=True, help="Smallest preserve ratio the grid covers.")
 @click.option("--quantum", type=int, help="The runtime's channel step (default: detected once per LUT).")

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, emit_json, fmt_count, fmt_ms
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, fmt_ms, timing_options
 
 
 @click.command()
-@click.option("--device", "-d", help="Device name or alias (see `hwcompress devices`; default: cpu, or the one --device-file describes).")
-@click.option("--device-file", type=click.Path(dir_okay=False), help="A device TOML file instead of a catalog name.")
+@device_options()
 @click.option("--model", "-m", default="resnet18", show_default=True,
               help="torchvision name, pkg.module:factory, checkpoint (.pt, trusted files only: it is unpickled), .onnx file, or 'embedded'.")
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file to load into a torchvision/factory model.")
-@click.option("--threads", type=int, help="Intra-op threads (default from the device, 1 on cpu).")
-@click.option("--runs", type=int, help="Timed iterations (default from the device, 100 on cpu).")
-@click.option("--warmup", type=int, help="Untimed warm-up iterations (default from the device).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it.")
+@timing_options()
 @click.option("--lut", type=click.Path(dir_okay=False), help="Predict from this recorded LUT instead of measuring.")
 @click.option("--per-layer/--no-per-layer", default=True, show_default=True, help="Also time each layer (a separate profiled run).")
 @click.option("--json", "json_target", metavar="FILE", help="Write the hwcompress.profile/1 JSON document to FILE ('-' for stdout).")
