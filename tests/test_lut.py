@@ -389,9 +389,14 @@ def test_compare_predicts_from_a_lut(recorded, tinynets):
     """Off the device, `compare` predicts every model from the LUT: a ratio of predictions."""
     from hwcompress.comparing import compare_models
 
-    doc = compare_models([tinynets, tinynets.replace(":tiny", ":half")], lut=str(recorded), input_shape=SHAPE)
+    from hwcompress.profiling import profile_model
+
+    models = [tinynets, tinynets.replace(":tiny", ":half")]
+    doc = compare_models(models, lut=str(recorded), input_shape=SHAPE)
     assert doc["schema"] == "hwcompress.compare/1" and doc["source"] == "lut" and doc["rounds"] == 0
     full, half = doc["models"]
-    assert full["ratio"] == 1.0 and 0 < half["ratio"] < 1.0
-    assert half["latency_ms"] == pytest.approx(full["latency_ms"] * half["ratio"])
+    # Not "half < full": at 16x16, ONNX Runtime's kernels below a 16-channel block take a slower path.
+    predicted = [profile_model(m, lut=str(recorded), input_shape=SHAPE, per_layer=False).latency.median for m in models]
+    assert [full["latency_ms"], half["latency_ms"]] == pytest.approx(predicted)
+    assert full["ratio"] == 1.0 and half["ratio"] == pytest.approx(predicted[1] / predicted[0])
     assert half["macs"] < full["macs"] and half["params"] < full["params"]
