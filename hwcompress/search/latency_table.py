@@ -62,8 +62,12 @@ def table_for_search(
         for note in table.check_request(descriptor, settings, int(input_shape[0]), local_facts):
             log(f"note: {note}")
         return SearchTable(table, f"LUT {path}")
-    log(f"recording the latency LUT of the teacher's layers on {descriptor.name} (cached for later searches)")
     # Per-entry timings need fewer runs than a headline number: thousands of entries, medians of 30.
     recording = dataclasses.replace(settings, runs=min(int(settings.runs), 30), per_layer=False)
+    cached = lut.default_lut_path(descriptor, recording, int(input_shape[0]))
+    if cached.exists():
+        log(f"latency LUT for {descriptor.name}: {cached} (recording only what this model adds)")
+    else:
+        log(f"recording the latency LUT of the teacher's layers on {descriptor.name} (first use; cached at {cached})")
     table = lut.ensure_lut(teacher, tuple(input_shape), descriptor, recording, profiler=profiler, min_ratio=lbound)
     return SearchTable(table, f"LUT measured here on {descriptor.name}, cached at {table.where()}")
