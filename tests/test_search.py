@@ -159,6 +159,7 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     doc = run_search(_config(tmp_path, budget_metric="latency_ms", budget=0.0, budget_ratio=0.75, agent="uniform",
                              episodes=1, runs=30), quiet=True)
     assert doc["budget_repairs"], "the optimistic cost model should have needed a repair"
+    assert "Repair 1: the searched student measured" in (tmp_path / "out" / "summary.md").read_text()
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
 

@@ -827,6 +827,10 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         "Files: " + ", ".join(f"`{v}`" for k, v in doc["artifacts"].items() if isinstance(v, str)) + ", plots: "
         + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", [])),
     ]
+    for number, repair in enumerate(doc.get("budget_repairs") or [], 1):
+        lines.append(f"\nRepair {number}: the searched student measured {repair['measured_ms']:.3f} ms, over the budget less "
+                     f"half the margin; trimmed where it loses the least validation accuracy to {repair['retarget_ms']:.3f} ms "
+                     "predicted, and measured again.")
     for note in doc.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
