@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -54,6 +55,11 @@ class ThreadClockProfiler:
 
     def facts(self, settings: Any) -> dict[str, Any]:
         return {**self.inner.facts(settings), "clock": "thread CPU time (time.thread_time_ns)"}
+
+    def measure_unit(self, artifact: Any, settings: Any) -> Any:
+        """Layer entries: ONNX Runtime's own per-kernel times (not a wall or thread clock), as recorded
+        by ``hwcompress lut record``."""
+        return self.inner.measure_unit(artifact, settings)
 
     def measure(self, artifact: Any, settings: Any) -> Any:
         from hwcompress_profiler_onnxruntime import make_session, random_feed
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved (unpruned, variant) measurement rounds per variant")
     parser.add_argument("--clock", choices=["thread", "wall"], default="thread")
     parser.add_argument("--calibration", choices=["scale", "offset", "none"], default="scale")
+    parser.add_argument("--cache-flush-mb", type=float, default=None,
+                        help="MB streamed between timed runs of a layer while recording (default: the recorder's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lut", help="LUT file to record into / resume (default: a temporary file)")
     parser.add_argument("--json", help="also write the raw numbers here")
@@ -180,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     device = resolve_device("cpu")
     settings = make_settings(device, runs=args.runs, warmup=args.warmup, threads=args.threads, per_layer=False)
+    if args.cache_flush_mb is not None:
+        settings = dataclasses.replace(settings, options={**settings.options, "cache_flush_mb": args.cache_flush_mb})
     profiler = get_available_profiler(device)
     if args.clock == "thread":
         profiler = ThreadClockProfiler(profiler)
