@@ -557,7 +557,7 @@ def fit_to_measured_budget(ctx: Context, best: dict[str, Any], log: Callable[[st
         keep = ctx.cost_model.trimmed_policy(keep, target, score=score)
         repairs.append({"measured_ms": measured, "retarget_ms": round(target, 4), "keep": dict(keep)})
         log(f"student measured {measured:.3f} ms, over {accept:.3f} ms (the {config.budget:.3f} ms budget less half "
-            f"the margin): re-fitting its ratios under {target:.3f} ms predicted (repair {attempt + 1})")
+            f"the margin): trimming it to {target:.3f} ms predicted (repair {attempt + 1})")
     return repairs
 
 
