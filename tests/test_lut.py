@@ -400,3 +400,25 @@ def test_compare_predicts_from_a_lut(recorded, tinynets):
     assert [full["latency_ms"], half["latency_ms"]] == pytest.approx(predicted)
     assert full["ratio"] == 1.0 and half["ratio"] == pytest.approx(predicted[1] / predicted[0])
     assert half["macs"] < full["macs"] and half["params"] < full["params"]
+
+
+def test_quantum_probe_takes_the_median_of_three_passes(monkeypatch):
+    """One stray timing in one pass would turn a 16-channel staircase into a step of 8."""
+    from hwcompress.profiler import LatencyStats
+
+    calls = {"n": 0}
+
+    def staircase(self, config, source=None):
+        calls["n"] += 1
+        time = 0.3 + 0.1 * ((config.cout + 15) // 16)
+        if calls["n"] == 4:  # the first pass's 88-channel point comes out fast
+            time -= 0.06
+        return LatencyStats.from_samples([time])
+
+    monkeypatch.setattr(lut.Recorder, "time_config", staircase)
+    table = lut.LatencyTable(lut.new_provenance(CPU, ort_profiler(), SETTINGS, 1, lut.TIMING_KERNELS))
+    quantum, times = lut.Recorder(table, ort_profiler(), SETTINGS).detect_quantum(1, 8)
+    assert calls["n"] == 9 * lut.QUANTUM_PROBE_PASSES and quantum == 16
+    monkeypatch.setattr(lut, "QUANTUM_PROBE_PASSES", 1)
+    calls["n"] = 0
+    assert lut.Recorder(table, ort_profiler(), SETTINGS).detect_quantum(1, 8)[0] == 8  # one pass is fooled
