@@ -10,7 +10,7 @@ prediction is mapped through the monotone piecewise-linear curve that makes each
 2. optionally (``--anchors 3``), a third student, pruned uniformly to the width the two-point curve
    puts at the search budget, fixes the point where the search's policies end up, for devices whose
    latency bends between the two ends. On this project's 2-core CPU it did not help: with two anchors
-   the searched students already measured within 3-5% of their prediction, the level at which two
+   the searched students already measured within 1-6% (mean 3%) of their prediction, the level at which two
    measurements of one student agree (``bench/anchor_fidelity.py``, docs/benchmarks.md).
 
 A measurement that contradicts the order of the others (noise on a machine that is busy) is left out
