@@ -93,7 +93,6 @@ def compare_models(
         listed = ", ".join(f"{m.name} {'x'.join(map(str, input_shape or m.input_shape))}" for m in loaded)
         raise UserError(f"the models take different input shapes ({listed}); give one with --input-shape")
     shape = shapes.pop()
-    analyses = [analyze(m.module, shape) if m.module is not None else analyze_onnx(m.onnx_path, shape) for m in loaded]
 
     rows: list[dict[str, Any]] = []
     if lut is not None or not local:
@@ -115,6 +114,7 @@ def compare_models(
                     path = Path(export_onnx(model.module, shape, Path(folder) / f"model{index}.onnx").path)
                 artifacts.append(ModelArtifact(onnx_path=path, input_shape=shape, module=model.module, name=model.name))
             results = measure_interleaved(profiler, artifacts, settings, rounds)
+        analyses = [analyze(m.module, shape) if m.module is not None else analyze_onnx(m.onnx_path, shape) for m in loaded]
         for model, analysis, measured in zip(loaded, analyses, results):
             ratios = paired_ratios(measured, results[0])
             rows.append({"name": model.name, "latency_ms": statistics.median(m.latency.median for m in measured),

@@ -13,7 +13,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hwcompress import hookimpl
 from hwcompress.profiler import LatencyStats, Measurement, ModelArtifact, ProfileSettings
@@ -25,6 +25,7 @@ PROFILED_RUNS = 20
 # Nodes that only convert layouts at the edge of a tiny model; inside a network the whole chain of
 # NCHWc convolutions runs without them (they appear once, at the network's edges).
 BOUNDARY_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+KERNEL_SUFFIX = "_kernel_time"  # ONNX Runtime's profile names a node's kernel event "<node>_kernel_time"
 
 
 def cpu_model() -> str:
@@ -115,7 +116,7 @@ class OnnxRuntimeProfiler:
         session = make_session(artifact.onnx_path, settings)
         feed = random_feed(session, artifact.input_shape)
         samples = time_session(session, feed, int(settings.runs), int(settings.warmup))
-        node_ms = self._node_times(artifact, settings, feed) if settings.per_layer else None
+        node_ms = self._node_times(artifact, settings) if settings.per_layer else None
         return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
 
     def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
@@ -131,47 +132,53 @@ class OnnxRuntimeProfiler:
 
         runs = max(1, int(settings.runs))
         warmup = max(1, int(settings.warmup))
-        flush = cache_flusher(settings)
-        with tempfile.TemporaryDirectory(prefix="hwcompress-lut-") as folder:
-            session = make_session(artifact.onnx_path, settings, profile_prefix=os.path.join(folder, "unit"))
-            feed = random_feed(session, artifact.input_shape)
-            for _ in range(warmup + runs):
-                flush()
-                session.run(None, feed)
-            events = json.loads(Path(session.end_profiling()).read_text())
-        per_node: dict[str, list[float]] = {}
-        for event in events:
-            name = event.get("name", "")
-            if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
-                continue
-            if event.get("args", {}).get("op_name") in BOUNDARY_OPS:
-                continue
-            per_node.setdefault(name, []).append(event["dur"] / 1000.0)
+        per_node = profiled_kernel_times(artifact.onnx_path, artifact.input_shape, settings, warmup + runs,
+                                         before_each=cache_flusher(settings), skip_ops=BOUNDARY_OPS)
         if not per_node:
             raise RuntimeError(f"ONNX Runtime reported no kernel times for {artifact.onnx_path}")
         count = min(runs, min(len(times) for times in per_node.values()))
         samples = [sum(times[len(times) - count + i] for times in per_node.values()) for i in range(count)]
         return Measurement(latency=LatencyStats.from_samples(samples), facts=self.facts(settings))
 
-    def _node_times(self, artifact: ModelArtifact, settings: ProfileSettings, feed: dict[str, Any]) -> dict[str, float]:
-        with tempfile.TemporaryDirectory() as folder:
-            # Without the NCHWc layout pass, fused nodes keep the exporter's names (/layer1/layer1.0/conv1/Conv),
-            # which is what maps them back to PyTorch layers; the whole-model timing keeps every pass.
-            session = make_session(
-                artifact.onnx_path, settings, profile_prefix=os.path.join(folder, "ort"), layout_optimizations=False
-            )
-            for _ in range(max(1, min(int(settings.warmup), 5))):
-                session.run(None, feed)
-            runs = max(1, min(int(settings.runs), PROFILED_RUNS))
-            for _ in range(runs):
-                session.run(None, feed)
-            events = json.loads(Path(session.end_profiling()).read_text())
-        per_node: dict[str, list[float]] = {}
-        for event in events:
-            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-                per_node.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
-        # The first `warmup` runs are in the profile too; keep the last `runs` samples of each node.
+    def _node_times(self, artifact: ModelArtifact, settings: ProfileSettings) -> dict[str, float]:
+        # Without the NCHWc layout pass, fused nodes keep the exporter's names (/layer1/layer1.0/conv1/Conv),
+        # which is what maps them back to PyTorch layers; the whole-model timing keeps every pass.
+        warmup = max(1, min(int(settings.warmup), 5))
+        runs = max(1, min(int(settings.runs), PROFILED_RUNS))
+        per_node = profiled_kernel_times(artifact.onnx_path, artifact.input_shape, settings, warmup + runs,
+                                         layout_optimizations=False)
+        # The warm-up runs are in the profile too; keep the last `runs` samples of each node.
         return {name: statistics.median(times[-runs:]) for name, times in per_node.items()}
+
+
+def profiled_kernel_times(onnx_path: str | os.PathLike[str], input_shape: tuple[int, ...], settings: ProfileSettings,
+                          iterations: int, *, layout_optimizations: bool = True,
+                          before_each: Callable[[], None] | None = None,
+                          skip_ops: frozenset[str] = frozenset()) -> dict[str, list[float]]:
+    """Run ``iterations`` inferences with ONNX Runtime's node profiler on.
+
+    Returns:
+        Per node (its name without the ``_kernel_time`` suffix), the kernel time of each run in ms, in
+        run order; nodes whose op is in ``skip_ops`` are left out.
+    """
+    with tempfile.TemporaryDirectory(prefix="hwcompress-ort-") as folder:
+        session = make_session(onnx_path, settings, profile_prefix=os.path.join(folder, "ort"),
+                               layout_optimizations=layout_optimizations)
+        feed = random_feed(session, input_shape)
+        for _ in range(iterations):
+            if before_each is not None:
+                before_each()
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith(KERNEL_SUFFIX):
+            continue
+        if event.get("args", {}).get("op_name") in skip_ops:
+            continue
+        per_node.setdefault(name[: -len(KERNEL_SUFFIX)], []).append(event["dur"] / 1000.0)
+    return per_node
 
 
 @hookimpl
