@@ -26,8 +26,8 @@ import argparse
 import statistics
 import time
 
-from hwcompress.pruning import prune_channels
-from hwcompress.search.amc import EpisodeWalker, RandomPolicy
+from hwcompress.slim.pruning import prune_channels
+from hwcompress.search.amc.walker import EpisodeWalker, RandomPolicy
 from hwcompress.search.anchors import Anchor, AnchoredLatency
 from hwcompress.search.pipeline import SearchConfig, build_context, search_budget, torch_threads
 

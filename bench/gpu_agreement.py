@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     import copy
 
     import hwcompress_profiler_tensorrt as plugin
-    from hwcompress.export import export_onnx
-    from hwcompress.models import load_model, parse_input_shape
-    from hwcompress.profiler import ModelArtifact, ProfileSettings
+    from hwcompress.model.export import export_onnx
+    from hwcompress.model.loading import load_model, parse_input_shape
+    from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 
     loaded = load_model(args.model, input_shape=parse_input_shape(args.input_shape))
     if loaded.module is None:

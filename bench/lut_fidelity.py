@@ -64,7 +64,7 @@ class ThreadClockProfiler:
     def measure(self, artifact: Any, settings: Any) -> Any:
         from hwcompress_profiler_onnxruntime import make_session, random_feed
 
-        from hwcompress.profiler import LatencyStats, Measurement
+        from hwcompress.measure.contract import LatencyStats, Measurement
 
         if int(settings.threads) != 1:
             raise SystemExit("--clock thread needs --threads 1 (other threads' work would not be counted)")
@@ -83,7 +83,7 @@ class ThreadClockProfiler:
 def round_channels(channels: int, ratio: float, multiple: int) -> int:
     """Kept channels for a preserve ratio: a multiple of ``multiple``, at least one multiple, at most all."""
     try:
-        from hwcompress.pruning import round_channels as shared
+        from hwcompress.slim.pruning import round_channels as shared
 
         return int(shared(channels, ratio, multiple))
     except Exception:  # the shared helper is optional here (written in parallel)
@@ -94,13 +94,13 @@ def round_channels(channels: int, ratio: float, multiple: int) -> int:
 def prune_random(model: Any, input_shape: tuple[int, ...], rng: random.Random, multiple: int) -> tuple[Any, list[float]]:
     """Prune every prunable channel group of ``model`` to a random preserve ratio (physically).
 
-    Uses :mod:`hwcompress.pruning` (the search's own torch-pruning based surgery) when present, else
+    Uses :mod:`hwcompress.slim.pruning` (the search's own torch-pruning based surgery) when present, else
     torch-pruning's dependency graph directly.
     """
     import torch
 
     try:
-        from hwcompress import pruning
+        from hwcompress.slim import pruning
     except ImportError:
         pruning = None
     if pruning is not None:
@@ -178,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torchvision
 
-    from hwcompress import lut
-    from hwcompress.analysis import analyze
+    from hwcompress.lut import format as lut
+    from hwcompress.model.analysis import analyze
     from hwcompress.devices import resolve_device
-    from hwcompress.export import export_onnx
-    from hwcompress.profiler import ModelArtifact
-    from hwcompress.profiling import get_available_profiler, make_settings
+    from hwcompress.model.export import export_onnx
+    from hwcompress.measure.contract import ModelArtifact
+    from hwcompress.measure.profile import get_available_profiler, make_settings
 
     torch.set_num_threads(1)
     device = resolve_device("cpu")

@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 import torchvision
 
-from hwcompress.export import export_onnx
+from hwcompress.model.export import export_onnx
 from hwcompress.plugins import get_profilers
-from hwcompress.profiler import ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 
 
 def plain_loop(path: Path, shape: tuple[int, ...], runs: int, warmup: int, threads: int) -> float:

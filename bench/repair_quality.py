@@ -32,8 +32,8 @@ import argparse
 import statistics
 import time
 
-from hwcompress.pruning import prune_channels
-from hwcompress.search.amc import EpisodeWalker, RandomPolicy, reward_for
+from hwcompress.slim.pruning import prune_channels
+from hwcompress.search.amc.walker import EpisodeWalker, RandomPolicy, reward_for
 from hwcompress.search.pipeline import SearchConfig, build_context, make_policy, policy_scorer, search_budget, torch_threads
 
 METHODS = ("scaled", "trimmed", "trimmed+scored")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hwcompress.errors import UserError
+from hwcompress.files import check_writable, write_atomic
 
 PLOTS_HINT = "pip install 'hwcompress[plots]'"
 # A profile plot shows at most this many layers (the slowest, in network order): beyond that the
@@ -50,6 +51,7 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
         raise UserError(f"plot file {path.name!r} must end in {', '.join(FORMATS)}")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    check_writable(path, "plot file")
     pyplot()
     return path
 
@@ -57,13 +59,10 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix: .png, .svg, .pdf) and close it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     plt = pyplot()
     try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
-        os.replace(tmp, path)
-    except (ValueError, OSError) as error:  # an unknown format, a folder that cannot be written
-        tmp.unlink(missing_ok=True)
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png"))
+    except ValueError as error:  # an unknown format
         raise UserError(f"cannot write the plot {path}: {error}") from None
     finally:
         plt.close(fig)
@@ -157,7 +156,7 @@ def search_plots(document: dict[str, Any], history: Sequence[dict[str, Any]], ou
     latencies = [teacher["latency_ms"] or teacher.get("predicted_latency_ms") or 0,
                  student["latency_ms"] or student.get("predicted_latency_ms") or 0]
     axes[0].bar(["teacher", "student"], latencies, color=[TEACHER_COLOUR, STUDENT_COLOUR])
-    budget = document["budget"].get("latency_ms")
+    budget = document["budget"].get("latency_ms") if document["budget"].get("metric") == "latency_ms" else None
     if budget:
         axes[0].axhline(budget, color=BUDGET_COLOUR, linestyle="--", label="budget")
         axes[0].legend()
@@ -172,7 +171,8 @@ def search_plots(document: dict[str, Any], history: Sequence[dict[str, Any]], ou
 
 def _accuracy_vs_cost(plt: Any, document: dict[str, Any], scored: Sequence[dict[str, Any]], path: Path) -> Path:
     """Every scored episode: validation accuracy against its predicted cost, the budget, the kept student."""
-    metric, budget = next(iter(document["budget"].items()))
+    metric = document["budget"]["metric"]
+    budget = document["budget"][metric]
     unit = {"latency_ms": "predicted latency (ms)", "macs": "MACs", "params": "parameters"}.get(metric, metric)
     fig, ax = plt.subplots(figsize=(6, 4))
     points = ax.scatter([h["cost"] for h in scored], [100 * h["accuracy"] for h in scored],
@@ -181,9 +181,15 @@ def _accuracy_vs_cost(plt: Any, document: dict[str, Any], scored: Sequence[dict[
     ax.axvline(budget, color=BUDGET_COLOUR, linestyle="--", label="budget")
     best = document.get("best_episode")
     chosen = [h for h in scored if h["episode"] == best]
+    repaired = bool(document.get("budget_repairs"))
     if chosen:
+        label = f"best found (episode {best})" if repaired else f"kept (episode {best})"
         ax.scatter([chosen[0]["cost"]], [100 * chosen[0]["accuracy"]], marker="*", s=160, color=BUDGET_COLOUR,
-                   edgecolor="black", zorder=3, label=f"kept (episode {best})")
+                   edgecolor="black", zorder=3, label=label)
+    kept_cost = document["student"].get("predicted_cost")
+    if repaired and kept_cost is not None:
+        # The kept student is the repaired one: not an episode, so not a point; its predicted cost is.
+        ax.axvline(kept_cost, color=STUDENT_COLOUR, linestyle=":", label="kept student (after the budget repair)")
     ax.set_xlabel(unit)
     ax.set_ylabel("validation accuracy during the search (%)")
     ax.set_title(f"{document['agent']}: what the search tried", fontsize=9)

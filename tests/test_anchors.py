@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from hwcompress.analysis import analyze
-from hwcompress.embedded import resnet_cifar
-from hwcompress.pruning import find_channel_groups
+from hwcompress.model.analysis import analyze
+from hwcompress.model.embedded import resnet_cifar
+from hwcompress.slim.pruning import find_channel_groups
 from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency, monotone_anchors
 from hwcompress.search.cost import CostModel
 

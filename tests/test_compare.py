@@ -3,9 +3,9 @@
 import json
 import statistics
 
-from hwcompress.comparing import measure_interleaved, paired_ratios
-from hwcompress.embedded import resnet20
-from hwcompress.profiler import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.compare import measure_interleaved, paired_ratios
+from hwcompress.model.embedded import resnet20
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 
 class RecordingProfiler:
     """Records the order of the calls; model i takes (i + 1) ms, the machine slowing down each call."""
@@ -34,7 +34,7 @@ def test_rounds_rotate_the_first_model_and_ratios_pair_each_round():
 
 def test_compare_cli_measures_and_writes_json(cli, tmp_path):
     out = tmp_path / "c.json"
-    result = cli("compare", "hwcompress.embedded:resnet20", "resnet18", "--input-shape", "1,3,32,32",
+    result = cli("compare", "hwcompress.model.embedded:resnet20", "resnet18", "--input-shape", "1,3,32,32",
                  "--runs", "5", "--warmup", "1", "--rounds", "3", "--json", str(out))
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
@@ -50,7 +50,7 @@ def test_compare_cli_measures_and_writes_json(cli, tmp_path):
 
 
 def test_compare_bad_input_is_one_line(cli, tmp_path):
-    from hwcompress.export import export_onnx
+    from hwcompress.model.export import export_onnx
 
     fixed = tmp_path / "small.onnx"  # an ONNX file fixes its input shape: 1x3x32x32
     export_onnx(resnet20().eval(), (1, 3, 32, 32), fixed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from hwcompress.analysis import OTHER, analyze
+from hwcompress.model.analysis import OTHER, analyze
 
 CARDS = {  # name: (GMACs on the torchvision card, exact params)
     "resnet18": (1.81, 11_689_512),

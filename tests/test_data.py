@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hwcompress.data import (
+from hwcompress.model.data import (
     DataSplits,
     RandomShift,
     digits_splits,
@@ -139,7 +139,7 @@ def test_factory_returning_a_tuple_or_splits(tmp_path, monkeypatch):
             """
             import torch
             from torch.utils.data import TensorDataset
-            from hwcompress.data import DataSplits
+            from hwcompress.model.data import DataSplits
 
             def part(n, size):
                 return TensorDataset(torch.zeros(n, 3, size, size), torch.arange(n) % 4)

@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from hwcompress.search.ddpg import (
+from hwcompress.search.amc.ddpg import (
     Actor,
     Critic,
     DDPGAgent,
     DDPGSettings,
     Transition,
     normalise_features,
-    reward_accuracy_guaranteed,
-    reward_budget,
 )
 
 STATE_DIM = 5
@@ -291,16 +289,3 @@ def test_normalise_features():
     assert table[1, 0] == 10.0  # input not modified
     with pytest.raises(ValueError):
         normalise_features(np.zeros(3))
-
-
-def test_rewards():
-    assert reward_budget(0.9) == pytest.approx(-0.1)
-    assert reward_budget(1.0) == 0.0
-    assert reward_accuracy_guaranteed(0.9, 1e6) == pytest.approx(-0.1 * math.log(1e6))
-    # Higher accuracy is better in both; lower cost is better in the accuracy-guaranteed one.
-    assert reward_budget(0.8) < reward_budget(0.9)
-    assert reward_accuracy_guaranteed(0.9, 1e6) > reward_accuracy_guaranteed(0.9, 1e7)
-    with pytest.raises(ValueError):
-        reward_budget(93.2)  # a percentage
-    with pytest.raises(ValueError):
-        reward_accuracy_guaranteed(0.9, 0.5)  # ln(cost) < 0 would reward error

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from hwcompress import embedded
-from hwcompress.embedded import BasicBlock, TeacherRecipe, default_teacher, resnet20, resnet56, resnet_cifar
+from hwcompress.model import embedded
+from hwcompress.model.embedded import BasicBlock, TeacherRecipe, default_teacher, resnet20, resnet56, resnet_cifar
 
 
 def _count_params(model: nn.Module) -> int:

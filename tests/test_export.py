@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from hwcompress.errors import UserError
-from hwcompress.export import OPSET, export_onnx, node_module_path
+from hwcompress.model.export import OPSET, export_onnx, node_module_path
 
 
 def test_export_matches_torch_and_records_opset(tmp_path):

@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from hwcompress import lut
-from hwcompress.analysis import analyze
+from hwcompress.lut.keys import TIMING_KERNELS
+from hwcompress.lut.predict import LutPredictor, calibration_ratio
+from hwcompress.lut.record import ensure_lut, record_lut
+from hwcompress.lut.recorder import QUANTUM_PROBE_PASSES, Recorder, fit_quantum, new_provenance
+from hwcompress.lut.table import LatencyTable
+from hwcompress.lut.units import channel_grid, grid_configs, model_units
+from hwcompress.model.analysis import analyze
 from hwcompress.devices import descriptor_from_dict
 from hwcompress.errors import UserError
-from hwcompress.profiler import ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 
 SHAPE = (1, 3, 16, 16)
 SETTINGS = ProfileSettings(runs=3, warmup=1, threads=1, per_layer=False)
@@ -55,7 +60,7 @@ def ort_profiler():
 def recorded(tmp_path_factory) -> Path:
     """A LUT of the tiny net on this CPU (recorded once for the module; tests copy it)."""
     path = tmp_path_factory.mktemp("lut") / "tiny.lut.json"
-    lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="tiny", widths=(0.5,), **GRID)
+    record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="tiny", widths=(0.5,), **GRID)
     return path
 
 
@@ -89,11 +94,11 @@ def error_line(err: str) -> str:
 
 
 def test_channel_grid_covers_the_search_range():
-    assert lut.channel_grid(64, 8, 16, 5, 0.2) == [8, 16, 32, 48, 64]
-    assert lut.channel_grid(24, 8, 16, 5, 0.2) == [8, 16, 24]  # below a block: timed, not inferred
-    assert lut.channel_grid(3, 8, 16, 5, 0.2) == [3]
-    assert lut.channel_grid(512, 8, 16, 5, 0.2, fixed=True) == [512]
-    grid = lut.channel_grid(1280, 8, 16, 5, 0.2)
+    assert channel_grid(64, 8, 16, 5, 0.2) == [8, 16, 32, 48, 64]
+    assert channel_grid(24, 8, 16, 5, 0.2) == [8, 16, 24]  # below a block: timed, not inferred
+    assert channel_grid(3, 8, 16, 5, 0.2) == [3]
+    assert channel_grid(512, 8, 16, 5, 0.2, fixed=True) == [512]
+    grid = channel_grid(1280, 8, 16, 5, 0.2)
     assert grid[0] == 256 and grid[-1] == 1280 and len(grid) == 5 and all(c % 16 == 0 for c in grid)
 
 
@@ -101,19 +106,19 @@ def test_fit_quantum_finds_channel_blocks():
     counts = [64 + 8 * i for i in range(9)]
     staircase = [1.0 + 0.01 * math.ceil(c / 16) * 16 for c in counts]
     linear = [1.0 + 0.01 * c for c in counts]
-    assert lut.fit_quantum(counts, staircase, 8) == 16
-    assert lut.fit_quantum(counts, linear, 8) == 8
+    assert fit_quantum(counts, staircase, 8) == 16
+    assert fit_quantum(counts, linear, 8) == 8
 
 
 def test_units_fuse_norms_and_identical_layers_are_recorded_once():
     """A digits-size (32x32) network of repeated identical blocks: few distinct configurations."""
     blocks = [nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()) for _ in range(3)]
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    units = lut.model_units(model, (1, 3, 32, 32))
+    units = model_units(model, (1, 3, 32, 32))
     assert [u.fused for u in units] == [("ReLU",), ("BatchNorm2d", "ReLU"), ("BatchNorm2d", "ReLU"), ("BatchNorm2d", "ReLU"), ()]
     assert units[0].cin_fixed and not units[0].cout_fixed and units[-1].cout_fixed
     assert len({u.config.key() for u in units}) == 3
-    configs = lut.grid_configs(units, multiple=8, quantum=8, points=3)
+    configs = grid_configs(units, multiple=8, quantum=8, points=3)
     keys = [c.key() for c, _ in configs]
     assert len(keys) == len(set(keys))
     # stem: cout {8, 16}; blocks: {8, 16} x {8, 16} once for all three; Linear: cin {8, 16}.
@@ -125,8 +130,8 @@ def test_units_fuse_norms_and_identical_layers_are_recorded_once():
 
 
 def test_prediction_coverage_and_calibration(recorded):
-    table = lut.LatencyTable.load(recorded)
-    assert table.provenance["device"] == "cpu" and table.provenance["timing"] == lut.TIMING_KERNELS
+    table = LatencyTable.load(recorded)
+    assert table.provenance["device"] == "cpu" and table.provenance["timing"] == TIMING_KERNELS
     assert table.provenance["runtime"] == "onnxruntime" and table.provenance["recorder"].startswith("hwcompress ")
     assert len(table) == 14
     assert all(e.median >= 0 and e.runs == 3 for e in table.entries.values())
@@ -138,7 +143,7 @@ def test_prediction_coverage_and_calibration(recorded):
     model = table.models[0]
     assert model["name"] == "tiny" and [p["width"] for p in model["points"]] == [1.0, 0.5]
     assert model["measured_ms"] > 0 and model["scale"] == pytest.approx(model["measured_ms"] / model["layer_sum_ms"], rel=1e-3)
-    assert full.scale == pytest.approx(lut.calibration_ratio(model, full.layer_sum_ms))
+    assert full.scale == pytest.approx(calibration_ratio(model, full.layer_sum_ms))
     assert full.total_ms == pytest.approx(full.scale * full.layer_sum_ms)
     assert sum(full.per_layer_ms.values()) == pytest.approx(full.total_ms)
     total, per_layer, coverage_tuple = table.predict(analyze(tiny(), SHAPE))
@@ -171,16 +176,16 @@ def test_recording_resumes_without_re_measuring(tmp_path):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False, progress=interrupt_after_four, **GRID)
-    kept = lut.LatencyTable.load(path)
+        record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False, progress=interrupt_after_four, **GRID)
+    kept = LatencyTable.load(path)
     assert sorted(e.config.key() for e in kept.entries.values()) == sorted(first)
 
     second: list[str] = []
-    table = lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False,
+    table = record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False,
                            progress=lambda d, t, label: second.append(label) if label else None, **GRID)
     assert len(table) == 14 and not set(first) & set(second) and len(first) + len(second) == 14
     third: list[str] = []
-    lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False,
+    record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False,
                    progress=lambda d, t, label: third.append(label) if label else None, **GRID)
     assert third == []
 
@@ -190,24 +195,26 @@ def test_resume_refuses_other_settings(tmp_path, recorded):
     path.write_text(recorded.read_text())
     other = ProfileSettings(runs=3, warmup=1, threads=2, per_layer=False)
     with pytest.raises(UserError, match="threads"):
-        lut.record_lut(tiny(), SHAPE, CPU, ort_profiler(), other, path, **GRID)
+        record_lut(tiny(), SHAPE, CPU, ort_profiler(), other, path, **GRID)
 
 
-def test_lut_profiler_predicts_and_the_registered_one_explains(recorded, tmp_path):
-    from hwcompress import plugins
-    from hwcompress.export import export_onnx
+def test_lut_predictor_follows_the_profiler_contract(recorded, tmp_path):
+    """resolve_timing hands out a LutPredictor for --lut FILE: a prediction with runs = 0, per-layer
+    rows, coverage, and a refusal for an ONNX-only model (it needs the layers)."""
+    from hwcompress.measure.resolve import resolve_timing
+    from hwcompress.model.export import export_onnx
 
-    registered = plugins.get_profilers()["lut"]
-    assert registered.available() == (True, "")
+    timing = resolve_timing(CPU, recorded)
+    assert timing.source == "lut" and not timing.measured and isinstance(timing.profiler, LutPredictor)
     model = tiny()
     onnx_path = tmp_path / "tiny.onnx"
     export_onnx(model, SHAPE, onnx_path, verify=False)
-    artifact = ModelArtifact(onnx_path, SHAPE, model, "tiny")
-    with pytest.raises(UserError, match="--lut"):
-        registered.measure(artifact, SETTINGS)
-    measurement = lut.LutProfiler(lut.LatencyTable.load(recorded)).measure(artifact, SETTINGS)
-    assert measurement.latency.runs == 0 and measurement.latency.median > 0
+    measurement = timing.profiler.measure(ModelArtifact(onnx_path, SHAPE, model, "tiny"), SETTINGS)
+    assert measurement.source == "lut" and measurement.latency.runs == 0 and measurement.latency.median > 0
     assert measurement.latency.p90 >= measurement.latency.median
+    assert measurement.coverage["layers"] > 0 and set(measurement.layer_ms) >= {"0", "3"}
+    with pytest.raises(UserError, match="needs the model's layers"):
+        timing.profiler.measure(ModelArtifact(onnx_path, SHAPE, None, "tiny"), SETTINGS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,12 +230,12 @@ def test_show_and_merge(recorded, tmp_path, capsys):
     assert code == 0 and "channel quantum" in out and "calibration" in out
 
     small = tmp_path / "small.lut.json"
-    lut.record_lut(tiny(), (1, 3, 8, 8), CPU, ort_profiler(), SETTINGS, small, calibrate=False, points=1, quantum=8)
+    record_lut(tiny(), (1, 3, 8, 8), CPU, ort_profiler(), SETTINGS, small, calibrate=False, points=1, quantum=8)
     merged = tmp_path / "merged.lut.json"
     code, _, err = run_main(capsys, "lut", "merge", str(recorded), str(small), "--out", str(merged))
     assert code == 0, err
-    table = lut.LatencyTable.load(merged)
-    assert len(table) == 14 + len(lut.LatencyTable.load(small)) - 1  # the Linear 32 -> 10 is in both
+    table = LatencyTable.load(merged)
+    assert len(table) == 14 + len(LatencyTable.load(small)) - 1  # the Linear 32 -> 10 is in both
     assert [m["name"] for m in table.models] == ["tiny"]
 
     document = json.loads(small.read_text())
@@ -319,7 +326,7 @@ def test_profile_jetson_with_a_lut(tmp_path, capsys, tinynets, recorded):
                             "--out", str(table), "--runs", "3", "--warmup", "1", "--points", "2", "--quantum", "8",
                             "--calibration-widths", "0.5", "-q")
     assert code == 0, err
-    assert lut.LatencyTable.load(table).provenance["device"] == "jetson-orin-nano"
+    assert LatencyTable.load(table).provenance["device"] == "jetson-orin-nano"
 
     code, out, err = run_main(capsys, "profile", "--device", "jetson", "--lut", str(table), "-m", tinynets,
                               "--input-shape", "1,3,16,16", "--precision", "fp32", "--json", "-", "-q")
@@ -345,12 +352,12 @@ def test_profile_jetson_with_a_lut(tmp_path, capsys, tinynets, recorded):
 
 def test_ensure_lut_caches_and_replaces_stale_tables(tmp_path):
     path = tmp_path / "cache.lut.json"
-    first = lut.ensure_lut(tiny(), SHAPE, CPU, SETTINGS, path=path, profiler=ort_profiler(), calibrate=False, points=1, quantum=8)
+    first = ensure_lut(tiny(), SHAPE, CPU, SETTINGS, path=path, profiler=ort_profiler(), calibrate=False, points=1, quantum=8)
     assert len(first) == 4 and path.exists()
     stale = json.loads(path.read_text())
     stale["provenance"]["runtime_version"] = "0.0.1"
     path.write_text(json.dumps(stale))
-    again = lut.ensure_lut(tiny(), SHAPE, CPU, SETTINGS, path=path, profiler=ort_profiler(), calibrate=False, points=1, quantum=8)
+    again = ensure_lut(tiny(), SHAPE, CPU, SETTINGS, path=path, profiler=ort_profiler(), calibrate=False, points=1, quantum=8)
     assert again.provenance["runtime_version"] != "0.0.1" and len(again) == 4
 
 
@@ -374,7 +381,7 @@ def test_plan_is_timed_without_pytorch(tmp_path, capsys, tinynets):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    table = lut.LatencyTable.load(out)
+    table = LatencyTable.load(out)
     assert len(table) == 14 and table.provenance["plan"]["model"] == "lut_tinynets:tiny"
     assert [p["width"] for p in table.models[0]["points"]] == [1.0, 0.5]
     coverage = table.predict_detail(analyze(tiny(), SHAPE)).coverage()
@@ -387,12 +394,12 @@ def test_plan_is_timed_without_pytorch(tmp_path, capsys, tinynets):
 
 def test_compare_predicts_from_a_lut(recorded, tinynets):
     """Off the device, `compare` predicts every model from the LUT: a ratio of predictions."""
-    from hwcompress.comparing import compare_models
+    from hwcompress.measure.compare import compare_models
 
-    from hwcompress.profiling import profile_model
+    from hwcompress.measure.profile import profile_model
 
     models = [tinynets, tinynets.replace(":tiny", ":half")]
-    doc = compare_models(models, lut=str(recorded), input_shape=SHAPE)
+    doc = compare_models(models, lut=str(recorded), input_shape=SHAPE).to_dict()
     assert doc["schema"] == "hwcompress.compare/1" and doc["source"] == "lut" and doc["rounds"] == 0
     full, half = doc["models"]
     # Not "half < full": at 16x16, ONNX Runtime's kernels below a 16-channel block take a slower path.
@@ -404,7 +411,7 @@ def test_compare_predicts_from_a_lut(recorded, tinynets):
 
 def test_quantum_probe_takes_the_median_of_three_passes(monkeypatch):
     """One stray timing in one pass would turn a 16-channel staircase into a step of 8."""
-    from hwcompress.profiler import LatencyStats
+    from hwcompress.measure.contract import LatencyStats
 
     calls = {"n": 0}
 
@@ -415,10 +422,10 @@ def test_quantum_probe_takes_the_median_of_three_passes(monkeypatch):
             time -= 0.06
         return LatencyStats.from_samples([time])
 
-    monkeypatch.setattr(lut.Recorder, "time_config", staircase)
-    table = lut.LatencyTable(lut.new_provenance(CPU, ort_profiler(), SETTINGS, 1, lut.TIMING_KERNELS))
-    quantum, times = lut.Recorder(table, ort_profiler(), SETTINGS).detect_quantum(1, 8)
-    assert calls["n"] == 9 * lut.QUANTUM_PROBE_PASSES and quantum == 16
+    monkeypatch.setattr(Recorder, "time_config", staircase)
+    table = LatencyTable(new_provenance(CPU, ort_profiler(), SETTINGS, 1, TIMING_KERNELS))
+    quantum, times = Recorder(table, ort_profiler(), SETTINGS).detect_quantum(1, 8)
+    assert calls["n"] == 9 * QUANTUM_PROBE_PASSES and quantum == 16
 
 
 def test_quantum_fit_is_not_decided_by_one_stray_point():
@@ -427,6 +434,6 @@ def test_quantum_fit_is_not_decided_by_one_stray_point():
     counts = [64 + 8 * i for i in range(9)]
     one_low = [0.344, 0.439, 0.452, 0.496, 0.505, 0.505, 0.562, 0.63, 0.632]
     one_high = [0.3205, 0.436, 0.438, 0.4455, 0.482, 0.587, 0.6, 0.6355, 0.673]
-    assert lut.fit_quantum(counts, one_low, 8) == 16 and lut.fit_quantum(counts, one_high, 8) == 16
+    assert fit_quantum(counts, one_low, 8) == 16 and fit_quantum(counts, one_high, 8) == 16
     linear_with_a_stray = [1.0 + 0.01 * c + (0.03 if c == 88 else 0.0) for c in counts]
-    assert lut.fit_quantum(counts, linear_with_a_stray, 8) == 8
+    assert fit_quantum(counts, linear_with_a_stray, 8) == 8

@@ -8,16 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from hwcompress.analysis import analyze
-from hwcompress.embedded import resnet_cifar
-from hwcompress.pruning import find_channel_groups, find_removable_units, prune_channels, remove_units, round_channels
-from hwcompress.search import n2n
+from hwcompress.model.analysis import analyze
+from hwcompress.model.embedded import resnet_cifar
+from hwcompress.budget import Budget
+from hwcompress.slim.pruning import find_channel_groups, prune_channels, round_channels
+from hwcompress.slim.units import find_removable_units, remove_units
+from hwcompress.search.agent import make_agent
+from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
-from hwcompress.search.n2n_policy import INVALID_REWARD, KEEP, RATIOS, RemovalPolicy, normalise
-from hwcompress.search.pipeline import SearchConfig, apply_policy, run_search
+from hwcompress.search.n2n import search as n2n
+from hwcompress.search.n2n.agent import N2NAgent, N2NSettings
+from hwcompress.search.n2n.policy import INVALID_REWARD, KEEP, RATIOS, RemovalPolicy, normalise
+from hwcompress.search.run import apply_policy, resume_search, run_search
 
 SHAPE = (1, 3, 32, 32)
-TINY = "hwcompress.embedded:resnet20"
+TINY = "hwcompress.model.embedded:resnet20"
 # Stage 1 with a strong bias towards "remove" samples the same (all removed) student again and again,
 # which exercises the cache; stage 2 then has to shrink it under the budget.
 OPTIONS = {"removal_epochs": 2, "shrink_epochs": 2, "rollouts": 3, "student_steps": 2, "student_batch": 16,
@@ -26,7 +31,7 @@ OPTIONS = {"removal_epochs": 2, "shrink_epochs": 2, "rollouts": 3, "student_step
 
 
 def _config(out, **overrides):
-    base = dict(budget_metric="macs", budget=12e6, agent="n2n", model=TINY, data="digits", episodes=12, seed=0,
+    base = dict(budget=Budget.macs(12e6), agent="n2n", model=TINY, data="digits", episodes=12, seed=0,
                 finetune_epochs=0.02, out=str(out), runs=3, val_limit=64, bn_calibration=32, agent_options=dict(OPTIONS))
     base.update(overrides)
     return SearchConfig(**base)
@@ -47,12 +52,12 @@ def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("n2n") / "out"
     calls = []
     patch = pytest.MonkeyPatch()
-    patch.setattr(n2n._Search, "_train", _counting(n2n._Search._train, calls))
+    patch.setattr(n2n.N2NSearch, "_train", _counting(n2n.N2NSearch._train, calls))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)  # the tiny teacher is a randomly initialised factory model: the same one every run
-        doc = run_search(_config(out), quiet=True)
+        doc = run_search(_config(out), progress=False).report
     finally:
         patch.undo()
         torch.set_num_threads(before)
@@ -103,7 +108,7 @@ def test_students_sampled_twice_are_trained_once(searched):
 
 def test_resume_gives_the_same_history(searched, tmp_path, monkeypatch):
     doc, out, _ = searched
-    original = n2n._Search.shrink_rollout
+    original = n2n.N2NSearch.shrink_rollout
     calls = []
 
     def interrupt(search, epoch):
@@ -112,14 +117,14 @@ def test_resume_gives_the_same_history(searched, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(search, epoch)
 
-    monkeypatch.setattr(n2n._Search, "shrink_rollout", interrupt)
+    monkeypatch.setattr(n2n.N2NSearch, "shrink_rollout", interrupt)
     torch.manual_seed(0)
-    partial = run_search(_config(tmp_path / "out"), quiet=True)
+    partial = run_search(_config(tmp_path / "out"), progress=False).report
     assert partial["interrupted"] is True
-    monkeypatch.setattr(n2n._Search, "shrink_rollout", original)
+    monkeypatch.setattr(n2n.N2NSearch, "shrink_rollout", original)
     (tmp_path / "out" / "result.json").unlink()
     torch.manual_seed(0)
-    resumed = run_search(SearchConfig(out=str(tmp_path / "out")), resume=True, quiet=True)
+    resumed = resume_search(tmp_path / "out", progress=False).report
     straight = json.loads((out / "history.json").read_text())
     again = json.loads((tmp_path / "out" / "history.json").read_text())
     assert straight == again
@@ -130,20 +135,22 @@ def test_resume_gives_the_same_history(searched, tmp_path, monkeypatch):
 def test_policy_file_rebuilds_the_n2n_student(searched, tmp_path):
     doc, out, _ = searched
     torch.manual_seed(0)
-    again = apply_policy(_config(tmp_path / "again", finetune_epochs=0), str(out / "policy.json"), quiet=True)
+    again = apply_policy(_config(tmp_path / "again", finetune_epochs=0), str(out / "policy.json"), progress=False).report
     assert again["student"]["params"] == doc["student"]["params"]
     assert again["student"]["macs"] == doc["student"]["macs"]
 
 
 def _bare_search(budget=100.0):
     """A _Search with only what _score touches, to test rewards without a pipeline."""
-    search = n2n._Search.__new__(n2n._Search)
-    search.settings = n2n.N2NSettings(student_steps=1)
+    search = n2n.N2NSearch.__new__(n2n.N2NSearch)
+    search.settings = N2NSettings(student_steps=1)
     search.budget, search.metric, search.stage = budget, "macs", 1
-    search.cache, search.history, search.best, search.stage1_best, search.base = {}, [], None, None, None
+    search.cache, search.best, search.stage1_best, search.base = {}, None, None, None
     search.counters = {"trained": 0, "cache_hits": 0, "not_trained_over_budget": 0, "invalid": 0, "train_seconds": 0.0}
     search.teacher_accuracy, search.teacher_params = 0.9, 1000
-    search.ctx = SimpleNamespace(example=torch.zeros(1, 4))
+    history = []
+    search.ctx = SimpleNamespace(example=torch.zeros(1, 4), history=history,
+                                 report=lambda record, candidate=None: history.append(record))
     trained = []
     search._train = lambda student, teacher, steps: trained.append(student) or 0.9
     return search, trained
@@ -244,14 +251,15 @@ def test_stage1_sampling_removal_and_pruning_run_on_each_architecture(make):
 
 
 def test_settings_split_the_episodes_and_reject_nonsense():
-    assert n2n.N2NSettings().stage_epochs(120) == (12, 12)
-    assert n2n.N2NSettings(rollouts=3).stage_epochs(10) == (2, 1)
-    assert n2n.N2NSettings(removal_epochs=4).stage_epochs(120) == (4, 20)
-    assert n2n.N2NSettings(removal_epochs=1, shrink_epochs=2).stage_epochs(999) == (1, 2)
+    assert N2NSettings().stage_epochs(120) == (12, 12)
+    assert N2NSettings(rollouts=3).stage_epochs(10) == (2, 1)
+    assert N2NSettings(removal_epochs=4).stage_epochs(120) == (4, 20)
+    assert N2NSettings(removal_epochs=1, shrink_epochs=2).stage_epochs(999) == (1, 2)
     from hwcompress.errors import UserError
 
     with pytest.raises(UserError, match="student_loss"):
-        n2n.N2NSettings(student_loss="mse")
-    from hwcompress.plugins import get_agents
-
-    assert isinstance(get_agents()["n2n"](n_groups=3, seed=1, rollouts=2), n2n.N2NSettings)
+        N2NSettings(student_loss="mse")
+    agent = make_agent("n2n", {"rollouts": 2})
+    assert isinstance(agent, N2NAgent) and agent.settings.rollouts == 2
+    with pytest.raises(UserError, match="settings are"):
+        make_agent("n2n", {"no_such": 1})

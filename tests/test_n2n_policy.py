@@ -1,4 +1,4 @@
-"""N2N controllers, rewards and REINFORCE learner (hwcompress.search.n2n_policy): fast, CPU, seeded."""
+"""N2N controllers, rewards and REINFORCE learner (hwcompress.search.n2n.policy): fast, CPU, seeded."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from hwcompress.search.n2n_policy import (
+from hwcompress.search.n2n.policy import (
     INVALID_REWARD,
     KEEP,
     ORIGINAL_RATIO_PRIOR,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from hwcompress.profiling import profile_model
+from hwcompress.measure.profile import profile_model
 
 
 def test_profile_json_document(cli, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of hwcompress.pruning: channel groups, channel pruning, rounding, unit removal, reconstruction.
+"""Tests of hwcompress.slim.pruning: channel groups, channel pruning, rounding, unit removal, reconstruction.
 
 Inputs are tiny (32x32 for CIFAR-style nets, 64x64 for torchvision ones) so the file runs in well
 under a minute on two CPU cores.
@@ -13,7 +13,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hwcompress import pruning as P
+from hwcompress.slim import pruning as P
+from hwcompress.slim import reconstruct as R
+from hwcompress.slim import units as U
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -243,7 +245,7 @@ def test_cifar_resnet_groups_couple_residual_stages() -> None:
 
 
 def test_embedded_resnet56_group_count() -> None:
-    embedded = pytest.importorskip("hwcompress.embedded")
+    embedded = pytest.importorskip("hwcompress.model.embedded")
     model = embedded.resnet_cifar(56)
     groups = P.find_channel_groups(model, X32)
     assert len(groups) == 27 + 3  # one per block conv1 plus one per residual stage
@@ -439,11 +441,11 @@ def test_repeated_pruning_composes_kept_indices() -> None:
 
 def test_removable_units_cifar_resnet() -> None:
     model = _seeded(TinyResNet())
-    units = P.find_removable_units(model, X32)
+    units = U.find_removable_units(model, X32)
     assert [u.name for u in units] == ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
     assert all(u.kind == "residual" for u in units)
     assert units[0].params == _params(model.layer1[0]) and units[0].macs == 2 * 8 * 8 * 9 * 32 * 32
-    slim = P.remove_units(model, [u.name for u in units[1:]])
+    slim = U.remove_units(model, [u.name for u in units[1:]])
     assert isinstance(slim.layer1[1], nn.Identity) and not isinstance(model.layer1[1], nn.Identity)
     assert slim(X32).shape == (1, 10)
     assert _params(slim) == _params(model) - sum(u.params for u in units[1:])
@@ -452,39 +454,39 @@ def test_removable_units_cifar_resnet() -> None:
 def test_removable_units_leave_the_model_alone() -> None:
     model = _seeded(TinyResNet()).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    P.find_removable_units(model, torch.randn(2, 3, 32, 32))
+    U.find_removable_units(model, torch.randn(2, 3, 32, 32))
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
 
 
 def test_removable_units_resnet18(resnet18: nn.Module) -> None:
-    units = P.find_removable_units(resnet18, X64)
+    units = U.find_removable_units(resnet18, X64)
     assert [u.name for u in units] == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
-    slim = P.remove_units(resnet18, units[2:])
+    slim = U.remove_units(resnet18, units[2:])
     assert slim(X64).shape == (1, 10) and _params(slim) < _params(resnet18)
 
 
 def test_removable_units_plain_vgg() -> None:
     model = _seeded(tiny_vgg())
-    units = P.find_removable_units(model, X32)
+    units = U.find_removable_units(model, X32)
     # the cin == cout, stride-1 convs; not the first conv, not the widening ones, not the classifier
     assert [u.name for u in units] == ["0.3", "0.10", "0.17"]
     assert units[0].kind == "layer" and units[0].members == ("0.3", "0.4", "0.5")
-    slim = P.remove_units(model, ["0.10"])  # a name takes its bn and relu along
+    slim = U.remove_units(model, ["0.10"])  # a name takes its bn and relu along
     assert all(isinstance(slim.get_submodule(n), nn.Identity) for n in ("0.10", "0.11", "0.12"))
     assert slim(X32).shape == (1, 10)
     assert _params(slim) == _params(model) - units[1].params
     with pytest.raises(ValueError):
-        P.remove_units(model, ["0.99"])
+        U.remove_units(model, ["0.99"])
     with pytest.raises(ValueError):
-        P.remove_units(model, [""])
+        U.remove_units(model, [""])
 
 
 def test_removable_units_mobilenet_v2(mobilenet_v2: nn.Module) -> None:
-    units = P.find_removable_units(mobilenet_v2, X64)
+    units = U.find_removable_units(mobilenet_v2, X64)
     residual = [u.name for u in units if u.kind == "residual"]
     assert residual == [f"features.{i}" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)]
-    slim = P.remove_units(mobilenet_v2, [u for u in units if u.kind == "residual"])
+    slim = U.remove_units(mobilenet_v2, [u for u in units if u.kind == "residual"])
     assert slim(X64).shape == (1, 10) and _params(slim) < _params(mobilenet_v2)
     # inside a non-residual block, the stride-1 depthwise conv run is a unit (N2N removes layers)
     layer = next(u for u in units if u.name == "features.1.conv.0.0")
@@ -499,7 +501,7 @@ def test_stage_containers_are_not_units() -> None:
         nn.Flatten(),
         nn.Linear(8, 10),
     )
-    assert [u.name for u in P.find_removable_units(_seeded(model), X32)] == ["1.0", "1.1"]
+    assert [u.name for u in U.find_removable_units(_seeded(model), X32)] == ["1.0", "1.1"]
 
 
 def test_untraceable_model_raises_a_clear_error() -> None:
@@ -542,7 +544,7 @@ def test_reconstruction_lowers_the_pruned_layer_error(net: str, group: str, keep
             return (pruned.get_submodule(consumer)(x_kept) - features["y"]).pow(2).mean().item()
 
     naive = error()
-    refitted = P.reconstruct_least_squares(pruned, model, calibration.split(16), points_per_image=20)
+    refitted = R.reconstruct_least_squares(pruned, model, calibration.split(16), points_per_image=20)
     assert consumer in refitted
     assert error() < 0.7 * naive
     assert pruned(X32).shape[0] == 1
@@ -551,10 +553,10 @@ def test_reconstruction_lowers_the_pruned_layer_error(net: str, group: str, keep
 def test_reconstruction_needs_a_pruning_record() -> None:
     model = _seeded(tiny_vgg())
     with pytest.raises(ValueError, match="prune_channels"):
-        P.reconstruct_least_squares(model, model, X32)
+        R.reconstruct_least_squares(model, model, X32)
     pruned = P.prune_channels(model, X32, {"0.3": 4})
     with pytest.raises(ValueError, match="cannot reconstruct"):
-        P.reconstruct_least_squares(pruned, model, X32, layer_names=["0.0"])  # input never pruned
+        R.reconstruct_least_squares(pruned, model, X32, layer_names=["0.0"])  # input never pruned
 
 
 @pytest.mark.parametrize(
@@ -569,7 +571,7 @@ def test_reconstruction_needs_a_pruning_record() -> None:
 def test_sampled_patches_match_unfold(conv: nn.Conv2d) -> None:
     x = torch.randn(3, 4, 11, 9, generator=torch.Generator().manual_seed(5))
     out = conv(x)
-    rows, pick = P._sample_patches(x, out.shape[-2:], conv, conv.padding, 7, torch.Generator().manual_seed(0))
+    rows, pick = R._sample_patches(x, out.shape[-2:], conv, conv.padding, 7, torch.Generator().manual_seed(0))
     cols = torch.nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
     expected = torch.gather(cols, 2, pick.unsqueeze(1).expand(-1, cols.shape[1], -1)).transpose(1, 2)
     assert torch.equal(rows, expected.reshape(rows.shape))
@@ -590,7 +592,7 @@ def test_reconstruction_with_same_padding() -> None:
     calibration = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         before = (pruned[2](pruned[1](pruned[0](calibration))) - model[2](model[1](model[0](calibration))))
-    assert P.reconstruct_least_squares(pruned, model, calibration, points_per_image=50) == ["2"]
+    assert R.reconstruct_least_squares(pruned, model, calibration, points_per_image=50) == ["2"]
     with torch.no_grad():
         after = (pruned[2](pruned[1](pruned[0](calibration))) - model[2](model[1](model[0](calibration))))
     assert after.pow(2).mean() < before.pow(2).mean()

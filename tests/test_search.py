@@ -6,16 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from hwcompress.analysis import analyze
-from hwcompress.embedded import resnet_cifar
+from hwcompress.budget import Budget
+from hwcompress.slim.pruning import find_channel_groups, prune_channels
 from hwcompress.errors import UserError
-from hwcompress.pruning import find_channel_groups, prune_channels
-from hwcompress.search.amc import EpisodeWalker, RandomPolicy
+from hwcompress.model.analysis import analyze
+from hwcompress.model.embedded import resnet_cifar
+from hwcompress.search import rewards
+from hwcompress.search.amc.agents import AMCAgent, RandomAgent
+from hwcompress.search.amc.walker import EpisodeWalker
+from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
-from hwcompress.search.pipeline import BudgetAlreadyMet, SearchConfig, run_search
+from hwcompress.search.prepare import BudgetAlreadyMet
+from hwcompress.search.run import apply_policy, resume_search, run_search
 
 SHAPE = (1, 3, 32, 32)
-TINY = "hwcompress.embedded:resnet20"
+TINY = "hwcompress.model.embedded:resnet20"
 
 
 def _model_and_cost(metric="macs"):
@@ -44,28 +49,39 @@ def test_every_episode_meets_the_budget_under_the_clamp(seed):
     full, smallest = cost.cost(cost.full_policy()), cost.cost(cost.min_policy())
     budget = smallest + (full - smallest) * 0.35
     walker = EpisodeWalker(cost, layers, budget)
-    policy = RandomPolicy(len(groups), seed=seed)
+    agent = RandomAgent()
+    agent.rng = np.random.default_rng(seed)
     for episode in range(20):
-        result = policy.run_episode(walker, episode)
+        result = agent.propose(walker, episode)
         assert cost.cost(result.keep) <= budget
         assert all(cost.min_channels(g) <= result.keep[g.name] <= g.channels for g in groups)
         assert all(result.keep[g.name] % 8 == 0 or result.keep[g.name] == g.channels for g in groups)
 
 
 def _config(tmp_path, **overrides):
-    base = dict(budget_metric="macs", budget=12e6, agent="amc", model=TINY, data="digits", episodes=6, warmup=2,
+    base = dict(budget=Budget.macs(12e6), agent="amc", model=TINY, data="digits", episodes=6, warmup_episodes=2,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=64,
                 agent_options={"hidden": 32, "batch_size": 8})
     base.update(overrides)
+    if base["agent"] != "amc" and "agent_options" not in overrides:
+        base["agent_options"] = {}  # the DDPG settings belong to AMC; other agents refuse them
     return SearchConfig(**base)
 
 
+def _search(config):
+    return run_search(config, progress=False).report
+
+
 def test_search_writes_the_result_contract(tmp_path):
-    doc = run_search(_config(tmp_path), quiet=True)
+    result = run_search(_config(tmp_path), progress=False)
+    doc = result.report
     out = tmp_path / "out"
     saved = json.loads((out / "result.json").read_text())
     assert saved["schema"] == doc["schema"] == "hwcompress.search/1"
-    assert saved["budget"] == {"macs": 12e6} and saved["budget_met"] is True
+    assert saved["budget"]["metric"] == "macs" and saved["budget"]["macs"] == 12e6 and saved["budget_met"] is True
+    assert saved["verdict"]["source"] == "counted" and saved["verdict"]["value"] == saved["student"]["macs"]
+    assert sum(p.numel() for p in result.student.parameters()) == saved["student"]["params"]
+    assert not (out / ".lock").exists()  # released at the end
     assert saved["student"]["macs"] <= 12e6 < saved["teacher"]["macs"]
     assert saved["student"]["latency_ms"] > 0 and saved["teacher"]["latency_ms"] > 0  # measured on this CPU
     assert saved["student"]["latency"]["rounds"] == 5  # the verdict's interleaved rounds
@@ -84,10 +100,10 @@ def test_search_writes_the_result_contract(tmp_path):
 
 
 def test_resume_reaches_the_same_policy(tmp_path):
-    straight = run_search(_config(tmp_path / "a", episodes=6, finetune_epochs=0), quiet=True)
-    run_search(_config(tmp_path / "b", episodes=3, finetune_epochs=0), quiet=True)
+    straight = _search(_config(tmp_path / "a", episodes=6, finetune_epochs=0))
+    _search(_config(tmp_path / "b", episodes=3, finetune_epochs=0))
     (tmp_path / "b" / "out" / "result.json").unlink()
-    resumed = run_search(SearchConfig(out=str(tmp_path / "b" / "out"), episodes=6), resume=True, quiet=True)
+    resumed = resume_search(tmp_path / "b" / "out", changes={"episodes": 6}, progress=False).report
     history_a = json.loads((tmp_path / "a" / "out" / "history.json").read_text())
     history_b = json.loads((tmp_path / "b" / "out" / "history.json").read_text())
     assert [h["ratios"] for h in history_a] == [h["ratios"] for h in history_b]
@@ -96,18 +112,18 @@ def test_resume_reaches_the_same_policy(tmp_path):
 
 def test_infeasible_budget_names_the_smallest_reachable(tmp_path):
     with pytest.raises(UserError, match=r"infeasible.*reaches [\d,]+ MACs"):
-        run_search(_config(tmp_path, budget=1e5), quiet=True)
-    assert not (tmp_path / "out").exists()
+        _search(_config(tmp_path, budget=Budget.macs(1e5)))
+    assert not list((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else True
 
 
 def test_budget_the_teacher_meets(tmp_path):
     with pytest.raises(BudgetAlreadyMet, match="already meets"):
-        run_search(_config(tmp_path, budget=1e12), quiet=True)
+        _search(_config(tmp_path, budget=Budget.macs(1e12)))
 
 
 def test_uniform_and_random_use_the_same_pipeline(tmp_path):
     for agent in ("uniform", "random"):
-        doc = run_search(_config(tmp_path / agent, agent=agent, episodes=3), quiet=True)
+        doc = _search(_config(tmp_path / agent, agent=agent, episodes=3))
         assert doc["agent"] == agent and doc["budget_met"]
     ratios = {row["ratio"] for row in json.loads((tmp_path / "uniform" / "out" / "result.json").read_text())["policy"]}
     assert len(ratios) <= 4  # one ratio, rounded per group size
@@ -145,9 +161,9 @@ def test_free_channels_fill_a_runtime_block():
 
 def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path, monkeypatch):
     """With a cost model that predicts 35% too little, the measured check re-fits the student."""
-    from hwcompress.search import pipeline
+    from hwcompress.search import prepare
 
-    original = pipeline.anchor_cost_model
+    original = prepare.anchor_latency
 
     def optimistic(cost_model, *args, **kwargs):
         result = original(cost_model, *args, **kwargs)
@@ -155,20 +171,20 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
         cost_model.set_latency(lambda rows: 0.65 * anchored(rows))
         return result
 
-    monkeypatch.setattr(pipeline, "anchor_cost_model", optimistic)
-    doc = run_search(_config(tmp_path, budget_metric="latency_ms", budget=0.0, budget_ratio=0.75, agent="uniform",
-                             episodes=1, runs=30), quiet=True)
+    monkeypatch.setattr(prepare, "anchor_latency", optimistic)
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=30))
     assert doc["budget_repairs"], "the optimistic cost model should have needed a repair"
     assert "Repair 1: the searched student measured" in (tmp_path / "out" / "summary.md").read_text()
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
+    assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio_to_teacher"] > 0
+    latency = doc["student"]["latency"]  # one scale: the spread is on the verdict's scale
+    assert latency["min"] <= latency["median"] <= latency["max"] and latency["p90"] >= latency["min"]
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
 
 
 def test_ctrl_c_leaves_the_best_student_so_far(tmp_path, monkeypatch):
-    from hwcompress.search import amc
-
     calls = {"n": 0}
-    real = amc.reward_for
+    real = rewards.reward
 
     def interrupt_at_third(*args):
         calls["n"] += 1
@@ -176,13 +192,21 @@ def test_ctrl_c_leaves_the_best_student_so_far(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(amc, "reward_for", interrupt_at_third)
-    doc = run_search(_config(tmp_path, episodes=6), quiet=True)
+    monkeypatch.setattr(rewards, "reward", interrupt_at_third)
+    doc = _search(_config(tmp_path, episodes=6))
     assert doc["interrupted"] is True and doc["episodes"] == 2
     assert (tmp_path / "out" / "student.onnx").exists() and (tmp_path / "out" / "checkpoint.pt").exists()
-    monkeypatch.setattr(amc, "reward_for", real)
-    resumed = run_search(SearchConfig(out=str(tmp_path / "out"), episodes=6), resume=True, quiet=True)
+    monkeypatch.setattr(rewards, "reward", real)
+    resumed = resume_search(tmp_path / "out", changes={"episodes": 6}, progress=False).report
     assert resumed["episodes"] == 6 and resumed["interrupted"] is False
+
+
+def test_resume_refuses_other_settings_unless_overridden(tmp_path):
+    _search(_config(tmp_path, episodes=2, finetune_epochs=0))
+    with pytest.raises(UserError, match=r"other settings \(agent: saved 'amc', given 'uniform'; seed: saved 0, given 7\)"):
+        resume_search(tmp_path / "out", changes={"agent": "uniform", "seed": 7}, progress=False)
+    resumed = resume_search(tmp_path / "out", changes={"seed": 7, "episodes": 3}, override=["seed"], progress=False)
+    assert resumed.report["config"]["seed"] == 7 and resumed.report["episodes"] == 3
 
 
 def test_agent_options_from_the_command_line(cli, tmp_path):
@@ -193,26 +217,25 @@ def test_agent_options_from_the_command_line(cli, tmp_path):
     result = cli("search", "--macs", "2e7", "-m", TINY, "--data", "digits", "--runs", "3", "--episodes", "2",
                  "--agent-option", "no_such_setting=1", "-o", str(tmp_path / "z"))
     assert result.returncode == 2 and "does not accept" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "z").exists() or not any((tmp_path / "z").iterdir())  # refused before anything was written
 
 
 def test_reconstruct_and_policy_reapply(tmp_path):
-    doc = run_search(_config(tmp_path, episodes=3, reconstruct=True), quiet=True)
+    doc = _search(_config(tmp_path, episodes=3, reconstruct=True))
     assert doc["config"]["reconstruct"] is True and doc["budget_met"]
-    from hwcompress.search.pipeline import apply_policy
-
-    again = apply_policy(_config(tmp_path, out=str(tmp_path / "again")), str(tmp_path / "out" / "policy.json"), quiet=True)
+    again = apply_policy(_config(tmp_path, out=str(tmp_path / "again")), str(tmp_path / "out" / "policy.json"),
+                         progress=False).report
     assert again["student"]["params"] == doc["student"]["params"] and again["episodes"] == 0
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(UserError, match="not a hwcompress policy"):
-        apply_policy(_config(tmp_path, out=str(tmp_path / "bad")), str(tmp_path / "bad.json"), quiet=True)
+        apply_policy(_config(tmp_path, out=str(tmp_path / "bad")), str(tmp_path / "bad.json"), progress=False)
 
 
 def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):
     """The anchors are real measurements of this run: the teacher's is the teacher's reference latency,
     and with --anchors 3 a uniform student near the search budget joins them (unless noise put it out
     of order, which the notes then say)."""
-    doc = run_search(_config(tmp_path, budget_metric="latency_ms", budget=0.0, budget_ratio=0.6, agent="uniform",
-                             episodes=1, runs=20, anchors=3), quiet=True)
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.6), agent="uniform", episodes=1, runs=20, anchors=3))
     anchors = {a["name"]: a for a in doc["cost_model_anchors"]}
     assert anchors["teacher"]["measured_ms"] == pytest.approx(doc["teacher"]["latency_ms"], abs=1e-4)
     assert anchors["smallest"]["measured_ms"] < anchors["teacher"]["measured_ms"]
@@ -223,7 +246,7 @@ def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):
         assert any("left out" in note for note in doc["notes"])
     assert any("anchored on" in note for note in doc["notes"])
     with pytest.raises(UserError, match="--anchors"):
-        run_search(_config(tmp_path, budget_metric="latency_ms", budget=1.0, anchors=4, out=str(tmp_path / "bad")), quiet=True)
+        _config(tmp_path, budget=Budget.latency_ms(1.0), anchors=4, out=str(tmp_path / "bad"))
 
 
 def test_trimming_fits_the_target_with_small_steps_where_they_save_most():
@@ -241,12 +264,13 @@ def test_trimming_fits_the_target_with_small_steps_where_they_save_most():
 
 
 def test_amc_defaults_to_nni_noise_decay_and_takes_the_original_on_request():
-    from hwcompress.search.pipeline import make_policy
-
-    default = make_policy(SearchConfig(agent="amc", episodes=120), 5)
-    assert default.agent.settings.delta_decay == 0.99 and default.agent.settings.warmup == 30
-    original = make_policy(SearchConfig(agent="amc", agent_options={"delta_decay": 0.95}), 5)
-    assert original.agent.settings.delta_decay == 0.95
+    default = AMCAgent().settings_for(episodes=120, seed=0)
+    assert default.delta_decay == 0.99 and default.warmup == 30
+    assert AMCAgent().settings_for(episodes=120, seed=0, warmup_episodes=7).warmup == 7
+    original = AMCAgent(delta_decay=0.95).settings_for(episodes=120, seed=3)
+    assert original.delta_decay == 0.95 and original.seed == 3
+    with pytest.raises(TypeError):
+        AMCAgent(no_such_setting=1)
 
 
 def test_scored_trimming_spares_the_groups_the_score_needs():

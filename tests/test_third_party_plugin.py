@@ -39,7 +39,7 @@ def test_devices_lists_plugin_device(cli, plugin_site):
     assert rows["example-board"]["status"] == "measured"
     plugins = json.loads(cli("plugins", "--json", "-", env=_env(plugin_site)).stdout)
     example = next(p for p in plugins if p["name"] == "hwcompress-example-board")
-    assert example["distribution"] == "hwcompress-example-board" and example["version"] == "0.1.0"
+    assert example["distribution"] == "hwcompress-example-board" and example["version"] == "0.2.0"
     assert example["provides"] == {"profilers": ["example-all-cores"], "devices": ["example-board"]}
 
 

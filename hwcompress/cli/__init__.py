@@ -1,8 +1,10 @@
 """The ``hwcompress`` command line: a thin layer that parses, calls the library, and prints.
 
 Errors in the user's input (:class:`~hwcompress.errors.UserError`) are printed as one line on stderr
-with exit code 2; ``--debug`` or ``HWCOMPRESS_DEBUG=1`` shows the traceback instead. Heavy modules are
-imported inside the commands so that ``hwcompress --help`` stays fast.
+with exit code 2; a plugin that crashes (:class:`~hwcompress.errors.PluginError`) as one line naming it,
+exit code 1; ``--debug`` or ``HWCOMPRESS_DEBUG=1`` shows the traceback instead. The library (and with
+it PyTorch) is imported inside the commands, after the options are checked, so that ``hwcompress
+--help`` and a mistyped option answer in a moment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 import click
 
 from hwcompress import __version__
-from hwcompress.errors import UserError
+from hwcompress.errors import PluginError, UserError
+from hwcompress.plugins import manager
 
 
 def debug_enabled() -> bool:
@@ -47,13 +50,15 @@ def _add_commands() -> None:
     cli.add_command(devices_cmd.plugins_command)
     cli.add_command(search_cmd.search)
     cli.add_command(lut_cmd.lut)
-    from hwcompress import plugins
-
-    plugins.call_register_hook("register_commands", cli)
+    manager.call_hook("register_commands", cli=cli)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,8 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         if debug_enabled():
             raise
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {_one_line(error)}", err=True)
         sys.exit(2)
+    except PluginError as error:
+        if debug_enabled():
+            raise
+        click.echo(f"error: {_one_line(error)} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -87,6 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug_enabled():
             raise
-        click.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", err=True)
+        click.echo(f"internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     sys.exit(0)

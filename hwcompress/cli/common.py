@@ -7,6 +7,10 @@ from typing import Any, Callable
 
 import click
 
+from hwcompress.model.loading import parse_input_shape
+
+__all__ = ["console", "device_options", "emit_json", "fmt_count", "fmt_ms", "parse_input_shape", "timing_options"]
+
 
 def _stack(*options: Callable) -> Callable:
     """Apply click options so that they list in the order given."""
@@ -40,22 +44,27 @@ def timing_options(runs: str = "Timed iterations") -> Callable:
 
 
 def emit_json(document: Any, target: str | None) -> None:
-    """Write ``document`` as JSON to ``target`` (a path, or ``-`` for stdout) atomically."""
+    """Write ``document`` as JSON to ``target`` (``-`` for stdout; a file replaced atomically, a device or
+    a FIFO written through)."""
     if not target:
         return
-    from hwcompress.report import dumps, write_json_atomic
+    from hwcompress.files import dumps, write_json
 
     if target == "-":
         sys.stdout.write(dumps(document) + "\n")
     else:
-        write_json_atomic(document, target)
+        write_json(document, target)
         click.echo(f"wrote {target}", err=True)
 
 
 def console(stderr: bool = False):
+    """A rich console; when the output is not a terminal (a pipe, a file), lines are never cut or
+    wrapped to 80 columns (names like ``hwcompress-profiler-onnxruntime`` stay whole)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 250
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def fmt_count(value: int | float | None) -> str:

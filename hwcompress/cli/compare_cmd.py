@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, device_options, emit_json, fmt_count, timing_options
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, parse_input_shape, timing_options
+from hwcompress.files import check_writable
 
 
 @click.command()
@@ -31,11 +32,13 @@ def compare(models, device, device_file, input_shape, rounds, threads, runs, war
       hwcompress compare embedded hwcompress-out/student.onnx --input-shape 1,3,32,32 --rounds 10
       hwcompress compare resnet18 resnet50 --device jetson --lut jetson.lut.json   # predicted
     """
-    from hwcompress.comparing import compare_models
-    from hwcompress.models import parse_input_shape
+    if json_target and json_target != "-":
+        check_writable(json_target, "--json file")
+    shape = parse_input_shape(input_shape)
+    import hwcompress
 
-    document = compare_models(models, device=device, device_file=device_file, input_shape=parse_input_shape(input_shape),
-                              lut=lut, rounds=rounds, runs=runs, warmup=warmup, threads=threads, precision=precision)
+    document = hwcompress.compare(models, device=device, device_file=device_file, input_shape=shape, lut=lut,
+                                  rounds=rounds, runs=runs, warmup=warmup, threads=threads, precision=precision).to_dict()
     if not quiet and json_target != "-":
         print_comparison(document)
     emit_json(document, json_target)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from hwcompress.cli.common import console, emit_json
+from hwcompress.devices import catalog, user_devices_dir
+from hwcompress.measure.resolve import device_status
+from hwcompress.plugins import manager, registry
 
 
 @click.command()
@@ -23,9 +26,6 @@ def devices(json_target):
     """
     from rich.table import Table
 
-    from hwcompress.devices import catalog
-    from hwcompress.profiling import device_status
-
     rows = []
     for descriptor in catalog():
         status, reason = device_status(descriptor)
@@ -41,6 +41,7 @@ def devices(json_target):
     for row in rows:
         table.add_row(row["name"], ", ".join(row["aliases"]), row["profiler"], f"[{colors[row['status']]}]{row['status']}[/]", row["reason"])
     console().print(table)
+    console().print(f"[dim]your own devices: TOML files in {user_devices_dir()} (or $HWCOMPRESS_DEVICE_PATH); see docs/devices.md[/dim]")
 
 
 @click.command("plugins")
@@ -62,9 +63,11 @@ def plugins_command(json_target):
 
     from rich.table import Table
 
-    from hwcompress import plugins
-
-    infos = plugins.plugin_infos()
+    # Building every registry records what each plugin provides (and surfaces hooks that fail).
+    registry.profilers.names()
+    registry.agents.names()
+    catalog()
+    infos = manager.plugin_infos()
     if json_target:
         emit_json([asdict(info) for info in infos], json_target)
         if json_target == "-":

@@ -5,9 +5,17 @@ Predicting from a table is ``hwcompress profile --device NAME --lut FILE``; see 
 
 from __future__ import annotations
 
+import json
+
 import click
 
-from hwcompress.cli.common import console, device_options, emit_json, fmt_count, timing_options
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, parse_input_shape, timing_options
+from hwcompress.devices import resolve_device
+from hwcompress.errors import UserError
+from hwcompress.lut.plan import load_plan, record_plan
+from hwcompress.lut.table import LatencyTable
+from hwcompress.measure.resolve import make_settings, measuring_profiler
+from hwcompress.model.loading import load_model
 
 
 @click.group()
@@ -70,22 +78,10 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
       hwcompress lut record -d jetson -m mypkg.nets:build --input-shape 1,3,128,128 --out jetson.lut.json
       hwcompress lut record --plan phone-plan/ --out phone.lut.json             # on the phone
     """
-    import warnings
-
-    from hwcompress import lut as lut_module
-    from hwcompress.devices import resolve_device
-    from hwcompress.errors import UserError
-    from hwcompress.models import load_model, parse_input_shape
-    from hwcompress.profiling import make_settings
-
     manifest = None
     if plan:
-        _, manifest = lut_module.load_plan(plan)
+        _, manifest = load_plan(plan)
     descriptor = resolve_device(device or (None if device_file else (manifest or {}).get("device", "cpu")), device_file)
-    local, why_not = descriptor.is_local()
-    if not local:
-        how = descriptor.record_hint or f"hwcompress lut record --device {descriptor.name} --model MODEL --out FILE"
-        raise UserError(f"`hwcompress lut record` times layers on the device itself and this machine is not it ({why_not}); run it there: {how}")
     for name, value in (("--points", points), ("--passes", passes)):
         if value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
@@ -98,18 +94,18 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
     if any(not 0 < w < 1 for w in widths):
         raise UserError(f"--calibration-widths must lie strictly between 0 and 1 (got {calibration_widths!r})")
     settings = make_settings(descriptor, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        profiler = lut_module.recording_profiler(descriptor, profiler_name)
+    profiler, notes = measuring_profiler(descriptor, profiler_name)
     err = console(stderr=True)
-    for warning in caught:
-        err.print(f"[yellow]note:[/] {warning.message}")
+    for note in notes:
+        err.print(f"[yellow]note:[/] {note}")
     if plan:
         label = f"plan {manifest.get('model')}"
 
         def run(progress):
-            return lut_module.record_plan(plan, descriptor, profiler, settings, out, passes=passes, progress=progress, overwrite=overwrite)
+            return record_plan(plan, descriptor, profiler, settings, out, passes=passes, progress=progress, overwrite=overwrite)
     else:
+        from hwcompress.lut.record import record_lut  # PyTorch: not needed to time a plan
+
         loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape))
         if loaded.module is None:
             raise UserError(f"a LUT is recorded from a PyTorch model (its layers); {model} is an ONNX file: pass the PyTorch model")
@@ -117,7 +113,7 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
         label = loaded.name
 
         def run(progress):
-            return lut_module.record_lut(
+            return record_lut(
                 loaded.module, shape, descriptor, profiler, settings, out, model_name=loaded.name,
                 points=points, min_ratio=min_ratio, quantum=quantum, passes=passes, widths=widths,
                 calibrate=not no_calibration, overwrite=overwrite, progress=progress,
@@ -142,7 +138,11 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
         emit_json(summary, json_target)
     if not quiet and json_target != "-":
         print_summary(summary)
-        err.print(f"wrote {out}: predict with `hwcompress profile --device {descriptor.name} --lut {out} --model {(manifest or {}).get('model', model)}`")
+        shape_hint = f" --input-shape {input_shape}" if input_shape else ""
+        if manifest is not None:
+            shape_hint = " --input-shape " + ",".join(str(d) for d in manifest.get("input_shape", []))
+        err.print(f"wrote {out}: predict with `hwcompress profile --device {descriptor.name} --lut {out} "
+                  f"--model {(manifest or {}).get('model', model)}{shape_hint}`")
 
 
 @lut.command()
@@ -166,10 +166,7 @@ def plan(device, device_file, model, input_shape, weights, out, points, min_rati
       adb push phone-plan /sdcard/Download/phone-plan                                     # or any copy
       hwcompress lut record --plan phone-plan --out phone.lut.json                        # on the phone
     """
-    from hwcompress import lut as lut_module
-    from hwcompress.devices import resolve_device
-    from hwcompress.errors import UserError
-    from hwcompress.models import load_model, parse_input_shape
+    from hwcompress.lut.record import export_plan  # PyTorch: not needed to time a plan
 
     descriptor = resolve_device(None if device_file and device == "cpu" else device, device_file)
     try:
@@ -179,11 +176,11 @@ def plan(device, device_file, model, input_shape, weights, out, points, min_rati
     loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape))
     if loaded.module is None:
         raise UserError(f"a LUT plan is made from a PyTorch model (its layers); {model} is an ONNX file")
-    manifest = lut_module.export_plan(
+    manifest = export_plan(
         loaded.module, tuple(loaded.input_shape), descriptor, out, model_name=loaded.name, points=points,
         min_ratio=min_ratio, quantum=quantum, widths=widths, calibrate=not no_calibration,
     )
-    units = len(__import__("json").loads(manifest.read_text())["units"])
+    units = len(json.loads(manifest.read_text())["units"])
     click.echo(f"wrote {out}: {units} layer configurations of {loaded.name} for {descriptor.name}; on the device run "
                f"`hwcompress lut record --plan {out} --out {descriptor.name}.lut.json`", err=True)
 
@@ -200,8 +197,6 @@ def show(file, json_target, entries):
       hwcompress lut show rpi5.lut.json
       hwcompress lut show rpi5.lut.json --json - | jq .provenance
     """
-    from hwcompress.lut import LatencyTable
-
     table = LatencyTable.load(file)
     summary = table.summary()
     if entries:
@@ -240,9 +235,6 @@ def merge(files, out):
     Examples:
       hwcompress lut merge resnet18.lut.json mobilenet_v2.lut.json --out rpi5.lut.json
     """
-    from hwcompress.errors import UserError
-    from hwcompress.lut import LatencyTable
-
     if len(files) < 2:
         raise UserError("`hwcompress lut merge` needs at least two LUT files")
     tables = [LatencyTable.load(f) for f in files]
@@ -255,7 +247,7 @@ def merge(files, out):
 
 
 def print_summary(summary: dict) -> None:
-    """Render :meth:`hwcompress.lut.LatencyTable.summary` as rich tables."""
+    """Render :meth:`hwcompress.lut.table.LatencyTable.summary` as rich tables."""
     from rich.table import Table
 
     out = console()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, device_options, emit_json, fmt_count, fmt_ms, timing_options
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, fmt_ms, parse_input_shape, timing_options
+from hwcompress.errors import UserError
+from hwcompress.files import check_writable
+from hwcompress.plots import check_plot_path, profile_layers
 
 
 @click.command()
@@ -35,22 +38,20 @@ def profile(device, device_file, model, input_shape, weights, threads, runs, war
       hwcompress profile --device jetson --lut jetson.lut.json -m resnet18
       hwcompress profile -m mobilenet_v2 --plot layers.png     # where the time goes, against the MACs
     """
-    from hwcompress.errors import UserError
-    from hwcompress.models import parse_input_shape
-    from hwcompress.profiling import profile_model
-
     if plot_path:
-        from hwcompress.plots import check_plot_path
-
         if not per_layer:
             raise UserError("--plot draws the per-layer times; drop --no-per-layer")
         check_plot_path(plot_path)
+    if json_target and json_target != "-":
+        check_writable(json_target, "--json file")
+    shape = parse_input_shape(input_shape)
+    import hwcompress
 
-    report = profile_model(
+    report = hwcompress.profile(
         model,
         device=device,
         device_file=device_file,
-        input_shape=parse_input_shape(input_shape),
+        input_shape=shape,
         weights=weights,
         lut=lut,
         threads=threads,
@@ -64,8 +65,6 @@ def profile(device, device_file, model, input_shape, weights, threads, runs, war
         print_report(document)
     emit_json(document, json_target)
     if plot_path:
-        from hwcompress.plots import profile_layers
-
         written = profile_layers(document, plot_path)
         if not quiet and json_target != "-":
             console().print(f"plot: {written}")

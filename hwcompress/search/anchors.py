@@ -23,7 +23,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from hwcompress.analysis import LayerSpec
+from hwcompress.model.analysis import LayerSpec
 
 
 @dataclass(frozen=True)

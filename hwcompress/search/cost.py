@@ -3,7 +3,7 @@
 A policy is ``{group name: kept channels}``. Each conv/linear layer's input and output channel counts
 follow from the groups it belongs to (producers shrink their outputs, consumers their inputs,
 depthwise convs both), and each BatchNorm follows the layer before it. From the resulting
-:class:`~hwcompress.analysis.LayerSpec` list:
+:class:`~hwcompress.model.analysis.LayerSpec` list:
 
 - **latency** is the sum of per-layer latencies looked up in the device's LUT (recorded on the device,
   or measured on demand on a local device and cached), plus the LUT's calibration term;
@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
-from hwcompress.analysis import LayerSpec
-from hwcompress.pruning import ChannelGroup, round_channels
+from hwcompress.model.analysis import LayerSpec
+from hwcompress.slim.pruning import ChannelGroup, round_channels
 
 METRICS = ("latency_ms", "macs", "params")
 
@@ -41,8 +41,8 @@ class CostModel:
     """Cost of a pruning policy for one model on one device.
 
     Args:
-        layers: the unpruned model's layer rows (:func:`hwcompress.analysis.analyze`).
-        groups: its channel groups (:func:`hwcompress.pruning.find_channel_groups`).
+        layers: the unpruned model's layer rows (:func:`hwcompress.model.analysis.analyze`).
+        groups: its channel groups (:func:`hwcompress.slim.pruning.find_channel_groups`).
         metric: ``latency_ms`` | ``macs`` | ``params``.
         latency_of: for ``latency_ms``, a function from the (possibly shrunk) layer rows of a whole
             model to its predicted milliseconds (the LUT's calibrated prediction).

@@ -20,7 +20,7 @@ import pytest
 
 import hwcompress_profiler_tensorrt as plugin
 from hwcompress.errors import UserError
-from hwcompress.profiler import ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 from hwcompress_profiler_tensorrt import engine, gpu_facts, jetson
 from hwcompress_profiler_tensorrt.engine_cache import EngineCache, engine_cache_dir, engine_cache_key
 from hwcompress_profiler_tensorrt.layer_times import LayerTimeRecorder, aggregate_layer_times, layer_nodes, primary_node, unit_run_times
@@ -566,7 +566,7 @@ def test_unit_time_leaves_out_conversions_at_the_edges_only():
 
 
 def test_layer_times_map_to_pytorch_modules():
-    from hwcompress.export import node_module_path
+    from hwcompress.model.export import node_module_path
 
     from hwcompress_profiler_tensorrt.cuda_profiler import module_node_name
 
@@ -912,7 +912,7 @@ def test_profilers_are_registered_through_the_entry_point():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", plugins.PluginWarning)  # other plugins' state is not this test's
-        profilers = plugins.get_profilers()
+        profilers = {name: plugins.profilers.get(name) for name in plugins.profilers.names()}
         infos = {info.name: info for info in plugins.plugin_infos()}
     assert isinstance(profilers["tensorrt"], plugin.TensorRTProfiler)
     assert isinstance(profilers["cuda"], plugin.CudaProfiler)
@@ -995,9 +995,9 @@ def test_cuda_profiler_times_a_module(tmp_path, cuda_graph, precision):
 
 @pytest.mark.tensorrt
 def test_tensorrt_builds_caches_and_maps_layers(tmp_path):
-    from hwcompress.analysis import analyze
-    from hwcompress.export import export_onnx
-    from hwcompress.profiling import map_node_times
+    from hwcompress.model.analysis import analyze
+    from hwcompress.model.export import export_onnx
+    from hwcompress.measure.profile import map_node_times
 
     net = _small_net().eval()
     onnx_path = Path(export_onnx(net, (1, 3, 32, 32), tmp_path / "net.onnx", verify=False).path)
@@ -1028,7 +1028,8 @@ def test_tensorrt_times_a_single_layer_file_like_the_lut_recorder(tmp_path, dyna
 
 @pytest.mark.tensorrt
 def test_tensorrt_unit_timing_for_the_lut_recorder(tmp_path):
-    from hwcompress.lut import TIMING_KERNELS, unit_timer
+    from hwcompress.lut.keys import TIMING_KERNELS
+    from hwcompress.lut.recorder import unit_timer
 
     path = conv_onnx(tmp_path / "conv.onnx", cin=32, cout=64, hw=28)
     artifact = ModelArtifact(onnx_path=path, input_shape=(1, 32, 28, 28))

@@ -13,7 +13,7 @@ import time
 
 from hwcompress import hookimpl
 from hwcompress.devices import DeviceDescriptor
-from hwcompress.profiler import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 
 
 class AllCoresProfiler:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hwcompress import hookimpl
-from hwcompress.profiler import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.lut.recorder import cache_flusher
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 
 INSTALL_HINT = "pip install onnxruntime (or pip install ./profilers/onnxruntime from the hwcompress repository)"
 # Per-node times come from a separate profiled session: ORT's profiler adds overhead per node, so it
@@ -25,7 +26,9 @@ PROFILED_RUNS = 20
 # Nodes that only convert layouts at the edge of a tiny model; inside a network the whole chain of
 # NCHWc convolutions runs without them (they appear once, at the network's edges).
 BOUNDARY_OPS = frozenset({"ReorderInput", "ReorderOutput"})
-KERNEL_SUFFIX = "_kernel_time"  # ONNX Runtime's profile names a node's kernel event "<node>_kernel_time"
+KERNEL_SUFFIX = "_kernel_time"
+PER_LAYER_NOTE = ("per-layer times come from a separate profiled run without ONNX Runtime's NCHWc layout pass and "
+                  "include its fusions (BatchNorm folded into Conv); they need not add up to the whole-model median")  # ONNX Runtime's profile names a node's kernel event "<node>_kernel_time"
 
 
 def cpu_model() -> str:
@@ -117,7 +120,9 @@ class OnnxRuntimeProfiler:
         feed = random_feed(session, artifact.input_shape)
         samples = time_session(session, feed, int(settings.runs), int(settings.warmup))
         node_ms = self._node_times(artifact, settings) if settings.per_layer else None
-        return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
+        notes = [PER_LAYER_NOTE] if node_ms else []
+        return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings),
+                           notes=notes)
 
     def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         """The in-network time of a tiny model (one layer and what fuses into it), for LUT recording.
@@ -126,10 +131,8 @@ class OnnxRuntimeProfiler:
         model's edges (:data:`BOUNDARY_OPS`), which a layer inside a network does not pay. The session
         is the one ``measure`` uses (same threads, spinning and optimisation level, NCHWc layout
         included) with the node profiler on; between runs the recorder's cache flush
-        (:func:`hwcompress.lut.cache_flusher`) evicts the layer's weights, as the rest of a network would.
+        (:func:`hwcompress.lut.recorder.cache_flusher`) evicts the layer's weights, as the rest of a network would.
         """
-        from hwcompress.lut import cache_flusher
-
         runs = max(1, int(settings.runs))
         warmup = max(1, int(settings.warmup))
         per_node = profiled_kernel_times(artifact.onnx_path, artifact.input_shape, settings, warmup + runs,

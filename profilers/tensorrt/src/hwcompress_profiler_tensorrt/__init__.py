@@ -17,9 +17,9 @@ from importlib import metadata
 from typing import Any
 
 from hwcompress import hookimpl
-from hwcompress.profiler import Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 TENSORRT_HINT = "pip install 'hwcompress-profiler-tensorrt[tensorrt]'"
 TENSORRT_MISSING = f"tensorrt is not installed; {TENSORRT_HINT}"

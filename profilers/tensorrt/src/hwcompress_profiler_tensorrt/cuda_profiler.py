@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from hwcompress.errors import UserError
-from hwcompress.profiler import Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
 
 from hwcompress_profiler_tensorrt.layer_times import aggregate_layer_times
 from hwcompress_profiler_tensorrt.measuring import measure_launches
@@ -27,7 +27,7 @@ PROFILED_WARMUP = 2
 def module_node_name(module_path: str, module: Any) -> str:
     """A node name the core maps back to ``module_path``: ``/layer1.0.conv1/Conv2d``.
 
-    ``hwcompress.export.node_module_path`` takes the second-to-last ``/`` part of an ONNX node name
+    ``hwcompress.model.export.node_module_path`` takes the second-to-last ``/`` part of an ONNX node name
     as the module path; this builds names of that shape for PyTorch modules.
     """
     return f"/{module_path}/{type(module).__name__}"

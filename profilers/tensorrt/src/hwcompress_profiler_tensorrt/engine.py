@@ -312,7 +312,7 @@ def engine_for(
         ``(engine bytes, facts, cache, key)``; facts say ``engine_cache`` hit/built/disabled, build
         seconds and the precision route.
     """
-    from hwcompress.export import file_hash
+    from hwcompress.model.export import file_hash
 
     major = version_major(trt.__version__)
     route = precision_route(options.precision, major, explicit_quantization)

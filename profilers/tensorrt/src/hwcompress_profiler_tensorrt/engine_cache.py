@@ -20,6 +20,9 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from hwcompress.errors import UserError
+from hwcompress.files import write_atomic
+
 #: Bump when the build recipe changes in a way the key does not capture (e.g. new builder flags).
 CACHE_FORMAT = 1
 CACHE_DIR_ENV = "HWCOMPRESS_CACHE_DIR"
@@ -87,14 +90,6 @@ def engine_cache_key(
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # A second process building the same engine, or an interrupted write, must never leave a torn
-    # file that a later run would try to deserialize.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class EngineCache:
     """Serialized engines in one folder.
 
@@ -125,9 +120,9 @@ class EngineCache:
             return None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.engine_path(key), engine)
-            _atomic_write(self.folder / f"{key}.json", (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
-        except OSError:
+            write_atomic(self.engine_path(key), engine)
+            write_atomic(self.folder / f"{key}.json", (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+        except (OSError, UserError):
             return None
         return self.engine_path(key)
 
@@ -157,6 +152,6 @@ class EngineCache:
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data)
-        except OSError:
+            write_atomic(path, data)
+        except (OSError, UserError):
             pass

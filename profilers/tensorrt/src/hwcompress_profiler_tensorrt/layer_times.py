@@ -5,7 +5,7 @@ are fusions of ONNX nodes, named after them: ``/layer1/layer1.0/conv1/Conv + /la
 ``PWN(/act/Sigmoid, /act/Mul)``, ``{ForeignNode[/blocks.0/MatMul.../blocks.0/Softmax]}`` (a Myelin
 region: first and last node), ``Reformatting CopyNode for Input Tensor 0 to /conv1/Conv`` (a layout
 conversion TensorRT inserts in front of a layer). The core maps ONNX node names to PyTorch modules
-(``hwcompress.export.node_module_path``), so each engine layer's time is credited to its *first* ONNX
+(``hwcompress.model.export.node_module_path``), so each engine layer's time is credited to its *first* ONNX
 node: for a Conv+BN+ReLU fusion that is the convolution, which is where pruning changes the cost, and a
 reformat is credited to the layer that needed it. Layers named after no ONNX node keep their own name
 and land in the report's ``(other)`` row.

@@ -2,7 +2,7 @@
 
 Given something that enqueues one inference on a stream, this samples the GPU's clocks, times the
 launches (:mod:`hwcompress_profiler_tensorrt.timing`), samples the clocks again, optionally collects
-per-layer times, and assembles the :class:`~hwcompress.profiler.Measurement` with its facts and notes.
+per-layer times, and assembles the :class:`~hwcompress.measure.contract.Measurement` with its facts and notes.
 The two profilers differ only in how they build the ``launch`` callable.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from hwcompress.profiler import LatencyStats, Measurement, ProfileSettings
+from hwcompress.measure.contract import LatencyStats, Measurement, ProfileSettings
 
 from hwcompress_profiler_tensorrt.gpu_facts import GpuMonitor, device_facts, pci_bus_id, throttle_notes, with_suffix
 from hwcompress_profiler_tensorrt.options import KNOWN_OPTIONS, GpuOptions

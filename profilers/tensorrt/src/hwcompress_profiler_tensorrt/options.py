@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.errors import UserError
-from hwcompress.profiler import ProfileSettings
+from hwcompress.measure.contract import ProfileSettings
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.errors import UserError
-from hwcompress.profiler import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 
 from hwcompress_profiler_tensorrt.engine import PROFILED_RUNS, EngineRunner, make_logger, engine_for, import_tensorrt, version_major
 from hwcompress_profiler_tensorrt.layer_times import unit_run_times

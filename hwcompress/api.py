@@ -1,0 +1,172 @@
+"""The Python API: compress, profile and compare from a notebook or a script, three lines each.
+
+::
+
+    import hwcompress
+
+    result = hwcompress.compress(model, (train_set, val_set), budget=hwcompress.Budget.latency_ratio(0.6))
+    result.student, result.budget_met, result.report          # nn.Module, bool, the result document
+
+    report = hwcompress.profile("resnet18", device="cpu")     # report.to_dict(): hwcompress.profile/1
+    table = hwcompress.compare(["resnet18", "mobilenet_v2"])  # table.to_dict(): hwcompress.compare/1
+
+Nothing is printed unless ``progress=True``, and nothing is written unless ``out`` names a folder. The
+command line is a thin layer over these same calls. Errors in what is passed raise
+:class:`hwcompress.UserError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from hwcompress.budget import Budget
+from hwcompress.errors import UserError
+from hwcompress.measure.compare import CompareReport, compare_models
+from hwcompress.measure.profile import profile_model
+from hwcompress.measure.report import ProfileReport
+from hwcompress.model.data import DataSplits, resolve_data
+from hwcompress.model.loading import LoadedModel
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.prepare import PYTHON_OBJECT
+from hwcompress.search.run import SearchResult, apply_policy, resume_search, run_search
+
+__all__ = ["compare", "compress", "profile", "resume"]
+
+
+
+def _teacher_and_data(model: Any, data: Any, input_shape: tuple[int, ...] | None, weights: str | None,
+                      ) -> tuple[str | None, LoadedModel | None, str | None, DataSplits | None]:
+    """Config strings and loaded objects for ``model`` and ``data``: strings stay strings (loaded by the
+    search, resumable from the command line); Python objects are loaded here."""
+    splits = None
+    data_spec = None
+    if data is None or isinstance(data, (str, os.PathLike)):
+        data_spec = None if data is None else str(data)
+    else:
+        splits = resolve_data(data)
+        data_spec = PYTHON_OBJECT
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return (None if model is None else str(model)), None, data_spec, splits
+    if isinstance(model, LoadedModel):
+        return PYTHON_OBJECT, model, data_spec, splits
+    if not callable(getattr(model, "forward", None)):
+        raise UserError(f"model must be an nn.Module or a --model string, not {type(model).__name__}")
+    if data is None:
+        raise UserError("give data for your model: (train, val) or (train, val, test) datasets, a folder or 'pkg.module:factory'")
+    shape = input_shape
+    if shape is None:
+        shape = splits.input_shape if splits is not None else resolve_data(data_spec).input_shape
+    if weights:
+        raise UserError("weights applies to a --model string; load them into your module before passing it")
+    return PYTHON_OBJECT, LoadedModel(type(model).__name__, model, None, tuple(shape), "module"), data_spec, splits
+
+
+def compress(
+    model: Any = None,
+    data: Any = None,
+    *,
+    budget: Budget,
+    device: str | None = "cpu",
+    agent: str = "amc",
+    episodes: int = 120,
+    finetune_epochs: float = 8.0,
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    input_shape: Sequence[int] | None = None,
+    agent_options: dict[str, Any] | None = None,
+    policy: str | os.PathLike[str] | None = None,
+    **settings: Any,
+) -> SearchResult:
+    """Compress ``model`` until it meets ``budget`` on ``device``; the student is measured there.
+
+    Args:
+        model: an ``nn.Module``, or any ``--model`` string (torchvision name, ``pkg.module:factory``,
+            checkpoint); None for the embedded default (a ResNet-56 trained on scikit-learn's digits).
+        data: ``(train, val)`` or ``(train, val, test)`` datasets of ``(image, label)``, an ImageFolder
+            folder, ``pkg.module:factory``, or None for the embedded digits.
+        budget: :meth:`Budget.latency_ms`, :meth:`Budget.latency_ratio`, :meth:`Budget.macs` or
+            :meth:`Budget.params`.
+        device: a device name from the catalog (``hwcompress devices``).
+        agent: ``amc``, ``n2n``, ``uniform``, ``random``, or a plugin's.
+        episodes: students the agent may score.
+        finetune_epochs: distillation epochs for the final student.
+        seed: every random choice follows it.
+        out: a folder for result.json, student.onnx, the plots and the checkpoint; None writes nothing.
+        progress: print progress and the closing table on stderr.
+        input_shape: the input shape (default: the data's).
+        agent_options: the agent's own settings (as ``--agent-option``).
+        policy: re-apply this ``policy.json`` instead of searching.
+        **settings: any other :class:`~hwcompress.search.config.SearchConfig` field (``lut``,
+            ``reward``, ``lbound``, ``anchors``, ``runs``, ``threads``, ``warmup_episodes``...).
+
+    Returns:
+        :class:`~hwcompress.search.run.SearchResult`: ``student``, ``budget_met``, ``report``.
+
+    Raises:
+        UserError: bad input (one line saying what and how to fix it), an infeasible budget.
+        hwcompress.search.prepare.BudgetAlreadyMet: the teacher already meets the budget.
+    """
+    if not isinstance(budget, Budget):
+        raise UserError("budget must be a hwcompress.Budget: Budget.latency_ms(x), Budget.latency_ratio(r), "
+                        "Budget.macs(n) or Budget.params(n)")
+    known = {f.name for f in fields(SearchConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UserError(f"compress() has no setting {', '.join(unknown)}; settings are: {', '.join(sorted(known))}")
+    shape = tuple(input_shape) if input_shape is not None else None
+    model_spec, teacher, data_spec, splits = _teacher_and_data(model, data, shape, settings.get("weights"))
+    config = SearchConfig(budget=budget, agent=agent, agent_options=dict(agent_options or {}), device=device,
+                          model=model_spec, data=data_spec, input_shape=shape, episodes=episodes,
+                          finetune_epochs=finetune_epochs, seed=seed, out=None if out is None else str(out), **settings)
+    if policy is not None:
+        return apply_policy(config, policy, progress=progress, teacher=teacher, data=splits)
+    return run_search(config, progress=progress, teacher=teacher, data=splits)
+
+
+def resume(out: str | os.PathLike[str], *, model: Any = None, data: Any = None, progress: bool = False,
+           override: Sequence[str] = (), **changes: Any) -> SearchResult:
+    """Continue the search checkpointed in ``out`` (pass the same ``model`` and ``data`` objects when
+    they were Python objects). ``changes`` must match the saved run, except more ``episodes`` and the
+    settings named in ``override``."""
+    teacher = splits = None
+    if model is not None or data is not None:
+        _, teacher, _, splits = _teacher_and_data(model, data, changes.get("input_shape"), None)
+    return resume_search(Path(out), changes=changes, override=override, progress=progress, teacher=teacher, data=splits)
+
+
+def profile(model: Any = "resnet18", *, device: str | None = "cpu", input_shape: Sequence[int] | None = None,
+            lut: str | os.PathLike[str] | None = None, **settings: Any) -> ProfileReport:
+    """Measure ``model`` on ``device`` (or predict it from the device's LUT): latency median and spread,
+    MACs, FLOPs, parameters, whole model and per layer.
+
+    Args:
+        model: an ``nn.Module`` (give ``input_shape``) or any ``--model`` string.
+        device: a device name from the catalog; ``device_file`` takes a TOML file instead.
+        input_shape: the input shape (default: the model's usual one).
+        lut: predict from this LUT instead of measuring.
+        **settings: ``runs``, ``warmup``, ``threads``, ``precision``, ``per_layer``, ``device_file``,
+            ``weights``, ``workdir``.
+
+    Returns:
+        :class:`~hwcompress.measure.report.ProfileReport` (``to_dict()`` is the ``hwcompress.profile/1``
+        document).
+    """
+    return profile_model(model, device=device, input_shape=tuple(input_shape) if input_shape else None,
+                         lut=None if lut is None else str(lut), **settings)
+
+
+def compare(models: Sequence[Any], *, device: str | None = "cpu", input_shape: Sequence[int] | None = None,
+            rounds: int = 5, lut: str | os.PathLike[str] | None = None, **settings: Any) -> CompareReport:
+    """Measure ``models`` on ``device`` in interleaved rounds; each is quoted as its median per-round
+    ratio to the first (the reference), with the range.
+
+    Returns:
+        :class:`~hwcompress.measure.compare.CompareReport` (``to_dict()`` is the ``hwcompress.compare/1``
+        document).
+    """
+    return compare_models(list(models), device=device, input_shape=tuple(input_shape) if input_shape else None,
+                          rounds=rounds, lut=None if lut is None else str(lut), **settings)

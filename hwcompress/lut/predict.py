@@ -1,0 +1,475 @@
+"""Predicting latency from a LUT: interpolate each layer, sum, calibrate, and say what was found.
+
+Per layer, a configuration is ``exact`` (recorded), ``interpolated`` (bilinear over the recorded
+(cin, cout) grid, or scaled from the nearest grid point outside it, counted as ``extrapolated`` too),
+``missing`` (no configuration of that shape recorded; estimated from the nearest configuration of the
+same op scaled by MACs, else 0), or ``fused`` (a BatchNorm folded into the convolution before it).
+Channel counts are rounded up to the table's channel quantum first: 56 channels run as 64 on
+16-channel blocks. The layer sum is then multiplied by the calibration recorded with the table.
+
+:class:`LutPredictor` wraps a table in the profiler contract (``measure`` returns a prediction with
+``runs = 0``), which is what :func:`hwcompress.measure.resolve.resolve_timing` hands out for a device
+that is not this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+from hwcompress.errors import UserError
+from hwcompress.lut.keys import (
+    CONV_OPS,
+    EXACT,
+    FUSED,
+    INTERPOLATED,
+    MISSING,
+    NORM_OPS,
+    TIMING_SESSION,
+    LayerConfig,
+    LutEntry,
+    _ceil_to,
+)
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.model.analysis import OTHER, LayerSpec, ModelAnalysis, analyze
+
+class Prediction(NamedTuple):
+    """What :meth:`LatencyTable.predict` returns (unpacks as ``total_ms, per_layer_ms, coverage``)."""
+
+    total_ms: float
+    per_layer_ms: dict[str, float]
+    coverage: dict[str, Any]
+
+
+@dataclass
+class PredictionDetail:
+    """A prediction with everything behind it.
+
+    Attributes:
+        total_ms: calibrated prediction of the whole model.
+        per_layer_ms: calibrated per-layer predictions (they add up to ``total_ms`` minus ``offset_ms``).
+        status: per layer, ``exact`` | ``interpolated`` | ``missing`` | ``fused``.
+        layer_sum_ms: the uncalibrated sum of the layers.
+        std_ms: spread of the prediction (the entries' robust spreads, see :attr:`LutEntry.spread`,
+            combined as independent).
+        scale, offset_ms: the calibration applied (``total = scale * layer_sum + offset``).
+        calibration: which recorded model the calibration came from (None when uncalibrated).
+        extrapolated: layers outside the recorded channel grid (a subset of the interpolated ones).
+    """
+
+    total_ms: float
+    per_layer_ms: dict[str, float]
+    status: dict[str, str]
+    layer_sum_ms: float
+    std_ms: float
+    scale: float
+    offset_ms: float
+    calibration: dict[str, Any] | None
+    extrapolated: list[str] = field(default_factory=list)
+
+    def coverage(self) -> dict[str, Any]:
+        counts = {EXACT: 0, INTERPOLATED: 0, MISSING: 0, FUSED: 0}
+        for status in self.status.values():
+            counts[status] += 1
+        predicted = counts[EXACT] + counts[INTERPOLATED] + counts[MISSING]
+        return {
+            "layers": predicted,
+            EXACT: counts[EXACT],
+            INTERPOLATED: counts[INTERPOLATED],
+            MISSING: counts[MISSING],
+            FUSED: counts[FUSED],
+            "extrapolated": len(self.extrapolated),
+            "missing_layers": [name for name, status in self.status.items() if status == MISSING],
+            "calibration_scale": round(self.scale, 4),
+            "calibration_model": self.calibration.get("name") if self.calibration else None,
+        }
+
+    def as_tuple(self) -> Prediction:
+        return Prediction(self.total_ms, dict(self.per_layer_ms), self.coverage())
+
+
+
+
+class TablePredictor:
+    """Interpolating predictions over one :class:`~hwcompress.lut.table.LatencyTable`'s entries.
+
+    Built once per table state (the table drops it when its entries or quantum change) and memoising
+    lookups: the search asks for the same configurations thousands of times.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._index: dict[str, dict[tuple[int, int], tuple[float, float]]] | None = None
+        self._cache: dict[str, tuple[float, float, str, bool]] = {}
+
+
+    def _entry_ms(self, entry: LutEntry) -> float:
+        """The in-network time of an entry (session timings lose the fixed per-call overhead)."""
+        if self.table.timing == TIMING_SESSION:
+            overhead = float(self.table.provenance.get("session_overhead_ms", 0.0) or 0.0)
+            # Never below a tenth of the timing: the overhead estimate is itself a measurement.
+            return max(entry.median - overhead, 0.1 * entry.median)
+        return entry.median
+
+    def _families(self) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
+        """Per family, ``(x(cin), x(cout)) -> (ms, std)`` on channel counts rounded up to the quantum
+        (56 channels run as 64 on 16-channel blocks), built once and reused by every lookup."""
+        if self._index is None:
+            grouped: dict[str, dict[tuple[int, int], list[LutEntry]]] = {}
+            for entry in self.table.entries.values():
+                xy = (self._x(entry.config.cin), self._x(entry.config.cout))
+                grouped.setdefault(entry.config.family(), {}).setdefault(xy, []).append(entry)
+            self._index = {
+                family: {
+                    xy: (statistics.fmean(self._entry_ms(e) for e in es), statistics.fmean(e.spread for e in es))
+                    for xy, es in points.items()
+                }
+                for family, points in grouped.items()
+            }
+            self._cache = {}
+        return self._index
+
+    def _x(self, channels: int) -> int:
+        # Counts of a block or more run padded to whole blocks; smaller ones are their own case.
+        return channels if channels < self.table.quantum else _ceil_to(channels, self.table.quantum)
+
+    def lookup(self, config: LayerConfig) -> tuple[float, float, str, bool]:
+        """Predict one configuration: ``(ms, std_ms, status, extrapolated)`` (uncalibrated)."""
+        key = config.key()
+        entry = self.table.entries.get(key)
+        if entry is not None:
+            return self._entry_ms(entry), entry.spread, EXACT, False
+        families = self._families()
+        cached = self._cache.get(key)
+        if cached is None:
+            values = families.get(config.family())
+            cached = self._interpolate(config, values) if values else self._nearest(config)
+            self._cache[key] = cached
+        return cached
+
+    def _interpolate(self, config: LayerConfig, values: dict[tuple[int, int], tuple[float, float]]) -> tuple[float, float, str, bool]:
+        qx, qy = self._x(config.cin), self._x(config.cout)
+        if config.diagonal:
+            line = {x: v for (x, y), v in values.items() if x == y}
+            if line:
+                return self._interpolate_1d(qx, line)
+        xs = sorted({x for x, _ in values})
+        ys = sorted({y for _, y in values})
+        # Rectangles around the query whose four corners were all recorded; the tightest wins.
+        lows_x = [x for x in reversed(xs) if x <= qx][:4]
+        highs_x = [x for x in xs if x >= qx][:4]
+        lows_y = [y for y in reversed(ys) if y <= qy][:4]
+        highs_y = [y for y in ys if y >= qy][:4]
+        best = None
+        for x0 in lows_x:
+            for x1 in highs_x:
+                for y0 in lows_y:
+                    for y1 in highs_y:
+                        if all(c in values for c in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))):
+                            area = (x1 - x0 + 1) * (y1 - y0 + 1)
+                            if best is None or area < best[0]:
+                                best = (area, x0, x1, y0, y1)
+        if best is not None:
+            _, x0, x1, y0, y1 = best
+            tx = 0.0 if x1 == x0 else (qx - x0) / (x1 - x0)
+            ty = 0.0 if y1 == y0 else (qy - y0) / (y1 - y0)
+            ms = var = 0.0
+            for corner, weight in (((x0, y0), (1 - tx) * (1 - ty)), ((x0, y1), (1 - tx) * ty), ((x1, y0), tx * (1 - ty)), ((x1, y1), tx * ty)):
+                value, std = values[corner]
+                ms += weight * value
+                var += (weight * std) ** 2
+            return ms, math.sqrt(var), INTERPOLATED, False
+        # Outside the grid (or a sparse one): the nearest recorded point, scaled by the work ratio.
+        nearest = min(values, key=lambda xy: abs(math.log(xy[0] / qx)) + abs(math.log(xy[1] / qy)))
+        ratio = (qx / nearest[0]) * (qy / nearest[1])
+        value, std = values[nearest]
+        return value * ratio, std * ratio, INTERPOLATED, True
+
+    @staticmethod
+    def _interpolate_1d(q: int, line: dict[int, tuple[float, float]]) -> tuple[float, float, str, bool]:
+        xs = sorted(line)
+        if q in line:
+            value, std = line[q]
+            return value, std, INTERPOLATED, False
+        lower = [x for x in xs if x < q]
+        upper = [x for x in xs if x > q]
+        if lower and upper:
+            x0, x1 = lower[-1], upper[0]
+            t = (q - x0) / (x1 - x0)
+            value = (1 - t) * line[x0][0] + t * line[x1][0]
+            std = math.hypot((1 - t) * line[x0][1], t * line[x1][1])
+            return value, std, INTERPOLATED, False
+        anchor = lower[-1] if lower else upper[0]
+        ratio = q / anchor  # depthwise work grows linearly with the channels
+        return line[anchor][0] * ratio, line[anchor][1] * ratio, INTERPOLATED, True
+
+    def _nearest(self, config: LayerConfig) -> tuple[float, float, str, bool]:
+        """A configuration of a shape never recorded: the closest one of the same op, scaled by MACs."""
+        macs = config.macs()
+        candidates = [e for e in self.table.entries.values() if e.config.op == config.op and e.config.depthwise == config.depthwise]
+        if not candidates or macs <= 0:
+            return 0.0, 0.0, MISSING, False
+
+        def distance(entry: LutEntry) -> float:
+            other = entry.config
+            d = abs(math.log(max(other.macs(), 1) / macs))
+            d += 0.0 if other.kernel == config.kernel else 1.0
+            d += 0.0 if other.stride == config.stride else 0.5
+            return d
+
+        entry = min(candidates, key=distance)
+        ratio = macs / max(entry.config.macs(), 1)
+        return self._entry_ms(entry) * ratio, entry.spread * ratio, MISSING, False
+
+    def predict_layer(self, spec: LayerSpec) -> tuple[float, str]:
+        """Uncalibrated latency (ms) of one layer and how it was found: exact | interpolated | missing."""
+        config = LayerConfig.from_spec(spec)
+        if config is None:
+            return 0.0, MISSING
+        ms, _, status, _ = self.lookup(config)
+        return ms, status
+
+    def calibration_for(self, layers: Sequence[LayerSpec]) -> dict[str, Any] | None:
+        """The recorded model whose layer shapes overlap ``layers`` most (a pruned resnet18 has the
+        shapes of resnet18, whatever its channel counts), or None when nothing overlaps."""
+        if not self.table.models:
+            return None
+        families = {c.family() for c in (LayerConfig.from_spec(s) for s in layers) if c is not None}
+        best, best_score = None, 0.0
+        for model in self.table.models:
+            recorded = set(model.get("families", []))
+            if not recorded or not families:
+                continue
+            score = len(recorded & families) / len(recorded | families)
+            if score > best_score:
+                best, best_score = model, score
+        return best
+
+    def predict_detail(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> PredictionDetail:
+        """Predict a model from its analysed layers, with the calibration applied.
+
+        Args:
+            layers: a :class:`~hwcompress.model.analysis.ModelAnalysis` or its ``layers``.
+            calibration: ``scale`` (multiply the layer sum by measured / sum of the closest recorded
+                model, interpolated between its calibration points by layer sum: what fits pruned
+                variants, whose missing work shrinks with the layers), ``offset`` (add the full
+                model's measured - sum), or ``none``.
+        """
+        specs = list(layers.layers if isinstance(layers, ModelAnalysis) else layers)
+        raw: dict[str, float] = {}
+        status: dict[str, str] = {}
+        variance = 0.0
+        extrapolated: list[str] = []
+        previous: LayerSpec | None = None
+        for spec in specs:
+            if spec.name == OTHER:
+                previous = spec
+                continue
+            if _is_fused_norm(spec, previous):
+                raw[spec.name] = 0.0
+                status[spec.name] = FUSED
+                previous = spec
+                continue
+            config = LayerConfig.from_spec(spec)
+            if config is None:
+                raw[spec.name], status[spec.name] = 0.0, MISSING
+            else:
+                ms, std, state, extra = self.lookup(config)
+                raw[spec.name], status[spec.name] = ms, state
+                variance += std**2
+                if extra:
+                    extrapolated.append(spec.name)
+            previous = spec
+        layer_sum = sum(raw.values())
+        model = self.calibration_for(specs) if calibration != "none" else None
+        scale, offset = 1.0, 0.0
+        if model is not None and calibration == "scale":
+            scale = calibration_ratio(model, layer_sum)
+        elif model is not None and calibration == "offset":
+            offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
+        per_layer = {name: ms * scale for name, ms in raw.items()}
+        total = max(layer_sum * scale + offset, 0.0)
+        return PredictionDetail(
+            total_ms=total,
+            per_layer_ms=per_layer,
+            status=status,
+            layer_sum_ms=layer_sum,
+            std_ms=math.sqrt(variance) * scale,
+            scale=scale,
+            offset_ms=offset,
+            calibration=model,
+            extrapolated=extrapolated,
+        )
+
+    def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:
+        """``(total_ms, per_layer_ms, coverage)`` for a model's analysed layers (calibrated)."""
+        return self.predict_detail(layers, calibration).as_tuple()
+
+
+def calibration_ratio(model: dict[str, Any], layer_sum: float) -> float:
+    """measured / layer sum for a model whose layers sum to ``layer_sum``: interpolated between the
+    recorded calibration points (full model and uniformly pruned copies) by layer sum, held constant
+    beyond them; the full model's ``scale`` when only it was measured."""
+    points = sorted(
+        (float(p["layer_sum_ms"]), float(p["ratio"]))
+        for p in model.get("points", [])
+        if isinstance(p, dict) and float(p.get("layer_sum_ms", 0)) > 0
+    )
+    if len(points) < 2:
+        return float(model["scale"])
+    if layer_sum <= points[0][0]:
+        return points[0][1]
+    if layer_sum >= points[-1][0]:
+        return points[-1][1]
+    for (x0, r0), (x1, r1) in zip(points, points[1:]):
+        if x0 <= layer_sum <= x1:
+            t = 0.0 if x1 == x0 else (layer_sum - x0) / (x1 - x0)
+            return r0 + t * (r1 - r0)
+    return float(model["scale"])
+
+
+def _is_fused_norm(spec: LayerSpec, previous: LayerSpec | None) -> bool:
+    """A BatchNorm right after the convolution (or Linear) that feeds it is folded into it."""
+    return (
+        spec.op in NORM_OPS
+        and previous is not None
+        and (previous.op in CONV_OPS or previous.op == "Linear")
+        and previous.cout is not None
+        and previous.cout == spec.cin
+    )
+
+
+class LutPredictor:
+    """A recorded table behind the profiler contract: ``measure`` predicts instead of timing.
+
+    :func:`hwcompress.measure.resolve.resolve_timing` hands one out for a device that is not this
+    machine (or for ``--lut FILE``), so profile, compare and the search treat a prediction like a
+    measurement; the result says ``source: "lut"`` and ``runs = 0``.
+
+    Args:
+        table: the :class:`~hwcompress.lut.table.LatencyTable`.
+        descriptor: the device asked for; the table must describe it (checked on every request).
+        local_facts: the local profiler's facts when the device is this machine (checks the runtime
+            version the table was recorded with).
+    """
+
+    name = "lut"
+    description = "Predicted from a latency lookup table recorded on the device (hwcompress lut record)"
+
+    def __init__(self, table: Any, descriptor: Any, local_facts: dict[str, Any] | None = None) -> None:
+        self.table = table
+        self.descriptor = descriptor
+        self.local_facts = local_facts
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def facts(self, settings: ProfileSettings) -> dict[str, Any]:
+        return lut_facts(self.table)
+
+    def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
+        if artifact.module is None:
+            raise UserError(
+                f"predicting from LUT {self.table.where()} needs the model's layers; an .onnx model has none here, "
+                "pass the PyTorch model (torchvision name, pkg.module:factory or checkpoint)"
+            )
+        batch = artifact.input_shape[0] if artifact.input_shape else None
+        notes = self.table.check_request(self.descriptor, settings, batch, self.local_facts)
+        detail = self.table.predict_detail(analyze(artifact.module, tuple(artifact.input_shape)))
+        coverage = detail.coverage()
+        notes = calibration_notes(detail) + notes
+        notes.append(
+            f"LUT coverage: {coverage[EXACT]} exact, {coverage[INTERPOLATED]} interpolated"
+            f"{' (' + str(coverage['extrapolated']) + ' outside the grid)' if coverage['extrapolated'] else ''}, "
+            f"{coverage[MISSING]} missing, {coverage[FUSED]} fused into the layer before"
+            + (f"; missing: {', '.join(coverage['missing_layers'][:5])}" if coverage["missing_layers"] else "")
+        )
+        notes.append(
+            "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
+            "spread on the device; runs = 0 (nothing timed here)"
+        )
+        return Measurement(
+            latency=predicted_stats(detail), facts=self.facts(settings), notes=notes, source="lut",
+            layer_ms={name: round(ms, 6) for name, ms in detail.per_layer_ms.items()}, coverage=coverage,
+        )
+
+
+def lut_facts(table: Any) -> dict[str, Any]:
+    """The recorded provenance as report facts."""
+    p = table.provenance
+    facts = {
+        "lut": table.where(),
+        "recorded_on": p.get("host"),
+        "recorded": p.get("date"),
+        "runtime": p.get("runtime"),
+        "runtime_version": p.get("runtime_version"),
+        "recorded_precision": p.get("precision"),
+        "recorded_threads": p.get("threads"),
+        "recorded_batch": p.get("batch"),
+        "governor": p.get("governor"),
+        "recorder": p.get("recorder"),
+        "timing": p.get("timing"),
+        "channel_quantum": p.get("channel_quantum"),
+    }
+    inner = p.get("facts") or {}
+    for key in ("cpu", "gpu", "logical_cores", "machine"):
+        if key in inner:
+            facts[f"recorded_{key}"] = inner[key]
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def predicted_stats(detail: PredictionDetail) -> LatencyStats:
+    """LatencyStats of a prediction (``runs = 0``: nothing was timed for it).
+
+    ``median`` and ``mean`` are the calibrated prediction. The spread is a whole-model property
+    (preemption, clock changes, the runtime's own jitter), so it is taken relative from the
+    calibration model's measured statistics on the device (p90/median, p99/median, min, max, std)
+    and applied to the prediction; without a calibration, the entries' robust spreads are combined
+    as independent and normal quantiles give p90 and p99.
+    """
+    median = detail.total_ms
+    measured = (detail.calibration or {}).get("measured") or {}
+    base = float(measured.get("median") or 0.0)
+    if base > 0 and all(isinstance(measured.get(k), (int, float)) for k in ("p90", "p99", "std", "min", "max")):
+        rel = {k: float(measured[k]) / base for k in ("p90", "p99", "std", "min", "max")}
+        return LatencyStats(
+            median=median,
+            mean=median,
+            p90=median * rel["p90"],
+            p99=median * rel["p99"],
+            std=median * rel["std"],
+            min=median * rel["min"],
+            max=median * rel["max"],
+            runs=0,
+        )
+    std = detail.std_ms
+    return LatencyStats(
+        median=median,
+        mean=median,
+        p90=median + 1.2816 * std,
+        p99=median + 2.3263 * std,
+        std=std,
+        min=max(0.0, median - 2.3263 * std),
+        max=median + 2.3263 * std,
+        runs=0,
+    )
+
+
+def calibration_notes(detail: PredictionDetail) -> list[str]:
+    model = detail.calibration
+    if model is None:
+        return ["uncalibrated: no whole-model measurement in this LUT shares this model's layer shapes; "
+                "the prediction is the plain sum of its layers"]
+    points = model.get("points") or []
+    widths = ", ".join(f"{p['width']:.2f}: x{p['ratio']:.3f}" for p in points) if len(points) > 1 else ""
+    return [
+        f"calibrated with {model['name']} measured whole on the device ({model['measured_ms']:.3f} ms vs "
+        f"{model['layer_sum_ms']:.3f} ms summed over its layers"
+        + (f"; measured/sum at widths {widths}" if widths else "")
+        + f"): layer sums scaled by {detail.scale:.3f}, which covers what separate layers miss "
+        "(residual adds, pooling, cache misses, per-run overhead)"
+    ]
+
+

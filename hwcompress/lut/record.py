@@ -1,0 +1,274 @@
+"""Recording a model's LUT from its PyTorch module: here on this device, or as a plan for another one.
+
+For every layer of a model the recorder times a tiny model made of that layer *as the runtime executes
+it inside the network* (Conv2d with the BatchNorm and activation that follow it, which runtimes fold
+into one kernel; depthwise convolutions with their groups; Linear), over a grid of channel counts
+(:mod:`hwcompress.lut.units`), so that channel-pruned variants are predicted by interpolation, then the
+whole model and uniformly pruned copies of it for the calibration (:mod:`hwcompress.lut.calibration`).
+Recording is resumable: entries already in the file are kept. :func:`ensure_lut` is the search's
+cached table of a local device; :func:`export_plan` writes everything a device without PyTorch times
+with :func:`hwcompress.lut.plan.record_plan`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from hwcompress import __version__
+from hwcompress.slim import pruning
+from hwcompress.devices import user_data_dir
+from hwcompress.errors import UserError
+from hwcompress.files import write_json
+from hwcompress.lut.calibration import CALIBRATION_WIDTHS, record_with_calibration
+from hwcompress.lut.plan import PLAN_SCHEMA
+from hwcompress.lut.recorder import ProgressCallback, Recorder, new_provenance, open_table, quantum_probe_configs, unit_timer
+from hwcompress.lut.table import LatencyTable, _now
+from hwcompress.lut.units import build_unit, grid_configs, model_fingerprint, model_units
+from hwcompress.measure.contract import ModelArtifact, ProfileSettings
+from hwcompress.model.analysis import analyze
+from hwcompress.model.export import export_onnx
+
+def record_lut(
+    model_module: Any,
+    input_shape: tuple[int, ...],
+    descriptor: Any,
+    profiler: Any,
+    settings: ProfileSettings,
+    out_path: str | os.PathLike[str] | None,
+    *,
+    model_name: str | None = None,
+    points: int = 5,
+    min_ratio: float = 0.2,
+    quantum: int | None = None,
+    passes: int = 1,
+    widths: Sequence[float] = CALIBRATION_WIDTHS,
+    progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    calibrate: bool = True,
+    save_every_s: float = 5.0,
+) -> LatencyTable:
+    """Record (or complete) the LUT of ``model_module`` on this device; resumable.
+
+    Every layer is timed over a grid of channel counts (``points`` per axis between ``min_ratio`` and
+    the full count, on multiples of the device's channel multiple and of the runtime's channel
+    quantum), identical configurations once; then the whole model once, for the calibration. Entries
+    already in ``out_path`` are kept and not re-measured, so an interrupted run continues where it
+    stopped, and a table recorded for one model grows when another is recorded into it.
+
+    Args:
+        model_module: the ``torch.nn.Module``.
+        input_shape: e.g. ``(1, 3, 224, 224)``; its batch is the table's batch.
+        descriptor: the device (a :class:`~hwcompress.devices.DeviceDescriptor`); this machine must be it.
+        profiler: a measuring profiler available here (:func:`hwcompress.measure.resolve.measuring_profiler`).
+        settings: measurement settings (threads, precision, runs, warmup).
+        out_path: the LUT file (created, or resumed); None records in memory only.
+        model_name: name stored with the calibration (default: the module's class name).
+        points: grid points per channel axis (1 records only the model's own configurations).
+        min_ratio: the smallest preserve ratio the grid covers.
+        quantum: the runtime's channel step; None detects it (once per table).
+        passes: passes over the configurations; each keeps the lowest median (see :meth:`Recorder.record`).
+        widths: uniform preserve ratios of the pruned copies measured for the calibration besides
+            the full model (``()``: the full model only).
+        progress: ``progress(done, total, label)`` after each configuration.
+        overwrite: start a new table even if ``out_path`` exists.
+        calibrate: also time the whole model (the calibration term); skipped when already recorded.
+        save_every_s: how often to save while recording.
+
+    Returns:
+        The table (also saved at ``out_path``).
+    """
+
+    input_shape = tuple(int(d) for d in input_shape)
+    table = open_table(out_path, descriptor, profiler, settings, input_shape[0], overwrite=overwrite)
+    units = model_units(model_module, input_shape)
+    multiple = int(getattr(descriptor, "channel_multiple", 8) or 8)
+    recorder = Recorder(table, profiler, settings, out_path, progress, save_every_s)
+    try:
+        if quantum is not None:
+            table.provenance["channel_quantum"] = int(quantum)
+            table.provenance["channel_quantum_source"] = "given"
+        elif "channel_quantum_source" not in table.provenance:
+            detected, probe = recorder.detect_quantum(input_shape[0], multiple)
+            table.provenance.update(channel_quantum=detected, channel_quantum_source="detected", quantum_probe=probe)
+        table.invalidate()
+        configs = grid_configs(units, multiple, table.quantum, points, min_ratio)
+        fingerprint = model_fingerprint(units)
+        name = model_name or type(model_module).__name__
+        calibration = None
+        if calibrate and not any(m.get("fingerprint") == fingerprint for m in table.models):
+            variants = [(1.0, model_module)] + uniform_variants(model_module, input_shape, widths, multiple)
+            calibration_points = []
+            for width, variant in variants:
+                onnx_path = Path(recorder._tmp.name) / f"model-{width:.2f}.onnx"
+                export_onnx(variant, input_shape, onnx_path, verify=False)
+                analysis = analyze(variant, input_shape)
+                artifact = ModelArtifact(onnx_path=onnx_path, input_shape=input_shape, module=variant, name=name)
+                calibration_points.append({"width": width, "artifact": artifact, "specs": analysis.layers, "macs": analysis.macs})
+            calibration = {
+                "name": name, "input_shape": input_shape, "fingerprint": fingerprint,
+                "configs": [u.config for u in units], "points": calibration_points,
+            }
+        record_with_calibration(table, recorder, profiler, settings, configs, passes, calibration)
+        if out_path is not None:
+            table.save(out_path)
+    finally:
+        recorder.close()
+    return table
+
+
+def uniform_variants(
+    module: Any,
+    input_shape: tuple[int, ...],
+    widths: Sequence[float],
+    multiple: int,
+) -> list[tuple[float, Any]]:
+    """Copies of ``module`` with every prunable channel group kept at ``width`` (physically pruned).
+
+    The calibration measures these beside the full model: what separate layers miss is not the same
+    share of a pruned model as of the full one (measured on this project's 2-core Xeon: measured/sum
+    1.01 for mobilenet_v2, 0.75 at width 0.3). Channel groups come from
+    :func:`hwcompress.slim.pruning.find_channel_groups` (the search's own), which never prunes the
+    model's outputs. A model that
+    cannot be pruned yields no variants: the calibration then uses the full model alone.
+    """
+    widths = [w for w in widths if 0 < w < 1]
+    if not widths:
+        return []
+    example = torch.zeros(*input_shape)
+    out: list[tuple[float, Any]] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            groups = pruning.find_channel_groups(module, example)
+            for width in widths:
+                keep = {g.name: max(g.min_channels, pruning.round_channels(g.channels, width, multiple)) for g in groups}
+                out.append((width, pruning.prune_channels(module, example, keep).eval()))
+            for _, model in out:
+                with torch.no_grad():
+                    model(example)
+    except Exception as error:  # calibration falls back to the full model; never fatal
+        warnings.warn(f"calibration variants skipped: the model could not be pruned ({type(error).__name__}: {error})", stacklevel=2)
+        return []
+    return out
+
+
+def export_plan(
+    model_module: Any,
+    input_shape: tuple[int, ...],
+    descriptor: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    model_name: str | None = None,
+    points: int = 5,
+    min_ratio: float = 0.2,
+    quantum: int | None = None,
+    widths: Sequence[float] = CALIBRATION_WIDTHS,
+    calibrate: bool = True,
+) -> Path:
+    """Export everything :func:`record_lut` would time, for :func:`record_plan` to time on the device.
+
+    Phones (Termux) and some boards have ONNX Runtime but no usable PyTorch; the layers, the channel
+    grid, the calibration models and the quantum probe are exported here as ONNX files with a
+    ``manifest.json``. Without ``quantum`` the grid is planned on the device's channel multiple and
+    the device still detects its quantum from the probe, for interpolation.
+
+    Returns:
+        The manifest's path.
+    """
+
+    out = Path(out_dir)
+    (out / "units").mkdir(parents=True, exist_ok=True)
+    input_shape = tuple(int(d) for d in input_shape)
+    units = model_units(model_module, input_shape)
+    multiple = int(getattr(descriptor, "channel_multiple", 8) or 8)
+    configs = grid_configs(units, multiple, quantum or multiple, points, min_ratio)
+    name = model_name or type(model_module).__name__
+
+    def export(module: Any, shape: tuple[int, ...], relative: str) -> str:
+        export_onnx(module, shape, out / relative, verify=False)
+        return relative
+
+    planned = []
+    for index, (config, template) in enumerate(configs):
+        module, shape = build_unit(config, template)
+        planned.append({"config": config.to_dict(), "fused": list(template.fused), "input_shape": list(shape),
+                        "onnx": export(module, shape, f"units/{index:04d}.onnx")})
+    probe = []
+    if quantum is None:
+        for index, config in enumerate(quantum_probe_configs(input_shape[0], multiple)):
+            module, shape = build_unit(config)
+            probe.append({"config": config.to_dict(), "input_shape": list(shape), "onnx": export(module, shape, f"probe/{index}.onnx")})
+    calibration = None
+    if calibrate:
+        variants = [(1.0, model_module)] + uniform_variants(model_module, input_shape, widths, multiple)
+        calibration = {"name": name, "fingerprint": model_fingerprint(units), "configs": [u.config.to_dict() for u in units], "points": []}
+        for width, variant in variants:
+            analysis = analyze(variant, input_shape)
+            calibration["points"].append({
+                "width": width, "macs": analysis.macs, "specs": [spec.to_dict() for spec in analysis.layers],
+                "onnx": export(variant, input_shape, f"models/{width:.2f}.onnx"),
+            })
+    manifest = {
+        "schema": PLAN_SCHEMA,
+        "device": descriptor.name,
+        "model": name,
+        "input_shape": list(input_shape),
+        "channel_multiple": multiple,
+        "channel_quantum": quantum,
+        "grid": {"points": points, "min_ratio": min_ratio},
+        "planner": f"hwcompress {__version__}",
+        "date": _now(),
+        "units": planned,
+        "probe": probe,
+        "calibration": calibration,
+    }
+    write_json(manifest, out / "manifest.json")
+    return out / "manifest.json"
+
+
+def default_lut_path(descriptor: Any, settings: ProfileSettings, batch: int = 1) -> Path:
+    """Where the on-demand cost model of a local device is cached (the user data folder's ``luts/``)."""
+
+    name = f"{descriptor.name}-{settings.precision}-t{settings.threads}-b{batch}.lut.json"
+    return user_data_dir() / "luts" / name
+
+
+
+def ensure_lut(
+    model_module: Any,
+    input_shape: tuple[int, ...],
+    descriptor: Any,
+    settings: ProfileSettings,
+    *,
+    profiler: Any,
+    path: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> LatencyTable:
+    """The cost model of a *local* device for this model: the cached table, completed where needed.
+
+    The search calls this before it starts: the first call records (minutes), later ones only load
+    (and record what a new model adds). A cache recorded with another runtime version or other
+    settings, or a damaged one, is recorded afresh: it is ours to replace.
+
+    Args:
+        profiler: the measuring profiler (:func:`hwcompress.measure.resolve.resolve_timing`'s).
+        path: the cache file (default :func:`default_lut_path`).
+        options: passed to :func:`record_lut` (``points``, ``min_ratio``, ``passes``, ``progress``...).
+    """
+    batch = int(input_shape[0])
+    path = Path(path) if path is not None else default_lut_path(descriptor, settings, batch)
+    if "overwrite" not in options and path.exists():
+        try:
+            cached = LatencyTable.load(path)
+            fresh = LatencyTable(new_provenance(descriptor, profiler, settings, batch, unit_timer(profiler).timing))
+            options["overwrite"] = cached.settings_key() != fresh.settings_key()
+        except UserError:
+            options["overwrite"] = True
+    return record_lut(model_module, input_shape, descriptor, profiler, settings, path, **options)
+
+

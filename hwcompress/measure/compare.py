@@ -1,0 +1,229 @@
+"""Compare models on one device: measured in interleaved rounds, quoted as paired ratios.
+
+A shared machine's speed wanders by 10% and more within minutes, so two models profiled one after the
+other can swap places. Measuring them in rounds, each round timing every model once (the order
+rotating from round to round so that none is always first), and taking the ratio of each round's
+medians cancels what the machine does between rounds; the median of the per-round ratios, with their
+range, is the comparison. The search's budget verdict uses the same rounds (:class:`PairedMeasurement`:
+a student against its teacher).
+
+On a device that is not this machine, the models are predicted from its LUT instead
+(:func:`~hwcompress.measure.resolve.resolve_timing`), and the ratio is a ratio of predictions
+(``source: "lut"``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from hwcompress.devices import resolve_device
+from hwcompress.errors import UserError
+from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
+from hwcompress.model.analysis import analyze, analyze_onnx
+from hwcompress.model.export import export_onnx
+from hwcompress.model.loading import resolve_model
+from hwcompress.validate import whole
+
+COMPARE_SCHEMA = "hwcompress.compare/1"
+
+
+def measure_interleaved(profiler: Any, artifacts: Sequence[ModelArtifact], settings: ProfileSettings,
+                        rounds: int) -> list[list[Measurement]]:
+    """Measure every artifact once per round, the starting model rotating each round.
+
+    Returns:
+        One list per artifact with its ``rounds`` measurements, in round order.
+    """
+    count = len(artifacts)
+    results: list[list[Measurement]] = [[] for _ in artifacts]
+    whole = replace(settings, per_layer=False)
+    for round_index in range(rounds):
+        for offset in range(count):
+            index = (round_index + offset) % count
+            results[index].append(profiler.measure(artifacts[index], whole))
+    return results
+
+
+def paired_ratios(results: Sequence[Measurement], reference: Sequence[Measurement]) -> list[float]:
+    """Per round, the model's median over the reference's median."""
+    return [m.latency.median / r.latency.median for m, r in zip(results, reference)]
+
+
+class PairedMeasurement:
+    """Measure students on the device as ratios to their teacher, in interleaved rounds.
+
+    A shared machine's speed wanders by 10% and more within minutes (measured here: a student timed at
+    1.14 ms ran at 1.29 ms a few minutes later, the teacher moving with it). Timing the student and the
+    teacher alternately and taking the median of the per-round ratios cancels that drift; the ratio
+    times the teacher's reference latency is the student's latency on the same footing as the budget.
+
+    Constructing it exports the teacher once. ``teacher_measured`` is the reference: given (a resumed
+    search reuses its saved one), or measured now in ``reference_rounds`` rounds (their median, with
+    the spread of the round medians).
+    """
+
+    def __init__(self, teacher: Any, input_shape: tuple[int, ...], timing: Timing, settings: ProfileSettings,
+                 rounds: int = 3, reference: dict[str, Any] | None = None, reference_rounds: int = 3) -> None:
+        self.folder = tempfile.TemporaryDirectory(prefix="hwcompress-")
+        self.teacher = teacher
+        self.teacher_onnx = Path(self.folder.name) / "teacher.onnx"
+        info = export_onnx(teacher, input_shape, self.teacher_onnx)
+        self.input_shape, self.timing, self.settings, self.rounds = tuple(input_shape), timing, settings, rounds
+        self.profiler = timing.profiler
+        if reference is None:
+            runs = measure_interleaved(self.profiler, [self._teacher_artifact()], settings, max(1, reference_rounds))[0]
+            medians = [m.latency.median for m in runs]
+            middle = sorted(runs, key=lambda m: m.latency.median)[len(runs) // 2]
+            reference = {**middle.latency.to_dict(), "median": statistics.median(medians),
+                         "round_medians_ms": medians, "rounds": len(runs),
+                         "round_spread_ms": max(medians) - min(medians),
+                         "source": middle.source, "profiler": self.profiler.name,
+                         "onnx_max_abs_diff": info.max_abs_diff, "facts": middle.facts}
+        self.teacher_measured = reference
+        self.teacher_ms = float(reference["median"])
+
+    def _teacher_artifact(self) -> ModelArtifact:
+        return ModelArtifact(self.teacher_onnx, self.input_shape, self.teacher, "teacher")
+
+    def __call__(self, module: Any, name: str, rounds: int | None = None) -> dict[str, Any]:
+        """Measure ``module`` against the teacher; ``median`` is the verdict, every statistic is on its scale."""
+        path = Path(self.folder.name) / f"{name}.onnx"
+        info = export_onnx(module, self.input_shape, path)
+        rounds = rounds or self.rounds
+        student, teacher = measure_interleaved(
+            self.profiler, [ModelArtifact(path, self.input_shape, module, name), self._teacher_artifact()],
+            self.settings, rounds)
+        ratios = paired_ratios(student, teacher)
+        ratio = statistics.median(ratios)
+        middle = sorted(student, key=lambda m: m.latency.median)[len(student) // 2]
+        verdict = ratio * self.teacher_ms
+        # Every statistic on the verdict's scale: the middle round's spread, scaled as its median was.
+        scale = verdict / middle.latency.median if middle.latency.median > 0 else 1.0
+        stats = {key: (value * scale if key != "runs" else value) for key, value in middle.latency.to_dict().items()}
+        return {
+            **stats,
+            "median": verdict,
+            "paired_ratio_to_teacher": ratio,
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "raw_median": statistics.median(m.latency.median for m in student),
+            "teacher_reference_ms": self.teacher_ms,
+            "teacher_now_ms": statistics.median(m.latency.median for m in teacher),
+            "rounds": rounds,
+            "source": middle.source,
+            "method": ("median = paired ratio to the teacher (median of the rounds) x the teacher's reference latency; "
+                       "the other statistics are the middle round's, on the same scale; raw_median is as timed"),
+            "profiler": self.profiler.name,
+            "onnx_max_abs_diff": info.max_abs_diff,
+            "facts": middle.facts,
+        }
+
+
+@dataclass
+class CompareReport:
+    """What :func:`compare_models` returns; :meth:`to_dict` is the ``hwcompress.compare/1`` document."""
+
+    device: dict[str, Any]
+    profiler: str
+    source: str
+    input_shape: list[int]
+    rounds: int
+    settings: dict[str, Any]
+    models: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> str:
+        return self.models[0]["name"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": COMPARE_SCHEMA,
+            "device": self.device,
+            "profiler": self.profiler,
+            "source": self.source,
+            "input_shape": self.input_shape,
+            "rounds": self.rounds,
+            "settings": self.settings,
+            "reference": self.reference,
+            "models": self.models,
+            "notes": self.notes,
+        }
+
+
+def compare_models(
+    models: Sequence[Any],
+    *,
+    device: str | None = "cpu",
+    device_file: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    lut: str | None = None,
+    rounds: int = 5,
+    **setting_overrides: Any,
+) -> CompareReport:
+    """Compare the latency of ``models`` on a device; the first is the reference.
+
+    Args:
+        models: two or more ``nn.Module`` objects or ``--model`` strings (torchvision name,
+            ``pkg.module:factory``, checkpoint, ``.onnx`` file, ``embedded``).
+        device, device_file: the device, as for ``hwcompress profile``.
+        input_shape: the shape every model is run at (default: each model's usual shape; they must
+            agree). Required when a model is an ``nn.Module``.
+        lut: predict from this LUT instead of measuring.
+        rounds: interleaved measurement rounds (each times every model once).
+        **setting_overrides: ``runs``, ``warmup``, ``threads``, ``precision``.
+
+    Raises:
+        UserError: fewer than two models, rounds < 1, shapes that differ, or a device that is neither
+            this machine nor has a LUT.
+    """
+    if len(models) < 2:
+        raise UserError("give at least two models to compare (the first is the reference)")
+    whole(rounds, "--rounds", 1)
+    descriptor = resolve_device(device, device_file)
+    settings = make_settings(descriptor, per_layer=False, **setting_overrides)
+    timing = resolve_timing(descriptor, lut)
+    notes = list(timing.notes) + timing.check_settings(settings)
+    loaded = [resolve_model(spec, input_shape=input_shape) for spec in models]
+    shapes = {tuple(input_shape or m.input_shape) for m in loaded}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{m.name} {'x'.join(map(str, input_shape or m.input_shape))}" for m in loaded)
+        raise UserError(f"the models take different input shapes ({listed}); give one with --input-shape")
+    shape = shapes.pop()
+    rounds = rounds if timing.measured else 1  # a prediction is the same every time
+
+    with tempfile.TemporaryDirectory(prefix="hwcompress-compare-") as folder:
+        artifacts = []
+        for index, model in enumerate(loaded):
+            path = model.onnx_path
+            if model.module is not None and timing.measured:
+                path = Path(export_onnx(model.module, shape, Path(folder) / f"model{index}.onnx").path)
+            artifacts.append(ModelArtifact(onnx_path=path, input_shape=shape, module=model.module, name=model.name))
+        results = measure_interleaved(timing.profiler, artifacts, settings, rounds)
+    rows: list[dict[str, Any]] = []
+    for model, measured in zip(loaded, results):
+        analysis = analyze(model.module, shape) if model.module is not None else analyze_onnx(model.onnx_path, shape)
+        ratios = paired_ratios(measured, results[0])
+        row = {"name": model.name, "latency_ms": statistics.median(m.latency.median for m in measured),
+               "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+               "macs": analysis.macs, "params": analysis.params}
+        if timing.measured:
+            row["round_medians_ms"] = [m.latency.median for m in measured]
+        rows.append(row)
+    for result in results:
+        notes.extend(n for m in result for n in m.notes if n not in notes)
+    return CompareReport(
+        device={**descriptor.to_dict(), "facts": results[0][-1].facts},
+        profiler=timing.profiler.name,
+        source=timing.source,
+        input_shape=list(shape),
+        rounds=rounds if timing.measured else 0,
+        settings=settings.to_dict(),
+        models=rows,
+        notes=notes,
+    )

@@ -1,0 +1,56 @@
+"""The profile report and its stable JSON form (schema ``hwcompress.profile/1``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwcompress.model.analysis import ModelAnalysis
+from hwcompress.measure.contract import LatencyStats
+
+PROFILE_SCHEMA = "hwcompress.profile/1"
+
+
+@dataclass
+class ProfileReport:
+    """Everything ``hwcompress profile`` knows about one model on one device."""
+
+    device: dict[str, Any]
+    model: dict[str, Any]
+    latency: LatencyStats | None
+    source: str  # "measured" | "lut"
+    analysis: ModelAnalysis
+    layer_ms: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    coverage: dict[str, Any] | None = None
+    profiler: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        latency = None
+        if self.latency is not None:
+            latency = {**self.latency.to_dict(), "source": self.source}
+        layers = []
+        for spec in self.analysis.layers:
+            row = spec.to_dict()
+            row["flops"] = 2 * spec.macs
+            row["latency_ms"] = self.layer_ms.get(spec.name)
+            layers.append(row)
+        document = {
+            "schema": PROFILE_SCHEMA,
+            "device": {**self.device, "facts": self.facts},
+            "model": self.model,
+            "profiler": self.profiler,
+            "settings": self.settings,
+            "latency_ms": latency,
+            "macs": self.analysis.macs,
+            "flops": self.analysis.flops,
+            "params": self.analysis.params,
+            "counter": self.analysis.counter,
+            "layers": layers,
+            "notes": list(self.notes),
+        }
+        if self.coverage is not None:
+            document["coverage"] = self.coverage
+        return document

@@ -1,0 +1,223 @@
+"""Turn a ``--model`` string into a model: torchvision name, ``pkg.module:factory``, checkpoint or ONNX.
+
+Also parses ``--input-shape``. Every failure is a :class:`~hwcompress.errors.UserError` that names
+what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hwcompress.errors import UserError
+
+DEFAULT_MODEL = "resnet18"
+EMBEDDED_NAMES = ("embedded", "resnet56-digits")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+# torchvision classification models that were trained at another resolution than 224.
+_TORCHVISION_SIZES = {"inception_v3": 299}
+
+
+@dataclass
+class LoadedModel:
+    """A resolved model. Exactly one of ``module`` / ``onnx_path`` is the source of truth."""
+
+    name: str
+    module: Any | None
+    onnx_path: Path | None
+    input_shape: tuple[int, ...]
+    source: str  # torchvision | factory | checkpoint | onnx | embedded
+    metadata: dict[str, Any] | None = None
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``"1,3,224,224"`` (also ``1x3x224x224``); None passes through."""
+    if text is None or text == "":
+        return None
+    parts = text.replace("x", ",").replace(" ", "").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"malformed input shape {text!r}; expected comma-separated integers like 1,3,224,224") from None
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise UserError(f"malformed input shape {text!r}; expected positive integers like 1,3,224,224")
+    return shape
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_model(
+    spec: str | None = None,
+    *,
+    weights: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> LoadedModel:
+    """Resolve ``spec`` to a model in eval mode.
+
+    Args:
+        spec: torchvision name (``resnet18``), ``pkg.module:factory`` (called with no arguments),
+            a checkpoint (``.pt``: a pickled module, or ``{"model": module}``/``{"arch", "state_dict"}``),
+            an ``.onnx`` file, or ``embedded`` for the default ResNet-56 on digits. None means resnet18.
+        weights: a state-dict file loaded into the built model (torchvision or factory models).
+        input_shape: overrides the default input shape.
+
+    Returns:
+        The loaded model with its input shape.
+    """
+    spec = spec or DEFAULT_MODEL
+    path = Path(spec)
+    if spec.lower().endswith(".onnx"):
+        if weights:
+            raise UserError("--weights does not apply to an .onnx model (its weights are inside the file)")
+        return _load_onnx(path, input_shape)
+    if spec in EMBEDDED_NAMES:
+        from hwcompress.model import embedded
+
+        module, meta = embedded.default_teacher()
+        loaded = LoadedModel("resnet56-digits", module, None, input_shape or (1, 3, 32, 32), "embedded", meta)
+    elif spec.lower().endswith(CHECKPOINT_SUFFIXES) or path.is_file():
+        loaded = _load_checkpoint(path, input_shape)
+    elif ":" in spec:
+        loaded = LoadedModel(spec, _call_factory(spec), None, input_shape or (1, 3, 224, 224), "factory")
+    else:
+        names = torchvision_names()
+        if spec not in names:
+            close = [n for n in names if spec.lower() in n][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(
+                f"unknown model {spec!r}{hint}; give a torchvision model name, pkg.module:factory, "
+                "a checkpoint file or an .onnx file"
+            )
+        import torchvision
+
+        module = torchvision.models.get_model(spec, weights=None)
+        size = _TORCHVISION_SIZES.get(spec, 224)
+        loaded = LoadedModel(spec, module, None, input_shape or (1, 3, size, size), "torchvision")
+    if weights:
+        _load_weights(loaded.module, weights)
+    loaded.module.eval()
+    return loaded
+
+
+def resolve_model(
+    model: Any = None,
+    *,
+    weights: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> LoadedModel:
+    """A :class:`LoadedModel` from whatever a user holds: a ``--model`` string (:func:`load_model`), an
+    ``nn.Module`` (used as it is; ``input_shape`` is then required), or an already loaded model."""
+    if isinstance(model, LoadedModel):
+        return model
+    if model is None or isinstance(model, (str, Path)):
+        return load_model(None if model is None else str(model), weights=weights, input_shape=input_shape)
+    if not callable(getattr(model, "forward", None)):
+        raise UserError(f"model must be an nn.Module or a --model string, not {type(model).__name__}")
+    if input_shape is None:
+        raise UserError(f"give input_shape for the {type(model).__name__} module, e.g. input_shape=(1, 3, 224, 224)")
+    if weights:
+        _load_weights(model, weights)
+    return LoadedModel(type(model).__name__, model, None, tuple(input_shape), "module")
+
+
+def _call_factory(spec: str) -> Any:
+    import torch
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"malformed factory {spec!r}; expected pkg.module:function")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # let users point at a module in the current folder
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise UserError(f"cannot import {module_name!r} for --model {spec}: {type(error).__name__}: {error}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UserError(f"{module_name!r} has no attribute {attr!r} (from --model {spec})")
+    try:
+        model = factory()
+    except Exception as error:
+        raise UserError(f"model factory {spec} failed: {type(error).__name__}: {error}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_checkpoint(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        # Full-module checkpoints are pickles; only load files you trust (documented in the CLI help).
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
+        meta = {k: v for k, v in obj.items() if k != "model" and not isinstance(v, torch.Tensor)}
+        obj = obj["model"]
+    elif isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
+        built = load_model(obj["arch"])
+        _apply_state_dict(built.module, obj["state_dict"], str(path))
+        shape = input_shape or tuple(obj.get("input_shape", built.input_shape))
+        return LoadedModel(path.stem, built.module, None, shape, "checkpoint", {"arch": obj["arch"]})
+    if not isinstance(obj, torch.nn.Module):
+        raise UserError(
+            f"checkpoint {path} holds {type(obj).__name__}, not a model; for a bare state dict use "
+            "--model ARCH --weights FILE"
+        )
+    shape = input_shape or tuple(meta.get("input_shape", (1, 3, 224, 224)))
+    return LoadedModel(path.stem, obj, None, shape, "checkpoint", meta or None)
+
+
+def _apply_state_dict(module: Any, state: Any, where: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"weights in {where} do not fit the model: {first}") from None
+
+
+def _load_weights(module: Any, weights: str) -> None:
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"weights file {weights} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"cannot read weights file {weights}: {type(error).__name__}: {error}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    _apply_state_dict(module, state, weights)
+
+
+def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    import onnx
+
+    if not path.is_file():
+        raise UserError(f"ONNX file {path} not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise UserError(f"cannot read ONNX file {path}: {type(error).__name__}: {error}") from None
+    graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(graph_inputs) != 1:
+        raise UserError(f"ONNX file {path} has {len(graph_inputs)} inputs; hwcompress profiles single-input models")
+    dims = graph_inputs[0].type.tensor_type.shape.dim
+    declared = tuple(d.dim_value if d.dim_value > 0 else 0 for d in dims)
+    if input_shape is None:
+        if any(d == 0 for d in declared):
+            raise UserError(f"ONNX file {path} has a dynamic input shape {declared}; pass --input-shape")
+        input_shape = declared
+    return LoadedModel(path.stem, None, path, input_shape, "onnx")

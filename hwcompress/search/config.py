@@ -1,0 +1,131 @@
+"""The settings of a search: one frozen, validated value, saved in the checkpoint so ``--resume``
+needs nothing else.
+
+Every setting has one default, here; ``None`` means "not given" where the default depends on the run
+(threads and runs come from the device, the AMC warm-up from the episodes). A config is checked when
+it is built (finite numbers, ranges, integers where they must be), never mutated afterwards: the
+budget is resolved against the measured teacher into a new :class:`~hwcompress.budget.Budget` that the
+run keeps beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from hwcompress.budget import Budget
+from hwcompress.errors import UserError
+from hwcompress.validate import number, whole
+
+REWARDS = ("budget", "accuracy")
+DEFAULT_OUT = "hwcompress-out"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines a search.
+
+    Attributes:
+        budget: what the student must meet (:class:`~hwcompress.budget.Budget`).
+        agent: a registered agent (``amc``, ``n2n``, ``uniform``, ``random``, or a plugin's).
+        agent_options: the agent's own settings (``--agent-option KEY=VALUE``).
+        device, device_file: the target device (catalog name or a TOML file).
+        model: the teacher (``--model`` string; None: the embedded ResNet-56 on digits).
+        weights: a state-dict file for the teacher.
+        data: ``digits``, an ImageFolder folder or ``pkg.module:factory`` (None: digits).
+        input_shape: the input shape (None: the data's).
+        episodes: how many students the agent may score.
+        warmup_episodes: AMC's random warm-up episodes (None: a quarter of the episodes).
+        seed: every random choice follows it: the same seed gives the same policy.
+        reward: ``budget`` (-error) or ``accuracy`` (-error * ln cost, AMC's accuracy-guaranteed mode).
+        lbound: the smallest preserve ratio of a channel group.
+        finetune_epochs: distillation epochs for the final student.
+        reconstruct: AMC's least-squares reconstruction of pruned layers before fine-tuning.
+        lut: the latency LUT for the cost model (None: the device's, or recorded here and cached).
+        out: the output folder (None: write nothing; the Python API's default).
+        runs, threads: measurement settings on the device (None: the device's).
+        val_limit: score each episode on at most this many validation images (None: all).
+        anchors: students measured to anchor the latency cost model: 2 or 3.
+        bn_calibration: train images to re-estimate BatchNorm statistics on before scoring (0: off).
+        torch_threads: PyTorch intra-op threads for training and scoring.
+    """
+
+    budget: Budget
+    agent: str = "amc"
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    device_file: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    data: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    episodes: int = 120
+    warmup_episodes: int | None = None
+    seed: int = 0
+    reward: str = "budget"
+    lbound: float = 0.2
+    finetune_epochs: float = 8.0
+    reconstruct: bool = False
+    lut: str | None = None
+    out: str | None = DEFAULT_OUT
+    runs: int | None = None
+    threads: int | None = None
+    val_limit: int | None = None
+    anchors: int = 2
+    bn_calibration: int = 256
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.budget, Budget):
+            raise UserError("budget must be a hwcompress.Budget (Budget.latency_ms(x), Budget.latency_ratio(r), "
+                            "Budget.macs(n) or Budget.params(n))")
+        if not isinstance(self.agent, str) or not self.agent:
+            raise UserError(f"--agent must be an agent name (got {self.agent!r})")
+        if not isinstance(self.agent_options, dict):
+            raise UserError("agent_options must be a dict of setting names to values")
+        whole(self.episodes, "--episodes", 1)
+        if self.warmup_episodes is not None:
+            whole(self.warmup_episodes, "--warmup-episodes", 0)
+        whole(self.seed, "--seed", 0)
+        if self.reward not in REWARDS:
+            raise UserError(f"--reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
+        number(self.lbound, "--lbound", 0.0, 1.0, low_open=True, high_open=True)
+        number(self.finetune_epochs, "--finetune-epochs", 0.0)
+        for name in ("runs", "threads"):
+            value = getattr(self, name)
+            if value is not None:
+                whole(value, f"--{name}", 1)
+        if self.val_limit is not None:
+            whole(self.val_limit, "--val-limit", 1)
+        whole(self.anchors, "--anchors", 2, 3)
+        whole(self.bn_calibration, "--bn-calibration", 0)
+        whole(self.torch_threads, "--torch-threads", 1)
+        if self.input_shape is not None:
+            shape = tuple(self.input_shape)
+            if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+                raise UserError(f"--input-shape must be positive whole numbers like 1,3,224,224 (got {self.input_shape!r})")
+            object.__setattr__(self, "input_shape", shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["budget"] = self.budget.to_dict()
+        data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["budget"] = Budget.from_dict(values["budget"])
+        if values.get("input_shape"):
+            values["input_shape"] = tuple(values["input_shape"])
+        return cls(**values)
+
+    def differences(self, other: "SearchConfig") -> dict[str, tuple[Any, Any]]:
+        """Settings that differ between ``self`` and ``other``: ``{name: (mine, theirs)}``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)

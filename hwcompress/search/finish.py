@@ -1,0 +1,203 @@
+"""The end of a search: build the kept student, fine-tune it by distillation, measure it on the device,
+and assemble the ``hwcompress.search/1`` document (written with its artifacts when there is a folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hwcompress import __version__
+from hwcompress.slim.distill import distill
+from hwcompress.slim.reconstruct import reconstruct_least_squares
+from hwcompress.files import write_atomic
+from hwcompress.model.analysis import analyze
+from hwcompress.model.export import export_onnx
+from hwcompress.model.training import evaluate
+from hwcompress.search.agent import Candidate
+from hwcompress.search.prepare import VERDICT_ROUNDS, Prepared
+from hwcompress.search.report import RESULT_SCHEMA, policy_document, write_report
+from hwcompress.search.scoring import build_student, recalibrate_batchnorm
+
+
+@dataclass
+class Finished:
+    """The kept student and the result document."""
+
+    student: Any
+    document: dict[str, Any]
+
+
+def finetune(student: Any, prepared: Prepared, notes: list[str], progress: bool) -> dict[str, Any]:
+    """Distil ``student`` from the teacher for ``--finetune-epochs``; undone when the validation split
+    says it made the student worse (seen: 0.1 epoch, one step at the initial learning rate, 95% -> 50%)."""
+    config = prepared.config
+    untuned = copy.deepcopy(student.state_dict())
+    val_before = evaluate(student, prepared.splits.val)
+    info = distill(student, prepared.teacher, prepared.splits.train, epochs=config.finetune_epochs,
+                   seed=config.seed, progress=progress, description="fine-tune (KD)")
+    val_after = evaluate(student, prepared.splits.val)
+    info.update(val_accuracy_before=val_before, val_accuracy_after=val_after, kept="fine-tuned")
+    if val_after < val_before:
+        student.load_state_dict(untuned)
+        info["kept"] = "before fine-tuning"
+        notes.append(f"fine-tuning lowered the validation accuracy ({100 * val_before:.2f}% -> {100 * val_after:.2f}%); "
+                     "the student is the one before fine-tuning (give more --finetune-epochs)")
+    return info
+
+
+def save_student(student: Any, input_shape: tuple[int, ...], policy: dict[str, Any], out: Path) -> dict[str, str]:
+    """Write the student three ways: a full module (hwcompress / torch.load), TorchScript (plain
+    PyTorch, no hwcompress needed) and the policy (to re-apply with ``--policy``)."""
+    files = {}
+    bundle = {"model": student, "input_shape": list(input_shape), "policy": policy, "format": "hwcompress.student/1"}
+    write_atomic(out / "student.pt", lambda tmp: torch.save(bundle, tmp))
+    files["weights"] = "student.pt"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.trace(copy.deepcopy(student).eval(), torch.zeros(*input_shape))
+        write_atomic(out / "student.ts", lambda tmp: scripted.save(str(tmp)))
+        files["torchscript"] = "student.ts"
+    except Exception:  # TorchScript is a convenience; the .pt and .onnx files are the contract
+        pass
+    import json
+
+    write_atomic(out / "policy.json", json.dumps(policy, indent=1) + "\n")
+    files["policy"] = "policy.json"
+    return files
+
+
+def _verdict(prepared: Prepared, measured: dict[str, Any] | None, predicted: float | None,
+             counted: float | None) -> dict[str, Any]:
+    """The number that decides ``budget_met``, where it came from, and how far over it is."""
+    budget = prepared.budget
+    if not budget.is_latency:
+        value, source = counted, "counted"
+    elif measured is not None:
+        value, source = measured["median"], "measured"
+    else:
+        value, source = predicted, "predicted"
+    facts = (measured or {}).get("facts") or {}
+    text = f"{budget.format(value)} against {budget.format(budget.limit)}"
+    if source == "measured":
+        text = (f"{budget.format(value)} (median of {measured['rounds']} rounds interleaved with the teacher) "
+                f"against {budget.format(budget.limit)}")
+    return {"source": source, "value": value, "limit": budget.limit, "met": budget.met_by(value),
+            "over_by_percent": budget.over_by_percent(value), "text": text,
+            "profiler": (measured or {}).get("profiler"), "host": facts.get("host")}
+
+
+def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any]], *, out: Path | None,
+           started: float, search_seconds: float, interrupted: bool, log: Callable[[str], None], progress: bool,
+           extra: dict[str, Any] | None = None, notes: list[str] | None = None) -> Finished:
+    """Build ``candidate``'s student, fine-tune it, measure it on the device, report.
+
+    The candidate's trained network (N2N's) is fine-tuned as it is; otherwise the student is cut from
+    the teacher (and refitted by least squares with ``--reconstruct``).
+    """
+    config = prepared.config
+    notes = notes if notes is not None else prepared.notes
+    if candidate.model is not None:
+        student = copy.deepcopy(candidate.model)
+    else:
+        student = build_student(prepared.teacher, prepared.example, candidate.keep, candidate.removed_units)
+        if config.reconstruct:
+            train = prepared.splits.train
+            calibration = torch.stack([train[i][0] for i in range(min(256, len(train)))])
+            reconstruct_least_squares(student, prepared.teacher, calibration)
+    recalibrate_batchnorm(student, prepared.splits.train, config.bn_calibration)
+    accuracy_before = evaluate(student, prepared.splits.test)
+    finetune_info: dict[str, Any] = {}
+    if config.finetune_epochs > 0 and not interrupted:
+        log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epochs")
+        finetune_info = finetune(student, prepared, notes, progress)
+    accuracy_after = evaluate(student, prepared.splits.test)
+    student.eval()
+    shape = prepared.input_shape
+    student_analysis = analyze(student, shape)
+
+    measured = None
+    if prepared.measure is not None:
+        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher)")
+        # The verdict gets more rounds than the search's checks: it is the number the user is told.
+        measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS)
+    budget = prepared.budget
+    cost_model = prepared.cost_model
+    predicted_cost = cost_model.cost(candidate.keep) if not candidate.removed_units else candidate.cost
+    predicted_latency = predicted_cost if budget.is_latency else None
+    counted = None
+    if not budget.is_latency:
+        counted = student_analysis.macs if budget.metric == "macs" else student_analysis.params
+    verdict = _verdict(prepared, measured, predicted_latency, counted)
+
+    policy = policy_document(candidate.keep, candidate.removed_units)
+    artifacts: dict[str, Any] = {}
+    if out is not None:
+        export_onnx(student, shape, out / "student.onnx")
+        artifacts["onnx"] = "student.onnx"
+        artifacts.update(save_student(student, shape, policy, out))
+    policy_rows = [
+        {"group": g.name, "channels": g.channels, "kept": candidate.keep.get(g.name, g.channels),
+         "ratio": round(candidate.keep.get(g.name, g.channels) / g.channels, 4)}
+        for g in prepared.groups
+    ]
+    teacher_measured = prepared.teacher_measured
+    document = {
+        "schema": RESULT_SCHEMA,
+        "agent": config.agent,
+        "device": {**prepared.descriptor.to_dict(), "facts": (teacher_measured or {}).get("facts", {})},
+        "budget": budget.to_dict(),
+        "budget_text": str(budget),
+        "teacher": {
+            "latency_ms": teacher_measured["median"] if teacher_measured else None,
+            "latency": teacher_measured and {k: v for k, v in teacher_measured.items() if k != "facts"},
+            "predicted_latency_ms": cost_model.cost(cost_model.full_policy()) if budget.is_latency else None,
+            "accuracy": prepared.teacher_meta.get("test_accuracy"),
+            "val_accuracy": prepared.teacher_meta.get("val_accuracy"),
+            "macs": sum(layer.macs for layer in prepared.layers),
+            "params": sum(p.numel() for p in prepared.teacher.parameters()),
+        },
+        "student": {
+            "latency_ms": measured["median"] if measured else None,
+            "latency": measured and {k: v for k, v in measured.items() if k != "facts"},
+            "predicted_latency_ms": predicted_latency,
+            "predicted_cost": predicted_cost,
+            "accuracy": accuracy_after,
+            "accuracy_before_finetune": accuracy_before,
+            "val_accuracy_during_search": candidate.accuracy,
+            "macs": student_analysis.macs,
+            "params": student_analysis.params,
+            "removed_units": list(candidate.removed_units),
+        },
+        "budget_met": bool(verdict["met"]),
+        "verdict": verdict,
+        "reachable": {"teacher": prepared.bounds.get("teacher"), "smallest_student": prepared.bounds.get("smallest")},
+        "cost_model_anchors": prepared.anchors,
+        "budget_margin": {"value": verdict["value"], "source": verdict["source"],
+                          "over_by": max(0.0, verdict["value"] - budget.limit),
+                          "over_by_percent": verdict["over_by_percent"]},
+        "policy": policy_rows,
+        "episodes": len(history),
+        "best_episode": candidate.episode,
+        "search_seconds": round(search_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,
+        "finetune": {k: v for k, v in finetune_info.items() if isinstance(v, (int, float, str))},
+        "interrupted": interrupted,
+        "config": config.to_dict(),
+        "notes": notes,
+        "versions": {"hwcompress": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "artifacts": artifacts,
+        **(extra or {}),
+    }
+    if out is not None:
+        write_report(document, history, out)
+    return Finished(student, document)

@@ -1,0 +1,142 @@
+"""What a search tells people: summary.md, the closing table, policy.json, the plots.
+
+The result document itself (schema ``hwcompress.search/1``) is assembled by
+:mod:`hwcompress.search.finish`; everything here renders it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hwcompress.errors import UserError
+from hwcompress.files import write_atomic, write_json
+from hwcompress.plots import PLOTS_HINT, has_matplotlib, search_plots
+
+RESULT_SCHEMA = "hwcompress.search/1"
+POLICY_FORMAT = "hwcompress.policy/1"
+
+
+def policy_document(keep: dict[str, int], removed_units: list[str]) -> dict[str, Any]:
+    """What ``policy.json`` holds and ``--policy`` reads back."""
+    return {"format": POLICY_FORMAT, "keep": dict(keep), "removed_units": list(removed_units)}
+
+
+def load_policy(path: str | Path) -> dict[str, Any]:
+    """Read a ``policy.json`` written by a search (one-line errors for anything else)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"policy file {path} not found") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read policy file {path}: {error}") from None
+    if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT or not isinstance(data.get("keep"), dict):
+        raise UserError(f"{path} is not a hwcompress policy (expected format {POLICY_FORMAT!r} with a 'keep' map)")
+    try:
+        keep = {str(k): int(v) for k, v in data["keep"].items()}
+    except (TypeError, ValueError):
+        raise UserError(f"policy file {path}: every 'keep' value must be a whole number of channels") from None
+    if any(v < 1 for v in keep.values()):
+        raise UserError(f"policy file {path}: every group keeps at least one channel")
+    return {"keep": keep, "removed_units": [str(u) for u in data.get("removed_units", [])]}
+
+
+def write_plots(document: dict[str, Any], history: list[dict[str, Any]], out: Path) -> list[str]:
+    """The search folder's plots; skipped with a note when matplotlib is missing."""
+    if not has_matplotlib():
+        document["notes"].append(f"plots skipped: matplotlib is not installed ({PLOTS_HINT})")
+        return []
+    return search_plots(document, history, out)
+
+
+def write_report(document: dict[str, Any], history: list[dict[str, Any]], out: Path) -> None:
+    """history.json, the plots, summary.md, and result.json last: a result.json in the folder means
+    everything beside it is complete."""
+    artifacts = document["artifacts"]
+    write_json(history, out / "history.json")
+    artifacts["history"] = "history.json"
+    artifacts["plots"] = write_plots(document, history, out)
+    artifacts["summary"] = "summary.md"
+    write_atomic(out / "summary.md", summary_markdown(document))
+    write_json(document, out / "result.json")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def verdict_text(doc: dict[str, Any]) -> str:
+    """One sentence: met or not, by which number, measured where."""
+    verdict = doc["verdict"]
+    met = "met" if doc["budget_met"] else f"NOT met (over by {verdict['over_by_percent']:.1f}%)"
+    how = {
+        "measured": f"measured on {doc['device']['name']}" + (f" ({verdict['host']})" if verdict.get("host") else ""),
+        "predicted": f"predicted from the device's LUT, not measured: this machine is not {doc['device']['name']}",
+        "counted": "counted exactly",
+    }[verdict["source"]]
+    return f"budget {met}: {verdict['text']} ({how})"
+
+
+def summary_markdown(doc: dict[str, Any]) -> str:
+    t, s = doc["teacher"], doc["student"]
+    lines = [
+        f"# hwcompress search: {doc['agent']} on {doc['device']['name']}",
+        "",
+        f"Budget: {doc['budget_text']}. **{verdict_text(doc)[0].upper() + verdict_text(doc)[1:]}.**",
+        "",
+        "| | teacher | student |",
+        "|---|---|---|",
+        f"| latency, measured | {_ms(t['latency_ms'])} | {_ms(s['latency_ms'])} |",
+        f"| latency, predicted by the cost model | {_ms(t.get('predicted_latency_ms'))} | {_ms(s['predicted_latency_ms'])} |",
+        f"| test accuracy | {100 * (t['accuracy'] or 0):.2f}% | {100 * s['accuracy']:.2f}% (before fine-tuning {100 * s['accuracy_before_finetune']:.2f}%) |",
+        f"| MACs | {t['macs']:,} | {s['macs']:,} |",
+        f"| parameters | {t['params']:,} | {s['params']:,} |",
+        "",
+        f"{doc['episodes']} episodes in {doc['search_seconds']:.0f} s (best: episode {doc['best_episode']}); total {doc['total_seconds']:.0f} s."
+        + (" **Interrupted**: this is the best student so far, not fine-tuned." if doc["interrupted"] else ""),
+    ]
+    if s.get("latency"):
+        latency = s["latency"]
+        lines += ["", f"The student's latency is the median of {latency['rounds']} rounds interleaved with the teacher: "
+                  f"{latency['paired_ratio_to_teacher']:.3f} x the teacher's reference {latency['teacher_reference_ms']:.3f} ms "
+                  f"(round ratios {latency['ratio_min']:.3f}-{latency['ratio_max']:.3f})."]
+    files = [f"`{v}`" for v in doc["artifacts"].values() if isinstance(v, str)]
+    if files:
+        lines += ["", "Files: " + ", ".join(files) + ", plots: " + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", []))]
+    for number, repair in enumerate(doc.get("budget_repairs") or [], 1):
+        lines.append(f"\nRepair {number}: the searched student measured {repair['measured_ms']:.3f} ms, over the budget less "
+                     f"half the margin; trimmed where it loses the least validation accuracy to {repair['retarget_ms']:.3f} ms "
+                     "predicted, and measured again.")
+    for note in doc.get("notes", []):
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(doc: dict[str, Any], console: Any, out: Path | None) -> None:
+    """The closing table and verdict on the console."""
+    from rich.table import Table
+
+    t, s = doc["teacher"], doc["student"]
+    table = Table(title=f"{doc['agent']} on {doc['device']['name']}: budget {doc['budget_text']}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table.add_row("latency ms (measured)", ms(t["latency_ms"]), ms(s["latency_ms"]))
+    table.add_row("latency ms (predicted)", ms(t.get("predicted_latency_ms")), ms(s["predicted_latency_ms"]))
+    table.add_row("test accuracy", f"{100 * (t['accuracy'] or 0):.2f}%", f"{100 * s['accuracy']:.2f}%")
+    table.add_row("accuracy before fine-tune", "", f"{100 * s['accuracy_before_finetune']:.2f}%")
+    table.add_row("MACs", f"{t['macs']:,}", f"{s['macs']:,}")
+    table.add_row("parameters", f"{t['params']:,}", f"{s['params']:,}")
+    console.print(table)
+    colour = "green" if doc["budget_met"] else "red"
+    line = f"[{colour}]{verdict_text(doc)}[/{colour}]"
+    if doc["verdict"]["source"] == "predicted" and out is not None:
+        line += f"; on the device run `hwcompress profile --device {doc['device']['name']} -m {out}/student.onnx`"
+    if out is not None:
+        line += f"; results in {out}/ (result.json, summary.md, student.onnx, student.pt, plots)"
+    console.print(line)

@@ -1,0 +1,265 @@
+"""``hwcompress search`` as a library call: teacher + device + budget -> a measured, distilled student.
+
+The orchestrator: lock the output folder, build the agent (its options are checked before anything is
+measured), prepare the search (:mod:`hwcompress.search.prepare`), let the agent search against a
+:class:`~hwcompress.search.agent.SearchContext` while checkpointing after every consistent step, repair
+the kept student against the measured budget (:mod:`hwcompress.search.repair`), then fine-tune,
+measure and report it (:mod:`hwcompress.search.finish`). It calls no agent by name.
+
+Long runs checkpoint as they go (``checkpoint.pt`` in the output folder): :func:`resume_search`
+continues from there without measuring again and reaches the same policy as an uninterrupted run with
+the same seed; Ctrl-C leaves a usable best-so-far student.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hwcompress.errors import UserError
+from hwcompress.model.data import DataSplits
+from hwcompress.model.loading import LoadedModel
+from hwcompress.search.agent import Candidate, SearchContext, make_agent
+from hwcompress.search.checkpoint import OutputLock, check_fresh, load_checkpoint, save_checkpoint
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.finish import finish
+from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
+from hwcompress.search.repair import fit_to_measured_budget
+from hwcompress.search.report import load_policy, print_summary
+from hwcompress.search.scoring import policy_scorer, torch_threads
+
+__all__ = ["BudgetAlreadyMet", "SearchResult", "apply_policy", "resume_search", "run_search"]
+
+#: Settings a resumed run may change without ``--resume-override``: more episodes extend the run.
+RESUMABLE_CHANGES = ("episodes",)
+
+
+@dataclass
+class SearchResult:
+    """What a search returns.
+
+    Attributes:
+        student: the compressed ``nn.Module`` (fine-tuned, eval mode).
+        report: the ``hwcompress.search/1`` document (also ``result.json`` in ``out``).
+        out: the output folder, or None when nothing was written.
+    """
+
+    student: Any
+    report: dict[str, Any]
+    out: Path | None
+
+    @property
+    def budget_met(self) -> bool:
+        """Whether the student meets the budget: measured on the device where the device is reachable."""
+        return bool(self.report["budget_met"])
+
+    @property
+    def policy(self) -> dict[str, int]:
+        """Kept channels per channel group of the teacher."""
+        return {row["group"]: row["kept"] for row in self.report["policy"]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report
+
+
+class _Console:
+    """Where a run's messages go: a rich console on stderr, or nowhere (``progress=False``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False)
+
+    def log(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[dim]{message}[/dim]")
+
+    def progress(self) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return Progress(TextColumn("[bold]search[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not self.enabled,
+                        transient=True)
+
+
+def _episode_line(record: dict[str, Any], best: Candidate | None, prepared: Prepared) -> str:
+    accuracy = record.get("accuracy")
+    best_reward = "-" if best is None or best.reward is None else f"{best.reward:+.4f}"
+    return (f"ep {record.get('episode', 0):4d}  reward {record.get('reward', 0.0):+.4f}  "
+            f"val acc {'-' if accuracy is None else f'{accuracy:.4f}'}  "
+            f"cost {prepared.budget.format(record.get('cost'))}  best {best_reward}")
+
+
+def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress: bool,
+            teacher: LoadedModel | None, splits: DataSplits | None) -> SearchResult:
+    out = Path(config.out) if config.out else None
+    console = _Console(progress)
+    log = console.log
+    agent = make_agent(config.agent, config.agent_options)
+    lock = OutputLock(out) if out is not None else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if lock is not None and lock.note:
+            log(lock.note)
+        if checkpoint is None and out is not None:
+            check_fresh(out)
+        started = time.perf_counter()
+        prepared = prepare(config, teacher=teacher, splits=splits, saved=(checkpoint or {}).get("saved"), log=log)
+        score = policy_scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
+                              prepared.val_set, config.bn_calibration)
+        context = SearchContext(
+            teacher=prepared.teacher, example=prepared.example, layers=prepared.layers, groups=prepared.groups,
+            cost_model=prepared.cost_model, budget=prepared.budget, episodes=config.episodes, seed=config.seed,
+            splits=prepared.splits, val_set=prepared.val_set, score=score, reward_mode=config.reward,
+            warmup_episodes=config.warmup_episodes, bn_calibration=config.bn_calibration, notes=prepared.notes,
+            log=log)
+        search_seconds = 0.0
+        if checkpoint is not None:
+            agent.load_state_dict(checkpoint["agent_state"])
+            context.history = list(checkpoint["history"])
+            context.best = Candidate.from_dict(checkpoint["best"]) if checkpoint.get("best") else None
+            search_seconds = float(checkpoint.get("search_seconds", 0.0))
+            log(f"resuming {out} after {len(context.history)} of {config.episodes} episodes")
+        loop_start = time.perf_counter()
+
+        def save() -> None:
+            if out is None:
+                return
+            save_checkpoint(out, {
+                "config": config.to_dict(), "saved": prepared.saved(), "agent": config.agent,
+                "agent_state": agent.state_dict(), "history": context.history,
+                "best": context.best.to_dict() if context.best is not None else None,
+                "search_seconds": search_seconds + time.perf_counter() - loop_start,
+            })
+
+        interrupted = False
+        bar = console.progress()
+        with bar:
+            task = bar.add_task(config.agent, total=config.episodes, completed=len(context.history))
+
+            def reported(record: dict[str, Any]) -> None:
+                bar.advance(task)
+                if console.console is not None:
+                    bar.console.print(_episode_line(record, context.best, prepared))
+
+            context.on_report = reported
+            context.on_checkpoint = save
+            context.on_total = lambda total: bar.update(task, total=total)
+            try:
+                agent.search(context)
+            except KeyboardInterrupt:
+                interrupted = True
+                log(f"interrupted after {len(context.history)} episodes; writing the best student so far"
+                    + (f" (resume with --resume {out})" if out is not None else ""))
+        search_seconds += time.perf_counter() - loop_start
+        best = context.best
+        if best is None:
+            raise UserError("interrupted before the first student was scored; nothing to write" if interrupted
+                            else f"agent {config.agent!r} reported no student; nothing to write")
+        repairs = fit_to_measured_budget(prepared, best, log, score)
+        if repairs:
+            best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, best.accuracy,
+                             prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None, dict(best.extra))
+        extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs]}
+        summary = getattr(agent, "summary", None)
+        if callable(summary):
+            extra[config.agent] = summary()
+        finished = finish(prepared, best, context.history, out=out, started=started, search_seconds=search_seconds,
+                          interrupted=interrupted, log=log, progress=progress, extra=extra)
+        if console.console is not None:
+            print_summary(finished.document, console.console, out)
+        return SearchResult(finished.student, finished.document, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_search(config: SearchConfig, *, progress: bool = True, teacher: LoadedModel | None = None,
+               data: DataSplits | None = None) -> SearchResult:
+    """Run a whole search (see the module docstring).
+
+    Args:
+        config: the settings; ``config.out`` is the folder written (None: nothing is written).
+        progress: progress bars, per-episode lines and the closing table on stderr.
+        teacher, data: the teacher and its data already loaded (the Python API); else from ``config``.
+
+    Raises:
+        UserError: bad input, an infeasible budget, an unusable LUT, an output folder in use.
+        BudgetAlreadyMet: the teacher already meets the budget (nothing is written).
+    """
+    with torch_threads(config.torch_threads):
+        return _search(config, None, progress=progress, teacher=teacher, splits=data)
+
+
+def resume_search(out: str | Path, *, changes: dict[str, Any] | None = None, override: Sequence[str] = (),
+                  progress: bool = True, teacher: LoadedModel | None = None, data: DataSplits | None = None) -> SearchResult:
+    """Continue the search checkpointed in ``out``.
+
+    Args:
+        changes: settings given again (``{"episodes": 200, "seed": 7}``): each must equal the saved run's,
+            except more ``episodes`` (which extends it) and those named in ``override``.
+        override: settings whose change is accepted (``--resume-override seed``).
+
+    Raises:
+        UserError: nothing to resume, or settings that differ from the saved run (listed).
+    """
+    folder = Path(out)
+    checkpoint = load_checkpoint(folder)
+    saved = SearchConfig.from_dict(checkpoint["config"])
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    unknown = sorted(set(changes) - set(saved.to_dict()))
+    if unknown:
+        raise UserError(f"cannot resume with unknown settings: {', '.join(unknown)}")
+    try:
+        wanted = saved.replace(**changes, out=str(folder))
+    except TypeError as error:
+        raise UserError(f"cannot resume: {error}") from None
+    differences = {name: pair for name, pair in saved.differences(wanted).items()
+                   if name not in RESUMABLE_CHANGES and name not in override and name != "out"}
+    if differences:
+        listed = "; ".join(f"{name}: saved {old!r}, given {new!r}" for name, (old, new) in sorted(differences.items()))
+        raise UserError(f"{folder} was searched with other settings ({listed}); drop them to resume as it was, or "
+                        f"accept them with --resume-override {','.join(sorted(differences))}")
+    with torch_threads(wanted.torch_threads):
+        return _search(wanted, checkpoint, progress=progress, teacher=teacher, splits=data)
+
+
+def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: bool = True,
+                 teacher: LoadedModel | None = None, data: DataSplits | None = None) -> SearchResult:
+    """Re-apply a saved ``policy.json`` to the teacher without searching: prune, fine-tune, measure, report.
+
+    Group names must exist in this teacher; counts larger than a group (a policy from a wider teacher)
+    are capped at the group's size, so scaled policies can be written by hand.
+    """
+    with torch_threads(config.torch_threads):
+        console = _Console(progress)
+        out = Path(config.out) if config.out else None
+        policy = load_policy(policy_path)
+        lock = OutputLock(out) if out is not None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if out is not None and (out / "result.json").exists():
+                raise UserError(f"{out} already holds a result; choose another --out")
+            started = time.perf_counter()
+            prepared = prepare(config, teacher=teacher, splits=data, log=console.log)
+            by_name = {g.name: g for g in prepared.groups}
+            unknown = sorted(set(policy["keep"]) - set(by_name))
+            if unknown:
+                raise UserError(f"policy {policy_path} names groups this teacher does not have: {', '.join(unknown[:5])}")
+            keep = {name: max(1, min(count, by_name[name].channels)) for name, count in policy["keep"].items()}
+            candidate = Candidate(keep, removed_units=policy["removed_units"])
+            finished = finish(prepared, candidate, [], out=out, started=started, search_seconds=0.0, interrupted=False,
+                              log=console.log, progress=progress, extra={"policy_source": str(policy_path)})
+            if console.console is not None:
+                print_summary(finished.document, console.console, out)
+            return SearchResult(finished.student, finished.document, out)
+        finally:
+            if lock is not None:
+                lock.release()
