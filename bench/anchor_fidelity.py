@@ -26,10 +26,16 @@ import argparse
 import statistics
 import time
 
-from hwcompress.slim.pruning import prune_channels
-from hwcompress.search.amc.walker import EpisodeWalker, RandomPolicy
+import numpy as np
+
+from hwcompress.budget import Budget
+from hwcompress.search.amc.agents import RandomAgent
+from hwcompress.search.amc.walker import EpisodeWalker
 from hwcompress.search.anchors import Anchor, AnchoredLatency
-from hwcompress.search.pipeline import SearchConfig, build_context, search_budget, torch_threads
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.prepare import prepare
+from hwcompress.search.scoring import torch_threads
+from hwcompress.slim.pruning import prune_channels
 
 
 def main() -> None:
@@ -43,54 +49,57 @@ def main() -> None:
 
     with torch_threads(1):
         started = time.perf_counter()
-        config = SearchConfig(budget_ratio=ratios[0], anchors=2, runs=args.runs, seed=args.seed)
-        ctx = build_context(config, log=lambda m: print(f"  {m}"))
-        curve2 = ctx.cost_model.latency_of
+        config = SearchConfig(budget=Budget.latency_ratio(ratios[0]), anchors=2, runs=args.runs, seed=args.seed)
+        prepared = prepare(config, log=lambda m: print(f"  {m}"))
+        cost_model = prepared.cost_model
+        curve2 = cost_model.latency_of
         raw = curve2.raw
-        teacher_ms = ctx.teacher_measured["median"]
-        print(f"teacher {teacher_ms:.3f} ms measured; anchors: {ctx.anchors}")
+        teacher_ms = prepared.teacher_measured["median"]
+        margin = prepared.budget.margin
+        print(f"teacher {teacher_ms:.3f} ms measured; anchors: {prepared.anchors}")
 
         def measure(keep: dict[str, int], name: str) -> float:
-            return ctx.measure(prune_channels(ctx.teacher, ctx.example, keep), name)["median"]
+            return prepared.measure(prune_channels(prepared.teacher, prepared.example, keep), name)["median"]
 
         rows = []
         for ratio in ratios:
-            config.budget = ratio * teacher_ms
-            target = search_budget(config)
-            ctx.cost_model.set_latency(curve2)
-            uniform = ctx.cost_model.scaled_policy(ctx.cost_model.full_policy(), target)
-            ctx.cost_model.set_latency(raw)
-            middle = Anchor("uniform", ctx.cost_model.cost(uniform), measure(uniform, "uniform"))
+            budget_ms = ratio * teacher_ms  # every ratio against the same teacher measurement
+            target = budget_ms * (1 - margin)
+            cost_model.set_latency(curve2)
+            uniform = cost_model.scaled_policy(cost_model.full_policy(), target)
+            cost_model.set_latency(raw)
+            middle = Anchor("uniform", cost_model.cost(uniform), measure(uniform, "uniform"))
             curve3 = AnchoredLatency(raw, [*curve2.anchors, middle])
-            print(f"budget {ratio:g}x = {config.budget:.3f} ms: uniform anchor LUT {middle.predicted_ms:.3f} ms, "
+            print(f"budget {ratio:g}x = {budget_ms:.3f} ms: uniform anchor LUT {middle.predicted_ms:.3f} ms, "
                   f"measured {middle.measured_ms:.3f} ms (two anchors predicted {curve2.map(middle.predicted_ms):.3f})")
             students: dict[str, list[dict[str, int]]] = {}
             for label, curve in (("2 anchors", curve2), ("3 anchors", curve3)):
-                ctx.cost_model.set_latency(curve)
-                walker = EpisodeWalker(ctx.cost_model, ctx.layers, target)
-                policy = RandomPolicy(len(ctx.groups), seed=args.seed)
-                students[label] = [policy.run_episode(walker, i).keep for i in range(args.students)]
+                cost_model.set_latency(curve)
+                walker = EpisodeWalker(cost_model, prepared.layers, target)
+                policy = RandomAgent()
+                policy.rng = np.random.default_rng(args.seed)
+                students[label] = [policy.propose(walker, i).keep for i in range(args.students)]
             measured: dict[str, list[float]] = {"2 anchors": [], "3 anchors": []}
             for index in range(args.students):  # alternate the two curves' students
                 for label in measured:
                     measured[label].append(measure(students[label][index], f"{label[0]}-{index}"))
-            accept = config.budget * (1 - config.margin / 2)
+            accept = budget_ms * (1 - margin / 2)
             for label in measured:
                 ms = measured[label]
-                ctx.cost_model.set_latency(raw)
-                lut = [ctx.cost_model.cost(k) for k in students[label]]
+                cost_model.set_latency(raw)
+                lut = [cost_model.cost(k) for k in students[label]]
                 error = {name: statistics.mean(abs(c.map(p) - m) / m for p, m in zip(lut, ms))
                          for name, c in (("2", curve2), ("3", curve3))}
                 rows.append({
-                    "budget": f"{ratio:g}x = {config.budget:.3f}",
+                    "budget": f"{ratio:g}x = {budget_ms:.3f}",
                     "searched under": label,
-                    "mean measured/budget": statistics.mean(m / config.budget for m in ms),
-                    "worst measured/budget": max(m / config.budget for m in ms),
+                    "mean measured/budget": statistics.mean(m / budget_ms for m in ms),
+                    "worst measured/budget": max(m / budget_ms for m in ms),
                     "accepted without repair": f"{sum(m <= accept for m in ms)}/{len(ms)}",
                     "error of 2-anchor curve": error["2"],
                     "error of 3-anchor curve": error["3"],
                 })
-        ctx.cost_model.set_latency(curve2)
+        cost_model.set_latency(curve2)
 
     print()
     header = list(rows[0])

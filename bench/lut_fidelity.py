@@ -1,8 +1,10 @@
-"""How well does a LUT recorded on this CPU predict channel-pruned models, against measuring them?
+"""How well does a LUT recorded on this machine predict channel-pruned models, against measuring them?
 
-For resnet18 and mobilenet_v2 at 1x3x224x224 this script
+For resnet18 and mobilenet_v2 at 1x3x224x224, on ``--device`` (default ``cpu``; ``nvidia-gpu`` records
+with the GPU profiler the device resolves to, ``cuda`` where TensorRT is missing), this script
 
-1. records a LUT on this machine's CPU with ONNX Runtime (one intra-op thread), as
+1. records a LUT on this machine with the device's profiler (ONNX Runtime, one intra-op thread, on the
+   CPU), as
    ``hwcompress lut record`` does: every layer over a grid of channel counts, plus the whole model once
    for the calibration term;
 2. builds ``--variants`` channel-pruned variants of each model: every prunable channel group (found by
@@ -20,10 +22,13 @@ and spinning off, ONNX Runtime runs the whole inference in the calling thread, s
 times the whole models that way (the variants and the calibration run); ``--clock wall`` uses the
 profiler's wall clock unchanged. Layer entries always come from ONNX Runtime's per-kernel timings.
 
+The thread clock applies to ONNX Runtime on the CPU; a GPU profiler keeps its own CUDA-event timing.
+
 Usage::
 
     python bench/lut_fidelity.py                       # 30 + 30 variants, a few minutes on 2 cores
     python bench/lut_fidelity.py --variants 10 --runs 15 --lut /tmp/cpu.lut.json
+    python bench/lut_fidelity.py --device nvidia-gpu --variants 10 --passes 1   # on a machine with an NVIDIA GPU
 """
 
 from __future__ import annotations
@@ -158,6 +163,7 @@ def macs_proportional(macs: list[int], measured: list[float]) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser.add_argument("--device", default="cpu", help="device to record on and measure (default cpu)")
     parser.add_argument("--variants", type=int, default=30, help="pruned variants per model (default 30)")
     parser.add_argument("--runs", type=int, default=30, help="timed iterations per layer entry and per model")
     parser.add_argument("--warmup", type=int, default=5)
@@ -178,37 +184,40 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torchvision
 
-    from hwcompress.lut import format as lut
-    from hwcompress.model.analysis import analyze
     from hwcompress.devices import resolve_device
-    from hwcompress.model.export import export_onnx
+    from hwcompress.lut.record import record_lut
+    from hwcompress.lut.table import LatencyTable
     from hwcompress.measure.contract import ModelArtifact
-    from hwcompress.measure.profile import get_available_profiler, make_settings
+    from hwcompress.measure.resolve import make_settings, measuring_profiler
+    from hwcompress.model.analysis import analyze
+    from hwcompress.model.export import export_onnx
 
     torch.set_num_threads(1)
-    device = resolve_device("cpu")
+    device = resolve_device(args.device)
     settings = make_settings(device, runs=args.runs, warmup=args.warmup, threads=args.threads, per_layer=False)
     if args.cache_flush_mb is not None:
         settings = dataclasses.replace(settings, options={**settings.options, "cache_flush_mb": args.cache_flush_mb})
-    profiler = get_available_profiler(device)
-    if args.clock == "thread":
+    profiler, _ = measuring_profiler(device)
+    if args.clock == "thread" and profiler.name == "onnxruntime":
         profiler = ThreadClockProfiler(profiler)
     shape = (1, 3, 224, 224)
     names = [n for n in args.models.split(",") if n]
     work = Path(tempfile.mkdtemp(prefix="lut-fidelity-"))
-    lut_path = Path(args.lut) if args.lut else work / "cpu.lut.json"
+    lut_path = Path(args.lut) if args.lut else work / f"{device.name}.lut.json"
     facts = profiler.facts(settings)
-    print(f"device: {facts.get('cpu')} ({facts.get('logical_cores')} logical cores), {facts['runtime']} {facts['runtime_version']}, "
-          f"threads={settings.threads}, clock={args.clock}, runs={settings.runs}")
+    hardware = facts.get("gpu") or f"{facts.get('cpu')} ({facts.get('logical_cores')} logical cores)"
+    print(f"device: {device.name} = {hardware}, {profiler.name} profiler, {facts.get('runtime')} {facts.get('runtime_version')}, "
+          f"precision={settings.precision}, threads={settings.threads}, clock={args.clock if profiler.name == 'onnxruntime' else 'CUDA events'}, "
+          f"runs={settings.runs}")
 
     started = time.time()
     for name in names:
         model = torchvision.models.get_model(name, weights=None).eval()
         t0 = time.time()
-        table = lut.record_lut(model, shape, device, profiler, settings, lut_path, model_name=name,
-                               points=args.points, quantum=args.quantum, passes=args.passes)
+        table = record_lut(model, shape, device, profiler, settings, lut_path, model_name=name,
+                           points=args.points, quantum=args.quantum, passes=args.passes)
         print(f"recorded {name}: {len(table)} entries in the LUT so far, {time.time() - t0:.0f} s", flush=True)
-    table = lut.LatencyTable.load(lut_path)
+    table = LatencyTable.load(lut_path)
     print(f"LUT: {len(table)} entries, channel quantum {table.quantum} (multiple {device.channel_multiple}), "
           f"timing={table.timing}, recording {time.time() - started:.0f} s")
     for model in table.models:

@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 import torchvision
 
-from hwcompress.model.export import export_onnx
-from hwcompress.plugins import get_profilers
 from hwcompress.measure.contract import ModelArtifact, ProfileSettings
+from hwcompress.measure.resolve import installed_profiler
+from hwcompress.model.export import export_onnx
 
 
 def plain_loop(path: Path, shape: tuple[int, ...], runs: int, warmup: int, threads: int) -> float:
@@ -49,7 +49,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    profiler = get_profilers()["onnxruntime"]
+    profiler = installed_profiler("onnxruntime")
+    if profiler is None:
+        raise SystemExit("profile_agreement: the onnxruntime profiler is not installed (pip install hwcompress-profiler-onnxruntime)")
     settings = ProfileSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, per_layer=False)
     print(f"threads={args.threads} rounds={args.rounds} runs/round={args.runs} ort={ort.__version__}")
     print(f"{'model':<14}{'hwcompress ms':>15}{'plain ORT ms':>14}{'paired ratio':>14}{'min..max':>14}")

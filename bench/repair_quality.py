@@ -32,9 +32,17 @@ import argparse
 import statistics
 import time
 
+import numpy as np
+
+from hwcompress.budget import Budget
+from hwcompress.search.amc.agents import AMCAgent, RandomAgent
+from hwcompress.search.amc.ddpg import DDPGAgent
+from hwcompress.search.amc.walker import STATE_DIM, EpisodeWalker
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.prepare import prepare
+from hwcompress.search.rewards import reward
+from hwcompress.search.scoring import policy_scorer, torch_threads
 from hwcompress.slim.pruning import prune_channels
-from hwcompress.search.amc.walker import EpisodeWalker, RandomPolicy, reward_for
-from hwcompress.search.pipeline import SearchConfig, build_context, make_policy, policy_scorer, search_budget, torch_threads
 
 METHODS = ("scaled", "trimmed", "trimmed+scored")
 
@@ -50,32 +58,35 @@ def main() -> None:
 
     with torch_threads(1):
         started = time.perf_counter()
-        config = SearchConfig(budget_ratio=args.ratio, seed=args.seed)
-        ctx = build_context(config, log=lambda m: print(f"  {m}"))
-        model = ctx.cost_model
-        target = search_budget(config)
-        walker = EpisodeWalker(model, ctx.layers, target)
-        total = sum(g.channels for g in ctx.groups)
-        accuracy = policy_scorer(ctx)
+        config = SearchConfig(budget=Budget.latency_ratio(args.ratio), seed=args.seed)
+        prepared = prepare(config, log=lambda m: print(f"  {m}"))
+        model = prepared.cost_model
+        target = prepared.budget.target
+        walker = EpisodeWalker(model, prepared.layers, target)
+        total = sum(g.channels for g in prepared.groups)
+        accuracy = policy_scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
+                                 prepared.val_set, config.bn_calibration)
 
         if args.episodes:
-            agent = make_policy(SearchConfig(agent="amc", episodes=args.episodes, seed=args.seed), len(ctx.groups))
+            agent = AMCAgent()
+            agent.agent = DDPGAgent(STATE_DIM, len(prepared.groups), agent.settings_for(episodes=args.episodes, seed=args.seed))
             found: dict[tuple, dict[str, int]] = {}
             for index in range(args.episodes):
-                episode = agent.run_episode(walker, index)
-                agent.finish_episode(walker, episode, reward_for(accuracy(episode.keep), model.cost(episode.keep), "budget"), index)
-                found[tuple(episode.keep[g.name] for g in ctx.groups)] = episode.keep
+                episode = agent.propose(walker, index)
+                agent.learn(episode, reward("budget", accuracy(episode.keep), model.cost(episode.keep), "latency_ms"), index)
+                found[tuple(episode.keep[g.name] for g in prepared.groups)] = episode.keep
             students = sorted(found.values(), key=accuracy, reverse=True)[: args.students]
             print(f"AMC, {args.episodes} episodes: {len(found)} distinct students, repairing the best {len(students)}")
         else:
-            policy = RandomPolicy(len(ctx.groups), seed=args.seed)
-            students = [policy.run_episode(walker, i).keep for i in range(args.students)]
+            policy = RandomAgent()
+            policy.rng = np.random.default_rng(args.seed)
+            students = [policy.propose(walker, i).keep for i in range(args.students)]
 
         def measured(keep: dict[str, int], name: str) -> float:
-            return ctx.measure(prune_channels(ctx.teacher, ctx.example, keep), name)["median"]
+            return prepared.measure(prune_channels(prepared.teacher, prepared.example, keep), name)["median"]
 
         searched = [accuracy(k) for k in students]
-        print(f"budget {config.budget:.3f} ms, search target {target:.3f} ms; {len(students)} students, "
+        print(f"budget {prepared.budget.limit:.3f} ms, search target {target:.3f} ms; {len(students)} students, "
               f"validation accuracy {100 * statistics.mean(searched):.2f}% before any repair")
         rows = []
         for tighten in [float(t) for t in args.tighten.split(",")]:

@@ -21,7 +21,9 @@ import re
 import shutil
 from pathlib import Path
 
-from hwcompress.search.pipeline import SearchConfig, run_search
+from hwcompress.budget import Budget
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.run import run_search
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SECTION = "## Search quality"
@@ -82,7 +84,7 @@ def seed_means(rows: list[dict]) -> str:
     for agent, budget in keys:
         group = [r for r in rows if r["agent"] == agent and r["budget"] == budget]
 
-        def mean(name: str) -> float:
+        def mean(name: str, group: list = group) -> float:
             return statistics.mean(r[name] or 0.0 for r in group)
 
         lines.append(f"| {agent} | {budget} | {len(group)} | {100 * mean('val_acc_search'):.2f}% | {100 * mean('acc_before'):.2f}% | "
@@ -123,11 +125,11 @@ def main() -> None:
                 folder = out / f"{spec.replace(':', '-').replace('=', '')}-{ratio:g}-s{seed}"
                 shutil.rmtree(folder, ignore_errors=True)
                 # The first run turns the ratio into milliseconds; the others get the same absolute budget.
-                config = SearchConfig(budget_metric="latency_ms", budget=budget_ms or 0.0,
-                                      budget_ratio=None if budget_ms else ratio, agent=agent, episodes=args.episodes,
+                budget = Budget.latency_ms(budget_ms) if budget_ms else Budget.latency_ratio(ratio)
+                config = SearchConfig(budget=budget, agent=agent, episodes=args.episodes,
                                       seed=seed, finetune_epochs=args.finetune_epochs, out=str(folder),
                                       agent_options=parse_agent_options(tuple(o for o in options.split(";") if o)))
-                doc = run_search(config, quiet=True)
+                doc = run_search(config, progress=False).report
                 budget_ms = doc["budget"]["latency_ms"]
                 rows.append(row(spec, ratio, doc))
                 r = rows[-1]

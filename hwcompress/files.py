@@ -74,6 +74,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str | Writer) -> Pa
         handle, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
         tmp = Path(name)
         try:
+            # mkstemp makes the file private (0600); the result gets the mode a plain open() would give
+            # it, or keeps the mode of the file it replaces.
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
             if callable(data):
                 os.close(handle)
                 data(tmp)
@@ -120,6 +123,12 @@ def _default(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return _finite(value.to_dict())
     return str(value)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _parent(path: Path) -> Path:

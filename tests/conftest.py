@@ -4,7 +4,8 @@ Markers (declared in pyproject.toml):
     slow       long-running (minutes): skipped unless --runslow is given.
     gpu        needs an NVIDIA GPU: skipped when torch.cuda.is_available() is False.
     tensorrt   needs the tensorrt package: skipped when it is not importable.
-    packaging  builds the wheel and installs it into a fresh venv (needs the package index).
+    packaging  builds the wheel and installs it into a fresh venv (needs the package index): skipped
+               unless --runpackaging is given.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--runpackaging", action="store_true", default=False, help="run tests marked packaging")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,6 +31,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and not config.getoption("--runslow"):
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
+        if item.get_closest_marker("packaging") and not config.getoption("--runpackaging"):
+            item.add_marker(pytest.mark.skip(reason="packaging (builds a wheel, needs the package index): run with --runpackaging"))
         if item.get_closest_marker("gpu"):
             if gpu_reason is None:
                 import torch

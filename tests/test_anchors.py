@@ -5,9 +5,9 @@ import torch
 
 from hwcompress.model.analysis import analyze
 from hwcompress.model.embedded import resnet_cifar
-from hwcompress.slim.pruning import find_channel_groups
 from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency, monotone_anchors
 from hwcompress.search.cost import CostModel
+from hwcompress.slim.pruning import find_channel_groups
 
 SHAPE = (1, 3, 32, 32)
 

@@ -4,8 +4,9 @@ import json
 import statistics
 
 from hwcompress.measure.compare import measure_interleaved, paired_ratios
-from hwcompress.model.embedded import resnet20
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.model.embedded import resnet20
+
 
 class RecordingProfiler:
     """Records the order of the calls; model i takes (i + 1) ms, the machine slowing down each call."""

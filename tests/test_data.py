@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hwcompress.errors import UserError
 from hwcompress.model.data import (
     DataSplits,
     RandomShift,
@@ -18,7 +19,6 @@ from hwcompress.model.data import (
     split_indices,
     split_sizes,
 )
-from hwcompress.errors import UserError
 
 
 @pytest.fixture(scope="module")

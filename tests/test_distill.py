@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from hwcompress.model.data import loader
-from hwcompress.slim.distill import KDLoss, distill, logit_l2_loss
-from hwcompress.model.training import evaluate, train_supervised
 from hwcompress.model.embedded import resnet_cifar
+from hwcompress.model.training import evaluate, train_supervised
+from hwcompress.slim.distill import KDLoss, distill, logit_l2_loss
 
 WIDTHS = (4, 8, 8)  # tiny networks keep every test well under a second per step
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from hwcompress.devices import descriptor_from_dict
+from hwcompress.errors import UserError
 from hwcompress.lut.keys import TIMING_KERNELS
 from hwcompress.lut.predict import LutPredictor, calibration_ratio
 from hwcompress.lut.record import ensure_lut, record_lut
 from hwcompress.lut.recorder import QUANTUM_PROBE_PASSES, Recorder, fit_quantum, new_provenance
 from hwcompress.lut.table import LatencyTable
 from hwcompress.lut.units import channel_grid, grid_configs, model_units
-from hwcompress.model.analysis import analyze
-from hwcompress.devices import descriptor_from_dict
-from hwcompress.errors import UserError
 from hwcompress.measure.contract import ModelArtifact, ProfileSettings
+from hwcompress.model.analysis import analyze
 
 SHAPE = (1, 3, 16, 16)
 SETTINGS = ProfileSettings(runs=3, warmup=1, threads=1, per_layer=False)
@@ -395,7 +395,6 @@ def test_plan_is_timed_without_pytorch(tmp_path, capsys, tinynets):
 def test_compare_predicts_from_a_lut(recorded, tinynets):
     """Off the device, `compare` predicts every model from the LUT: a ratio of predictions."""
     from hwcompress.measure.compare import compare_models
-
     from hwcompress.measure.profile import profile_model
 
     models = [tinynets, tinynets.replace(":tiny", ":half")]

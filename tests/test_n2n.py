@@ -8,11 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from hwcompress.budget import Budget
 from hwcompress.model.analysis import analyze
 from hwcompress.model.embedded import resnet_cifar
-from hwcompress.budget import Budget
-from hwcompress.slim.pruning import find_channel_groups, prune_channels, round_channels
-from hwcompress.slim.units import find_removable_units, remove_units
 from hwcompress.search.agent import make_agent
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
@@ -20,6 +18,8 @@ from hwcompress.search.n2n import search as n2n
 from hwcompress.search.n2n.agent import N2NAgent, N2NSettings
 from hwcompress.search.n2n.policy import INVALID_REWARD, KEEP, RATIOS, RemovalPolicy, normalise
 from hwcompress.search.run import apply_policy, resume_search, run_search
+from hwcompress.slim.pruning import find_channel_groups, prune_channels, round_channels
+from hwcompress.slim.units import find_removable_units, remove_units
 
 SHAPE = (1, 3, 32, 32)
 TINY = "hwcompress.model.embedded:resnet20"

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from hwcompress.budget import Budget
-from hwcompress.slim.pruning import find_channel_groups, prune_channels
 from hwcompress.errors import UserError
 from hwcompress.model.analysis import analyze
 from hwcompress.model.embedded import resnet_cifar
@@ -18,6 +17,7 @@ from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
 from hwcompress.search.prepare import BudgetAlreadyMet
 from hwcompress.search.run import apply_policy, resume_search, run_search
+from hwcompress.slim.pruning import find_channel_groups, prune_channels
 
 SHAPE = (1, 3, 32, 32)
 TINY = "hwcompress.model.embedded:resnet20"

@@ -40,7 +40,7 @@ def test_devices_lists_plugin_device(cli, plugin_site):
     plugins = json.loads(cli("plugins", "--json", "-", env=_env(plugin_site)).stdout)
     example = next(p for p in plugins if p["name"] == "hwcompress-example-board")
     assert example["distribution"] == "hwcompress-example-board" and example["version"] == "0.2.0"
-    assert example["provides"] == {"profilers": ["example-all-cores"], "devices": ["example-board"]}
+    assert example["provides"] == {"profilers": ["example-all-cores"], "devices": ["example-board"], "agents": ["example-greedy"]}
 
 
 def test_profile_uses_plugin_profiler(cli, plugin_site):
@@ -50,6 +50,23 @@ def test_profile_uses_plugin_profiler(cli, plugin_site):
     doc = json.loads(result.stdout)
     assert doc["device"]["name"] == "example-board" and doc["profiler"] == "example-all-cores"
     assert doc["latency_ms"]["runs"] == 4 and doc["device"]["facts"]["threads"] == os.cpu_count()
+
+
+def test_search_runs_with_a_plugin_agent(cli, plugin_site, tmp_path):
+    """A third-party agent, registered through its entry point, drives a whole search from the CLI."""
+    out = tmp_path / "greedy"
+    result = cli("search", "--agent", "example-greedy", "--agent-option", "candidates=2", "--macs", "2.5e7",
+                 "-m", "hwcompress.model.embedded:resnet20", "--data", "digits", "--episodes", "3", "--runs", "3",
+                 "--val-limit", "64", "--bn-calibration", "32", "--finetune-epochs", "0", "-o", str(out), "--quiet",
+                 "--json", "-", env=_env(plugin_site))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["agent"] == "example-greedy" and doc["episodes"] == 3 and doc["best_episode"] == 2
+    assert doc["budget_met"] and doc["student"]["macs"] <= 2.5e7 < doc["teacher"]["macs"]
+    refused = cli("search", "--agent", "example-greedy", "--agent-option", "candidates=0", "--macs", "2.5e7",
+                  "-m", "hwcompress.model.embedded:resnet20", "--data", "digits", "-o", str(tmp_path / "no"),
+                  env=_env(plugin_site))
+    assert refused.returncode == 2 and "candidates must be a whole number" in refused.stderr
 
 
 def test_plugin_can_be_disabled(cli, plugin_site):

@@ -53,7 +53,7 @@ def _add_commands() -> None:
     manager.call_hook("register_commands", cli=cli)
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+def _one_line_warning(message, *_details, **_more) -> str:
     return f"warning: {message}\n"
 
 

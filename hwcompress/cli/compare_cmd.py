@@ -46,6 +46,7 @@ def compare(models, device, device_file, input_shape, rounds, threads, runs, war
 
 def print_comparison(doc: dict) -> None:
     """Render a ``hwcompress.compare/1`` document as a table."""
+    from rich.markup import escape
     from rich.table import Table
 
     measured = doc["source"] == "measured"
@@ -60,4 +61,4 @@ def print_comparison(doc: dict) -> None:
     out = console()
     out.print(table)
     for note in doc.get("notes", []):
-        out.print(f"[dim]note: {note}[/dim]")
+        out.print(f"[dim]note: {escape(note)}[/dim]")

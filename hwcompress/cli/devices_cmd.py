@@ -24,6 +24,7 @@ def devices(json_target):
       hwcompress devices
       hwcompress devices --json - | jq '.[].name'
     """
+    from rich.markup import escape
     from rich.table import Table
 
     rows = []
@@ -39,7 +40,8 @@ def devices(json_target):
         table.add_column(column, overflow="fold")
     colors = {"measured": "green", "lut": "cyan", "unavailable": "red"}
     for row in rows:
-        table.add_row(row["name"], ", ".join(row["aliases"]), row["profiler"], f"[{colors[row['status']]}]{row['status']}[/]", row["reason"])
+        table.add_row(row["name"], ", ".join(row["aliases"]), row["profiler"], f"[{colors[row['status']]}]{row['status']}[/]",
+                      escape(row["reason"]))
     console().print(table)
     console().print(f"[dim]your own devices: TOML files in {user_devices_dir()} (or $HWCOMPRESS_DEVICE_PATH); see docs/devices.md[/dim]")
 
@@ -61,6 +63,7 @@ def plugins_command(json_target):
     """
     from dataclasses import asdict
 
+    from rich.markup import escape
     from rich.table import Table
 
     # Building every registry records what each plugin provides (and surfaces hooks that fail).
@@ -77,6 +80,6 @@ def plugins_command(json_target):
         table.add_column(column, overflow="fold")
     for info in infos:
         provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items())
-        status = f"[red]broken: {info.error}[/]" if info.error else ("built-in" if info.builtin else "[green]ok[/]")
+        status = f"[red]broken: {escape(info.error)}[/]" if info.error else ("built-in" if info.builtin else "[green]ok[/]")
         table.add_row(info.name, info.distribution, info.version, provides, status)
     console().print(table)

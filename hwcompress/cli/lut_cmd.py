@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 
 from hwcompress.cli.common import console, device_options, emit_json, fmt_count, parse_input_shape, timing_options
 from hwcompress.devices import resolve_device
@@ -97,7 +98,7 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
     profiler, notes = measuring_profiler(descriptor, profiler_name)
     err = console(stderr=True)
     for note in notes:
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(f"[yellow]note:[/] {escape(note)}")
     if plan:
         label = f"plan {manifest.get('model')}"
 

@@ -72,6 +72,7 @@ def profile(device, device_file, model, input_shape, weights, threads, runs, war
 
 def print_report(doc: dict) -> None:
     """Render a ``hwcompress.profile/1`` document as rich tables."""
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -88,7 +89,7 @@ def print_report(doc: dict) -> None:
     head.add_row("MACs", f"{fmt_count(doc['macs'])} (FLOPs {fmt_count(doc['flops'])} = 2 x MACs)")
     head.add_row("parameters", f"{doc['params']:,}")
     for key, value in facts.items():
-        head.add_row(key.replace("_", " "), str(value))
+        head.add_row(key.replace("_", " "), escape(str(value)))
     settings = doc.get("settings", {})
     head.add_row("settings", ", ".join(f"{k}={v}" for k, v in settings.items() if k != "options"))
     onnx = doc["model"].get("onnx")
@@ -110,4 +111,4 @@ def print_report(doc: dict) -> None:
         table.add_row(row["name"], row["op"], shape, ksg, fmt_count(row["macs"]), fmt_count(row["params"]), fmt_ms(row.get("latency_ms")))
     out.print(table)
     for note in doc.get("notes", []):
-        out.print(f"[dim]note: {note}[/dim]")
+        out.print(f"[dim]note: {escape(note)}[/dim]")

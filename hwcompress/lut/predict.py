@@ -35,6 +35,7 @@ from hwcompress.lut.keys import (
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 from hwcompress.model.analysis import OTHER, LayerSpec, ModelAnalysis, analyze
 
+
 class Prediction(NamedTuple):
     """What :meth:`LatencyTable.predict` returns (unpacks as ``total_ms, per_layer_ms, coverage``)."""
 
@@ -366,7 +367,7 @@ class LutPredictor:
     def available(self) -> tuple[bool, str]:
         return True, ""
 
-    def facts(self, settings: ProfileSettings) -> dict[str, Any]:
+    def facts(self, _settings: ProfileSettings) -> dict[str, Any]:
         return lut_facts(self.table)
 
     def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:

@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import torch
 
 from hwcompress import __version__
-from hwcompress.slim import pruning
 from hwcompress.devices import user_data_dir
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
@@ -32,6 +31,8 @@ from hwcompress.lut.units import build_unit, grid_configs, model_fingerprint, mo
 from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 from hwcompress.model.analysis import analyze
 from hwcompress.model.export import export_onnx
+from hwcompress.slim import pruning
+
 
 def record_lut(
     model_module: Any,

@@ -45,6 +45,7 @@ from hwcompress.lut.units import PlannedUnit, UnitTemplate, build_unit
 from hwcompress.measure.contract import LatencyStats, ModelArtifact, ProfileSettings
 from hwcompress.model.export import export_onnx
 
+
 @dataclass
 class UnitTimer:
     """How one tiny model is timed: ``time(artifact, settings) -> LatencyStats`` and what it measures."""

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hwcompress.errors import UserError
-from hwcompress.model.analysis import analyze
 from hwcompress.lut.keys import CONV_OPS, FUSABLE_ACTIVATIONS, FUSABLE_NORMS, GENERIC_OPS, NORM_OPS, LayerConfig, _ceil_to
+from hwcompress.model.analysis import analyze
+
 
 @dataclass
 class PlannedUnit:

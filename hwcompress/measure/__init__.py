@@ -6,6 +6,6 @@ Plugin authors need only the contract; it is re-exported here::
     from hwcompress.measure import LatencyStats, Measurement, ModelArtifact, ProfileSettings, Profiler
 """
 
-from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings, Profiler
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, Profiler, ProfileSettings
 
 __all__ = ["LatencyStats", "Measurement", "ModelArtifact", "ProfileSettings", "Profiler"]

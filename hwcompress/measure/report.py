@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hwcompress.model.analysis import ModelAnalysis
 from hwcompress.measure.contract import LatencyStats
+from hwcompress.model.analysis import ModelAnalysis
 
 PROFILE_SCHEMA = "hwcompress.profile/1"
 

@@ -97,7 +97,7 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     handles = []
     leaves = [(name, m) for name, m in module.named_modules() if name and not list(m.children())]
     for name, leaf in leaves:
-        def hook(mod: Any, inputs: Any, output: Any, name: str = name) -> None:
+        def hook(_mod: Any, inputs: Any, output: Any, name: str = name) -> None:
             shapes.setdefault(name, (_shape(inputs), _shape(output)))
 
         handles.append(leaf.register_forward_hook(hook))

@@ -213,7 +213,7 @@ def _progress_reporter(
     task = bar.add_task(description, total=total_steps, loss=float("nan"))
     bar.start()
 
-    def update(step: int, total: int, loss: float) -> None:
+    def update(step: int, _total: int, loss: float) -> None:
         bar.update(task, completed=step, loss=loss)
 
     return update, bar

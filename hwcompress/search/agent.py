@@ -137,10 +137,10 @@ class SearchContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: Candidate | None = None
     notes: list[str] = field(default_factory=list)
-    log: Callable[[str], None] = lambda message: None
-    on_report: Callable[[dict[str, Any]], None] = lambda record: None
+    log: Callable[[str], None] = lambda _message: None
+    on_report: Callable[[dict[str, Any]], None] = lambda _record: None
     on_checkpoint: Callable[[], None] = lambda: None
-    on_total: Callable[[int], None] = lambda total: None
+    on_total: Callable[[int], None] = lambda _total: None
 
     @property
     def target(self) -> float:

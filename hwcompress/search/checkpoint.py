@@ -63,7 +63,7 @@ class OutputLock:
                 host = holder[1] if len(holder) > 1 else socket.gethostname()
                 if pid is not None and (host != socket.gethostname() or _alive(pid)):
                     raise UserError(f"{self.folder} is in use by another search (process {pid} on {host}); "
-                                    f"wait for it or choose another --out (remove {self.path} if that search is gone)")
+                                    f"wait for it or choose another --out (remove {self.path} if that search is gone)") from None
                 self.path.unlink(missing_ok=True)
                 self.note = f"took over a stale lock in {self.folder} (process {pid} is gone)"
                 continue

@@ -15,8 +15,6 @@ from typing import Any, Callable
 import torch
 
 from hwcompress import __version__
-from hwcompress.slim.distill import distill
-from hwcompress.slim.reconstruct import reconstruct_least_squares
 from hwcompress.files import write_atomic
 from hwcompress.model.analysis import analyze
 from hwcompress.model.export import export_onnx
@@ -25,6 +23,8 @@ from hwcompress.search.agent import Candidate
 from hwcompress.search.prepare import VERDICT_ROUNDS, Prepared
 from hwcompress.search.report import RESULT_SCHEMA, policy_document, write_report
 from hwcompress.search.scoring import build_student, recalibrate_batchnorm
+from hwcompress.slim.distill import distill
+from hwcompress.slim.reconstruct import reconstruct_least_squares
 
 
 @dataclass

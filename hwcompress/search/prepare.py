@@ -20,7 +20,6 @@ from typing import Any, Callable
 import torch
 
 from hwcompress.budget import Budget
-from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
 from hwcompress.devices import DeviceDescriptor, resolve_device
 from hwcompress.errors import UserError
 from hwcompress.lut.record import default_lut_path, ensure_lut
@@ -36,6 +35,7 @@ from hwcompress.model.training import evaluate
 from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
+from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
 
 #: A config's ``model`` or ``data`` when the caller passed Python objects (hwcompress.api).
 PYTHON_OBJECT = "<python object>"

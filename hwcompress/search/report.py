@@ -134,7 +134,9 @@ def print_summary(doc: dict[str, Any], console: Any, out: Path | None) -> None:
     table.add_row("parameters", f"{t['params']:,}", f"{s['params']:,}")
     console.print(table)
     colour = "green" if doc["budget_met"] else "red"
-    line = f"[{colour}]{verdict_text(doc)}[/{colour}]"
+    from rich.markup import escape
+
+    line = f"[{colour}]{escape(verdict_text(doc))}[/{colour}]"
     if doc["verdict"]["source"] == "predicted" and out is not None:
         line += f"; on the device run `hwcompress profile --device {doc['device']['name']} -m {out}/student.onnx`"
     if out is not None:

@@ -77,7 +77,9 @@ class _Console:
 
     def log(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(f"[dim]{message}[/dim]")
+            from rich.markup import escape
+
+            self.console.print(f"[dim]{escape(message)}[/dim]")
 
     def progress(self) -> Any:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import torch
 
+from hwcompress.model.training import evaluate
 from hwcompress.slim.pruning import prune_channels
 from hwcompress.slim.units import remove_units
-from hwcompress.model.training import evaluate
 
 
 class torch_threads:

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from hwcompress.slim.pruning import round_channels
 from hwcompress.search.agent import Candidate, SearchContext
 from hwcompress.search.amc.ddpg import DDPGAgent, DDPGSettings
 from hwcompress.search.amc.walker import STATE_DIM, Episode, EpisodeWalker
+from hwcompress.slim.pruning import round_channels
 
 #: AMC's exploration-noise decay per episode here: NNI's 0.99, not the original's 0.95. Over a
 #: 120-episode run the original's sigma falls to 0.02 by episode 90 and the agent repeats itself
@@ -39,7 +39,7 @@ class EpisodeAgent:
             cost = context.cost_model.cost(episode.keep)
             accuracy = context.score(episode.keep)
             reward = context.reward(accuracy, cost)
-            self.learn(walker, episode, reward, index)
+            self.learn(episode, reward, index)
             record = {"episode": index, "reward": reward, "accuracy": accuracy, "cost": cost,
                       "ratios": [round(r, 4) for r in episode.ratios]}
             best = context.best
@@ -59,7 +59,7 @@ class EpisodeAgent:
     def propose(self, walker: EpisodeWalker, index: int) -> Episode:
         raise NotImplementedError
 
-    def learn(self, walker: EpisodeWalker, episode: Episode, reward: float, index: int) -> None:
+    def learn(self, episode: Episode, reward: float, index: int) -> None:
         """Learn from a scored episode (the baselines learn nothing)."""
 
 
@@ -94,9 +94,9 @@ class AMCAgent(EpisodeAgent):
             self.agent = DDPGAgent(STATE_DIM, len(context.groups), settings)
 
     def propose(self, walker: EpisodeWalker, index: int) -> Episode:
-        return walker.walk(lambda t, state: self.agent.act(state, index))
+        return walker.walk(lambda _t, state: self.agent.act(state, index))
 
-    def learn(self, walker: EpisodeWalker, episode: Episode, reward: float, index: int) -> None:
+    def learn(self, episode: Episode, reward: float, index: int) -> None:
         transitions = []
         n = len(episode.states)
         for t in range(n):
@@ -135,8 +135,8 @@ class RandomAgent(EpisodeAgent):
             self.rng.bit_generator.state = self._pending
             self._pending = None
 
-    def propose(self, walker: EpisodeWalker, index: int) -> Episode:
-        return walker.walk(lambda t, state: float(self.rng.uniform(0.0, 1.0)))
+    def propose(self, walker: EpisodeWalker, _index: int) -> Episode:
+        return walker.walk(lambda _t, _state: float(self.rng.uniform(0.0, 1.0)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state if self.rng is not None else self._pending}
@@ -167,7 +167,7 @@ class UniformAgent(EpisodeAgent):
         m = walker.cost_model
         return {g.name: max(m.min_channels(g), round_channels(g.channels, ratio, m.multiple)) for g in walker.groups}
 
-    def propose(self, walker: EpisodeWalker, index: int) -> Episode:
+    def propose(self, walker: EpisodeWalker, _index: int) -> Episode:
         if self.ratio is None:
             low, high = walker.cost_model.lbound, 1.0
             if walker.cost_model.cost(self._policy(walker, high)) <= walker.budget:

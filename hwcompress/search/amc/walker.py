@@ -23,9 +23,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from hwcompress.model.analysis import LayerSpec
-from hwcompress.slim.pruning import ChannelGroup, round_channels
-from hwcompress.search.cost import CostModel
 from hwcompress.search.amc.ddpg import normalise_features
+from hwcompress.search.cost import CostModel
+from hwcompress.slim.pruning import ChannelGroup, round_channels
 
 STATE_DIM = 11
 

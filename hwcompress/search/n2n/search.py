@@ -56,14 +56,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from hwcompress.slim.distill import distill
-from hwcompress.slim.pruning import find_channel_groups, prune_channels, round_channels
 from hwcompress.model.analysis import analyze
 from hwcompress.model.training import evaluate
-from hwcompress.search.cost import CostModel
-from hwcompress.slim.units import find_removable_units, remove_units
 from hwcompress.search.agent import Candidate, SearchContext
-from hwcompress.search.scoring import recalibrate_batchnorm
+from hwcompress.search.cost import CostModel
 from hwcompress.search.n2n.policy import (
     INVALID_REWARD,
     KEEP,
@@ -76,6 +72,10 @@ from hwcompress.search.n2n.policy import (
     n2n_reward,
     normalise,
 )
+from hwcompress.search.scoring import recalibrate_batchnorm
+from hwcompress.slim.distill import distill
+from hwcompress.slim.pruning import find_channel_groups, prune_channels, round_channels
+from hwcompress.slim.units import find_removable_units, remove_units
 
 __all__ = ["N2NSearch", "unit_features", "group_features", "stage1_rows"]
 
@@ -204,7 +204,7 @@ class N2NSearch:
 
     # -- stage 2 setup ---------------------------------------------------------------------------
 
-    def _base_structures(self, removed: list[str], model: Any) -> None:
+    def _base_structures(self, model: Any) -> None:
         """Channel groups, cost model and shrinkage policy over the stage-2 base (deterministic)."""
 
         settings = self.settings
@@ -246,7 +246,7 @@ class N2NSearch:
         self.base = {"removed_units": removed, "model": model.eval(), "accuracy": accuracy,
                      "params": sum(p.numel() for p in model.parameters()),
                      "cost": _price(rows, self.metric, self.latency_of)}
-        self._base_structures(removed, self.base["model"])
+        self._base_structures(self.base["model"])
         if self.shrink is None and self.stage_epochs[1]:
             self.ctx.notes.append("n2n: the stage-1 student has no prunable channel groups; stage 2 was skipped")
         self.stage, self.epoch = 2, 0
@@ -388,7 +388,7 @@ class N2NSearch:
             self.removal.load_state_dict(state["removal"])
         if state["base"] is not None:
             self.base = dict(state["base"])
-            self._base_structures(self.base["removed_units"], self.base["model"])
+            self._base_structures(self.base["model"])
             if self.shrink is not None and state["shrink"] is not None:
                 self.shrink.load_state_dict(state["shrink"])
         self.cache = state["cache"]

@@ -16,16 +16,22 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-import pytest
-
 import hwcompress_profiler_tensorrt as plugin
-from hwcompress.errors import UserError
-from hwcompress.measure.contract import ModelArtifact, ProfileSettings
+import pytest
 from hwcompress_profiler_tensorrt import engine, gpu_facts, jetson
 from hwcompress_profiler_tensorrt.engine_cache import EngineCache, engine_cache_dir, engine_cache_key
-from hwcompress_profiler_tensorrt.layer_times import LayerTimeRecorder, aggregate_layer_times, layer_nodes, primary_node, unit_run_times
+from hwcompress_profiler_tensorrt.layer_times import (
+    LayerTimeRecorder,
+    aggregate_layer_times,
+    layer_nodes,
+    primary_node,
+    unit_run_times,
+)
 from hwcompress_profiler_tensorrt.options import GpuOptions, check_precision, parse_options
 from hwcompress_profiler_tensorrt.timing import coefficient_of_variation_note, warm_up
+
+from hwcompress.errors import UserError
+from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 
 TRT_REASON = "tensorrt is not installed; pip install 'hwcompress-profiler-tensorrt[tensorrt]'"
 GPU_REASON = "no NVIDIA GPU visible (torch.cuda.is_available() is False)"
@@ -566,9 +572,9 @@ def test_unit_time_leaves_out_conversions_at_the_edges_only():
 
 
 def test_layer_times_map_to_pytorch_modules():
-    from hwcompress.model.export import node_module_path
-
     from hwcompress_profiler_tensorrt.cuda_profiler import module_node_name
+
+    from hwcompress.model.export import node_module_path
 
     assert node_module_path(primary_node("/layer1/layer1.0/conv1/Conv + /layer1/layer1.0/relu/Relu")) == "layer1.0.conv1"
 
@@ -859,7 +865,6 @@ def test_parse_and_build_failures_are_one_line_errors(tmp_path):
 def test_measurement_assembly_with_a_stand_in_gpu(monkeypatch):
     """measure_launches' bookkeeping (facts, clocks at start and end, notes) without CUDA."""
     import torch
-
     from hwcompress_profiler_tensorrt import measuring
     from hwcompress_profiler_tensorrt.timing import CudaTiming
 
@@ -882,7 +887,8 @@ def test_measurement_assembly_with_a_stand_in_gpu(monkeypatch):
         settings=settings, options=parse_options(settings), layer_times=lambda: {"/0/Conv2d": 0.4},
         facts={"cudnn_benchmark": True}, notes=["first"],
     )
-    assert seen == {"runs": 4, "warmup": 50, "warmup_ms": 200.0, "cuda_graph": True, "spin_wait": False}
+    assert seen == {"runs": 4, "warmup": 50, "warmup_ms": 200.0, "cuda_graph": True, "spin_wait": False,
+                    "max_rounds": 5, "settle_tolerance": 0.02}
     assert result.latency.median == pytest.approx(1.0) and result.latency.runs == 4
     assert result.node_ms == {"/0/Conv2d": 0.4}
     facts = result.facts
@@ -995,9 +1001,9 @@ def test_cuda_profiler_times_a_module(tmp_path, cuda_graph, precision):
 
 @pytest.mark.tensorrt
 def test_tensorrt_builds_caches_and_maps_layers(tmp_path):
+    from hwcompress.measure.profile import map_node_times
     from hwcompress.model.analysis import analyze
     from hwcompress.model.export import export_onnx
-    from hwcompress.measure.profile import map_node_times
 
     net = _small_net().eval()
     onnx_path = Path(export_onnx(net, (1, 3, 32, 32), tmp_path / "net.onnx", verify=False).path)
@@ -1049,3 +1055,44 @@ def test_tensorrt_refuses_a_contradicting_shape(tmp_path):
     artifact = ModelArtifact(onnx_path=conv_onnx(tmp_path / "conv.onnx"), input_shape=(1, 3, 32, 32))
     with pytest.raises(UserError, match="fixed at 1x3x16x16"):
         plugin.TensorRTProfiler().measure(artifact, ProfileSettings(runs=5, warmup=1, options={"engine_cache": False}))
+
+
+# ----------------------------------------------------------------------------------------------
+# the cuda profiler's stability check and LUT unit timing (pure logic; the GPU runs are below)
+
+
+def test_rounds_settle_when_two_medians_agree():
+    from hwcompress_profiler_tensorrt.timing import settled
+
+    assert not settled([1.0], 0.02)  # one round proves nothing
+    assert settled([1.30, 1.01, 1.00], 0.02)  # the clocks ramped up in the first round, then it held
+    assert not settled([1.00, 1.10], 0.02)
+    assert settled([1.00, 1.019], 0.02) and not settled([0.0, 0.0], 0.02)
+
+
+def test_cuda_graph_is_the_cuda_profilers_default_and_rounds_are_options():
+    from hwcompress_profiler_tensorrt.options import parse_options
+
+    options = parse_options(ProfileSettings())
+    assert options.cuda_graph is None and options.max_rounds == 5 and options.settle_tolerance == 0.02
+    assert parse_options(ProfileSettings(options={"cuda_graph": False, "max_rounds": 1})).cuda_graph is False
+    for bad, message in (({"max_rounds": 0}, "'max_rounds' must be"), ({"settle_tolerance": 2}, "'settle_tolerance' must be")):
+        with pytest.raises(UserError, match=message):
+            parse_options(ProfileSettings(options=bad))
+
+
+def test_kernel_events_split_into_runs():
+    from hwcompress_profiler_tensorrt.cuda_profiler import split_runs
+
+    # three runs of two kernels each (start us, duration us), out of order as a profiler may list them
+    events = [(30.0, 5.0), (0.0, 10.0), (12.0, 4.0), (20.0, 9.0), (33.0, 4.0), (40.0, 11.0)]
+    assert split_runs(events, 3) == pytest.approx([0.014, 0.014, 0.015])
+    assert split_runs(events[:5], 2) == pytest.approx([0.016, 0.016])  # uneven: every run gets the mean
+    assert split_runs([], 3) == []
+
+
+def test_the_cuda_profiler_offers_unit_timing_for_the_lut_recorder():
+    from hwcompress.lut.keys import TIMING_KERNELS
+    from hwcompress.lut.recorder import unit_timer
+
+    assert unit_timer(plugin.CudaProfiler()).timing == TIMING_KERNELS

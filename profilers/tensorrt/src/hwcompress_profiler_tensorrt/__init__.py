@@ -122,7 +122,6 @@ class TensorRTProfiler:
 
     def _measure(self, artifact: ModelArtifact, settings: ProfileSettings, *, unit: bool) -> Measurement:
         from hwcompress.errors import UserError
-
         from hwcompress_profiler_tensorrt.engine import has_explicit_quantization
         from hwcompress_profiler_tensorrt.options import check_precision, parse_options
 
@@ -142,7 +141,7 @@ class CudaProfiler:
     """Latency of the PyTorch module on this machine's NVIDIA GPU (no TensorRT needed)."""
 
     name = "cuda"
-    description = "NVIDIA GPU latency of the PyTorch model (CUDA events, optional CUDA graphs)"
+    description = "NVIDIA GPU latency of the PyTorch model (CUDA graph replays timed with CUDA events)"
 
     def available(self) -> tuple[bool, str]:
         problem = gpu_problem()
@@ -167,7 +166,6 @@ class CudaProfiler:
             UserError: int8 (no PyTorch int8 GPU path), no module (ONNX-only model), no GPU.
         """
         from hwcompress.errors import UserError
-
         from hwcompress_profiler_tensorrt.options import check_precision, parse_options
 
         options = parse_options(settings)
@@ -178,6 +176,21 @@ class CudaProfiler:
         from hwcompress_profiler_tensorrt.cuda_profiler import measure_cuda
 
         return measure_cuda(artifact, settings, options)
+
+    def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
+        """In-network time of a tiny model, for ``hwcompress lut record``: its kernels' durations per run
+        (PyTorch's profiler), without the launch and synchronisation a single-layer loop pays."""
+        from hwcompress.errors import UserError
+        from hwcompress_profiler_tensorrt.options import check_precision, parse_options
+
+        options = parse_options(settings)
+        check_precision(options, profiler=self.name)
+        ok, reason = self.available()
+        if not ok:
+            raise UserError(f"profiler 'cuda' is unavailable: {reason}")
+        from hwcompress_profiler_tensorrt.cuda_profiler import measure_unit_cuda
+
+        return measure_unit_cuda(artifact, settings, options)
 
 
 def _current_gpu_facts(settings: ProfileSettings, *, profiler: str) -> dict[str, Any]:

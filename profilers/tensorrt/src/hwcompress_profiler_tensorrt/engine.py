@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hwcompress.errors import UserError
-
 from hwcompress_profiler_tensorrt.engine_cache import EngineCache, engine_cache_dir, engine_cache_key
 from hwcompress_profiler_tensorrt.layer_times import LayerTimeRecorder, aggregate_layer_times
 from hwcompress_profiler_tensorrt.options import GpuOptions
@@ -176,13 +175,13 @@ def _calibrator_from_cache(trt: Any, cache: bytes) -> Any:
         def get_batch_size(self) -> int:
             return 1
 
-        def get_batch(self, names: Any) -> None:
+        def get_batch(self, _names: Any) -> None:
             return None  # no data: every scale must come from the cache
 
         def read_calibration_cache(self) -> bytes:
             return cache
 
-        def write_calibration_cache(self, data: Any) -> None:
+        def write_calibration_cache(self, _data: Any) -> None:
             return None
 
     return _CacheCalibrator()

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from hwcompress.measure.contract import LatencyStats, Measurement, ProfileSettings
-
 from hwcompress_profiler_tensorrt.gpu_facts import GpuMonitor, device_facts, pci_bus_id, throttle_notes, with_suffix
 from hwcompress_profiler_tensorrt.options import KNOWN_OPTIONS, GpuOptions
 from hwcompress_profiler_tensorrt.timing import coefficient_of_variation_note, time_launches
@@ -36,6 +35,7 @@ def measure_launches(
     layer_times: Callable[[], dict[str, float]] | None = None,
     facts: dict[str, Any] | None = None,
     notes: list[str] | None = None,
+    default_cuda_graph: bool = False,
 ) -> Measurement:
     """Time ``launch`` on the current CUDA device and report it.
 
@@ -51,6 +51,7 @@ def measure_launches(
         layer_times: returns per-node median times (called after timing, when per-layer is on).
         facts: profiler-specific facts to add (engine cache, precision route...).
         notes: profiler-specific notes to add.
+        default_cuda_graph: whether to replay a CUDA graph when the options do not say.
 
     Returns:
         The measurement: the latency statistics of the CUDA-event times, per-node times, facts with
@@ -74,8 +75,10 @@ def measure_launches(
             runs=int(settings.runs),
             warmup=int(settings.warmup),
             warmup_ms=options.warmup_ms,
-            cuda_graph=options.cuda_graph,
+            cuda_graph=default_cuda_graph if options.cuda_graph is None else options.cuda_graph,
             spin_wait=options.spin_wait,
+            max_rounds=options.max_rounds,
+            settle_tolerance=options.settle_tolerance,
         )
         end = monitor.sample()
     finally:
@@ -90,7 +93,11 @@ def measure_launches(
         **(facts or {}),
         "cuda_graph": timing.cuda_graph,
         "warmup_iterations": timing.warmup_iterations,
-        "timing": "CUDA events around each enqueue, synchronized per iteration",
+        "timing": ("CUDA events around each graph replay" if timing.cuda_graph else
+                   "CUDA events around each enqueue") + ", synchronized per iteration",
+        "rounds": len(timing.round_medians_ms),
+        "round_medians_ms": [round(m, 5) for m in timing.round_medians_ms],
+        "settled": timing.settled,
         "host_wall_median_ms": round(timing.host_median_ms, 4),
         **with_suffix(start, "start"),
         **with_suffix(end, "end"),

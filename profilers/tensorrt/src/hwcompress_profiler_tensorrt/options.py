@@ -20,10 +20,16 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # trtexec warms up for 200 ms by default: long enough for a GPU to leave its idle clocks. Iteration
 # counts alone are not enough on a GPU, where a tiny model's 50 iterations last a millisecond.
 DEFAULT_WARMUP_MS = 200.0
+# The stability check: time rounds of `runs` iterations until two consecutive round medians agree within
+# the tolerance (trtexec's de facto stability bar is a 1% coefficient of variation), or say it did not.
+DEFAULT_MAX_ROUNDS = 5
+DEFAULT_SETTLE_TOLERANCE = 0.02
 
 #: Every option either profiler reads, with its meaning (also rendered in docs/gpu.md).
 KNOWN_OPTIONS: dict[str, str] = {
-    "cuda_graph": "capture one inference in a CUDA graph and time graph replays (default false)",
+    "cuda_graph": "capture one inference in a CUDA graph and time graph replays (default: true for cuda, false for tensorrt)",
+    "max_rounds": f"rounds of `runs` timed iterations until two round medians agree (default {DEFAULT_MAX_ROUNDS})",
+    "settle_tolerance": f"how close two consecutive round medians must be to count as settled (default {DEFAULT_SETTLE_TOLERANCE:g})",
     "spin_wait": "busy-poll the end event instead of a blocking synchronize (default false)",
     "transfers": "include host-to-device and device-to-host copies in the timed region (default false)",
     "warmup_ms": f"minimum warm-up duration in ms on top of the warm-up iterations (default {DEFAULT_WARMUP_MS:g})",
@@ -47,7 +53,11 @@ class GpuOptions:
 
     Attributes:
         precision: ``fp32`` | ``fp16`` | ``int8``.
-        cuda_graph: time CUDA graph replays instead of eager launches.
+        cuda_graph: time CUDA graph replays instead of eager launches (None: the profiler's default:
+            replays for ``cuda``, where eager batch-1 timing measures Python's launch overhead; eager
+            enqueues for ``tensorrt``, as trtexec).
+        max_rounds: at most this many timed rounds (the stability check).
+        settle_tolerance: relative difference of two consecutive round medians that counts as settled.
         spin_wait: poll the end event (lower wake-up latency) rather than block on it.
         transfers: time H2D input and D2H output copies with the inference (trtexec's "Latency"
             rather than its "GPU Compute Time").
@@ -64,7 +74,9 @@ class GpuOptions:
     """
 
     precision: str = "fp32"
-    cuda_graph: bool = False
+    cuda_graph: bool | None = None
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    settle_tolerance: float = DEFAULT_SETTLE_TOLERANCE
     spin_wait: bool = False
     transfers: bool = False
     warmup_ms: float = DEFAULT_WARMUP_MS
@@ -90,7 +102,7 @@ class GpuOptions:
         """The options that shape the number, as JSON-safe report facts."""
         facts: dict[str, Any] = {
             "precision": self.precision,
-            "cuda_graph": self.cuda_graph,
+            "cuda_graph_requested": self.cuda_graph,
             "spin_wait": self.spin_wait,
             "transfers_timed": self.transfers,
             "warmup_ms_min": self.warmup_ms,
@@ -114,6 +126,12 @@ def _int(options: dict[str, Any], key: str, default: int | None, *, low: int, hi
         bound = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
         raise UserError(f"option {key!r} must be {bound} (got {value!r})")
     return value
+
+
+def _tolerance(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise UserError(f"option 'settle_tolerance' must be a number between 0 and 1 (got {value!r})")
+    return float(value)
 
 
 def parse_options(settings: ProfileSettings) -> GpuOptions:
@@ -147,7 +165,9 @@ def parse_options(settings: ProfileSettings) -> GpuOptions:
     ignored = tuple(sorted(set(options) - set(KNOWN_OPTIONS) - _FOREIGN_OPTIONS))
     return GpuOptions(
         precision=precision,
-        cuda_graph=_bool(options, "cuda_graph", False),
+        cuda_graph=None if options.get("cuda_graph") is None else _bool(options, "cuda_graph", False),
+        max_rounds=_int(options, "max_rounds", DEFAULT_MAX_ROUNDS, low=1, high=50),
+        settle_tolerance=_tolerance(options.get("settle_tolerance", DEFAULT_SETTLE_TOLERANCE)),
         spin_wait=_bool(options, "spin_wait", False),
         transfers=_bool(options, "transfers", False),
         warmup_ms=float(warmup_ms),

@@ -11,8 +11,14 @@ from typing import Any
 
 from hwcompress.errors import UserError
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
-
-from hwcompress_profiler_tensorrt.engine import PROFILED_RUNS, EngineRunner, make_logger, engine_for, import_tensorrt, version_major
+from hwcompress_profiler_tensorrt.engine import (
+    PROFILED_RUNS,
+    EngineRunner,
+    engine_for,
+    import_tensorrt,
+    make_logger,
+    version_major,
+)
 from hwcompress_profiler_tensorrt.layer_times import unit_run_times
 from hwcompress_profiler_tensorrt.measuring import measure_launches
 from hwcompress_profiler_tensorrt.options import GpuOptions, check_precision

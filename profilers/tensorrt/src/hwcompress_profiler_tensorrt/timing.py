@@ -17,6 +17,9 @@ Method (after trtexec, research/performance.md section 5):
 * With ``spin_wait`` the host polls the end event instead of blocking in ``cudaEventSynchronize``
   (trtexec's ``--useSpinWait``): the next iteration starts sooner, and the host wall time per iteration,
   reported alongside, gets closer to the event time.
+* The stability check (:func:`time_until_settled`): the timed loop runs in rounds of ``runs``
+  iterations until the medians of two consecutive rounds agree within a tolerance (clocks ramping,
+  another process's burst); the report gives every round's median and says when it never settled.
 
 torch is imported inside the functions: this module is imported when the plugin loads.
 """
@@ -38,11 +41,13 @@ class CudaTiming:
     """Per-iteration times of one timed loop.
 
     Attributes:
-        samples_ms: CUDA-event time of each timed iteration.
+        samples_ms: CUDA-event time of each timed iteration (of the last round).
         host_ms: host wall time of each timed iteration (enqueue + wait).
         warmup_iterations: eager (and replay) iterations run before timing.
         cuda_graph: whether the timed iterations were CUDA graph replays.
         notes: what the user should know (graph capture fell back, ...).
+        round_medians_ms: the median of each timed round (the stability check).
+        settled: whether two consecutive rounds agreed within the tolerance.
     """
 
     samples_ms: list[float]
@@ -50,6 +55,8 @@ class CudaTiming:
     warmup_iterations: int
     cuda_graph: bool
     notes: list[str] = field(default_factory=list)
+    round_medians_ms: list[float] = field(default_factory=list)
+    settled: bool = True
 
     @property
     def host_median_ms(self) -> float:
@@ -107,6 +114,15 @@ def capture_graph(launch: Callable[[], Any], stream: Any) -> tuple[Any | None, s
     return graph, None
 
 
+def settled(round_medians: list[float], tolerance: float) -> bool:
+    """Whether the last two round medians agree within ``tolerance`` (relative to the smaller)."""
+    if len(round_medians) < 2:
+        return False
+    a, b = round_medians[-2], round_medians[-1]
+    low = min(a, b)
+    return low > 0 and abs(a - b) / low <= tolerance
+
+
 def time_launches(
     launch: Callable[[], Any],
     stream: Any,
@@ -116,21 +132,26 @@ def time_launches(
     warmup_ms: float,
     cuda_graph: bool = False,
     spin_wait: bool = False,
+    max_rounds: int = 1,
+    settle_tolerance: float = 0.02,
 ) -> CudaTiming:
-    """Warm up, optionally capture a CUDA graph, then time ``runs`` iterations with CUDA events.
+    """Warm up, optionally capture a CUDA graph, then time rounds of ``runs`` iterations with CUDA events
+    until two consecutive round medians agree within ``settle_tolerance`` (at most ``max_rounds``).
 
     Args:
         launch: enqueues one inference on ``stream`` (it may read ``torch.cuda.current_stream()``,
             which is ``stream`` while this runs). It must not synchronize: that would break capture.
         stream: a ``torch.cuda.Stream`` (not the default stream).
-        runs: timed iterations.
+        runs: timed iterations per round.
         warmup: minimum warm-up iterations.
         warmup_ms: minimum warm-up duration.
         cuda_graph: capture ``launch`` once and time graph replays.
         spin_wait: poll the end event instead of blocking on it.
+        max_rounds: rounds at most; 1 times one round and skips the check.
+        settle_tolerance: see :func:`settled`.
 
     Returns:
-        The per-iteration times.
+        The last round's per-iteration times, every round's median, and whether they settled.
     """
     import torch
 
@@ -149,18 +170,36 @@ def time_launches(
                 step = graph.replay
                 graphed = True
                 count += warm_up(step, stream, GRAPH_WARMUP_REPLAYS, 0.0)
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-        host_ms: list[float] = []
-        for start, end in zip(starts, ends):
-            begin = time.perf_counter_ns()
-            start.record(stream)
-            step()
-            end.record(stream)
-            _wait(end, spin_wait)
-            host_ms.append((time.perf_counter_ns() - begin) / 1e6)
-        samples = [start.elapsed_time(end) for start, end in zip(starts, ends)]
-    return CudaTiming(samples_ms=samples, host_ms=host_ms, warmup_iterations=count, cuda_graph=graphed, notes=notes)
+        medians: list[float] = []
+        while True:
+            samples, host_ms = _timed_round(step, stream, runs, spin_wait)
+            medians.append(statistics.median(samples))
+            if max_rounds <= 1 or settled(medians, settle_tolerance) or len(medians) >= max_rounds:
+                break
+    stable = max_rounds <= 1 or settled(medians, settle_tolerance)
+    if not stable:
+        spread = (max(medians) - min(medians)) / min(medians) if min(medians) > 0 else 0.0
+        notes.append(f"the GPU time did not settle: {len(medians)} rounds of {runs} iterations, round medians "
+                     f"{', '.join(f'{m:.4f}' for m in medians)} ms ({spread:.1%} apart; tolerance "
+                     f"{settle_tolerance:.0%}); another process may be using the GPU, or its clocks are moving")
+    return CudaTiming(samples_ms=samples, host_ms=host_ms, warmup_iterations=count, cuda_graph=graphed, notes=notes,
+                      round_medians_ms=medians, settled=stable)
+
+
+def _timed_round(step: Callable[[], Any], stream: Any, runs: int, spin_wait: bool) -> tuple[list[float], list[float]]:
+    import torch
+
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    host_ms: list[float] = []
+    for start, end in zip(starts, ends):
+        begin = time.perf_counter_ns()
+        start.record(stream)
+        step()
+        end.record(stream)
+        _wait(end, spin_wait)
+        host_ms.append((time.perf_counter_ns() - begin) / 1e6)
+    return [start.elapsed_time(end) for start, end in zip(starts, ends)], host_ms
 
 
 def coefficient_of_variation_note(samples_ms: list[float], limit: float = 0.01) -> list[str]:
