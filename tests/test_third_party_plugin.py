@@ -90,3 +90,10 @@ def test_broken_plugin_is_reported_and_skipped(cli, tmp_path):
     # The rest of the tool still works.
     devices = cli("devices", "--json", "-", env={"PYTHONPATH": str(tmp_path)})
     assert devices.returncode == 0 and "cpu" in devices.stdout
+
+
+def test_the_plugin_page_shows_the_example_as_it_is():
+    page = (REPO / "docs" / "plugins.md").read_text()
+    for path in ("pyproject.toml", "src/hwcompress_example_board/__init__.py"):
+        text = (REPO / "docs" / "example-plugin" / path).read_text().rstrip("\n")
+        assert text in page, f"docs/plugins.md no longer shows docs/example-plugin/{path}"
