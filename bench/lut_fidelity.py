@@ -24,11 +24,23 @@ profiler's wall clock unchanged. Layer entries always come from ONNX Runtime's p
 
 The thread clock applies to ONNX Runtime on the CPU; a GPU profiler keeps its own CUDA-event timing.
 
+Precisions (``--precisions fp32,int8,mixed``): the LUT is then recorded with int8 entries beside the
+float ones (each layer also timed as its Q/DQ model), and each variant is also measured as
+
+* ``int8``: quantized whole (static Q/DQ, per-channel weights; ranges from random inputs, which leave
+  the time unchanged), predicted with every layer ONNX Runtime runs in int8 priced from the int8 entries;
+* ``mixed``: every channel group's layers put in float or int8 at random (as ONNX Runtime realizes it,
+  :class:`hwcompress.slim.quantize.QdqGraph`), predicted layer by layer in the precision each runs in.
+
+The MACs-proportional predictor knows no precision: on mixed variants it is the baseline a per-layer,
+per-precision LUT must beat.
+
 Usage::
 
     python bench/lut_fidelity.py                       # 30 + 30 variants, a few minutes on 2 cores
     python bench/lut_fidelity.py --variants 10 --runs 15 --lut /tmp/cpu.lut.json
     python bench/lut_fidelity.py --device nvidia-gpu --variants 10 --passes 1   # on a machine with an NVIDIA GPU
+    python bench/lut_fidelity.py --precisions fp32,int8,mixed --variants 12    # quantized and mixed variants too
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ class ThreadClockProfiler:
         self.inner = inner
         self.name = inner.name
         self.description = inner.description + " (thread CPU time)"
+        self.precisions = tuple(getattr(inner, "precisions", ()) or ())
 
     def available(self) -> tuple[bool, str]:
         return self.inner.available()
@@ -138,6 +151,28 @@ def prune_random(model: Any, input_shape: tuple[int, ...], rng: random.Random, m
     return model.eval(), ratios
 
 
+def quantized_variant(model: Any, onnx_path: Path, specs: list[Any], shape: tuple[int, ...], mode: str,
+                      rng: random.Random) -> tuple[Path, list[Any], int]:
+    """The variant as an int8 (``mode == "int8"``) or mixed-precision Q/DQ model: its file, its layer rows
+    priced in the precision each layer runs in, and how many layers run in int8."""
+    import numpy as np
+    import torch
+
+    from hwcompress.lut.keys import at_precision
+    from hwcompress.slim import pruning
+    from hwcompress.slim.quantize import quantize_onnx
+
+    floating: list[str] = []
+    if mode == "mixed":
+        for group in pruning.find_channel_groups(model, torch.zeros(*shape)):
+            if rng.random() < 0.5:
+                floating += [*group.producers, *group.depthwise]
+    target = onnx_path.with_suffix(f".{mode}.onnx")
+    inputs = [np.random.default_rng(0).standard_normal(shape).astype(np.float32) for _ in range(4)]
+    int8 = set(quantize_onnx(onnx_path, target, inputs, floating).int8_layers)
+    return target, [at_precision(spec, "int8") if spec.name in int8 else spec for spec in specs], len(int8)
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     from scipy.stats import kendalltau
 
@@ -178,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MB streamed between timed runs of a layer while recording (default: the recorder's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lut", help="LUT file to record into / resume (default: a temporary file)")
+    parser.add_argument("--precisions", default="fp32",
+                        help="variants to predict and measure: fp32, int8 (quantized whole), mixed (int8 or float per group)")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args(argv)
 
@@ -202,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         profiler = ThreadClockProfiler(profiler)
     shape = (1, 3, 224, 224)
     names = [n for n in args.models.split(",") if n]
+    modes = [m for m in args.precisions.split(",") if m]
+    if set(modes) - {"fp32", "int8", "mixed"}:
+        raise SystemExit("--precisions takes fp32, int8 and mixed")
+    recorded = ("fp32", "int8") if {"int8", "mixed"} & set(modes) else None
     work = Path(tempfile.mkdtemp(prefix="lut-fidelity-"))
     lut_path = Path(args.lut) if args.lut else work / f"{device.name}.lut.json"
     facts = profiler.facts(settings)
@@ -215,13 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         model = torchvision.models.get_model(name, weights=None).eval()
         t0 = time.time()
         table = record_lut(model, shape, device, profiler, settings, lut_path, model_name=name,
-                           points=args.points, quantum=args.quantum, passes=args.passes)
+                           points=args.points, quantum=args.quantum, passes=args.passes, precisions=recorded)
         print(f"recorded {name}: {len(table)} entries in the LUT so far, {time.time() - t0:.0f} s", flush=True)
     table = LatencyTable.load(lut_path)
     print(f"LUT: {len(table)} entries, channel quantum {table.quantum} (multiple {device.channel_multiple}), "
           f"timing={table.timing}, recording {time.time() - started:.0f} s")
     for model in table.models:
-        print(f"  calibration {model['name']}: measured {model['measured_ms']:.3f} ms, layer sum {model['layer_sum_ms']:.3f} ms, "
+        print(f"  calibration {model['name']} {model.get('precision', 'fp32')}: measured {model['measured_ms']:.3f} ms, layer sum {model['layer_sum_ms']:.3f} ms, "
               f"scale {model['scale']:.3f}")
 
     rng = random.Random(args.seed)
@@ -231,19 +272,27 @@ def main(argv: list[str] | None = None) -> int:
     all_macs_pred: list[float] = []
     all_corr: list[float] = []
     all_macs_corr: list[float] = []
-    for name in names:
+    for name, mode in [(n, m) for n in names for m in modes]:
         rows = []
         t0 = time.time()
         reference = torchvision.models.get_model(name, weights=None).eval()
         reference_path = work / f"{name}-reference.onnx"
         export_onnx(reference, shape, reference_path, verify=False)
-        calibration = next(m for m in table.models if m["name"] == name)
+        reference_precision = "fp32" if mode == "fp32" else "int8"
+        if mode != "fp32":
+            from hwcompress.slim.quantize import quantize_unit
+
+            reference_path = quantize_unit(reference_path, work / f"{name}-reference.int8.onnx", shape)
+        calibration = next(m for m in table.models if m["name"] == name and m.get("precision", "fp32") == reference_precision)
         for index in range(args.variants):
             model, ratios = prune_random(torchvision.models.get_model(name, weights=None).eval(), shape, rng, device.channel_multiple)
             analysis = analyze(model, shape)
-            detail = table.predict_detail(analysis, calibration=args.calibration)
             onnx_path = work / f"{name}-{index}.onnx"
             export_onnx(model, shape, onnx_path, verify=False)
+            specs, int8_layers = analysis.layers, 0
+            if mode != "fp32":
+                onnx_path, specs, int8_layers = quantized_variant(model, onnx_path, specs, shape, mode, rng)
+            detail = table.predict_detail(specs, calibration=args.calibration)
             # Interleaved A/B: the unpruned model beside each variant tells how much slower this
             # moment is than the recording was (other processes, clocks): the drift-corrected view.
             variant_ms, ratios_ab, refs = [], [], []
@@ -276,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "exact": coverage["exact"],
                 "interpolated": coverage["interpolated"],
                 "missing": coverage["missing"],
+                "int8_layers": int8_layers,
             })
         measured_ms = [r["measured_ms"] for r in rows]
         corrected_ms = [r["measured_corrected_ms"] for r in rows]
@@ -286,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         mac_scores = scores(macs_pred, measured_ms)
         lut_corrected = scores(predicted_ms, corrected_ms)
         mac_corrected = scores(macs_pred_corrected, corrected_ms)
-        results[name] = {"rows": rows, "lut": lut_scores, "macs_proportional": mac_scores,
+        label = name if mode == "fp32" else f"{name} {mode}"
+        results[label] = {"rows": rows, "lut": lut_scores, "macs_proportional": mac_scores,
                          "lut_drift_corrected": lut_corrected, "macs_proportional_drift_corrected": mac_corrected}
         all_pred += predicted_ms
         all_meas += measured_ms
@@ -297,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = sum(r["missing"] for r in rows)
         interpolated = sum(r["interpolated"] for r in rows)
         exact = sum(r["exact"] for r in rows)
-        print(f"\n{name}: {len(rows)} variants, MACs {min(r['macs'] for r in rows) / 1e9:.3f}-{max(r['macs'] for r in rows) / 1e9:.3f} G, "
+        print(f"\n{label}: {len(rows)} variants, MACs {min(r['macs'] for r in rows) / 1e9:.3f}-{max(r['macs'] for r in rows) / 1e9:.3f} G, "
               f"measured {min(measured_ms):.2f}-{max(measured_ms):.2f} ms ({time.time() - t0:.0f} s)")
         print(f"  layers over all variants: {exact} exact, {interpolated} interpolated, {missing} missing")
         print("  as measured:")
@@ -306,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  drift-corrected (unpruned model measured {min(drifts):.3f}-{max(drifts):.3f}x its time during recording):")
         print_scores("LUT (calibrated)", lut_corrected)
         print_scores("MACs-proportional", mac_corrected)
-    if len(names) > 1:
+    if len(names) * len(modes) > 1:
         print(f"\nall {len(all_meas)} variants (the MACs predictor fitted per model):")
         print("  as measured:")
         print_scores("LUT (calibrated)", scores(all_pred, all_meas))

@@ -10,6 +10,18 @@ table and writes it into docs/benchmarks.md (section "Search quality").
 An agent may carry settings after a colon, as ``--agent-option`` takes them, to compare variants of one
 agent side by side: ``--agents amc,amc:delta_decay=0.99 --seeds 0,1,2 --finetune-epochs 0 --no-docs``.
 With several seeds, a last table gives each agent's mean over the seeds.
+
+``--quantized`` compares pruning and int8 quantization instead (docs/benchmarks.md, "Pruning and
+quantization"), per budget, with AMC, the same absolute budget and the same fine-tuning for all:
+
+* prune only: AMC prunes the float teacher to the budget;
+* quantize only: every layer in int8, no pruning (its measured latency is reported even when it misses
+  the budget; the teacher distilled into a copy of itself for the same epochs, then quantized);
+* prune then quantize: the prune-only policy, then every layer quantized (the usual practice);
+* int8 + search: ``--quantize int8``, AMC prunes the int8 student to the budget;
+* mixed: ``--quantize mixed``, AMC chooses int8 or float per group beside the channels.
+
+    python bench/search_quality.py --quantized --ratios 0.5,0.35 --episodes 40 --finetune-epochs 2
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from hwcompress.search.run import run_search
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SECTION = "## Search quality"
+QUANTIZED_SECTION = "## Pruning and quantization"
 
 
 def row(agent: str, ratio: float, doc: dict) -> dict:
@@ -92,9 +105,133 @@ def seed_means(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
+def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
+    """The teacher in int8, no pruning: distilled into a copy of itself for the same epochs, quantized,
+    measured paired with the teacher (what a search's verdict does), its accuracy as ONNX Runtime runs it."""
+    import copy
+    import time
+
+    import torch
+
+    from hwcompress.devices import resolve_device
+    from hwcompress.measure.compare import PairedMeasurement
+    from hwcompress.measure.resolve import make_settings, resolve_timing
+    from hwcompress.model import embedded
+    from hwcompress.model.data import resolve_data
+    from hwcompress.search.quantized import QuantizedStudents
+    from hwcompress.search.scoring import torch_threads
+    from hwcompress.slim.distill import distill
+    from hwcompress.slim.pruning import find_channel_groups
+    from hwcompress.slim.quantize import onnx_accuracy
+
+    with torch_threads(1):
+        started = time.perf_counter()
+        teacher, meta = embedded.default_teacher(progress=False)
+        teacher.eval()
+        splits = resolve_data(None)
+        shape = tuple(splits.input_shape)
+        descriptor = resolve_device("cpu")
+        settings = make_settings(descriptor, per_layer=False)
+        measure = PairedMeasurement(teacher, shape, resolve_timing(descriptor), settings)
+        groups = find_channel_groups(teacher, torch.zeros(*shape))
+        students = QuantizedStudents.for_teacher("int8", teacher, shape, splits.train, groups)
+        before = students.accuracy(teacher, splits.test)
+        student = copy.deepcopy(teacher)
+        if args.finetune_epochs > 0:
+            distill(student, teacher, splits.train, epochs=args.finetune_epochs, seed=0, progress=False)
+        _, result = students.quantize(student, "student", check=True)
+        after = onnx_accuracy(result.path, splits.test)
+        measured = measure(student, "student", rounds=5, onnx_path=result.path)
+    limit = state.setdefault("budget_ms", ratio * measure.teacher_ms)
+    return {"agent": "quantize only", "seed": 0, "val_acc_search": None, "budget": f"{ratio:g}x = {limit:.3f} ms",
+            "teacher_ms": measure.teacher_ms, "student_ms": measured["median"], "predicted_ms": None,
+            "met": measured["median"] <= limit, "compression": 1.0, "acc_teacher": meta.get("test_accuracy"),
+            "acc_before": before, "acc_after": after, "search_s": 0.0, "eps": None, "episodes": 0,
+            "int8_layers": len(result.int8_layers), "layers": len(result.int8_layers) + len(result.float_layers),
+            "seconds": time.perf_counter() - started}
+
+
+def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict, variant: str, quantize: str | None,
+                  policy: Path | None = None) -> dict:
+    """One row of the ``--quantized`` comparison; ``state["budget_ms"]`` carries the absolute budget. A
+    budget no student of the variant can reach is a row too, with the smallest latency it could."""
+    from hwcompress.errors import UserError
+    from hwcompress.search.run import apply_policy
+
+    folder = out / f"{variant.replace(' ', '-')}-{ratio:g}"
+    shutil.rmtree(folder, ignore_errors=True)
+    budget = Budget.latency_ms(state["budget_ms"]) if state.get("budget_ms") else Budget.latency_ratio(ratio)
+    config = SearchConfig(budget=budget, agent="amc", episodes=args.episodes, seed=int(args.seeds.split(",")[0]),
+                          finetune_epochs=args.finetune_epochs, out=str(folder), quantize=quantize, lbound=args.lbound)
+    try:
+        doc = (apply_policy(config, policy, progress=False) if policy else run_search(config, progress=False)).report
+    except UserError as error:
+        print(f"{variant:>20} {ratio:g}x: {error}", flush=True)
+        named = re.search(r"budget ([\d.]+) ms", str(error))
+        limit = state.get("budget_ms") or (float(named.group(1)) if named else float("nan"))
+        return {"agent": variant, "budget": f"{ratio:g}x = {limit:.3f} ms", "refused": str(error), "folder": str(folder)}
+    state["budget_ms"] = doc["budget"]["latency_ms"]
+    r = {**row(variant, ratio, doc), "folder": str(folder),
+         "int8_layers": (doc.get("quantization") or {}).get("int8_layers", 0), "layers": len(doc.get("layers") or [])}
+    print(f"{variant:>20} {r['budget']:>20}  measured {r['student_ms']:.3f} ms  met {r['met']}  x{r['compression']:.2f} params  "
+          f"int8 layers {r['int8_layers']}  acc {100 * r['acc_before']:.2f}% -> {100 * r['acc_after']:.2f}%  "
+          f"search {r['search_s']:.0f}s", flush=True)
+    return r
+
+
+def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
+    """The ``--quantized`` comparison (module docstring): one row per variant and budget."""
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        state: dict = {}
+        rows.append(quantized_run(args, out, ratio, state, "prune only", None))
+        pruned = Path(rows[-1]["folder"]) / "policy.json"
+        rows.append(quantize_only(args, ratio, state))
+        print(f"{'quantize only':>20} {rows[-1]['budget']:>20}  measured {rows[-1]['student_ms']:.3f} ms  met {rows[-1]['met']}  "
+              f"acc {100 * rows[-1]['acc_before']:.2f}% -> {100 * rows[-1]['acc_after']:.2f}%", flush=True)
+        if pruned.exists():
+            rows.append(quantized_run(args, out, ratio, state, "prune then quantize", "int8", pruned))
+        else:
+            rows.append({"agent": "prune then quantize", "budget": rows[-1]["budget"], "refused": "no prune-only student to quantize"})
+        rows.append(quantized_run(args, out, ratio, state, "int8 + search", "int8"))
+        rows.append(quantized_run(args, out, ratio, state, "mixed", "mixed"))
+    return rows
+
+
+def quantized_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        QUANTIZED_SECTION,
+        "",
+        f"`python bench/search_quality.py --quantized --ratios {args.ratios} --episodes {args.episodes} "
+        f"--finetune-epochs {args.finetune_epochs} --lbound {args.lbound}` on {platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} cores, ONNX Runtime CPU, 1 thread, AMC for every search. Same absolute budget per "
+        "ratio (the first run turns the ratio into milliseconds), same fine-tuning (distillation in float, then static "
+        "int8 quantization where the row quantizes). Latencies are measured medians (paired with the teacher) of the "
+        "deployed file: the Q/DQ int8 model where the row quantizes; accuracies are on the digits test split, as ONNX "
+        "Runtime runs the int8 model.",
+        "",
+        "| variant | budget | student ms (measured) | met | int8 layers | params compression | acc. before FT | acc. after FT | search s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("refused"):
+            lines.append(f"| {r['agent']} | {r['budget']} | refused: {r['refused'].split(';')[0]} | no | | | | | |")
+            continue
+        lines.append(
+            f"| {r['agent']} | {r['budget']} | {r['student_ms']:.3f} | {'yes' if r['met'] else 'no'} | "
+            f"{r['int8_layers']}/{r['layers'] or '-'} | {r['compression']:.2f}x | {100 * r['acc_before']:.2f}% | "
+            f"{100 * r['acc_after']:.2f}% | {r['search_s']:.0f} |"
+        )
+    measured = [r for r in rows if not r.get("refused")]
+    if measured:
+        lines += ["", f"Teacher: {measured[0]['teacher_ms']:.3f} ms measured, test accuracy {100 * measured[0]['acc_teacher']:.2f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(text: str, section: str = SECTION) -> None:
     current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\nNumbers measured by the scripts under `bench/`.\n\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(rf"{re.escape(section)}\n.*?(?=\n## |\Z)", re.S)
     if pattern.search(current):
         current = pattern.sub(lambda _: text.rstrip("\n") + "\n", current)
     else:
@@ -112,10 +249,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; every agent runs with each")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--quantized", action="store_true", help="prune vs quantize vs both (module docstring)")
+    parser.add_argument("--lbound", type=float, default=0.2, help="--quantized: the searches' smallest preserve ratio")
     args = parser.parse_args()
     from hwcompress.cli.search_cmd import parse_agent_options
 
     out = Path(args.out)
+    if args.quantized:
+        rows = quantized_side_by_side(args, out)
+        (out / "search_quality_quantized.json").write_text(json.dumps(rows, indent=1))
+        text = quantized_markdown(rows, args)
+        print(text)
+        if not args.no_docs:
+            write_docs(text, QUANTIZED_SECTION)
+        return
     rows = []
     for ratio in [float(r) for r in args.ratios.split(",")]:
         budget_ms = None

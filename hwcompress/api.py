@@ -69,7 +69,7 @@ def compress(
     data: Any = None,
     *,
     budget: Budget,
-    device: str | None = "cpu",
+    device: str | None = None,
     agent: str = "amc",
     episodes: int = 120,
     finetune_epochs: float = 8.0,
@@ -79,6 +79,7 @@ def compress(
     input_shape: Sequence[int] | None = None,
     agent_options: dict[str, Any] | None = None,
     policy: str | os.PathLike[str] | None = None,
+    quantize: str | None = None,
     **settings: Any,
 ) -> SearchResult:
     """Compress ``model`` until it meets ``budget`` on ``device``; the student is measured there.
@@ -90,7 +91,8 @@ def compress(
             folder, ``pkg.module:factory``, or None for the embedded digits.
         budget: :meth:`Budget.latency_ms`, :meth:`Budget.latency_ratio`, :meth:`Budget.macs` or
             :meth:`Budget.params`.
-        device: a device name from the catalog (``hwcompress devices``).
+        device: a device name from the catalog (``hwcompress devices``); None: ``cpu``, or the device
+            ``device_file`` describes.
         agent: ``amc``, ``n2n``, ``uniform``, ``random``, or a plugin's.
         episodes: students the agent may score.
         finetune_epochs: distillation epochs for the final student.
@@ -100,6 +102,9 @@ def compress(
         input_shape: the input shape (default: the data's).
         agent_options: the agent's own settings (as ``--agent-option``).
         policy: re-apply this ``policy.json`` instead of searching.
+        quantize: ``"int8"`` (every layer the device runs in int8 quantized, channels pruned on top to meet
+            the budget) or ``"mixed"`` (the agent chooses int8 or float per channel group too); the student's
+            accuracy and latency are then its int8 model's, as ONNX Runtime runs it.
         **settings: any other :class:`~hwcompress.search.config.SearchConfig` field (``lut``,
             ``reward``, ``lbound``, ``anchors``, ``runs``, ``threads``, ``warmup_episodes``...).
 
@@ -121,7 +126,8 @@ def compress(
     model_spec, teacher, data_spec, splits = _teacher_and_data(model, data, shape, settings.get("weights"))
     config = SearchConfig(budget=budget, agent=agent, agent_options=dict(agent_options or {}), device=device,
                           model=model_spec, data=data_spec, input_shape=shape, episodes=episodes,
-                          finetune_epochs=finetune_epochs, seed=seed, out=None if out is None else str(out), **settings)
+                          finetune_epochs=finetune_epochs, seed=seed, out=None if out is None else str(out),
+                          quantize=quantize, **settings)
     if policy is not None:
         return apply_policy(config, policy, progress=progress, teacher=teacher, data=splits)
     return run_search(config, progress=progress, teacher=teacher, data=splits)

@@ -217,6 +217,55 @@ def test_lut_predictor_follows_the_profiler_contract(recorded, tmp_path):
         timing.profiler.measure(ModelArtifact(onnx_path, SHAPE, None, "tiny"), SETTINGS)
 
 
+def test_onnx_runtime_reports_its_channel_block_and_alignment():
+    """The ONNX Runtime plugin reads the NCHWc block and alignment off the runtime's own graph optimiser;
+    a new table takes the block as its quantum (source ``runtime``) instead of a timing probe."""
+    from hwcompress_profiler_onnxruntime import _runs_blocked, nchwc_layout
+
+    block, alignment = nchwc_layout()
+    if block == 1:
+        pytest.skip("ONNX Runtime on this CPU has no NCHWc path")
+    assert block in (4, 8, 16, 32, 64) and alignment in (1, 2, 4, 8, 16, 32, 64) and alignment <= block
+    assert _runs_blocked(block)[1] and not _runs_blocked(block // 2)[1]  # from one block up, reordered
+    assert _runs_blocked(block + alignment)[0]
+    if alignment > 1:
+        assert not _runs_blocked(block + alignment // 2)[0]
+    provenance = new_provenance(CPU, ort_profiler(), SETTINGS, 1, TIMING_KERNELS)
+    assert provenance["channel_quantum"] == block and provenance["channel_quantum_source"] == "runtime"
+
+
+def test_layers_off_the_blocked_path_are_named(recorded, tmp_path):
+    """A convolution fed a channel count off the runtime's alignment (from one block up), or a grouped
+    one of such a count, is named in the coverage and the notes."""
+    from hwcompress.lut.keys import LayerConfig
+    from hwcompress.lut.predict import between_blocks
+    from hwcompress.model.export import export_onnx
+
+    conv = LayerConfig("Conv2d", 1, (8, 8), 18, 16, (3, 3), (1, 1), (1, 1), 1)
+    assert between_blocks(conv, 16, 4) and not between_blocks(conv, 16, 2) and not between_blocks(conv, 16, None)
+    assert not between_blocks(conv.with_channels(14, 20), 16, 4)  # fewer input channels than a block: read directly
+    depthwise = LayerConfig("Conv2d", 1, (8, 8), 18, 18, (3, 3), (1, 1), (1, 1), 18)
+    assert between_blocks(depthwise, 16, 4) and not between_blocks(depthwise.with_channels(20, 20), 16, 4)
+
+    table = LatencyTable.load(recorded)
+    facts = table.provenance["facts"]
+    block, alignment = int(facts.get("channel_block") or 1), int(facts.get("channel_alignment") or 1)
+    if alignment == 1:
+        pytest.skip("ONNX Runtime on this CPU reported no channel alignment")
+    predictor = LutPredictor(table, CPU)
+    odd = block + 1
+    for (c1, c2), expected in (((block, 2 * block), []), ((odd, odd), ["3", "6"])):
+        model = namespace["tiny"](c1, c2)
+        path = tmp_path / f"tiny{c1}.onnx"
+        export_onnx(model, SHAPE, path, verify=False)
+        measurement = predictor.measure(ModelArtifact(path, SHAPE, model, "tiny"), SETTINGS)
+        assert measurement.coverage["between_blocks_layers"] == expected
+        named = [n for n in measurement.notes if f"not multiples of {alignment}" in n]
+        assert bool(named) == bool(expected)
+        if expected:
+            assert "(3, 6)" in named[0] and "off its blocked path" in named[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from hwcompress.measure.profile import profile_model
+from hwcompress.model.analysis import analyze
 
 
 def test_profile_json_document(cli, tmp_path):
@@ -46,6 +47,12 @@ def test_profile_onnx_and_checkpoint_inputs(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["model"]["input_shape"] == [1, 3, 32, 32] and doc["params"] > 11_000_000
+    # An ONNX file is counted from its graph like the PyTorch model, and its nodes' times land on the
+    # layers the exporter named (the torchvision card's MACs at 32x32: 1.81 G x (32/224)^2).
+    assert doc["macs"] == analyze(model, (1, 3, 32, 32)).macs and doc["model"]["onnx"]["opset"] == 17
+    rows = {row["name"]: row for row in doc["layers"]}
+    assert rows["conv1"]["op"] == "Conv2d" and rows["conv1"]["cout"] == 64 and rows["conv1"]["latency_ms"] > 0
+    assert rows["fc"]["op"] == "Linear" and rows["fc"]["macs"] == 512 * 1000
 
 
 def test_factory_and_weights(tmp_path, monkeypatch):

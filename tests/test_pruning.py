@@ -206,7 +206,35 @@ def test_round_channels_invariants() -> None:
             assert P.round_channels(c, 1.0, m) == (c if c < m else c // m * m)
 
 
-@pytest.mark.parametrize(("args"), [(0, 0.5, 8), (8, 0.5, 0), (8, -0.1, 8), (8, math.nan, 8), (2.5, 0.5, 1)])
+@pytest.mark.parametrize(
+    ("channels", "ratio", "quantum", "expected"),
+    [
+        (64, 0.3, 16, 32),  # 19 -> 24 (multiple 8) -> a whole block of 16 above one block: 32
+        (64, 0.1, 16, 8),  # below one block the multiple's steps stay
+        (64, 0.25, 16, 16),
+        (24, 1.0, 16, 16),  # 24 is between blocks: floored to one block
+        (40, 0.9, 16, 32),  # 36 -> 40 -> 48 > 40 -> floored to 32
+        (64, 0.3, 12, 24),  # a quantum that is not a multiple of the multiple is not used
+        (64, 0.3, 8, 24),  # nor one that is the multiple
+    ],
+)
+def test_round_channels_in_whole_blocks_from_one_block_up(channels: int, ratio: float, quantum: int,
+                                                          expected: int) -> None:
+    assert P.round_channels(channels, ratio, 8, quantum) == expected
+
+
+def test_round_channels_with_a_quantum_stays_monotone_and_in_blocks() -> None:
+    for c in range(1, 130):
+        previous = 0
+        for ratio in [i / 40 for i in range(41)]:
+            d = P.round_channels(c, ratio, 8, 16)
+            assert 1 <= d <= c and d >= previous
+            if d >= 16:
+                assert d % 16 == 0
+            previous = d
+
+
+@pytest.mark.parametrize(("args"), [(0, 0.5, 8), (8, 0.5, 0), (8, -0.1, 8), (8, math.nan, 8), (2.5, 0.5, 1), (8, 0.5, 8, 0)])
 def test_round_channels_rejects_bad_arguments(args: tuple) -> None:
     with pytest.raises(ValueError):
         P.round_channels(*args)

@@ -159,27 +159,56 @@ def test_free_channels_fill_a_runtime_block():
     assert cost.free_channels(wide, 40, decided, tight) == 40  # never steps past the budget
 
 
-def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path, monkeypatch):
-    """With a cost model that predicts 35% too little, the measured check re-fits the student."""
+def test_a_quantum_keeps_policies_in_whole_blocks():
+    """With the LUT's channel quantum, every count the search can give is below one block or whole blocks."""
+    model, x, layers, groups, _ = _model_and_cost()
+    cost = CostModel(layers, groups, metric="macs", multiple=8, lbound=0.2, quantum=16)
+    wide = max(groups, key=lambda g: g.channels)
+    assert cost.allowed_counts(wide) == [c for c in range(16, wide.channels + 1, 16)]  # AMC's 0.2 of 64 -> 16
+    assert cost.round(wide, 0.3) == 32 and cost.round(wide, 0.1) == 8  # below one block: steps of 8
+    plain = CostModel(layers, groups, metric="macs", multiple=8, lbound=0.2)
+    assert plain.allowed_counts(wide) == list(range(16, wide.channels + 1, 8)) and plain.round(wide, 0.3) == 24
+    assert CostModel(layers, groups, metric="macs", multiple=8, quantum=12).quantum == 1  # not a multiple of 8
+
+
+def _skew_cost_model(monkeypatch, factor: float) -> None:
+    """Make the search's anchored cost model predict ``factor`` times what it would."""
     from hwcompress.search import prepare
 
     original = prepare.anchor_latency
 
-    def optimistic(cost_model, *args, **kwargs):
+    def skewed(cost_model, *args, **kwargs):
         result = original(cost_model, *args, **kwargs)
         anchored = cost_model.latency_of
-        cost_model.set_latency(lambda rows: 0.65 * anchored(rows))
+        cost_model.set_latency(lambda rows: factor * anchored(rows))
         return result
 
-    monkeypatch.setattr(prepare, "anchor_latency", optimistic)
-    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=30))
+    monkeypatch.setattr(prepare, "anchor_latency", skewed)
+
+
+def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path, monkeypatch):
+    """With a cost model that predicts 35% too little, the measured check re-fits the student."""
+    _skew_cost_model(monkeypatch, 0.65)
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=10))
     assert doc["budget_repairs"], "the optimistic cost model should have needed a repair"
-    assert "Repair 1: the searched student measured" in (tmp_path / "out" / "summary.md").read_text()
+    assert "Repair 1: the student measured" in (tmp_path / "out" / "summary.md").read_text()
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
     assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio_to_teacher"] > 0
     latency = doc["student"]["latency"]  # one scale: the spread is on the verdict's scale
     assert latency["min"] <= latency["median"] <= latency["max"] and latency["p90"] >= latency["min"]
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
+
+
+def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
+    """With a cost model that predicts 60% too much, the searched student measures far under the budget;
+    the grow step gives channels back and measures again, staying under the acceptance line."""
+    _skew_cost_model(monkeypatch, 1.6)
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=10))
+    grown = [r for r in doc["budget_repairs"] if r.get("grown")]
+    assert grown, "the pessimistic cost model should have left budget to grow into"
+    assert grown[-1]["measured_after_ms"] > grown[0]["measured_ms"]
+    assert grown[-1]["measured_after_ms"] <= doc["budget"]["latency_ms"] * (1 - doc["budget"]["margin"] / 2)
+    assert "Grow step 1: the student measured" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_ctrl_c_leaves_the_best_student_so_far(tmp_path, monkeypatch):

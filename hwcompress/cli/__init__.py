@@ -86,8 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as error:
+        # One line, like every other refusal: what is wrong and where the help is.
+        command = error.ctx.command_path if error.ctx is not None else "hwcompress"
+        click.echo(f"error: {_one_line(error.format_message())} (see `{command} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as error:
-        error.show()
+        click.echo(f"error: {_one_line(error.format_message())}", err=True)
         sys.exit(error.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)

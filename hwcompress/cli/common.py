@@ -9,7 +9,7 @@ import click
 
 from hwcompress.model.loading import parse_input_shape
 
-__all__ = ["console", "device_options", "emit_json", "fmt_count", "fmt_ms", "parse_input_shape", "timing_options"]
+__all__ = ["console", "device_options", "emit_json", "fmt_count", "fmt_ms", "parse_input_shape", "precheck", "timing_options"]
 
 
 def _stack(*options: Callable) -> Callable:
@@ -41,6 +41,17 @@ def timing_options(runs: str = "Timed iterations") -> Callable:
         click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device)."),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it."),
     )
+
+
+def precheck(device: str | None, device_file: str | None, lut: str | None, **settings: Any) -> None:
+    """Refuse a device, a LUT or timing settings before PyTorch is imported: a mistake costs a second,
+    not a model load. The library checks the same again (the Python API has no command line)."""
+    from hwcompress.devices import resolve_device
+    from hwcompress.measure.resolve import make_settings, resolve_timing
+
+    descriptor = resolve_device(device, device_file)
+    timing = resolve_timing(descriptor, lut)
+    timing.check_settings(make_settings(descriptor, **settings))
 
 
 def emit_json(document: Any, target: str | None) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, device_options, emit_json, fmt_count, parse_input_shape, timing_options
+from hwcompress.cli.common import console, device_options, emit_json, fmt_count, parse_input_shape, precheck, timing_options
+from hwcompress.errors import UserError
 from hwcompress.files import check_writable
+from hwcompress.validate import whole
 
 
 @click.command()
@@ -35,6 +37,10 @@ def compare(models, device, device_file, input_shape, rounds, threads, runs, war
     if json_target and json_target != "-":
         check_writable(json_target, "--json file")
     shape = parse_input_shape(input_shape)
+    if len(models) < 2:
+        raise UserError("give at least two models to compare (the first is the reference)")
+    whole(rounds, "--rounds", 1)
+    precheck(device, device_file, lut, threads=threads, runs=runs, warmup=warmup, precision=precision)
     import hwcompress
 
     document = hwcompress.compare(models, device=device, device_file=device_file, input_shape=shape, lut=lut,

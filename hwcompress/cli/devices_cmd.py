@@ -6,6 +6,7 @@ import click
 
 from hwcompress.cli.common import console, emit_json
 from hwcompress.devices import catalog, user_devices_dir
+from hwcompress.measure.remote import remote_profiler
 from hwcompress.measure.resolve import device_status
 from hwcompress.plugins import manager, registry
 
@@ -16,8 +17,10 @@ def devices(json_target):
     """List every device (catalog, plugins, user folder) and whether it can be measured here.
 
     \b
-    Status: 'measured' = this machine is the device and its profiler works; 'lut' = predicted from a
-    recorded lookup table; 'unavailable' = neither, with the reason and the fix.
+    Status: 'measured' = this machine is the device and its profiler works, or the device is reached
+    over ssh/adb and at least one of its hosts answers (each host is connected to and listed, up or
+    down); 'lut' = predicted from a recorded lookup table; 'unavailable' = neither, with the reason
+    and the fix.
 
     \b
     Examples:
@@ -30,7 +33,10 @@ def devices(json_target):
     rows = []
     for descriptor in catalog():
         status, reason = device_status(descriptor)
-        rows.append({**descriptor.to_dict(), "status": status, "reason": reason, "source": descriptor.source})
+        row = {**descriptor.to_dict(), "status": status, "reason": reason, "source": descriptor.source}
+        if descriptor.remote:  # probed once by device_status, answered from its cache here
+            row["hosts"] = [host.to_dict() for host in remote_profiler(descriptor).probe()]
+        rows.append(row)
     if json_target:
         emit_json(rows, json_target)
         if json_target == "-":
@@ -40,8 +46,11 @@ def devices(json_target):
         table.add_column(column, overflow="fold")
     colors = {"measured": "green", "lut": "cyan", "unavailable": "red"}
     for row in rows:
+        reason = escape(row["reason"])
+        if "hosts" in row:  # one line per host of a remote device
+            reason = "\n".join(f"[{'green' if h['up'] else 'red'}]{escape(h['host'])}[/] {escape(h['detail'])}" for h in row["hosts"])
         table.add_row(row["name"], ", ".join(row["aliases"]), row["profiler"], f"[{colors[row['status']]}]{row['status']}[/]",
-                      escape(row["reason"]))
+                      reason)
     console().print(table)
     console().print(f"[dim]your own devices: TOML files in {user_devices_dir()} (or $HWCOMPRESS_DEVICE_PATH); see docs/devices.md[/dim]")
 

@@ -30,6 +30,7 @@ def lut():
     \b
     Examples:
       hwcompress lut record --device rpi5 --model resnet18 --out rpi5.lut.json    # on the Pi
+      hwcompress lut record --device pi5-lab --model resnet18 --out pi5.lut.json  # from here, over ssh
       hwcompress lut plan -d android-phone -m mobilenet_v2 --out plan/   # no PyTorch on the device:
       hwcompress lut record --plan plan/ --out phone.lut.json            #   export here, time there
       hwcompress lut show rpi5.lut.json
@@ -39,7 +40,7 @@ def lut():
 
 
 @lut.command()
-@device_options("; this machine must be it")
+@device_options("; this machine, or a device reached over ssh/adb ([transport])")
 @click.option("--model", "-m", default="resnet18", show_default=True,
               help="torchvision name, pkg.module:factory, checkpoint (.pt, trusted files only) or 'embedded'.")
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size); its batch is the LUT's.")
@@ -57,14 +58,18 @@ def lut():
 @click.option("--calibration-widths", default="0.75,0.5,0.3", show_default=True,
               help="Uniform preserve ratios of pruned copies timed whole beside the model for the calibration ('' = the model only).")
 @click.option("--no-calibration", is_flag=True, help="Do not time the whole model (predictions are then plain sums of layers).")
+@click.option("--precisions", help="Also record every configuration in these precisions, e.g. fp32,int8 (int8: each layer as a "
+                                   "Q/DQ model; what `hwcompress search --quantize` predicts from). Default: --precision only.")
 @click.option("--overwrite", is_flag=True, help="Start a new LUT even if --out exists.")
 @click.option("--json", "json_target", metavar="FILE", help="Write the LUT's summary as JSON to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
 def record(device, device_file, model, input_shape, weights, out, plan, profiler_name, threads, runs, warmup, precision,
-           points, min_ratio, quantum, passes, calibration_widths, no_calibration, overwrite, json_target, quiet):
+           points, min_ratio, quantum, passes, calibration_widths, no_calibration, precisions, overwrite, json_target, quiet):
     """Time every layer of a model over a grid of channel counts, on this device, into a LUT.
 
-    Run it ON the device (a Raspberry Pi, a Jetson, a phone under Termux, this laptop). Identical
+    Run it ON the device (a Raspberry Pi, a Jetson, a phone under Termux, this laptop), or from here for
+    a device with a [transport] (ssh, adb): the layers are exported here and timed there, spread over
+    the hosts of a pool; the LUT is written here. Identical
     layer configurations are timed once; the whole model (and uniformly pruned copies) is timed too,
     for the calibration term. Interrupted runs keep what they measured: run the same command again
     to continue.
@@ -78,6 +83,8 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
       hwcompress lut record -d rpi5 -m mobilenet_v2 --out rpi5.lut.json --passes 2
       hwcompress lut record -d jetson -m mypkg.nets:build --input-shape 1,3,128,128 --out jetson.lut.json
       hwcompress lut record --plan phone-plan/ --out phone.lut.json             # on the phone
+      hwcompress lut record -d pi5-lab -m mobilenet_v2 --out pi5.lut.json       # from here, over ssh
+      hwcompress lut record -m embedded --precisions fp32,int8 --out cpu.lut.json   # int8 entries too
     """
     manifest = None
     if plan:
@@ -95,6 +102,11 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
     if any(not 0 < w < 1 for w in widths):
         raise UserError(f"--calibration-widths must lie strictly between 0 and 1 (got {calibration_widths!r})")
     settings = make_settings(descriptor, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=False)
+    wanted = [p.strip() for p in (precisions or "").split(",") if p.strip()] or None
+    if wanted and plan:
+        raise UserError("--precisions applies to recording a model; a plan records the precisions it was made with")
+    if wanted and any(p not in ("fp32", "fp16", "int8") for p in wanted):
+        raise UserError(f"--precisions takes fp32, fp16 and int8, comma-separated (got {precisions!r})")
     profiler, notes = measuring_profiler(descriptor, profiler_name)
     err = console(stderr=True)
     for note in notes:
@@ -117,7 +129,7 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
             return record_lut(
                 loaded.module, shape, descriptor, profiler, settings, out, model_name=loaded.name,
                 points=points, min_ratio=min_ratio, quantum=quantum, passes=passes, widths=widths,
-                calibrate=not no_calibration, overwrite=overwrite, progress=progress,
+                calibrate=not no_calibration, overwrite=overwrite, progress=progress, precisions=wanted,
             )
 
     if quiet:
@@ -134,6 +146,8 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
                 bar.update(task, completed=done, total=total, label=label[:60])
 
             table = run(progress)
+    for line in getattr(profiler, "dropped", []):  # a pool host that went away mid-recording (also warned then)
+        err.print(f"[yellow]note:[/] {escape(line)}")
     summary = table.summary()
     if json_target:
         emit_json(summary, json_target)

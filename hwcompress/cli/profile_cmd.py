@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from hwcompress.cli.common import console, device_options, emit_json, fmt_count, fmt_ms, parse_input_shape, timing_options
+from hwcompress.cli.common import (
+    console,
+    device_options,
+    emit_json,
+    fmt_count,
+    fmt_ms,
+    parse_input_shape,
+    precheck,
+    timing_options,
+)
 from hwcompress.errors import UserError
 from hwcompress.files import check_writable
 from hwcompress.plots import check_plot_path, profile_layers
@@ -45,6 +54,7 @@ def profile(device, device_file, model, input_shape, weights, threads, runs, war
     if json_target and json_target != "-":
         check_writable(json_target, "--json file")
     shape = parse_input_shape(input_shape)
+    precheck(device, device_file, lut, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=per_layer)
     import hwcompress
 
     report = hwcompress.profile(

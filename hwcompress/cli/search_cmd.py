@@ -15,6 +15,7 @@ from hwcompress.budget import DEFAULT_MARGIN, Budget
 from hwcompress.cli.common import device_options, emit_json, parse_input_shape
 from hwcompress.errors import UserError
 from hwcompress.files import check_writable
+from hwcompress.lut.table import LatencyTable
 from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 
 
@@ -30,6 +31,9 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @device_options()
 @click.option("--model", "-m", help="Teacher: torchvision name, pkg.module:factory or checkpoint (default: embedded ResNet-56 on digits).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for the teacher.")
+@click.option("--train-teacher", type=int, metavar="EPOCHS",
+              help="Train the torchvision architecture named by --model from random weights on --data for EPOCHS first "
+                   "(nothing is downloaded); kept as teacher.pt in --out and reused by --resume.")
 @click.option("--data", help="ImageFolder folder or pkg.module:factory returning (train, val, test) (default: digits).")
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the data's).")
 @click.option("--episodes", type=int, help="Students the agent may score (default 120).")
@@ -50,6 +54,12 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--threads", type=int, help="Intra-op threads when measuring on the device (default: the device's).")
 @click.option("--torch-threads", type=int, help="PyTorch threads for training and scoring (default 1: fastest for these small ops on small shared machines).")
 @click.option("--val-limit", type=int, help="Score each episode on at most this many validation images (default: all).")
+@click.option("--skip-bad-images", is_flag=True, default=None,
+              help="Leave out image files that cannot be read (counted in the report) instead of stopping at the first one.")
+@click.option("--quantize", type=click.Choice(["int8", "mixed"]),
+              help="int8: every layer the device runs in int8 is quantized (static Q/DQ, calibrated on training images) and "
+                   "channels are pruned on top; mixed: the agent also chooses int8 or float per channel group (HAQ). "
+                   "student.onnx is then the int8 model (docs/search.md, Quantization).")
 @click.option("--out", "-o", type=click.Path(), help=f"Output folder (default {DEFAULT_OUT}).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the interrupted search in this folder (options given again must match).")
 @click.option("--resume-override", multiple=True, metavar="NAME[,NAME]",
@@ -59,8 +69,8 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
-           data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct,
-           anchors, lut, runs, threads, torch_threads, val_limit, out, resume, resume_override, policy_file, json_target, quiet):
+           train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct,
+           anchors, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
     The budget is measured latency by default (--latency-ms or --latency-ratio); --macs or --params are
@@ -76,10 +86,13 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
       hwcompress search --latency-ratio 0.6                    # 60% of the teacher's measured latency
       hwcompress search --latency-ms 2.5 --agent uniform -o uni
       hwcompress search --macs 4e7 --episodes 200 --seed 1
+      hwcompress search --latency-ratio 0.35 --quantize int8   # int8 student, pruned to meet the budget
+      hwcompress search --latency-ratio 0.35 --quantize mixed  # int8 or float per group, chosen by AMC
       hwcompress search --resume hwcompress-out                # continue an interrupted run
       hwcompress search --resume hwcompress-out --episodes 200 # ... and give it more episodes
       hwcompress search --policy hwcompress-out/policy.json -o again   # re-apply a policy, no search
       hwcompress search -m resnet18 --weights r18.pt --data ./imagenette --latency-ms 15 --input-shape 1,3,160,160
+      hwcompress search -m mobilenet_v2 --train-teacher 30 --data ./my-photos --latency-ratio 0.6 --input-shape 1,3,64,64
     """
     given = {
         "agent": agent, "agent_options": parse_agent_options(agent_option) if agent_option else None, "device": device,
@@ -87,12 +100,15 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "input_shape": parse_input_shape(input_shape), "episodes": episodes, "warmup_episodes": warmup_episodes,
         "seed": seed, "reward": reward, "lbound": lbound, "finetune_epochs": finetune_epochs,
         "bn_calibration": bn_calibration, "reconstruct": reconstruct, "anchors": anchors, "lut": lut, "runs": runs,
-        "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit,
+        "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit, "skip_bad_images": skip_bad_images,
+        "quantize": quantize, "train_teacher": train_teacher,
     }
     given = {name: value for name, value in given.items() if value is not None}
     budget = _budget(latency_ms, latency_ratio, margin, macs, params_budget, required=not resume)
     if json_target and json_target != "-":
         check_writable(json_target, "--json file")
+    if lut:
+        LatencyTable.load(lut)  # a missing or damaged LUT is refused before anything is measured
     if resume:
         if out is not None or policy_file:
             raise UserError("--resume continues the search in its own folder; drop --out and --policy")

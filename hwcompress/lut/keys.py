@@ -1,21 +1,33 @@
 """LUT keys: a layer configuration as the runtime executes it, and one recorded entry.
 
-An entry is keyed by op, batch, input H x W, cin, cout, kernel, stride, padding and groups
+An entry is keyed by op, batch, input H x W, cin, cout, kernel, stride, padding, groups and precision
 (:meth:`LayerConfig.key`); everything but the channel counts is its *family*, the configurations one
 interpolation grid spans. Also the op vocabulary every LUT module shares: which leaf modules fold into
 the convolution before them, and the statuses a prediction gives each layer.
+
+Precision: a table has one base precision (``provenance.precision``, what its device runs by default)
+and may hold entries in other precisions too (an int8 Q/DQ unit beside its fp32 original). A key
+names its precision only when it differs from the table's (``precision=None`` is the base), so a table
+recorded before precisions existed reads unchanged: every entry of it is at the table's precision.
+A layer row asks for a precision by being a :class:`PrecisionLayerSpec` (:func:`at_precision`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
 from hwcompress.model.analysis import OTHER, LayerSpec
 
 SCHEMA = "hwcompress.lut/1"
+#: A table holding entries in more than its base precision: readers that know no precisions must refuse
+#: it rather than take its int8 times for fp32 ones. Tables with one precision stay ``SCHEMA``.
+SCHEMA_PRECISIONS = "hwcompress.lut/2"
 SCHEMA_PREFIX = "hwcompress.lut/"
+PRECISIONS = ("fp32", "fp16", "int8")
+#: The ``precision`` of a table's model record that measured what a change of precision costs.
+TRANSITIONS = "transitions"
 
 EXACT = "exact"
 INTERPOLATED = "interpolated"
@@ -60,6 +72,7 @@ class LayerConfig:
         cin, cout: input and output channels (features).
         kernel, stride, padding: as in the module; ``()`` where they do not apply.
         groups: convolution groups (``groups == cin == cout`` is a depthwise convolution).
+        precision: ``fp32`` | ``fp16`` | ``int8``; None is the table's base precision.
     """
 
     op: str
@@ -71,6 +84,7 @@ class LayerConfig:
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
     groups: int = 1
+    precision: str | None = None
 
     @property
     def depthwise(self) -> bool:
@@ -84,13 +98,19 @@ class LayerConfig:
     def key(self) -> str:
         return (
             f"{self.op}|b{self.batch}|{_dims(self.in_hw)}|{self.cin}>{self.cout}|k{_dims(self.kernel)}"
-            f"|s{_dims(self.stride)}|p{_dims(self.padding)}|g{self.groups}"
+            f"|s{_dims(self.stride)}|p{_dims(self.padding)}|g{self.groups}" + (f"|{self.precision}" if self.precision else "")
         )
 
     def family(self) -> str:
         """Everything but the channel counts: the configurations one interpolation grid spans."""
         groups = "dw" if self.depthwise else f"g{self.groups}"
-        return f"{self.op}|b{self.batch}|{_dims(self.in_hw)}|k{_dims(self.kernel)}|s{_dims(self.stride)}|p{_dims(self.padding)}|{groups}"
+        return (f"{self.op}|b{self.batch}|{_dims(self.in_hw)}|k{_dims(self.kernel)}|s{_dims(self.stride)}|p{_dims(self.padding)}"
+                f"|{groups}" + (f"|{self.precision}" if self.precision else ""))
+
+    def with_precision(self, precision: str | None, base: str | None = None) -> "LayerConfig":
+        """This configuration at ``precision`` (None, or the table's ``base``, is written as None)."""
+        precision = None if precision == base else precision
+        return self if precision == self.precision else replace(self, precision=precision)
 
     def with_channels(self, cin: int, cout: int) -> "LayerConfig":
         groups = cin if self.depthwise else self.groups
@@ -123,6 +143,7 @@ class LayerConfig:
             "stride": list(self.stride),
             "padding": list(self.padding),
             "groups": self.groups,
+            **({"precision": self.precision} if self.precision else {}),
         }
 
     @classmethod
@@ -150,10 +171,13 @@ class LayerConfig:
             stride=_ints(spec.stride),
             padding=_ints(spec.padding),
             groups=int(spec.groups or 1),
+            precision=getattr(spec, "precision", None),
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LayerConfig":
+    def from_dict(cls, data: dict[str, Any], base: str | None = None) -> "LayerConfig":
+        """Read :meth:`to_dict`; a precision equal to the table's ``base`` is stored as None."""
+        precision = data.get("precision")
         return cls(
             op=data["op"],
             batch=int(data["batch"]),
@@ -164,7 +188,23 @@ class LayerConfig:
             stride=_ints(data.get("stride")),
             padding=_ints(data.get("padding")),
             groups=int(data.get("groups", 1)),
+            precision=None if precision in (None, base) else str(precision),
         )
+
+
+@dataclass
+class PrecisionLayerSpec(LayerSpec):
+    """A layer row that asks the LUT for its latency at ``precision`` (None: the table's precision)."""
+
+    precision: str | None = None
+
+
+def at_precision(spec: LayerSpec, precision: str | None) -> LayerSpec:
+    """``spec`` as a row priced at ``precision`` (the row itself when nothing changes)."""
+    if getattr(spec, "precision", None) == precision:
+        return spec
+    values = {f.name: getattr(spec, f.name) for f in fields(LayerSpec)}
+    return PrecisionLayerSpec(**values, precision=precision)
 
 
 @dataclass

@@ -7,6 +7,17 @@ same op scaled by MACs, else 0), or ``fused`` (a BatchNorm folded into the convo
 Channel counts are rounded up to the table's channel quantum first: 56 channels run as 64 on
 16-channel blocks. The layer sum is then multiplied by the calibration recorded with the table.
 
+Precision: a row may ask for another precision than the table's (an int8 layer of a mixed-precision
+student, :func:`hwcompress.lut.keys.at_precision`); it is looked up among the entries of that
+precision. Each precision's layers are calibrated by that precision's whole-model measurement (an int8
+model pays residual adds and Q/DQ at its edges that fp32 fuses away), at the ratio that precision's
+calibration gives a model of this width (the ratio is read at the layer sum of the whole model priced
+in that precision, so a mixed student's int8 half is not taken for a narrow model). A model in several
+precisions also pays at each change of precision between consecutive layers: a QuantizeLinear or a
+DequantizeLinear and a layout change of the tensor that crosses it. That costs per element what the
+table's ``transitions`` record measured on a mixed model (:func:`transition_elements`); without one,
+nothing is added.
+
 :class:`LutPredictor` wraps a table in the profiler contract (``measure`` returns a prediction with
 ``runs = 0``), which is what :func:`hwcompress.measure.resolve.resolve_timing` hands out for a device
 that is not this machine.
@@ -28,6 +39,7 @@ from hwcompress.lut.keys import (
     MISSING,
     NORM_OPS,
     TIMING_SESSION,
+    TRANSITIONS,
     LayerConfig,
     LutEntry,
     _ceil_to,
@@ -58,6 +70,9 @@ class PredictionDetail:
         scale, offset_ms: the calibration applied (``total = scale * layer_sum + offset``).
         calibration: which recorded model the calibration came from (None when uncalibrated).
         extrapolated: layers outside the recorded channel grid (a subset of the interpolated ones).
+        precision_ms: calibrated milliseconds per precision, for a model with layers in several.
+        between_blocks: convolutions whose channels fall between the table's channel blocks
+            (:func:`between_blocks`): priced as the next block, which the runtime may not give them.
     """
 
     total_ms: float
@@ -69,6 +84,8 @@ class PredictionDetail:
     offset_ms: float
     calibration: dict[str, Any] | None
     extrapolated: list[str] = field(default_factory=list)
+    precision_ms: dict[str, float] = field(default_factory=dict)
+    between_blocks: list[str] = field(default_factory=list)
 
     def coverage(self) -> dict[str, Any]:
         counts = {EXACT: 0, INTERPOLATED: 0, MISSING: 0, FUSED: 0}
@@ -83,6 +100,8 @@ class PredictionDetail:
             FUSED: counts[FUSED],
             "extrapolated": len(self.extrapolated),
             "missing_layers": [name for name, status in self.status.items() if status == MISSING],
+            "between_blocks": len(self.between_blocks),
+            "between_blocks_layers": list(self.between_blocks),
             "calibration_scale": round(self.scale, 4),
             "calibration_model": self.calibration.get("name") if self.calibration else None,
         }
@@ -138,6 +157,7 @@ class TablePredictor:
 
     def lookup(self, config: LayerConfig) -> tuple[float, float, str, bool]:
         """Predict one configuration: ``(ms, std_ms, status, extrapolated)`` (uncalibrated)."""
+        config = self.table.normalised(config)
         key = config.key()
         entry = self.table.entries.get(key)
         if entry is not None:
@@ -209,7 +229,12 @@ class TablePredictor:
     def _nearest(self, config: LayerConfig) -> tuple[float, float, str, bool]:
         """A configuration of a shape never recorded: the closest one of the same op, scaled by MACs."""
         macs = config.macs()
-        candidates = [e for e in self.table.entries.values() if e.config.op == config.op and e.config.depthwise == config.depthwise]
+        candidates = [e for e in self.table.entries.values() if e.config.op == config.op and e.config.depthwise == config.depthwise
+                      and e.config.precision == config.precision]
+        if not candidates and config.precision is not None:
+            # Nothing of this op recorded in this precision: the base precision's time, said missing.
+            ms, std, _, _ = self.lookup(config.with_precision(None))
+            return ms, std, MISSING, False
         if not candidates or macs <= 0:
             return 0.0, 0.0, MISSING, False
 
@@ -232,14 +257,22 @@ class TablePredictor:
         ms, _, status, _ = self.lookup(config)
         return ms, status
 
-    def calibration_for(self, layers: Sequence[LayerSpec]) -> dict[str, Any] | None:
+    def calibration_for(self, layers: Sequence[LayerSpec], precision: str | None = None) -> dict[str, Any] | None:
         """The recorded model whose layer shapes overlap ``layers`` most (a pruned resnet18 has the
-        shapes of resnet18, whatever its channel counts), or None when nothing overlaps."""
+        shapes of resnet18, whatever its channel counts), or None when nothing overlaps.
+
+        ``precision``: the calibration of that precision (None: the table's), the layers priced in it.
+        """
         if not self.table.models:
             return None
-        families = {c.family() for c in (LayerConfig.from_spec(s) for s in layers) if c is not None}
+        base = self.table.precision
+        precision = None if precision == base else precision
+        configs = (LayerConfig.from_spec(s) for s in layers)
+        families = {c.with_precision(precision).family() for c in configs if c is not None}
         best, best_score = None, 0.0
         for model in self.table.models:
+            if (None if model.get("precision", base) == base else model.get("precision")) != precision:
+                continue
             recorded = set(model.get("families", []))
             if not recorded or not families:
                 continue
@@ -261,8 +294,12 @@ class TablePredictor:
         specs = list(layers.layers if isinstance(layers, ModelAnalysis) else layers)
         raw: dict[str, float] = {}
         status: dict[str, str] = {}
+        precision_of: dict[str, str | None] = {}
         variance = 0.0
         extrapolated: list[str] = []
+        off_block: list[str] = []
+        layout = self.table.provenance.get("facts") or {}
+        block, alignment = int(layout.get("channel_block") or self.table.quantum), layout.get("channel_alignment")
         previous: LayerSpec | None = None
         for spec in specs:
             if spec.name == OTHER:
@@ -279,11 +316,19 @@ class TablePredictor:
             else:
                 ms, std, state, extra = self.lookup(config)
                 raw[spec.name], status[spec.name] = ms, state
+                precision_of[spec.name] = self.table.normalised(config).precision
                 variance += std**2
                 if extra:
                     extrapolated.append(spec.name)
+                if between_blocks(config, block, alignment):
+                    off_block.append(spec.name)
             previous = spec
         layer_sum = sum(raw.values())
+        used = sorted({p for p in precision_of.values() if p is not None})
+        if used and calibration != "none":
+            detail = self._mixed_detail(specs, raw, status, precision_of, math.sqrt(variance), extrapolated, calibration)
+            detail.between_blocks = off_block
+            return detail
         model = self.calibration_for(specs) if calibration != "none" else None
         scale, offset = 1.0, 0.0
         if model is not None and calibration == "scale":
@@ -302,11 +347,115 @@ class TablePredictor:
             offset_ms=offset,
             calibration=model,
             extrapolated=extrapolated,
+            between_blocks=off_block,
         )
 
     def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:
         """``(total_ms, per_layer_ms, coverage)`` for a model's analysed layers (calibrated)."""
         return self.predict_detail(layers, calibration).as_tuple()
+
+    def _layer_sum_at(self, specs: Sequence[LayerSpec], status: dict[str, str], precision: str | None) -> float:
+        """The uncalibrated layer sum of ``specs`` with every predicted layer at ``precision``."""
+        total = 0.0
+        for spec in specs:
+            if status.get(spec.name) in (None, FUSED):
+                continue
+            config = LayerConfig.from_spec(spec)
+            if config is not None:
+                total += self.lookup(config.with_precision(precision))[0]
+        return total
+
+    def _mixed_detail(self, specs: Sequence[LayerSpec], raw: dict[str, float], status: dict[str, str],
+                      precision_of: dict[str, str | None], std: float, extrapolated: list[str],
+                      calibration: str) -> PredictionDetail:
+        """A prediction with layers in other precisions than the table's: each precision's layers get
+        that precision's calibration (see the module docstring); without one, the base precision's."""
+        sums: dict[str | None, float] = {}
+        for name, ms in raw.items():
+            sums[precision_of.get(name)] = sums.get(precision_of.get(name), 0.0) + ms
+        scales: dict[str | None, float] = {}
+        models: dict[str | None, dict[str, Any] | None] = {}
+        offset = 0.0
+        layer_sum = sum(raw.values())
+        for precision, part in sums.items():
+            model, at = self.calibration_for(specs, precision), precision
+            if model is None:  # no whole-model timing in this precision: the base precision's calibration
+                model, at = self.calibration_for(specs), None
+            models[precision] = model
+            if model is None:
+                scales[precision] = 1.0
+            elif calibration == "scale":
+                whole = part if len(sums) == 1 and at == precision else self._layer_sum_at(specs, status, at)
+                scales[precision] = calibration_ratio(model, whole)
+            else:
+                scales[precision] = 1.0
+                share = part / layer_sum if layer_sum > 0 else 0.0
+                offset += share * (float(model["measured_ms"]) - float(model["layer_sum_ms"]))
+        per_layer = {name: ms * scales[precision_of.get(name)] for name, ms in raw.items()}
+        total = max(sum(per_layer.values()) + offset, 0.0)
+        if len(sums) > 1:
+            offset += transition_rate(self.table, specs) * transition_elements(specs, precision_of)
+            total = max(sum(per_layer.values()) + offset, 0.0)
+        main = max(sums, key=lambda p: sums[p])
+        return PredictionDetail(
+            total_ms=total,
+            per_layer_ms=per_layer,
+            status=status,
+            layer_sum_ms=layer_sum,
+            std_ms=std * (total / layer_sum if layer_sum > 0 else 1.0),
+            scale=(sum(per_layer.values()) / layer_sum) if layer_sum > 0 else 1.0,
+            offset_ms=offset,
+            calibration=models[main],
+            extrapolated=extrapolated,
+            precision_ms={p or self.table.precision: round(sums[p] * scales[p], 6) for p in sums},
+        )
+
+
+def between_blocks(config: LayerConfig, block: int, alignment: int | None) -> bool:
+    """Whether a convolution runs off the runtime's blocked path, by the rule the runtime reported
+    (``channel_block`` and ``channel_alignment`` in the table's facts; ONNX Runtime's NCHWc kernels:
+    :func:`hwcompress_profiler_onnxruntime.nchwc_layout`).
+
+    A convolution fed at least one block of channels, or a grouped one, needs its (input) channel count
+    to be a multiple of ``alignment``; one that is not runs in plain NCHW, with layout conversions to and
+    from its blocked neighbours, which the LUT (each layer recorded alone, at counts on the grid) does
+    not price. ``alignment`` None (a runtime that reported no rule): never.
+    """
+    if not alignment or alignment <= 1 or config.op not in CONV_OPS:
+        return False
+    if config.groups > 1:
+        return config.cin % alignment != 0
+    return config.cin >= block and config.cin % alignment != 0
+
+
+def transition_elements(specs: Sequence[LayerSpec], precision_of: dict[str, str | None]) -> int:
+    """Elements of the tensors that cross a change of precision: between consecutive conv/linear rows (in
+    forward order) of different precisions, the later row's input."""
+    total, previous = 0, None
+    for spec in specs:
+        if spec.name not in precision_of or not (spec.op in CONV_OPS or spec.op == "Linear"):
+            continue
+        current = precision_of[spec.name]
+        if previous is not None and current != previous[0] and spec.in_shape:
+            total += math.prod(int(d) for d in spec.in_shape)
+        previous = (current,)
+    return total
+
+
+def transition_rate(table: Any, specs: Sequence[LayerSpec]) -> float:
+    """Milliseconds per element crossing a change of precision, from the ``transitions`` record of the
+    recorded model whose layer shapes overlap ``specs`` most (what a change costs depends on the
+    network: 3x3 convolutions at 56x56 convert other tensors than depthwise ones at 112x112), else 0."""
+    families = {c.with_precision(None).family() for c in (LayerConfig.from_spec(s) for s in specs) if c is not None}
+    best, best_score = 0.0, 0.0
+    for model in table.models:
+        recorded = set(model.get("families") or [])
+        if model.get("precision") != TRANSITIONS or not recorded or not families:
+            continue
+        score = len(recorded & families) / len(recorded | families)
+        if score > best_score:
+            best, best_score = float(model.get("ms_per_element") or 0.0), score
+    return best
 
 
 def calibration_ratio(model: dict[str, Any], layer_sum: float) -> float:
@@ -387,6 +536,16 @@ class LutPredictor:
             f"{coverage[MISSING]} missing, {coverage[FUSED]} fused into the layer before"
             + (f"; missing: {', '.join(coverage['missing_layers'][:5])}" if coverage["missing_layers"] else "")
         )
+        if detail.between_blocks:
+            names = detail.between_blocks
+            alignment = (self.table.provenance.get("facts") or {}).get("channel_alignment")
+            notes.append(
+                f"{len(names)} convolutions have channel counts that are not multiples of {alignment} "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {self.table.provenance.get('runtime')} on "
+                "the device runs such layers off its blocked path, with layout conversions around them, which the LUT "
+                "does not price, so this prediction cannot vouch for them (measure on the device, or prune to "
+                f"multiples of {alignment})"
+            )
         notes.append(
             "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
             "spread on the device; runs = 0 (nothing timed here)"

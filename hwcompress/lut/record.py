@@ -12,8 +12,11 @@ with :func:`hwcompress.lut.plan.record_plan`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +27,9 @@ from hwcompress.devices import user_data_dir
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
 from hwcompress.lut.calibration import CALIBRATION_WIDTHS, record_with_calibration
+from hwcompress.lut.keys import TRANSITIONS, at_precision
 from hwcompress.lut.plan import PLAN_SCHEMA
+from hwcompress.lut.predict import transition_elements
 from hwcompress.lut.recorder import ProgressCallback, Recorder, new_provenance, open_table, quantum_probe_configs, unit_timer
 from hwcompress.lut.table import LatencyTable, _now
 from hwcompress.lut.units import build_unit, grid_configs, model_fingerprint, model_units
@@ -32,6 +37,7 @@ from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 from hwcompress.model.analysis import analyze
 from hwcompress.model.export import export_onnx
 from hwcompress.slim import pruning
+from hwcompress.slim.quantize import INT8, quantize_onnx, quantize_unit
 
 
 def record_lut(
@@ -52,6 +58,7 @@ def record_lut(
     overwrite: bool = False,
     calibrate: bool = True,
     save_every_s: float = 5.0,
+    precisions: Sequence[str] | None = None,
 ) -> LatencyTable:
     """Record (or complete) the LUT of ``model_module`` on this device; resumable.
 
@@ -64,8 +71,10 @@ def record_lut(
     Args:
         model_module: the ``torch.nn.Module``.
         input_shape: e.g. ``(1, 3, 224, 224)``; its batch is the table's batch.
-        descriptor: the device (a :class:`~hwcompress.devices.DeviceDescriptor`); this machine must be it.
-        profiler: a measuring profiler available here (:func:`hwcompress.measure.resolve.measuring_profiler`).
+        descriptor: the device (a :class:`~hwcompress.devices.DeviceDescriptor`): this machine, or one
+            reached over a ``[transport]`` (the units are exported here and timed there).
+        profiler: a measuring profiler (:func:`hwcompress.measure.resolve.measuring_profiler`); a remote
+            pool's (``workers`` > 1) gets the grid spread over its hosts.
         settings: measurement settings (threads, precision, runs, warmup).
         out_path: the LUT file (created, or resumed); None records in memory only.
         model_name: name stored with the calibration (default: the module's class name).
@@ -79,6 +88,10 @@ def record_lut(
         overwrite: start a new table even if ``out_path`` exists.
         calibrate: also time the whole model (the calibration term); skipped when already recorded.
         save_every_s: how often to save while recording.
+        precisions: record every configuration (and the calibration models) in each of these
+            precisions (default: the settings' own). An ``int8`` configuration is timed as the layer's
+            Q/DQ model (:func:`hwcompress.slim.quantize.quantize_unit`), so the table predicts the
+            layers of int8 and mixed-precision students beside the float ones.
 
     Returns:
         The table (also saved at ``out_path``).
@@ -86,6 +99,13 @@ def record_lut(
 
     input_shape = tuple(int(d) for d in input_shape)
     table = open_table(out_path, descriptor, profiler, settings, input_shape[0], overwrite=overwrite)
+    if INT8 in (precisions or ()) and table.precision != INT8 and INT8 not in getattr(profiler, "precisions", ()):
+        raise UserError(f"the {profiler.name!r} profiler declares no int8 path (its precisions: "
+                        f"{', '.join(getattr(profiler, 'precisions', ())) or 'not declared'}); record int8 entries with onnxruntime")
+    other = sorted(set(precisions or ()) - {table.precision, INT8})
+    if other:
+        raise UserError(f"LUT entries in {', '.join(other)} are recorded as a table of their own (--precision {other[0]}); "
+                        f"beside a {table.precision} table's entries only int8 can be recorded")
     units = model_units(model_module, input_shape)
     multiple = int(getattr(descriptor, "channel_multiple", 8) or 8)
     recorder = Recorder(table, profiler, settings, out_path, progress, save_every_s)
@@ -100,26 +120,113 @@ def record_lut(
         configs = grid_configs(units, multiple, table.quantum, points, min_ratio)
         fingerprint = model_fingerprint(units)
         name = model_name or type(model_module).__name__
-        calibration = None
-        if calibrate and not any(m.get("fingerprint") == fingerprint for m in table.models):
-            variants = [(1.0, model_module)] + uniform_variants(model_module, input_shape, widths, multiple)
-            calibration_points = []
-            for width, variant in variants:
-                onnx_path = Path(recorder._tmp.name) / f"model-{width:.2f}.onnx"
-                export_onnx(variant, input_shape, onnx_path, verify=False)
-                analysis = analyze(variant, input_shape)
-                artifact = ModelArtifact(onnx_path=onnx_path, input_shape=input_shape, module=variant, name=name)
-                calibration_points.append({"width": width, "artifact": artifact, "specs": analysis.layers, "macs": analysis.macs})
-            calibration = {
-                "name": name, "input_shape": input_shape, "fingerprint": fingerprint,
-                "configs": [u.config for u in units], "points": calibration_points,
-            }
-        record_with_calibration(table, recorder, profiler, settings, configs, passes, calibration)
+        base = table.precision
+        exported: list[dict[str, Any]] = []
+        for precision in dict.fromkeys(precisions or [base]):
+            at = None if precision == base else precision
+            calibration = None
+            if calibrate and not any(m.get("fingerprint") == fingerprint and m.get("precision", base) == precision
+                                     for m in table.models):
+                if not exported:
+                    exported = calibration_models(model_module, input_shape, widths, multiple, Path(recorder._tmp.name), name)
+                calibration = {
+                    "name": name, "input_shape": input_shape, "fingerprint": fingerprint,
+                    "configs": [u.config.with_precision(at) for u in units],
+                    "points": [point_at_precision(point, at) for point in exported],
+                }
+            record_with_calibration(table, recorder, profiler, replace(settings, precision=precision),
+                                    [(config.with_precision(at), template) for config, template in configs], passes, calibration)
+            if calibration is not None and at is not None:
+                table.models[-1]["precision"] = precision
+            if precision == INT8 and calibrate and exported and not any(
+                    m.get("fingerprint") == fingerprint and m.get("precision") == TRANSITIONS for m in table.models):
+                record_transitions(table, profiler, settings, model_module, exported[0], name, fingerprint,
+                                   sorted({u.config.family() for u in units}))
+        if len(table.precisions) > 1:
+            table.provenance["precisions"] = table.precisions
         if out_path is not None:
             table.save(out_path)
     finally:
         recorder.close()
     return table
+
+
+def calibration_models(module: Any, input_shape: tuple[int, ...], widths: Sequence[float], multiple: int,
+                       folder: Path, name: str) -> list[dict[str, Any]]:
+    """The calibration's whole models: the model and its uniformly pruned copies, exported to ``folder``."""
+    points = []
+    for width, variant in [(1.0, module)] + uniform_variants(module, input_shape, widths, multiple):
+        onnx_path = folder / f"model-{width:.2f}.onnx"
+        export_onnx(variant, input_shape, onnx_path, verify=False)
+        analysis = analyze(variant, input_shape)
+        artifact = ModelArtifact(onnx_path=onnx_path, input_shape=input_shape, module=variant, name=name)
+        points.append({"width": width, "artifact": artifact, "specs": analysis.layers, "macs": analysis.macs})
+    return points
+
+
+def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSettings, module: Any, point: dict[str, Any],
+                       name: str, fingerprint: str, families: Sequence[str], rounds: int = 3) -> None:
+    """Measure what a change of precision costs per element crossing it, into a ``transitions`` record.
+
+    The model with every other channel group's layers in float (as ONNX Runtime realizes it) is timed
+    in rounds beside the model in fp32 and in int8; the mixed model's measurement, corrected by how much
+    faster or slower the machine runs now than when those two were calibrated, less its prediction
+    without transitions, divided by the elements crossing a change of precision
+    (:func:`hwcompress.lut.predict.transition_elements`), is the rate every mixed prediction adds.
+    """
+    import numpy as np
+
+    artifact = point["artifact"]
+    example = torch.zeros(*artifact.input_shape)
+    try:
+        groups = pruning.find_channel_groups(module, example)
+    except Exception:  # a model torch-pruning cannot trace: no transition term
+        return
+    floating = [layer for index, g in enumerate(groups) if index % 2 == 0 for layer in [*g.producers, *g.depthwise]]
+    if not floating:
+        return
+    inputs = [np.random.default_rng(0).standard_normal(artifact.input_shape).astype(np.float32) for _ in range(4)]
+    mixed_path = artifact.onnx_path.with_suffix(".mixed.onnx")
+    int8 = set(quantize_onnx(artifact.onnx_path, mixed_path, inputs, floating).int8_layers)
+    specs = [at_precision(spec, INT8) if spec.name in int8 else spec for spec in point["specs"]]
+    whole = replace(settings, per_layer=False)
+    references = {None: point, INT8: point_at_precision(point, INT8)}
+    calibrated = {p: next((m for m in reversed(table.models) if m.get("fingerprint") == fingerprint
+                           and (None if m.get("precision", table.precision) == table.precision else m.get("precision")) == p), None)
+                  for p in references}
+    if any(m is None for m in calibrated.values()):
+        return
+    mixed_times, drifts = [], []
+    for _ in range(rounds):
+        mixed_times.append(profiler.measure(dataclasses.replace(artifact, onnx_path=mixed_path), whole).latency.median)
+        for precision, reference in references.items():
+            now = profiler.measure(reference["artifact"], whole).latency.median
+            drifts.append(now / float(calibrated[precision]["measured_ms"]))
+    measured = statistics.median(mixed_times) / statistics.median(drifts)
+    detail = table.predict_detail(specs)
+    predicted = detail.total_ms - detail.offset_ms  # without the transition term: this record is what gives it
+    precision_of = {spec.name: getattr(spec, "precision", None) for spec in specs}
+    elements = transition_elements(specs, precision_of)
+    rate = max(measured - predicted, 0.0) / elements if elements else 0.0
+    table.models.append({
+        "name": name, "precision": TRANSITIONS, "fingerprint": fingerprint, "families": list(families),
+        "input_shape": list(artifact.input_shape), "measured_ms": round(measured, 6), "layer_sum_ms": round(predicted, 6),
+        "scale": round(measured / predicted, 6) if predicted > 0 else 1.0, "float_layers": len(specs) - len(int8),
+        "transition_elements": elements, "ms_per_element": rate, "date": _now(),
+    })
+
+
+def point_at_precision(point: dict[str, Any], precision: str | None) -> dict[str, Any]:
+    """A calibration point in another precision: its model quantized (random ranges: only its time
+    counts), its layers priced in that precision."""
+    if precision is None:
+        return point
+    artifact = point["artifact"]
+    quantized = artifact.onnx_path.with_suffix(f".{precision}.onnx")
+    if precision == INT8 and not quantized.exists():
+        quantize_unit(artifact.onnx_path, quantized, artifact.input_shape)
+    return {**point, "artifact": dataclasses.replace(artifact, onnx_path=quantized),
+            "specs": [at_precision(spec, precision) for spec in point["specs"]]}
 
 
 def uniform_variants(
@@ -267,7 +374,10 @@ def ensure_lut(
         try:
             cached = LatencyTable.load(path)
             fresh = LatencyTable(new_provenance(descriptor, profiler, settings, batch, unit_timer(profiler).timing))
-            options["overwrite"] = cached.settings_key() != fresh.settings_key()
+            # A cache whose probe mis-detected the channel block the runtime now reports is re-recorded.
+            misread = (fresh.provenance.get("channel_quantum_source") == "runtime" and "quantum" not in options
+                       and cached.quantum != fresh.quantum)
+            options["overwrite"] = cached.settings_key() != fresh.settings_key() or misread
         except UserError:
             options["overwrite"] = True
     return record_lut(model_module, input_shape, descriptor, profiler, settings, path, **options)

@@ -22,8 +22,11 @@ Two timing modes exist (``provenance.timing``):
   overhead (timed once on a trivial model), for profilers without ``measure_unit``.
 
 Channel quantum: many kernels work on blocks of channels (ONNX Runtime's NCHWc uses 16 with AVX-512,
-8 with AVX2), so 56 channels cost what 64 cost. The recorder detects that step once per table
-(``channel_quantum``) and interpolation rounds channel counts up to it.
+8 with AVX2), so 56 channels cost what 64 cost. A profiler that reports its runtime's block
+(``channel_block`` in its facts: ONNX Runtime's, read off its graph optimiser) sets it
+(``channel_quantum_source: runtime``); otherwise the recorder detects the step once per table with a
+timing probe (``detected``). Interpolation rounds channel counts up to it, and the search prunes in
+whole blocks from one block up.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import platform
 import statistics
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,6 +48,7 @@ from hwcompress.lut.table import LatencyTable, _now
 from hwcompress.lut.units import PlannedUnit, UnitTemplate, build_unit
 from hwcompress.measure.contract import LatencyStats, ModelArtifact, ProfileSettings
 from hwcompress.model.export import export_onnx
+from hwcompress.slim.quantize import INT8, quantize_unit
 
 
 @dataclass
@@ -147,8 +152,14 @@ def new_provenance(descriptor: Any, profiler: Any, settings: ProfileSettings, ba
     """The provenance block of a table recorded here and now."""
 
     facts = dict(profiler.facts(settings))
-    clocks = read_clocks()
+    # A device measured over a transport reports its own clocks and host; this machine's say nothing.
+    remote = "transport" in facts
+    clocks = dict(facts.get("clocks") or {}) if remote else read_clocks()
     now = _now()
+    # A runtime that reports its channel block (ONNX Runtime reads it off its own graph optimiser) is
+    # believed over a timing probe, which a loaded machine can mislead (8 one hour, 16 the next).
+    block = int(facts.get("channel_block") or 0)
+    quantum = {"channel_quantum": block, "channel_quantum_source": "runtime"} if block > 1 else {"channel_quantum": 1}
     return {
         "device": descriptor.name,
         "device_aliases": list(getattr(descriptor, "aliases", [])),
@@ -166,11 +177,11 @@ def new_provenance(descriptor: Any, profiler: Any, settings: ProfileSettings, ba
         "date": now,
         "updated": now,
         "recorder": f"hwcompress {__version__}",
-        "host": platform.node(),
-        "machine": platform.machine(),
+        "host": str(facts.get("host")) if remote else platform.node(),
+        "machine": str(facts.get("machine", "?")) if remote else platform.machine(),
         "timing": timing,
         "channel_multiple": int(getattr(descriptor, "channel_multiple", 8)),
-        "channel_quantum": 1,
+        **quantum,
         "session_overhead_ms": 0.0,
         "cache_flush_mb": cache_flush_mb(settings) if timing == TIMING_KERNELS else 0.0,
         "facts": facts,
@@ -227,15 +238,30 @@ class Recorder:
     def time_config(self, config: LayerConfig, source: "UnitTemplate | PlannedUnit | None" = None) -> LatencyStats:
         """Time one configuration (not stored): built from its template and exported here, or, for a
         :class:`PlannedUnit`, the ONNX file exported beforehand (no PyTorch needed on the device)."""
-        if isinstance(source, PlannedUnit):
-            artifact = ModelArtifact(onnx_path=source.onnx_path, input_shape=source.input_shape, name=config.key())
-            return self.timer.time(artifact, self.settings)
+        return self.timer.time(self.unit_artifact(config, source), self.settings_for(config))
 
+    def settings_for(self, config: LayerConfig) -> ProfileSettings:
+        """The measurement settings of ``config``: its own precision (an int8 unit is timed as int8)."""
+        precision = config.precision or self.table.precision
+        return self.settings if precision == self.settings.precision else replace(self.settings, precision=precision)
+
+    def unit_artifact(self, config: LayerConfig, source: "UnitTemplate | PlannedUnit | None", slot: int = 0) -> ModelArtifact:
+        """The tiny model that times ``config``: a plan's file, or the layer exported to ``unit-<slot>.onnx``."""
+        if isinstance(source, PlannedUnit):
+            return ModelArtifact(onnx_path=source.onnx_path, input_shape=source.input_shape, name=config.key())
         module, shape = build_unit(config, source)
-        onnx_path = Path(self._tmp.name) / "unit.onnx"
+        onnx_path = Path(self._tmp.name) / (f"unit-{slot}.onnx" if slot else "unit.onnx")
         export_onnx(module, shape, onnx_path, verify=False)
-        artifact = ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=module, name=config.key())
-        return self.timer.time(artifact, self.settings)
+        if config.precision == INT8:
+            # The layer as a Q/DQ model, as ONNX Runtime's quantizer writes the network's (ONNX Runtime
+            # fuses DQ-Conv-Q into QLinearConv; TensorRT reads explicit Q/DQ).
+            onnx_path = quantize_unit(onnx_path, onnx_path.with_suffix(".int8.onnx"), shape)
+        return ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=module, name=config.key())
+
+    @property
+    def workers(self) -> int:
+        """Timings that may run at once: one per host of a remote pool (its ``workers``), else one."""
+        return max(1, int(getattr(self.profiler, "workers", 1) or 1))
 
     def record(
         self,
@@ -245,6 +271,10 @@ class Recorder:
         between: Callable[[], None] | None = None,
     ) -> LatencyTable:
         """Time every configuration not yet in the table (``passes`` times); returns the table.
+
+        With a pool of remote hosts (a profiler whose ``workers`` > 1) the configurations of a pass are
+        spread over the hosts, one timing per host at a time (:meth:`_record_spread`); a host that drops
+        out leaves the others going, and whatever was timed is in the table either way.
 
         Args:
             configs: configurations with what times them: the template that builds the layer, a
@@ -265,33 +295,88 @@ class Recorder:
         done = sum(have(c) for c, _ in configs)
         if self.progress:
             self.progress(done, total, "")
+
+        def store(config: LayerConfig, template: Any, stats: LatencyStats) -> None:
+            nonlocal done
+            fused = template.fused if template is not None else ()
+            old = self.table.entries.get(config.key())
+            if old is None:
+                self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, fused))
+            elif stats.median < old.median:
+                self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, old.fused or fused, old.passes + 1))
+            else:
+                old.passes += 1
+            self.measured += 1
+            done += 1
+            if time.monotonic() - self._last_save >= self.save_every_s:
+                self.save()
+            if between is not None and every and self.measured % every == 0 and done < total:
+                between()
+            if self.progress:
+                self.progress(done, total, config.key())
+
         try:
             for current in range(1, passes + 1):
+                if self.workers > 1:
+                    self._record_spread(configs, lambda config, pass_=current: have(config) >= pass_, store)
+                    continue
                 for config, template in configs:
                     if have(config) >= current:
                         continue
-                    stats = self.time_config(config, template)
-                    fused = template.fused if template is not None else ()
-                    old = self.table.entries.get(config.key())
-                    if old is None:
-                        self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, fused))
-                    elif stats.median < old.median:
-                        self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, old.fused or fused, old.passes + 1))
-                    else:
-                        old.passes += 1
-                    self.measured += 1
-                    done += 1
-                    if time.monotonic() - self._last_save >= self.save_every_s:
-                        self.save()
-                    if between is not None and every and self.measured % every == 0 and done < total:
-                        between()
-                    if self.progress:
-                        self.progress(done, total, config.key())
+                    store(config, template, self.time_config(config, template))
         finally:
             # Also on KeyboardInterrupt or an error: an interrupted recording keeps what it measured.
             if self.measured:
                 self.save()
         return self.table
+
+    def _record_spread(
+        self,
+        configs: Sequence[tuple[LayerConfig, Any]],
+        recorded: Callable[[LayerConfig], bool],
+        store: Callable[[LayerConfig, Any, LatencyStats], None],
+    ) -> None:
+        """One pass over ``configs`` with up to :attr:`workers` timings in flight (a remote pool).
+
+        Units are exported here, one at a time (PyTorch's exporter is not thread-safe), and timed in
+        worker threads; results are stored here, in the order they finish. On a failure no new timing
+        starts, the ones in flight finish and are stored, then the failure is raised.
+        """
+        pending = iter(configs)
+        inflight: dict[Future, tuple[LayerConfig, Any, ModelArtifact]] = {}
+        started: set[str] = set()
+        failure: BaseException | None = None
+        slot = 0
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hwcompress-lut") as pool:
+            while True:
+                while failure is None and len(inflight) < self.workers:
+                    item = next(pending, None)
+                    if item is None:
+                        break
+                    config, template = item
+                    if recorded(config) or config.key() in started:
+                        continue
+                    started.add(config.key())
+                    slot += 1
+                    try:
+                        artifact = self.unit_artifact(config, template, slot)
+                    except BaseException as error:
+                        failure = error
+                        break
+                    inflight[pool.submit(self.timer.time, artifact, self.settings_for(config))] = (config, template, artifact)
+                if not inflight:
+                    break
+                finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    config, template, artifact = inflight.pop(future)
+                    if not isinstance(template, PlannedUnit):
+                        Path(artifact.onnx_path).unlink(missing_ok=True)  # exported here for this timing only
+                    try:
+                        store(config, template, future.result())
+                    except BaseException as error:  # a timing that failed, or progress() asking to stop
+                        failure = failure or error
+        if failure is not None:
+            raise failure
 
     def detect_quantum(self, batch: int, multiple: int) -> tuple[int, list[list[float]]]:
         """The channel step the runtime works in: time a 3x3 convolution at 64, 64+m, ... 64+8m output

@@ -13,6 +13,8 @@ The file format (JSON, ``"schema": "hwcompress.lut/1"``)::
      "entries": [{"op": "Conv2d", "batch": 1, "in_hw": [56, 56], "cin": 64, "cout": 64,
                   "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1,
                   "fused": ["BatchNorm2d", "ReLU"], "median": 1.21, "p90": 1.25, "std": 0.02, "runs": 50}, ...],
+                 (an entry in another precision than the table's adds "precision": "int8"; such a table
+                  is "hwcompress.lut/2", so that readers without precisions refuse it; /1 files read as before)
      "models": [{"name": "resnet18", "input_shape": [1, 3, 224, 224], "families": [...],
                  "layer_sum_ms": 20.1, "measured_ms": 23.2, "scale": 1.154, "offset_ms": 3.1,
                  "points": [{"width": 1.0, "layer_sum_ms": 20.1, "measured_ms": 23.2, "ratio": 1.154}, ...]}]}
@@ -30,7 +32,16 @@ from typing import Any, Iterable, Sequence
 
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
-from hwcompress.lut.keys import SCHEMA, SCHEMA_PREFIX, TIMING_KERNELS, TIMING_SESSION, LayerConfig, LutEntry
+from hwcompress.lut.keys import (
+    PRECISIONS,
+    SCHEMA,
+    SCHEMA_PRECISIONS,
+    SCHEMA_PREFIX,
+    TIMING_KERNELS,
+    TIMING_SESSION,
+    LayerConfig,
+    LutEntry,
+)
 from hwcompress.lut.predict import Prediction, PredictionDetail, TablePredictor
 from hwcompress.measure.contract import ProfileSettings
 from hwcompress.model.analysis import LayerSpec, ModelAnalysis
@@ -93,7 +104,7 @@ class LatencyTable:
         self.provenance = dict(provenance)
         self.entries: dict[str, LutEntry] = {}
         for entry in entries:
-            self.entries[entry.config.key()] = entry
+            self.add(entry)
         self.models: list[dict[str, Any]] = [dict(m) for m in models]
         self.path = Path(path) if path is not None else None
         self._predictor: TablePredictor | None = None
@@ -112,13 +123,39 @@ class LatencyTable:
     def timing(self) -> str:
         return str(self.provenance.get("timing", TIMING_SESSION))
 
+    @property
+    def precision(self) -> str:
+        """The base precision: what a key without a precision means."""
+        return str(self.provenance.get("precision", "fp32"))
+
+    @property
+    def precisions(self) -> list[str]:
+        """Every precision the table holds entries in, the base first."""
+        extra = sorted({e.config.precision for e in self.entries.values() if e.config.precision} - {self.precision})
+        return [self.precision, *extra]
+
+    @property
+    def schema(self) -> str:
+        """``hwcompress.lut/2`` when the table holds more than its base precision, else ``/1``."""
+        several = len(self.precisions) > 1 or any(m.get("precision", self.precision) != self.precision for m in self.models)
+        return SCHEMA_PRECISIONS if several else SCHEMA
+
+    def normalised(self, config: LayerConfig) -> LayerConfig:
+        """``config`` with the table's base precision written as None (how the table keys it)."""
+        return config.with_precision(config.precision, self.precision)
+
+    def entry(self, config: LayerConfig) -> LutEntry | None:
+        """The recorded entry of ``config`` (at its precision), or None."""
+        return self.entries.get(self.normalised(config).key())
+
     def __len__(self) -> int:
         return len(self.entries)
 
     def __contains__(self, config: LayerConfig) -> bool:
-        return config.key() in self.entries
+        return self.normalised(config).key() in self.entries
 
     def add(self, entry: LutEntry) -> None:
+        entry.config = self.normalised(entry.config)
         self.entries[entry.config.key()] = entry
         self.invalidate()
 
@@ -134,7 +171,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         entries = sorted(self.entries.values(), key=lambda e: (e.config.family(), e.config.cin, e.config.cout))
         return {
-            "schema": SCHEMA,
+            "schema": self.schema,
             "provenance": self.provenance,
             "entries": [entry.to_dict() for entry in entries],
             "models": self.models,
@@ -184,9 +221,10 @@ class LatencyTable:
         if not isinstance(document, dict):
             raise UserError(f"{where} is not a hwcompress LUT (a JSON object with \"schema\": \"{SCHEMA}\" expected)")
         schema = document.get("schema")
-        if schema != SCHEMA:
+        if schema not in (SCHEMA, SCHEMA_PRECISIONS):
             if isinstance(schema, str) and schema.startswith(SCHEMA_PREFIX):
-                raise UserError(f"{where} has schema {schema!r}, this hwcompress reads {SCHEMA!r}; re-record it or upgrade hwcompress")
+                raise UserError(f"{where} has schema {schema!r}, this hwcompress reads {SCHEMA!r} and {SCHEMA_PRECISIONS!r}; "
+                                "re-record it or upgrade hwcompress")
             raise UserError(f"{where} is not a hwcompress LUT (schema {schema!r}, expected {SCHEMA!r})")
         provenance = document.get("provenance")
         if not isinstance(provenance, dict):
@@ -214,8 +252,10 @@ class LatencyTable:
                     raise UserError(f"{label} has an invalid {name} ({raw[name]!r}): latencies are finite and >= 0 ms")
             if raw["runs"] < 0 or raw["cin"] < 1 or raw["cout"] < 1 or raw["batch"] < 1 or raw["groups"] < 1:
                 raise UserError(f"{label} has a non-positive batch, cin, cout, groups or negative runs")
+            if raw.get("precision", provenance["precision"]) not in PRECISIONS:
+                raise UserError(f"{label} has precision {raw.get('precision')!r}; expected one of {', '.join(PRECISIONS)}")
             try:
-                config = LayerConfig.from_dict(raw)
+                config = LayerConfig.from_dict(raw, base=provenance["precision"])
             except (TypeError, ValueError) as error:
                 raise UserError(f"{label} has a malformed shape field: {error}") from None
             fused = raw.get("fused", [])
@@ -308,6 +348,13 @@ class LatencyTable:
                     f"{where} was recorded with {p['runtime']} {p['runtime_version']}, this machine runs {version}; "
                     f"re-record it (hwcompress lut record --device {descriptor.name} ...)"
                 )
+            block = int(local_facts.get("channel_block") or 0)
+            if runtime == p.get("runtime") and block > 1 and block != self.quantum:
+                notes.append(
+                    f"{where} has channel quantum {self.quantum} ({p.get('channel_quantum_source', 'given')}), but {runtime} "
+                    f"here works in blocks of {block} channels: its predictions between blocks are off; re-record it "
+                    f"(hwcompress lut record --device {descriptor.name} ... --overwrite)"
+                )
         else:
             notes.append(f"recorded with {p['runtime']} {p['runtime_version']} on {p.get('host', '?')} ({p['date'][:10]}); the runtime on the device is not checked from here")
         profiler = getattr(descriptor, "profiler", None)
@@ -387,9 +434,10 @@ class LatencyTable:
             ops[label] = ops.get(label, 0) + 1
         return {
             "file": self.where(),
-            "schema": SCHEMA,
+            "schema": self.schema,
             "provenance": self.provenance,
             "entries": len(self.entries),
+            "precisions": self.precisions,
             "families": len({e.config.family() for e in self.entries.values()}),
             "ops": dict(sorted(ops.items())),
             "models": [
@@ -424,6 +472,7 @@ def _check_field(data: dict[str, Any], name: str, kind: type | tuple[type, ...],
 
 
 def _model_id(model: dict[str, Any]) -> tuple[Any, ...]:
-    return (model.get("name"), tuple(model.get("input_shape") or ()), model.get("fingerprint"))
+    # The precision too: one model's fp32, int8 and transitions records are three calibrations, not one.
+    return (model.get("name"), tuple(model.get("input_shape") or ()), model.get("fingerprint"), model.get("precision"))
 
 

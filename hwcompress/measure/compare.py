@@ -14,6 +14,7 @@ On a device that is not this machine, the models are predicted from its LUT inst
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -90,10 +91,18 @@ class PairedMeasurement:
     def _teacher_artifact(self) -> ModelArtifact:
         return ModelArtifact(self.teacher_onnx, self.input_shape, self.teacher, "teacher")
 
-    def __call__(self, module: Any, name: str, rounds: int | None = None) -> dict[str, Any]:
-        """Measure ``module`` against the teacher; ``median`` is the verdict, every statistic is on its scale."""
-        path = Path(self.folder.name) / f"{name}.onnx"
-        info = export_onnx(module, self.input_shape, path)
+    def __call__(self, module: Any, name: str, rounds: int | None = None,
+                 onnx_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Measure ``module`` against the teacher; ``median`` is the verdict, every statistic is on its scale.
+
+        ``onnx_path``: time this file, built beforehand from ``module`` (a quantized student), instead of
+        exporting the module.
+        """
+        if onnx_path is None:
+            path = Path(self.folder.name) / f"{name}.onnx"
+            max_abs_diff = export_onnx(module, self.input_shape, path).max_abs_diff
+        else:
+            path, max_abs_diff = Path(onnx_path), None
         rounds = rounds or self.rounds
         student, teacher = measure_interleaved(
             self.profiler, [ModelArtifact(path, self.input_shape, module, name), self._teacher_artifact()],
@@ -119,7 +128,7 @@ class PairedMeasurement:
             "method": ("median = paired ratio to the teacher (median of the rounds) x the teacher's reference latency; "
                        "the other statistics are the middle round's, on the same scale; raw_median is as timed"),
             "profiler": self.profiler.name,
-            "onnx_max_abs_diff": info.max_abs_diff,
+            "onnx_max_abs_diff": max_abs_diff,
             "facts": middle.facts,
         }
 

@@ -20,13 +20,67 @@ from hwcompress.model.export import export_onnx, node_module_path
 from hwcompress.model.loading import resolve_model
 
 
-def map_node_times(node_ms: dict[str, float], analysis: ModelAnalysis) -> dict[str, float]:
-    """Sum per-node times into the analysis' layer rows (unmatched nodes go to ``(other)``)."""
+def onnx_opset(path: Path) -> int | None:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+#: ONNX ops a runtime folds into the layer before them (walked back over when a fused node is named
+#: after its last output: ONNX Runtime's NCHWc pass names Conv+ReLU after the ReLU's output).
+_FOLDED = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Mul", "Add",
+                     "BatchNormalization", "Identity"})
+_LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _producers(onnx_path: Path | None) -> dict[str, Any]:
+    """Tensor name -> the node of the ONNX file that writes it (empty without a file)."""
+    if onnx_path is None:
+        return {}
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {output: node for node in graph.node for output in node.output}
+
+
+def layer_of(node: str, names: set[str], producers: dict[str, Any] | None = None) -> str:
+    """The layer row a runtime node belongs to: the module path the exporter wrote into its name, after
+    the suffixes runtimes add when they fuse or re-lay nodes (``/fc/MatMul/MatMulAddFusion`` is ``fc``);
+    a node named after a tensor (``/layer1/layer1.0/relu/Relu_output_0_nchwc``: Conv+ReLU fused) is
+    followed back through the graph, over what folds into a layer, to the layer that writes it;
+    ``(other)`` for what names no layer (layout reorders)."""
+    producers = producers or {}
+    tensor = node[: -len("_nchwc")] if node.endswith("_nchwc") else node
+    writer = producers.get(tensor)
+    seen = 0
+    while writer is not None and writer.op_type in _FOLDED and seen < 8:
+        inputs = [producers.get(name) for name in writer.input]
+        layers = [n for n in inputs if n is not None and n.op_type in _LAYER_OPS]
+        writer = layers[0] if layers else next((n for n in inputs if n is not None), None)
+        seen += 1
+    candidates = [writer.name] if writer is not None else []
+    for name in [*candidates, node]:
+        parts = [part for part in name.split("/") if part]
+        while len(parts) >= 2:
+            module = node_module_path("/" + "/".join(parts))
+            if module in names:
+                return module
+            parts = parts[:-1]
+        if name in names:
+            return name
+    return OTHER
+
+
+def map_node_times(node_ms: dict[str, float], analysis: ModelAnalysis, onnx_path: Path | None = None) -> dict[str, float]:
+    """Sum per-node times into the analysis' layer rows (unmatched nodes go to ``(other)``); with the ONNX
+    file, nodes a runtime fused and named after their last output land on the layer that leads them."""
     names = {layer.name for layer in analysis.layers}
+    producers = _producers(onnx_path)
     out: dict[str, float] = {}
     for node, ms in node_ms.items():
-        module = node_module_path(node)
-        key = module if module in names else OTHER
+        key = layer_of(node, names, producers)
         out[key] = out.get(key, 0.0) + ms
     return out
 
@@ -77,15 +131,21 @@ def profile_model(
             model_info["onnx"] = info.to_dict()
         else:
             onnx_path = loaded.onnx_path
-            model_info["onnx"] = {"path": str(onnx_path), "opset": None, "exporter": "user-supplied"}
+            model_info["onnx"] = {"path": str(onnx_path), "opset": onnx_opset(onnx_path), "exporter": "user-supplied"}
         artifact = ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=loaded.module, name=loaded.name)
         measurement = timing.profiler.measure(artifact, settings)
-    if workdir is None and "onnx" in model_info:
+        if measurement.layer_ms is not None:
+            layer_ms = dict(measurement.layer_ms)
+        else:  # while the exported file is still there: fused nodes are mapped through its graph
+            layer_ms = map_node_times(measurement.node_ms, analysis, onnx_path) if measurement.node_ms else {}
+    if workdir is None and "onnx" in model_info and loaded.module is not None:
         model_info["onnx"]["path"] = None  # the temporary export is gone
-    if measurement.layer_ms is not None:
-        layer_ms = dict(measurement.layer_ms)
-    else:
-        layer_ms = map_node_times(measurement.node_ms, analysis) if measurement.node_ms else {}
+    if layer_ms and measurement.source == "measured" and measurement.latency.median > 0:
+        # The rows are checked against the whole: a sum far off the median says the per-node timing
+        # (a separate profiled run, kernel times only) does not describe this model's session.
+        total = sum(layer_ms.values())
+        notes.append(f"per-layer times sum to {total:.3f} ms, {total / measurement.latency.median:.2f}x the whole-model "
+                     "median (a profiled run's kernel times; the rest of a run is the runtime's own work)")
     return ProfileReport(
         device=descriptor.to_dict(),
         model=model_info,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwcompress.measure.contract import LatencyStats
-from hwcompress.model.analysis import ModelAnalysis
+from hwcompress.model.analysis import OTHER, ModelAnalysis
 
 PROFILE_SCHEMA = "hwcompress.profile/1"
 
@@ -37,6 +37,9 @@ class ProfileReport:
             row["flops"] = 2 * spec.macs
             row["latency_ms"] = self.layer_ms.get(spec.name)
             layers.append(row)
+        if OTHER in self.layer_ms and all(spec.name != OTHER for spec in self.analysis.layers):
+            # Time no layer claims (layout reorders, pooling): a row of its own, so the rows add up.
+            layers.append({"name": OTHER, "op": "-", "macs": 0, "flops": 0, "params": 0, "latency_ms": self.layer_ms[OTHER]})
         document = {
             "schema": PROFILE_SCHEMA,
             "device": {**self.device, "facts": self.facts},

@@ -9,10 +9,12 @@ from it, so they agree on what "on that device" means.
 The rules:
 
 1. ``lut=FILE`` predicts from that table.
-2. Else, when this machine is the device (its descriptor's ``detect`` rule), the first of the device's
+2. Else, when the descriptor has a ``[transport]`` (ssh, adb, a pool of hosts), the device measures
+   itself: a :class:`~hwcompress.measure.remote.RemoteProfiler` runs the timing there.
+3. Else, when this machine is the device (its descriptor's ``detect`` rule), the first of the device's
    profilers (its own, then its fallbacks) that is installed and available measures.
-3. Else the LUT the descriptor names (beside the descriptor, or in the user data folder's ``luts/``).
-4. Else a one-line error saying why it cannot be measured here and how to record a LUT on the device.
+4. Else the LUT the descriptor names (beside the descriptor, or in the user data folder's ``luts/``).
+5. Else a one-line error saying why it cannot be measured here and how to record a LUT on the device.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hwcompress.errors import PluginError, UserError
 from hwcompress.lut.predict import LutPredictor
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.remote import remote_profiler
 from hwcompress.plugins import registry
 from hwcompress.validate import whole
 
@@ -66,6 +69,8 @@ class GuardedProfiler:
         self.origin = origin
         self.name = str(getattr(profiler, "name", "?"))
         self.description = str(getattr(profiler, "description", ""))
+        # The precisions it can run (optional; ("fp32", "int8") for ONNX Runtime): --quantize asks.
+        self.precisions = tuple(str(p) for p in (getattr(profiler, "precisions", None) or ()))
         if callable(getattr(profiler, "measure_unit", None)):
             self.measure_unit = self._measure_unit
 
@@ -181,14 +186,17 @@ class Timing:
         return f"predicted for {self.descriptor.name} from LUT {self.table.where() if self.table else '?'}"
 
     def check_settings(self, settings: ProfileSettings) -> list[str]:
-        """Notes about ``settings`` for this timing: more threads than this machine has cores.
+        """Notes about ``settings`` for this timing: more threads than the measuring machine has cores.
 
         Raises:
-            UserError: more threads than this machine has logical cores, when measuring here.
+            UserError: more threads than the measuring machine (this one, or the remote device) has
+                logical cores.
         """
-        cores = os.cpu_count() or 1
+        remote = self.measured and self.descriptor.remote
+        cores = (self.profiler.logical_cores() if remote else None) or os.cpu_count() or 1
         if self.measured and settings.threads > cores:
-            raise UserError(f"--threads {settings.threads} is more than this machine's {cores} logical cores; "
+            machine = f"{self.descriptor.name}'s" if remote else "this machine's"
+            raise UserError(f"--threads {settings.threads} is more than {machine} {cores} logical cores; "
                             f"use --threads {cores} or fewer")
         return []
 
@@ -250,6 +258,8 @@ def resolve_timing(descriptor: DeviceDescriptor, lut: str | os.PathLike[str] | N
     """
     if lut is not None:
         return _lut_timing(descriptor, Path(lut), [])
+    if descriptor.remote:
+        return Timing(descriptor, remote_profiler(descriptor), MEASURED)
     local, why_not = descriptor.is_local()
     notes: list[str] = []
     if local:
@@ -285,11 +295,15 @@ def _lut_timing(descriptor: DeviceDescriptor, path: Path, notes: list[str]) -> T
 def measuring_profiler(descriptor: DeviceDescriptor, name: str | None = None) -> tuple[GuardedProfiler, list[str]]:
     """The profiler that records a LUT on this device: ``name``, else the device's own (or a fallback),
     else ONNX Runtime when none of those works here (a Jetson without the TensorRT plugin still records
-    with ONNX Runtime). Returns the profiler and notes about the choice.
+    with ONNX Runtime). A device with a ``[transport]`` records through its runner (``name`` selects
+    the profiler there). Returns the profiler and notes about the choice.
 
     Raises:
         UserError: this machine is not the device, or nothing can measure here.
     """
+    if descriptor.remote:
+        profiler = remote_profiler(descriptor, name)
+        return profiler, [f"recording on {', '.join(h.label for h in profiler.hosts)} over {profiler.kind}"]
     local, why_not = descriptor.is_local()
     if not local:
         raise UserError(f"`hwcompress lut record` times layers on the device itself and this machine is not it "
@@ -315,7 +329,13 @@ def measuring_profiler(descriptor: DeviceDescriptor, name: str | None = None) ->
 
 def device_status(descriptor: DeviceDescriptor) -> tuple[str, str]:
     """How ``descriptor`` can be served here: ``("measured" | "lut" | "unavailable", reason)``: the
-    same decision as :func:`resolve_timing`, with the reasons stated for ``hwcompress devices``."""
+    same decision as :func:`resolve_timing`, with the reasons stated for ``hwcompress devices``. A
+    remote device is probed (each host connected to, its runner started): ``measured`` when at least
+    one host answers, the reason listing every host."""
+    if descriptor.remote:
+        statuses = remote_profiler(descriptor).probe()
+        reason = "; ".join(f"{s.host} {s.detail}" if s.up else f"{s.host} down: {s.detail}" for s in statuses)
+        return (MEASURED if any(s.up for s in statuses) else "unavailable"), reason
     try:
         timing = resolve_timing(descriptor)
     except UserError as error:

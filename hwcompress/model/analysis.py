@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hwcompress.errors import UserError
+
 OTHER = "(other)"
 
 
@@ -74,6 +76,33 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return None
 
 
+def _plain_attention() -> Any:
+    import contextlib
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # an older PyTorch: no fused attention to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def layer_modules(module: Any) -> list[tuple[str, Any]]:
+    """The modules that get a row: every leaf, and attention blocks whole (their projections inside)."""
+    import torch
+
+    rows: list[tuple[str, Any]] = []
+    whole: list[str] = []
+    for name, child in module.named_modules():
+        if not name or any(name.startswith(w + ".") for w in whole):
+            continue
+        if isinstance(child, torch.nn.MultiheadAttention):
+            whole.append(name)
+            rows.append((name, child))
+        elif not list(child.children()):
+            rows.append((name, child))
+    return rows
+
+
 def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     """Count MACs and parameters of ``module`` for one input of ``input_shape``, per leaf layer.
 
@@ -95,7 +124,7 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
 
     shapes: dict[str, tuple[Any, Any]] = {}
     handles = []
-    leaves = [(name, m) for name, m in module.named_modules() if name and not list(m.children())]
+    leaves = layer_modules(module)
     for name, leaf in leaves:
         def hook(_mod: Any, inputs: Any, output: Any, name: str = name) -> None:
             shapes.setdefault(name, (_shape(inputs), _shape(output)))
@@ -105,8 +134,13 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     module.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter:
+        # With gradients enabled and the plain (math) attention kernel, every multiply is an op the
+        # counter knows: under no_grad, nn.MultiheadAttention takes a fused fast path and the fused
+        # attention kernels are not counted (vit_b_16: 11.27 G MACs instead of the card's 17.56 G).
+        with torch.enable_grad(), _plain_attention(), counter:
             module(torch.zeros(*input_shape))
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise UserError(input_mismatch(module, input_shape, error)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -118,7 +152,7 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     layers: list[LayerSpec] = []
     for name, leaf in leaves:
         macs = sum(counts.get(f"{root}.{name}", {}).values()) // 2
-        params = sum(p.numel() for p in leaf.parameters(recurse=False))
+        params = sum(p.numel() for p in leaf.parameters())
         if not macs and not params:
             continue
         in_shape, out_shape = shapes.get(name, (None, None))
@@ -130,6 +164,8 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
             spec.cin, spec.cout = leaf.in_features, leaf.out_features
         elif isinstance(leaf, torch.nn.modules.batchnorm._BatchNorm):
             spec.cin = spec.cout = leaf.num_features
+        elif isinstance(leaf, torch.nn.MultiheadAttention):
+            spec.cin = spec.cout = leaf.embed_dim
         layers.append(spec)
     total_params = sum(p.numel() for p in module.parameters())
     other_macs = total_macs - sum(layer.macs for layer in layers)
@@ -139,15 +175,109 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     return ModelAnalysis(layers=layers, macs=total_macs, params=total_params, input_shape=tuple(input_shape))
 
 
-def analyze_onnx(path: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
-    """Parameters (exact, from initializers) of an ONNX file; MACs are not counted for ONNX input.
+def input_mismatch(module: Any, input_shape: tuple[int, ...], error: BaseException) -> str:
+    """One line saying why ``module`` cannot run on ``input_shape``, naming what its first layer expects."""
+    import torch
 
-    PyTorch's counter needs a PyTorch model; rather than guess from a hand-written op table, ONNX
-    input reports parameters only and says so.
+    shape = "x".join(str(d) for d in input_shape)
+    first = next(((name, m) for name, m in module.named_modules()
+                  if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))), None)
+    if first is not None:
+        name, layer = first
+        if isinstance(layer, torch.nn.modules.conv._ConvNd):
+            rank = layer.weight.dim()  # an input has as many dimensions as the weight: batch, channels, space
+            if len(input_shape) != rank or input_shape[1] != layer.in_channels:
+                return (f"the model cannot run on input shape {shape}: its first layer {name} ({type(layer).__name__}) "
+                        f"expects {rank} dimensions with {layer.in_channels} channels, e.g. "
+                        f"--input-shape 1,{layer.in_channels},{','.join(['224'] * (rank - 2))}")
+        elif input_shape[-1] != layer.in_features:
+            return (f"the model cannot run on input shape {shape}: its first layer {name} (Linear) expects "
+                    f"{layer.in_features} features in the last dimension")
+    detail = " ".join(str(error).split())[:200]
+    return f"the model cannot run on input shape {shape} ({type(error).__name__}: {detail}); pass the shape it takes with --input-shape"
+
+
+#: ONNX ops counted as layers, with the PyTorch module name their rows take (by spatial rank for convs).
+_ONNX_CONV = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}
+_ONNX_NORM = {3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
+
+def onnx_row_name(node_name: str, index: int) -> str:
+    """The row an ONNX node is reported under: its PyTorch module path when the exporter wrote one
+    (``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``), else the node's own name."""
+    from hwcompress.model.export import node_module_path
+
+    return node_module_path(node_name) or node_name or f"node{index}"
+
+
+def analyze_onnx(path: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
+    """Layers, MACs and parameters of an ONNX file, from its graph and ONNX's shape inference.
+
+    Counted the way :func:`analyze` counts PyTorch models (the torchvision model-card convention):
+    Conv (output elements x input channels per group x kernel), Gemm and MatMul with a weight
+    (rows x inner x outer), MatMul of two activations (attention) too; parameters exactly from the
+    initializers. Rows are named by the PyTorch module path the exporter wrote into the node name,
+    so per-node times map onto them.
     """
+    import math
+
     import onnx
-    from onnx import numpy_helper
+    from onnx import numpy_helper, shape_inference
 
     model = onnx.load(str(path))
-    params = sum(int(numpy_helper.to_array(t).size) for t in model.graph.initializer)
-    return ModelAnalysis(layers=[], macs=0, params=params, input_shape=tuple(input_shape), counter="none (ONNX input: parameters only)")
+    graph = model.graph
+    weights = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if inputs:
+        dims = inputs[0].type.tensor_type.shape.dim
+        for dim, value in zip(dims, input_shape):
+            dim.dim_value = int(value)
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # a graph ONNX cannot infer: counts from what is known
+        inferred = model
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.dim_value > 0 for d in dims):
+            shapes[value.name] = tuple(int(d.dim_value) for d in dims)
+    shapes.update(weights)
+    layers: list[LayerSpec] = []
+    counted_params = 0
+    for index, node in enumerate(graph.node):
+        in_shape = shapes.get(node.input[0]) if node.input else None
+        out_shape = shapes.get(node.output[0]) if node.output else None
+        own = [name for name in node.input if name in weights]
+        params = sum(math.prod(weights[name]) for name in own)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        spec = None
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights and out_shape:
+            w = weights[node.input[1]]
+            groups = int(attrs.get("group", 1))
+            macs = math.prod(out_shape) * w[1] * math.prod(w[2:])
+            pads = tuple(attrs.get("pads", ()))
+            spec = LayerSpec(onnx_row_name(node.name, index), _ONNX_CONV.get(len(w) - 2, "Conv"), in_shape, out_shape,
+                             cin=w[1] * groups, cout=w[0], kernel=tuple(w[2:]), stride=tuple(attrs.get("strides", ())) or None,
+                             padding=pads[: len(pads) // 2] or None, groups=groups, macs=macs, params=params)
+        elif node.op_type in ("Gemm", "MatMul") and out_shape and in_shape and len(node.input) > 1:
+            other = shapes.get(node.input[1])
+            if other is None:
+                continue
+            inner = in_shape[-1]
+            outer = out_shape[-1]
+            macs = math.prod(out_shape) * inner
+            op = "Linear" if node.input[1] in weights else "MatMul"
+            spec = LayerSpec(onnx_row_name(node.name, index), op, in_shape, out_shape, cin=inner if op == "Linear" else None,
+                             cout=outer if op == "Linear" else None, macs=macs, params=params)
+        elif node.op_type == "BatchNormalization" and in_shape:
+            spec = LayerSpec(onnx_row_name(node.name, index), _ONNX_NORM.get(len(in_shape), "BatchNorm"), in_shape, out_shape,
+                             cin=in_shape[1], cout=in_shape[1], params=params)
+        if spec is not None:
+            counted_params += params
+            layers.append(spec)
+    total_params = sum(int(numpy_helper.to_array(t).size) for t in graph.initializer)
+    total_macs = sum(layer.macs for layer in layers)
+    if total_params - counted_params:
+        layers.append(LayerSpec(name=OTHER, op="-", in_shape=None, out_shape=None, macs=0, params=total_params - counted_params))
+    return ModelAnalysis(layers=layers, macs=total_macs, params=total_params, input_shape=tuple(input_shape),
+                         counter="ONNX graph with shape inference (Conv, Gemm, MatMul; the PyTorch counter's convention)")

@@ -57,6 +57,7 @@ class DataSplits:
         input_shape: Shape of a batch of one input, e.g. ``(1, 3, 32, 32)``.
         name: Short name used in reports.
         class_names: Optional names of the classes, in label order.
+        skipped: Image files left out because they could not be read (``--skip-bad-images``).
     """
 
     train: Dataset
@@ -66,6 +67,7 @@ class DataSplits:
     input_shape: tuple[int, ...]
     name: str
     class_names: tuple[str, ...] | None = None
+    skipped: tuple[str, ...] = ()
 
 
 def split_sizes(total: int) -> tuple[int, int, int]:
@@ -197,7 +199,59 @@ def loader(
     )
 
 
-def load_data(spec: str | None, input_size: int | None = None) -> DataSplits:
+def class_counts(dataset: Any, limit: int = 50_000) -> dict[int, int] | None:
+    """Items per label, read from the dataset's own label list where it has one (``targets``,
+    ``tensors``, a ``Subset`` of those), else by reading up to ``limit`` items; None when it is larger
+    than that and has no label list (the check is then skipped rather than slow)."""
+    labels: list[int] | None = None
+    if isinstance(dataset, Subset):
+        inner = _labels(dataset.dataset)
+        labels = None if inner is None else [inner[i] for i in dataset.indices]
+    else:
+        labels = _labels(dataset)
+    if labels is None:
+        if len(dataset) > limit:
+            return None
+        labels = [int(dataset[i][1]) for i in range(len(dataset))]
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[int(label)] = counts.get(int(label), 0) + 1
+    return counts
+
+
+def _labels(dataset: Any) -> list[int] | None:
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
+        return [int(v) for v in dataset.tensors[1].tolist()]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(v) for v in (targets.tolist() if hasattr(targets, "tolist") else targets)]
+    if isinstance(dataset, Subset):
+        inner = _labels(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    return None
+
+
+def check_splits(splits: DataSplits) -> None:
+    """Refuse data a search cannot learn from: fewer than two classes, or a class missing from a split
+    (its accuracy would be meaningless). One line naming the split and the class."""
+    train = class_counts(splits.train)
+    if train is None:
+        return
+    if len(train) < 2:
+        raise UserError(f"the data has {len(train)} class in train; a classifier needs at least two (check the class folders)")
+    names = splits.class_names
+    for split_name in ("val", "test"):
+        counts = class_counts(getattr(splits, split_name))
+        if counts is None:
+            continue
+        missing = sorted(set(train) - set(counts))
+        if missing:
+            label = ", ".join(str(names[m]) if names and m < len(names) else str(m) for m in missing[:5])
+            raise UserError(f"class {label} has no image in the {split_name} split; every class needs images in "
+                            "train, val and test (add images, or remove the class)")
+
+
+def load_data(spec: str | None, input_size: int | None = None, skip_bad_images: bool = False) -> DataSplits:
     """Load the data set named by a ``--data`` value.
 
     Args:
@@ -218,13 +272,42 @@ def load_data(spec: str | None, input_size: int | None = None) -> DataSplits:
         return digits_splits(size=input_size or 32)
     path = Path(spec).expanduser()
     if path.exists():
-        return _image_folder_splits(path, input_size or DEFAULT_IMAGE_SIZE)
+        return _image_folder_splits(path, input_size or DEFAULT_IMAGE_SIZE, skip_bad_images)
     if ":" in spec:
         return _factory_splits(spec, input_size)
     raise UserError(f"--data {spec!r}: no such folder; {_HOW_TO}")
 
 
-def _image_folder_splits(root: Path, input_size: int) -> DataSplits:
+def _readable(path: str) -> str | None:
+    """Why the image at ``path`` cannot be decoded, or None when it can."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return None
+    except Exception as error:  # PIL raises many kinds for a damaged file
+        return f"{type(error).__name__}: {error}"
+
+
+def _drop_unreadable(dataset: Any, skip: bool, bad: list[str]) -> None:
+    """Check every image of an ImageFolder before anything expensive runs; a bad one is named (or, with
+    ``skip``, dropped and counted in ``bad``)."""
+    keep = []
+    for path, label in dataset.samples:
+        problem = _readable(path)
+        if problem is None:
+            keep.append((path, label))
+            continue
+        if not skip:
+            raise UserError(f"image {path} cannot be read ({problem[:120]}); remove it, or pass --skip-bad-images "
+                            "to leave out the images that cannot be read")
+        bad.append(path)
+    dataset.samples = dataset.imgs = keep
+    dataset.targets = [label for _, label in keep]
+
+
+def _image_folder_splits(root: Path, input_size: int, skip_bad_images: bool = False) -> DataSplits:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
@@ -240,14 +323,18 @@ def _image_folder_splits(root: Path, input_size: int) -> DataSplits:
         ]
     )
 
+    bad: list[str] = []
+
     def folder(path: Path) -> Any:
         try:
-            return ImageFolder(str(path), transform=transform)
+            dataset = ImageFolder(str(path), transform=transform)
         except FileNotFoundError as exc:
             raise UserError(
                 f"--data {str(path)!r} holds no images in class subfolders "
                 f"(expected {path}/<class>/<image>.png): {_one_line(exc)}"
             ) from exc
+        _drop_unreadable(dataset, skip_bad_images, bad)
+        return dataset
 
     if (root / "train").is_dir():
         if not (root / "test").is_dir():
@@ -291,6 +378,7 @@ def _image_folder_splits(root: Path, input_size: int) -> DataSplits:
         input_shape=(1, 3, input_size, input_size),
         name=root.name,
         class_names=tuple(classes),
+        skipped=tuple(bad),
     )
 
 
@@ -355,11 +443,11 @@ def splits_from(data: Any, name: str = "datasets") -> DataSplits:
     )
 
 
-def resolve_data(data: Any, input_size: int | None = None) -> DataSplits:
+def resolve_data(data: Any, input_size: int | None = None, skip_bad_images: bool = False) -> DataSplits:
     """:class:`DataSplits` from a ``--data`` string (:func:`load_data`), None (digits), or datasets
     (:func:`splits_from`)."""
     if data is None or isinstance(data, (str, Path)):
-        return load_data(None if data is None else str(data), input_size)
+        return load_data(None if data is None else str(data), input_size, skip_bad_images)
     return splits_from(data)
 
 

@@ -220,4 +220,8 @@ def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
         if any(d == 0 for d in declared):
             raise UserError(f"ONNX file {path} has a dynamic input shape {declared}; pass --input-shape")
         input_shape = declared
+    fixed = "x".join(str(d) if d else "?" for d in declared)
+    if len(input_shape) != len(declared) or any(d and d != s for d, s in zip(declared, input_shape)):
+        raise UserError(f"ONNX file {path} takes input {fixed} (dimensions of 0 or ? are free); --input-shape "
+                        f"{','.join(map(str, input_shape))} does not fit it")
     return LoadedModel(path.stem, None, path, input_shape, "onnx")

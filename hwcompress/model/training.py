@@ -191,6 +191,19 @@ def _progress_reporter(
         return progress, None
     if not progress:
         return None, None
+    import sys
+
+    if not sys.stderr.isatty():
+        # A log, not a terminal: a line every tenth of the way (and at the end), never a silent phase.
+        started = time.perf_counter()
+        marks = {max(1, round(total_steps * k / 10)) for k in range(1, 11)}
+
+        def line(step: int, _total: int, loss: float) -> None:
+            if step in marks:
+                print(f"{description}: step {step}/{total_steps}, loss {loss:.3f}, {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr, flush=True)
+
+        return line, None
     from rich.console import Console
     from rich.progress import (
         BarColumn,

@@ -116,8 +116,12 @@ class SearchContext:
         best: the agent's best candidate so far (restored on resume, without its model).
         notes: lines for the report; agents may append.
         score: ``score(keep) -> accuracy``: the teacher pruned to ``keep``, BatchNorm re-estimated,
-            scored on ``val_set``, no training (memoised).
+            scored on ``val_set``, no training (memoised). Under ``--quantize`` the student is quantized
+            and scored by ONNX Runtime, and ``score(keep, precision)`` takes a group precision map.
         log: ``log(message)`` for one-line progress messages.
+        precision: under ``--quantize``, the :class:`~hwcompress.search.precision.PrecisionPlan`
+            (which layers may run in int8; ``mixed``: which groups' precision an agent may choose,
+            reported as ``Candidate.extra["precision"]``); None otherwise.
     """
 
     teacher: Any
@@ -141,6 +145,7 @@ class SearchContext:
     on_report: Callable[[dict[str, Any]], None] = lambda _record: None
     on_checkpoint: Callable[[], None] = lambda: None
     on_total: Callable[[int], None] = lambda _total: None
+    precision: Any = None
 
     @property
     def target(self) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 
 from hwcompress.budget import Budget
 from hwcompress.errors import UserError
+from hwcompress.search.precision import QUANTIZE_MODES
 from hwcompress.validate import number, whole
 
 REWARDS = ("budget", "accuracy")
@@ -48,6 +49,11 @@ class SearchConfig:
         anchors: students measured to anchor the latency cost model: 2 or 3.
         bn_calibration: train images to re-estimate BatchNorm statistics on before scoring (0: off).
         torch_threads: PyTorch intra-op threads for training and scoring.
+        quantize: ``int8`` (every layer the device runs in int8 quantized, channels pruned on top) or
+            ``mixed`` (the agent chooses int8 or float per channel group too); None: float students.
+        skip_bad_images: leave out image files that cannot be read (counted in the report) instead of refusing.
+        train_teacher: epochs to train a torchvision architecture from random weights on the data first
+            (kept as ``teacher.pt`` in ``out``); 0: the teacher must come trained.
     """
 
     budget: Budget
@@ -74,6 +80,9 @@ class SearchConfig:
     anchors: int = 2
     bn_calibration: int = 256
     torch_threads: int = 1
+    quantize: str | None = None
+    skip_bad_images: bool = False
+    train_teacher: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, Budget):
@@ -100,6 +109,15 @@ class SearchConfig:
         whole(self.anchors, "--anchors", 2, 3)
         whole(self.bn_calibration, "--bn-calibration", 0)
         whole(self.torch_threads, "--torch-threads", 1)
+        whole(self.train_teacher, "--train-teacher", 0)
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (got {self.quantize!r})")
+        if self.quantize is not None and self.budget.metric != "latency_ms":
+            raise UserError(f"--quantize applies to a latency budget (int8 changes the time, not the {self.budget.metric}); "
+                            "use --latency-ms or --latency-ratio")
+        if self.quantize is not None and self.agent == "n2n":
+            raise UserError("--agent n2n does not search quantized students yet; use --agent amc (or uniform, random) "
+                            "with --quantize, or n2n without it")
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):

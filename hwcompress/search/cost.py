@@ -14,14 +14,22 @@ The clamp (:meth:`CostModel.clamp`) is AMC's action wall generalised to any mono
 groups decided so far at their counts and every later group at its minimum, the largest count for the
 current group whose total cost fits the budget, found by bisection over the allowed counts (latency
 is not bilinear in channels, so AMC's closed form does not apply).
+
+Precision (``--quantize``): a model may also price each layer in a precision (int8 beside fp32). A
+policy's precision part maps groups to precisions (``precision_of`` turns it into one per layer, see
+:class:`hwcompress.search.precision.PrecisionPlan`); :meth:`CostModel.at_precision` is a view of the
+same model that prices every policy at one such map, so the clamp, the repair and the agents work on
+the joint cost unchanged. The base view prices at ``{}`` (every layer at the plan's default).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
+from hwcompress.lut.keys import at_precision
 from hwcompress.model.analysis import LayerSpec
 from hwcompress.slim.pruning import ChannelGroup, round_channels
 
@@ -47,7 +55,15 @@ class CostModel:
         latency_of: for ``latency_ms``, a function from the (possibly shrunk) layer rows of a whole
             model to its predicted milliseconds (the LUT's calibrated prediction).
         multiple: channel counts are rounded to this multiple (the device's ``channel_multiple``).
+        quantum: at and above this count, whole blocks of it (the LUT's detected ``channel_quantum``;
+            :func:`hwcompress.slim.pruning.round_channels`): the LUT prices a count between blocks as
+            the next block, so a policy between blocks would lose channels and save nothing.
         lbound: the smallest preserve ratio a group may get (AMC's 0.2).
+        precision_of: for a model priced in several precisions, ``{group: precision} -> {layer: precision}``
+            (:meth:`hwcompress.search.precision.PrecisionPlan.layer_precisions`); None prices every layer
+            at the LUT's own precision.
+        teacher_precision: the group precision map the teacher runs at (``{"*": "fp32"}`` when the
+            students are quantized); :meth:`teacher_cost` prices the teacher with it.
     """
 
     def __init__(
@@ -58,6 +74,9 @@ class CostModel:
         latency_of: Callable[[list[LayerSpec]], float] | None = None,
         multiple: int = 8,
         lbound: float = 0.2,
+        quantum: int = 1,
+        precision_of: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None,
+        teacher_precision: Mapping[str, str] | None = None,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}")
@@ -68,9 +87,14 @@ class CostModel:
         self.by_name = {g.name: g for g in self.groups}
         self.latency_of = latency_of
         self.multiple = multiple
+        self.quantum = quantum if quantum > multiple and quantum % multiple == 0 else 1
         self.lbound = lbound
         self._plans = self._plan_layers(layers)
         self._cache: dict[tuple, float] = {}
+        self.precision_of = precision_of
+        #: The group precisions this view prices at (see :meth:`at_precision`).
+        self.precision: dict[str, str] = {}
+        self.teacher_precision: dict[str, str] = dict(teacher_precision or {})
 
     def _plan_layers(self, layers: Sequence[LayerSpec]) -> list[_LayerPlan]:
         out_of: dict[str, str] = {}
@@ -100,23 +124,48 @@ class CostModel:
     def full_policy(self) -> dict[str, int]:
         return {g.name: g.channels for g in self.groups}
 
+    def round(self, group: ChannelGroup, ratio: float) -> int:
+        """AMC's rounding of a preserve ratio for ``group``, in this model's multiple and quantum."""
+        return round_channels(group.channels, ratio, self.multiple, self.quantum)
+
     def min_channels(self, group: ChannelGroup) -> int:
-        return max(group.min_channels, round_channels(group.channels, self.lbound, self.multiple))
+        return max(group.min_channels, self.round(group, self.lbound))
 
     def min_policy(self) -> dict[str, int]:
         return {g.name: self.min_channels(g) for g in self.groups}
 
     def allowed_counts(self, group: ChannelGroup) -> list[int]:
-        """Counts the search may give ``group``: multiples between its minimum and its size, and the size."""
+        """Counts the search may give ``group``: multiples between its minimum and its size (whole quanta
+        from one quantum up), and the size."""
         low = self.min_channels(group)
         counts = {group.channels, low}
-        counts.update(range(math.ceil(low / self.multiple) * self.multiple, group.channels + 1, self.multiple))
+        counts.update(c for c in range(math.ceil(low / self.multiple) * self.multiple, group.channels + 1, self.multiple)
+                      if self.quantum == 1 or c < self.quantum or c % self.quantum == 0)
         return sorted(c for c in counts if low <= c <= group.channels)
 
     # -- costs ---------------------------------------------------------------------------------
 
+    def at_precision(self, precision: Mapping[str, str]) -> "CostModel":
+        """A view that prices every policy with the group precisions ``precision`` (the memo is shared;
+        its keys include the precision)."""
+        view = copy.copy(self)
+        view.precision = dict(precision)
+        return view
+
+    def teacher_cost(self) -> float:
+        """The teacher's cost: every channel, at the teacher's precision."""
+        return self.at_precision(self.teacher_precision).cost(self.full_policy())
+
     def layers_for(self, keep: Mapping[str, int]) -> list[LayerSpec]:
-        """The layer rows of the model pruned to ``keep`` (groups not named keep every channel)."""
+        """The layer rows of the model pruned to ``keep`` (groups not named keep every channel), each
+        priced at its precision when the model has several."""
+        rows = self._shrunk_rows(keep)
+        if self.precision_of is None:
+            return rows
+        layer_precision = self.precision_of(self.precision)
+        return [at_precision(row, layer_precision.get(row.name)) for row in rows]
+
+    def _shrunk_rows(self, keep: Mapping[str, int]) -> list[LayerSpec]:
         rows = []
         for plan in self._plans:
             spec = plan.spec
@@ -133,7 +182,7 @@ class CostModel:
 
     def cost(self, keep: Mapping[str, int]) -> float:
         """The metric for policy ``keep`` (memoised: the clamp asks for the same policies often)."""
-        key = tuple(keep.get(g.name, g.channels) for g in self.groups)
+        key = (*(keep.get(g.name, g.channels) for g in self.groups), *sorted(self.precision.items()))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -201,8 +250,7 @@ class CostModel:
         """
 
         def scaled(factor: float) -> dict[str, int]:
-            return {g.name: max(self.min_channels(g), round_channels(g.channels, keep[g.name] / g.channels * factor,
-                                                                     self.multiple))
+            return {g.name: max(self.min_channels(g), self.round(g, keep[g.name] / g.channels * factor))
                     for g in self.groups}
 
         low, high = 0.0, 1.0
@@ -252,6 +300,40 @@ class CostModel:
             best_score, policy, current = min(scored, key=lambda s: (current_score - s[0]) / (current - s[2]))
             current_score = best_score
         return policy
+
+    def grown_policy(self, keep: Mapping[str, int], target: float,
+                     score: Callable[[dict[str, int]], float] | None = None, candidates: int = 8) -> dict[str, int]:
+        """Give channels back to ``keep`` a step at a time while its cost stays within ``target``: the
+        mirror of :meth:`trimmed_policy`, for a student that measured well under its budget.
+
+        A step raises one group to its next larger allowed count; steps that cost nothing (inside a
+        runtime block) are taken first. Otherwise, of the ``candidates`` steps that add the least cost
+        per share of their group's channels, the one that gains the most ``score`` per unit of cost
+        added is taken (without ``score``: the cheapest).
+        """
+        policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
+        current = self.cost(policy)
+        current_score = score(policy) if score is not None else None
+        while True:
+            steps: list[tuple[float, dict[str, int], float]] = []
+            for group in self.groups:
+                have = policy[group.name]
+                larger = [c for c in self.allowed_counts(group) if c > have]
+                if not larger:
+                    continue
+                trial_policy = {**policy, group.name: larger[0]}
+                trial = self.cost(trial_policy)
+                if trial <= target:
+                    steps.append((max(trial - current, 0.0) / ((larger[0] - have) / have), trial_policy, trial))
+            if not steps:
+                return policy
+            steps.sort(key=lambda step: step[0])
+            if steps[0][0] == 0.0 or score is None:
+                _, policy, current = steps[0]
+                continue
+            scored = [(score(p), p, c) for _, p, c in steps[:max(1, candidates)]]
+            best_score, policy, current = max(scored, key=lambda s: (s[0] - current_score) / max(s[2] - current, 1e-12))
+            current_score = best_score
 
     def set_latency(self, latency_of: Callable[[list[LayerSpec]], float]) -> None:
         """Replace the latency function (a re-anchored prediction) and forget the memoised costs."""

@@ -1,5 +1,10 @@
 """The end of a search: build the kept student, fine-tune it by distillation, measure it on the device,
 and assemble the ``hwcompress.search/1`` document (written with its artifacts when there is a folder).
+
+With ``--quantize`` the fine-tuned float student is quantized (:mod:`hwcompress.search.quantized`):
+``student.onnx`` is the deployable Q/DQ int8 model, ``student_fp32.onnx`` its float original; the
+accuracies before and after fine-tuning are the int8 model's as ONNX Runtime runs it (the float ones
+are reported beside them), and the verdict times the int8 file.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from hwcompress.model.export import export_onnx
 from hwcompress.model.training import evaluate
 from hwcompress.search.agent import Candidate
 from hwcompress.search.prepare import VERDICT_ROUNDS, Prepared
+from hwcompress.search.quantized import SCORING_NOTE, candidate_precision
 from hwcompress.search.report import RESULT_SCHEMA, policy_document, write_report
 from hwcompress.search.scoring import build_student, recalibrate_batchnorm
 from hwcompress.slim.distill import distill
+from hwcompress.slim.quantize import onnx_accuracy
 from hwcompress.slim.reconstruct import reconstruct_least_squares
 
 
@@ -115,6 +122,11 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
             reconstruct_least_squares(student, prepared.teacher, calibration)
     recalibrate_batchnorm(student, prepared.splits.train, config.bn_calibration)
     accuracy_before = evaluate(student, prepared.splits.test)
+    quantized, precision = prepared.quantized, candidate_precision(candidate)
+    float_accuracy: dict[str, Any] = {}
+    if quantized is not None:  # the int8 student's accuracy as ONNX Runtime runs it, not its float stand-in's
+        float_accuracy["accuracy_float_before_finetune"] = accuracy_before
+        accuracy_before = quantized.accuracy(student, prepared.splits.test, precision)
     finetune_info: dict[str, Any] = {}
     if config.finetune_epochs > 0 and not interrupted:
         log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epochs")
@@ -123,12 +135,20 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
     student.eval()
     shape = prepared.input_shape
     student_analysis = analyze(student, shape)
+    deployed = None
+    if quantized is not None:
+        _, deployed = quantized.quantize(student, "student", precision, folder=out, check=True)
+        float_accuracy["accuracy_float"] = accuracy_after
+        accuracy_after = onnx_accuracy(deployed.path, prepared.splits.test)
+        log(f"quantized the student: {len(deployed.int8_layers)} layers in int8, test accuracy "
+            f"{100 * accuracy_after:.2f}% as ONNX Runtime runs it ({100 * float_accuracy['accuracy_float']:.2f}% in float)")
 
     measured = None
     if prepared.measure is not None:
         log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher)")
         # The verdict gets more rounds than the search's checks: it is the number the user is told.
-        measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS)
+        deployed_file = {"onnx_path": deployed.path} if deployed is not None else {}
+        measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS, **deployed_file)
     budget = prepared.budget
     cost_model = prepared.cost_model
     predicted_cost = cost_model.cost(candidate.keep) if not candidate.removed_units else candidate.cost
@@ -138,10 +158,13 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         counted = student_analysis.macs if budget.metric == "macs" else student_analysis.params
     verdict = _verdict(prepared, measured, predicted_latency, counted)
 
-    policy = policy_document(candidate.keep, candidate.removed_units)
+    policy = policy_document(candidate.keep, candidate.removed_units, precision)
     artifacts: dict[str, Any] = {}
     if out is not None:
-        export_onnx(student, shape, out / "student.onnx")
+        if deployed is None:
+            export_onnx(student, shape, out / "student.onnx")
+        else:
+            artifacts["onnx_fp32"] = "student_fp32.onnx"
         artifacts["onnx"] = "student.onnx"
         artifacts.update(save_student(student, shape, policy, out))
     policy_rows = [
@@ -149,6 +172,16 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
          "ratio": round(candidate.keep.get(g.name, g.channels) / g.channels, 4)}
         for g in prepared.groups
     ]
+    quantization: dict[str, Any] = {}
+    if quantized is not None:
+        groups = quantized.plan.group_precision(precision)
+        for row in policy_rows:
+            row["precision"] = groups.get(row["group"], "fp32")
+        quantization = {"quantization": {
+            "mode": config.quantize, "format": "ONNX Q/DQ, opset 17, uint8 activations, int8 per-channel weights",
+            "calibration_images": deployed.calibration_images, "int8_layers": len(deployed.int8_layers),
+            "float_layers": deployed.float_layers, "scoring": SCORING_NOTE},
+            "layers": quantized.layer_rows(cost_model, candidate.keep, precision, deployed)}
     teacher_measured = prepared.teacher_measured
     document = {
         "schema": RESULT_SCHEMA,
@@ -159,11 +192,12 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "teacher": {
             "latency_ms": teacher_measured["median"] if teacher_measured else None,
             "latency": teacher_measured and {k: v for k, v in teacher_measured.items() if k != "facts"},
-            "predicted_latency_ms": cost_model.cost(cost_model.full_policy()) if budget.is_latency else None,
+            "predicted_latency_ms": cost_model.teacher_cost() if budget.is_latency else None,
             "accuracy": prepared.teacher_meta.get("test_accuracy"),
             "val_accuracy": prepared.teacher_meta.get("val_accuracy"),
             "macs": sum(layer.macs for layer in prepared.layers),
             "params": sum(p.numel() for p in prepared.teacher.parameters()),
+            **({"trained_here": prepared.teacher_meta["trained"]} if "trained" in prepared.teacher_meta else {}),
         },
         "student": {
             "latency_ms": measured["median"] if measured else None,
@@ -176,6 +210,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
             "macs": student_analysis.macs,
             "params": student_analysis.params,
             "removed_units": list(candidate.removed_units),
+            **float_accuracy,
         },
         "budget_met": bool(verdict["met"]),
         "verdict": verdict,
@@ -196,6 +231,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "notes": notes,
         "versions": {"hwcompress": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "artifacts": artifacts,
+        **quantization,
         **(extra or {}),
     }
     if out is not None:

@@ -6,6 +6,12 @@ rounds; resolve the budget against that measurement; build the cost model from t
 LUT (loaded, or recorded here on demand and cached) and anchor it on students measured in this run;
 refuse a budget no student can meet, and report one the teacher already meets.
 
+With ``--quantize`` the students are int8 (:mod:`hwcompress.search.quantized`): the teacher is
+quantized once to learn which layers the runtime runs in int8, the LUT holds int8 entries beside the
+float ones, the cost model prices each layer in its precision and is anchored on quantized students,
+and every measurement after the teacher's (anchors, repair, verdict) times the Q/DQ model. The budget
+stays the float teacher's.
+
 A resumed search passes what it saved (the resolved budget, the teacher's reference measurement, the
 anchors and the LUT it used): nothing is measured again, so the cost model, and with it the policy,
 is the one the interrupted run had.
@@ -27,15 +33,20 @@ from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.compare import PairedMeasurement
 from hwcompress.measure.contract import ProfileSettings
 from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
-from hwcompress.model import embedded
+from hwcompress.model import embedded, scratch
 from hwcompress.model.analysis import LayerSpec, analyze
-from hwcompress.model.data import DataSplits, resolve_data
+from hwcompress.model.data import DataSplits, check_splits, resolve_data
 from hwcompress.model.loading import LoadedModel, load_model
 from hwcompress.model.training import evaluate
+from hwcompress.search.amc.mixed import smallest_mixed_cost
 from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
+from hwcompress.search.precision import ALL_FLOAT, LOW, check_int8_path
+from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents
 from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
+
+PRECISION_AGENTS = ("amc", "random")  # the agents that choose a precision per group under --quantize mixed
 
 #: A config's ``model`` or ``data`` when the caller passed Python objects (hwcompress.api).
 PYTHON_OBJECT = "<python object>"
@@ -70,10 +81,17 @@ class Prepared:
     anchors: list[dict[str, Any]] = field(default_factory=list)
     bounds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    quantized: QuantizedStudents | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.example.shape)
+
+    def use_precision(self, precision: dict[str, str] | None) -> None:
+        """Price, score and measure from now on at the kept student's group precisions (``--quantize mixed``)."""
+        if self.quantized is not None and precision:
+            self.cost_model = self.cost_model.at_precision(precision)
+            self.quantized.precision = dict(precision)
 
     def saved(self) -> dict[str, Any]:
         """What a resumed run reuses instead of measuring again."""
@@ -88,6 +106,9 @@ def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: Data
         if spec == PYTHON_OBJECT and given is None:
             raise UserError(f"this search's {what} was a Python object; resume it from Python with the same objects: "
                             "hwcompress.resume(out, model=..., data=...)")
+    if config.train_teacher and (teacher is not None or config.model is None):
+        raise UserError("--train-teacher trains a torchvision architecture named by --model (e.g. -m resnet18) on --data; "
+                        "this teacher comes trained (drop --train-teacher)")
     if teacher is None and config.model is None:
         if config.data not in (None, "digits") or splits is not None:
             raise UserError("the embedded default teacher goes with the digits data; pass a model too to use other data")
@@ -102,13 +123,48 @@ def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: Data
         raise UserError("search needs a PyTorch model (an .onnx file cannot be pruned); pass the PyTorch model")
     if splits is None:
         # The data decides the input size (digits: 32x32, image folders: 224) unless --input-shape says.
-        splits = resolve_data(config.data, input_size=config.input_shape[-1] if config.input_shape else None)
+        splits = resolve_data(config.data, input_size=config.input_shape[-1] if config.input_shape else None,
+                              skip_bad_images=config.skip_bad_images)
+    if teacher.source == "torchvision" and not config.weights:
+        if not config.train_teacher:
+            raise UserError(f"{teacher.name} from torchvision has random weights here (nothing is downloaded); pass the "
+                            f"weights trained on your data (--weights FILE, a state dict, or a checkpoint as --model), "
+                            f"or train it here first: add --train-teacher 30 (epochs) to this command")
+        module, trained = scratch.trained_teacher(teacher.name, splits, config.train_teacher, config.seed, config.out, log)
+        return module, {"name": teacher.name, "source": "torchvision, trained here", "trained": trained}, splits
+    if config.train_teacher:
+        raise UserError(f"--train-teacher trains a torchvision architecture from random weights; {teacher.name} "
+                        "comes trained (drop --train-teacher)")
     return teacher.module, {"name": teacher.name, "source": teacher.source}, splits
+
+
+def check_teacher_and_data(module: Any, splits: DataSplits, input_shape: tuple[int, ...]) -> None:
+    """Refuse, before anything is measured, data the teacher cannot serve: fewer than two classes, a class
+    missing from a split, images of another shape than the model takes, more classes than it outputs."""
+    check_splits(splits)
+    image = splits.train[0][0]
+    if tuple(image.shape) != tuple(input_shape[1:]):
+        raise UserError(f"the data's images are {'x'.join(map(str, image.shape))} but the input shape is "
+                        f"{'x'.join(map(str, input_shape))}; pass --input-shape 1,{','.join(map(str, image.shape))}")
+    with torch.no_grad():
+        logits = module.eval()(torch.zeros(*input_shape))
+    outputs = int(logits.shape[-1]) if hasattr(logits, "shape") else None
+    if outputs is not None and outputs < splits.num_classes:
+        raise UserError(f"the model outputs {outputs} classes and the data has {splits.num_classes}; give a model "
+                        "whose classifier matches the data")
 
 
 def latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Timing | None, teacher: Any,
                   input_shape: tuple[int, ...], settings: ProfileSettings, saved_lut: str | None,
                   log: Callable[[str], None]) -> tuple[LatencyTable, str]:
+    table, path = _latency_table(config, descriptor, timing, teacher, input_shape, settings, saved_lut, log)
+    check_int8_path(config.quantize, descriptor, None, table)  # --lut FILE: its entries must have int8
+    return table, path
+
+
+def _latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Timing | None, teacher: Any,
+                   input_shape: tuple[int, ...], settings: ProfileSettings, saved_lut: str | None,
+                   log: Callable[[str], None]) -> tuple[LatencyTable, str]:
     """The LUT the latency cost model predicts from, and where it lives.
 
     ``--lut FILE`` (or a resumed run's table) is loaded and checked against the device and settings;
@@ -136,23 +192,32 @@ def latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Ti
     else:
         log(f"recording the latency LUT of the teacher's layers on {descriptor.name} (first use; cached at {cached})")
     table = ensure_lut(teacher, tuple(input_shape), descriptor, recording, profiler=timing.profiler,
-                       min_ratio=config.lbound)
+                       min_ratio=config.lbound, precisions=(settings.precision, LOW) if config.quantize else None)
     return table, table.where()
 
 
 def build_cost_model(prepared_layers: list[LayerSpec], groups: list[ChannelGroup], budget: Budget,
-                     descriptor: DeviceDescriptor, lbound: float, table: LatencyTable | None) -> CostModel:
-    """The cost model for the budget's metric; for latency, the LUT's calibrated prediction."""
-    common = dict(multiple=descriptor.channel_multiple, lbound=lbound)
+                     descriptor: DeviceDescriptor, lbound: float, table: LatencyTable | None,
+                     quantized: QuantizedStudents | None = None) -> CostModel:
+    """The cost model for the budget's metric; for latency, the LUT's calibrated prediction (each layer
+    in its precision with ``quantized``)."""
+    common: dict[str, Any] = dict(multiple=descriptor.channel_multiple, lbound=lbound)
+    if quantized is not None:
+        common.update(precision_of=quantized.plan.layer_precisions, teacher_precision=ALL_FLOAT)
     if not budget.is_latency:
         return CostModel(prepared_layers, groups, metric=budget.metric, **common)
-    return CostModel(prepared_layers, groups, metric=budget.metric,
+    # Whole channel blocks from one block up: the LUT prices a count between blocks as the next block,
+    # and ONNX Runtime runs a convolution fed a count between blocks off its blocked path.
+    return CostModel(prepared_layers, groups, metric=budget.metric, quantum=table.quantum,
                      latency_of=lambda rows: float(table.predict(list(rows)).total_ms), **common)
 
 
 def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits: DataSplits | None = None,
-            saved: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> Prepared:
-    """Build the search: see the module docstring. ``saved`` is a resumed run's :meth:`Prepared.saved`.
+            saved: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+            checkpoint: Callable[[dict[str, Any]], None] | None = None, search: bool = True) -> Prepared:
+    """Build the search: see the module docstring. ``saved`` is a resumed run's :meth:`Prepared.saved`;
+    ``checkpoint(saved)`` is called as soon as the teacher's reference measurement and the budget are
+    known, before the long LUT recording, so that a run killed during it resumes with them.
 
     Raises:
         UserError: bad input, an unusable device or LUT, an infeasible budget.
@@ -167,21 +232,37 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         if config.lut is None and budget.is_latency:
             raise
         timing = resolve_timing(descriptor, config.lut) if config.lut is not None else None
+    if config.lut is not None:
+        LatencyTable.load(config.lut)  # a missing or damaged LUT is refused before anything is measured
     notes = list(timing.notes) if timing is not None else []
     if timing is not None:
         notes += timing.check_settings(settings)
+    check_int8_path(config.quantize, descriptor, timing)  # before anything is measured
     torch.manual_seed(config.seed)  # a factory model's initialisation, too, follows the seed
     module, meta, splits = load_teacher(config, teacher, splits, log)
     module.eval()
     input_shape = tuple(config.input_shape or splits.input_shape)
     example = torch.zeros(*input_shape)
-    layers = analyze(module, input_shape).layers
+    layers = analyze(module, input_shape).layers  # refuses an input shape the model cannot take, in one line
+    check_teacher_and_data(module, splits, input_shape)
+    if splits.skipped:
+        notes.append(f"left out {len(splits.skipped)} image files that could not be read (--skip-bad-images), "
+                     f"e.g. {splits.skipped[0]}")
     groups = find_channel_groups(module, example)
     if not groups:
         raise UserError("the model has no prunable channel groups")
     val_set = splits.val
     if config.val_limit:
         val_set = torch.utils.data.Subset(splits.val, range(min(config.val_limit, len(splits.val))))
+    quantized = None
+    if config.quantize:
+        quantized = QuantizedStudents.for_teacher(config.quantize, module, input_shape, splits.train, groups)
+        plan = quantized.plan
+        log(f"--quantize {config.quantize}: ONNX Runtime runs {len(plan.int8_layers)} layers of the teacher in int8"
+            + (f"; {len(plan.choosable)} groups choose their precision" if plan.choosable else ""))
+        if plan.float_layers:
+            notes.append("kept in float (the quantizer or the runtime has no int8 path for them): " + ", ".join(
+                f"{layer} ({why})" for layer, why in plan.float_layers.items()))
 
     measure = None
     teacher_measured = None
@@ -190,9 +271,16 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         if reference is None:
             log(f"measuring the teacher on {descriptor.name} with {timing.profiler.name}")
         else:
-            log(f"reusing the teacher's reference measurement of the interrupted run ({reference['median']:.3f} ms)")
+            log(f"reusing the teacher's reference measurement of the interrupted run ({reference['median']:.3f} ms)"
+                + (f" and its budget, {Budget.from_dict(saved['budget'])}" if saved.get("budget") else ""))
         measure = PairedMeasurement(module, input_shape, timing, settings, reference=reference)
         teacher_measured = measure.teacher_measured
+        if budget.is_latency and not (saved or {}).get("budget"):
+            budget = budget.resolve(teacher_measured["median"])
+            saved = {**(saved or {}), "budget": budget.to_dict(), "teacher_reference": teacher_measured}
+            log(f"budget: {budget}")
+        if checkpoint is not None:
+            checkpoint({**(saved or {}), "teacher_reference": teacher_measured})
     meta = {**meta, "val_accuracy": meta.get("val_accuracy", evaluate(module, splits.val))}
     if "test_accuracy" not in meta:
         meta["test_accuracy"] = evaluate(module, splits.test)
@@ -202,28 +290,33 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         table, lut_path = latency_table(config, descriptor, timing, module, input_shape, settings,
                                         (saved or {}).get("lut"), log)
         notes.append(f"latency cost model: LUT {lut_path} ({len(table)} entries)")
-    cost_model = build_cost_model(layers, groups, budget, descriptor, config.lbound, table)
+    cost_model = build_cost_model(layers, groups, budget, descriptor, config.lbound, table, quantized)
 
     if saved and saved.get("budget"):
-        budget = Budget.from_dict(saved["budget"])
-        log(f"budget of the interrupted run: {budget}")
+        budget = Budget.from_dict(saved["budget"])  # resolved against the measured teacher, this run's or the interrupted one's
     elif budget.is_latency:
-        reference_ms = teacher_measured["median"] if teacher_measured else cost_model.cost(cost_model.full_policy())
-        budget = budget.resolve(reference_ms)
-        if config.budget.ratio is not None:
-            log(f"budget: {budget}")
+        budget = budget.resolve(cost_model.teacher_cost())  # predicted: nothing measures here
+        log(f"budget: {budget} (predicted from the LUT)")
     else:
         budget = budget.resolve(cost_model.cost(cost_model.full_policy()))
 
     anchors: list[dict[str, Any]] = []
+    if quantized is not None and measure is not None:
+        measure = QuantizedMeasurement(measure, quantized)  # anchors, repair and verdict time int8 students
     if budget.is_latency and measure is not None:
         raw = cost_model.latency_of
         if saved and saved.get("anchors"):
             used = [Anchor(a["name"], a["predicted_ms"], a["measured_ms"]) for a in saved["anchors"]]
-            cost_model.set_latency(AnchoredLatency(raw, used))
+            if quantized is not None:
+                quantized.install_anchors(cost_model, table, used)
+            else:
+                cost_model.set_latency(AnchoredLatency(raw, used))
             note = "cost model anchored on the students the interrupted run measured: " + ", ".join(
                 f"{a.name} {a.measured_ms:.3f} ms" for a in used)
             log(note)
+        elif quantized is not None:
+            used, note = quantized.anchor(cost_model, measure, module, example,
+                                          budget.target if config.anchors >= 3 else None, log, table)
         else:
             used, note = anchor_latency(
                 cost_model, lambda keep, name: measure(prune_channels(module, example, keep), name)["median"],
@@ -231,19 +324,22 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         anchors = [a.to_dict() for a in used]
         notes.append(note)
     prepared = Prepared(config, budget, descriptor, timing, settings, module, meta, splits, example, layers, groups,
-                        val_set, cost_model, measure, teacher_measured, lut_path, anchors, notes=notes)
-    prepared.bounds = check_budget(prepared)
+                        val_set, cost_model, measure, teacher_measured, lut_path, anchors, notes=notes, quantized=quantized)
+    prepared.bounds = check_budget(prepared, refuse_infeasible=search)
     return prepared
 
 
-def check_budget(prepared: Prepared) -> dict[str, float]:
+def check_budget(prepared: Prepared, refuse_infeasible: bool = True) -> dict[str, float]:
     """Refuse a budget the smallest student cannot meet; report a budget the teacher already meets.
+
+    ``refuse_infeasible=False`` (a saved policy re-applied, ``search=False`` in :func:`prepare`): no
+    search needs the budget to be reachable; the verdict says whether the policy meets it.
 
     Returns:
         ``{"teacher": cost, "smallest": cost}``, the reachable range.
     """
     budget, model = prepared.budget, prepared.cost_model
-    teacher_cost = model.cost(model.full_policy())
+    teacher_cost = model.teacher_cost()
     measured = budget.is_latency and prepared.teacher_measured is not None
     if measured:
         teacher_cost = prepared.teacher_measured["median"]
@@ -251,14 +347,17 @@ def check_budget(prepared: Prepared) -> dict[str, float]:
         raise BudgetAlreadyMet(f"the teacher already meets the budget: {budget.format(teacher_cost)} <= "
                                f"{budget.format(budget.limit)}" + (" (measured)" if measured else ""))
     smallest = model.cost(model.min_policy())
-    if smallest > budget.target:
+    choosing = prepared.quantized is not None and bool(prepared.quantized.plan.choosable)
+    if choosing and prepared.config.agent in PRECISION_AGENTS:  # uniform searches channels at all-int8 only
+        smallest = smallest_mixed_cost(model, prepared.quantized.plan)  # float may be the cheaper at few channels
+    if smallest > budget.target and refuse_infeasible:
         detail = "predicted by the cost model"
         if budget.is_latency and prepared.measure is not None:
             detail = f"measured on {prepared.descriptor.name}"  # the cost model is anchored on that measurement
         reachable = smallest / (1 - budget.margin) if budget.is_latency else smallest
         raise UserError(
             f"budget {budget.format(budget.limit)} is infeasible: the smallest allowed student (every group at "
-            f"{prepared.config.lbound:.0%} of its channels) reaches {budget.format(smallest)} ({detail}); "
+            f"{prepared.config.lbound:.0%} of its channels{', in int8' if prepared.quantized and not (choosing and prepared.config.agent in PRECISION_AGENTS) else ''}) reaches {budget.format(smallest)} ({detail}); "
             f"raise the budget to at least {budget.format(reachable)} or lower --lbound"
         )
     return {"teacher": teacher_cost, "smallest": smallest}

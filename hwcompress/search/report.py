@@ -18,9 +18,13 @@ RESULT_SCHEMA = "hwcompress.search/1"
 POLICY_FORMAT = "hwcompress.policy/1"
 
 
-def policy_document(keep: dict[str, int], removed_units: list[str]) -> dict[str, Any]:
-    """What ``policy.json`` holds and ``--policy`` reads back."""
-    return {"format": POLICY_FORMAT, "keep": dict(keep), "removed_units": list(removed_units)}
+def policy_document(keep: dict[str, int], removed_units: list[str], precision: dict[str, str] | None = None) -> dict[str, Any]:
+    """What ``policy.json`` holds and ``--policy`` reads back (``precision``: a mixed-precision student's
+    group precisions, re-applied with ``--quantize``)."""
+    document = {"format": POLICY_FORMAT, "keep": dict(keep), "removed_units": list(removed_units)}
+    if precision:
+        document["precision"] = dict(precision)
+    return document
 
 
 def load_policy(path: str | Path) -> dict[str, Any]:
@@ -39,7 +43,11 @@ def load_policy(path: str | Path) -> dict[str, Any]:
         raise UserError(f"policy file {path}: every 'keep' value must be a whole number of channels") from None
     if any(v < 1 for v in keep.values()):
         raise UserError(f"policy file {path}: every group keeps at least one channel")
-    return {"keep": keep, "removed_units": [str(u) for u in data.get("removed_units", [])]}
+    precision = data.get("precision") or {}
+    if not isinstance(precision, dict) or any(p not in ("fp32", "int8") for p in precision.values()):
+        raise UserError(f"policy file {path}: 'precision' must map group names to fp32 or int8")
+    return {"keep": keep, "removed_units": [str(u) for u in data.get("removed_units", [])],
+            "precision": {str(k): str(v) for k, v in precision.items()}}
 
 
 def write_plots(document: dict[str, Any], history: list[dict[str, Any]], out: Path) -> list[str]:
@@ -105,8 +113,15 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     if files:
         lines += ["", "Files: " + ", ".join(files) + ", plots: " + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", []))]
     for number, repair in enumerate(doc.get("budget_repairs") or [], 1):
-        lines.append(f"\nRepair {number}: the searched student measured {repair['measured_ms']:.3f} ms, over the budget less "
-                     f"half the margin; trimmed where it loses the least validation accuracy to {repair['retarget_ms']:.3f} ms "
+        if repair.get("grown"):
+            lines.append(f"\nGrow step {number}: the student measured {repair['measured_ms']:.3f} ms, under 95% of the "
+                         f"budget; channels came back where they buy the most validation accuracy per millisecond, and "
+                         f"it measured {repair['measured_after_ms']:.3f} ms.")
+            continue
+        lines.append(f"\nRepair {number}: the student measured {repair['measured_ms']:.3f} ms (predicted {repair['predicted_ms']:.3f}), "
+                     "over the budget less half the margin"
+                     + ("; the cost model was re-anchored on that measurement" if repair.get("reanchored") else "")
+                     + f"; trimmed where it loses the least validation accuracy to {repair['predicted_after_ms']:.3f} ms "
                      "predicted, and measured again.")
     for note in doc.get("notes", []):
         lines.append(f"\nNote: {note}")

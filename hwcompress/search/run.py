@@ -22,10 +22,11 @@ from hwcompress.errors import UserError
 from hwcompress.model.data import DataSplits
 from hwcompress.model.loading import LoadedModel
 from hwcompress.search.agent import Candidate, SearchContext, make_agent
-from hwcompress.search.checkpoint import OutputLock, check_fresh, load_checkpoint, save_checkpoint
+from hwcompress.search.checkpoint import CHECKPOINT, OutputLock, check_fresh, load_checkpoint, save_checkpoint
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.finish import finish
 from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
+from hwcompress.search.quantized import candidate_precision
 from hwcompress.search.repair import fit_to_measured_budget
 from hwcompress.search.report import load_policy, print_summary
 from hwcompress.search.scoring import policy_scorer, torch_threads
@@ -103,6 +104,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
     console = _Console(progress)
     log = console.log
     agent = make_agent(config.agent, config.agent_options)
+    created = out is not None and not out.exists()
     lock = OutputLock(out) if out is not None else None
     if lock is not None:
         lock.acquire()
@@ -112,17 +114,39 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         if checkpoint is None and out is not None:
             check_fresh(out)
         started = time.perf_counter()
-        prepared = prepare(config, teacher=teacher, splits=splits, saved=(checkpoint or {}).get("saved"), log=log)
-        score = policy_scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
-                              prepared.val_set, config.bn_calibration)
+        saved = (checkpoint or {}).get("saved")
+
+        def save_early(what: dict[str, Any] | None) -> None:
+            # Before the agent runs: the config, and what was measured so far, so a run killed while it
+            # records the LUT resumes with the same teacher measurement and budget.
+            if out is not None:
+                save_checkpoint(out, {"config": config.to_dict(), "saved": what, "agent": config.agent,
+                                      "agent_state": None, "history": [], "best": None, "search_seconds": 0.0})
+
+        if checkpoint is None:
+            save_early(None)
+        try:
+            prepared = prepare(config, teacher=teacher, splits=splits, saved=saved, log=log,
+                               checkpoint=save_early if checkpoint is None or checkpoint.get("agent_state") is None else None)
+        except Exception:
+            # Nothing half-written stays behind when the search cannot start (bad input, infeasible budget).
+            if checkpoint is None and out is not None:
+                (out / CHECKPOINT).unlink(missing_ok=True)
+                lock.release()
+                if created and not any(out.iterdir()):
+                    out.rmdir()
+            raise
+        scorer = prepared.quantized.scorer if prepared.quantized is not None else policy_scorer  # int8: ONNX Runtime scores
+        score = scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
+                       prepared.val_set, config.bn_calibration)
         context = SearchContext(
             teacher=prepared.teacher, example=prepared.example, layers=prepared.layers, groups=prepared.groups,
             cost_model=prepared.cost_model, budget=prepared.budget, episodes=config.episodes, seed=config.seed,
             splits=prepared.splits, val_set=prepared.val_set, score=score, reward_mode=config.reward,
             warmup_episodes=config.warmup_episodes, bn_calibration=config.bn_calibration, notes=prepared.notes,
-            log=log)
+            log=log, precision=prepared.quantized.plan if prepared.quantized is not None else None)
         search_seconds = 0.0
-        if checkpoint is not None:
+        if checkpoint is not None and checkpoint.get("agent_state") is not None:
             agent.load_state_dict(checkpoint["agent_state"])
             context.history = list(checkpoint["history"])
             context.best = Candidate.from_dict(checkpoint["best"]) if checkpoint.get("best") else None
@@ -140,6 +164,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                 "search_seconds": search_seconds + time.perf_counter() - loop_start,
             })
 
+        save()  # everything measured before the first episode: a resume from here measures nothing again
         interrupted = False
         bar = console.progress()
         with bar:
@@ -164,6 +189,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         if best is None:
             raise UserError("interrupted before the first student was scored; nothing to write" if interrupted
                             else f"agent {config.agent!r} reported no student; nothing to write")
+        prepared.use_precision(candidate_precision(best))  # a mixed-precision student is priced and measured as chosen
         repairs = fit_to_measured_budget(prepared, best, log, score)
         if repairs:
             best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, best.accuracy,
@@ -243,6 +269,9 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
         console = _Console(progress)
         out = Path(config.out) if config.out else None
         policy = load_policy(policy_path)
+        if policy.get("precision") and config.quantize != "mixed":
+            raise UserError(f"policy {policy_path} chooses a precision per group (a --quantize mixed run's); "
+                            "re-apply it with --quantize mixed, or drop its 'precision' map for a float student")
         lock = OutputLock(out) if out is not None else None
         if lock is not None:
             lock.acquire()
@@ -250,13 +279,15 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
             if out is not None and (out / "result.json").exists():
                 raise UserError(f"{out} already holds a result; choose another --out")
             started = time.perf_counter()
-            prepared = prepare(config, teacher=teacher, splits=data, log=console.log)
+            prepared = prepare(config, teacher=teacher, splits=data, log=console.log, search=False)
             by_name = {g.name: g for g in prepared.groups}
-            unknown = sorted(set(policy["keep"]) - set(by_name))
+            unknown = sorted((set(policy["keep"]) | set(policy.get("precision") or {})) - set(by_name))
             if unknown:
                 raise UserError(f"policy {policy_path} names groups this teacher does not have: {', '.join(unknown[:5])}")
             keep = {name: max(1, min(count, by_name[name].channels)) for name, count in policy["keep"].items()}
-            candidate = Candidate(keep, removed_units=policy["removed_units"])
+            candidate = Candidate(keep, removed_units=policy["removed_units"],
+                                  extra={"precision": policy["precision"]} if policy.get("precision") else {})
+            prepared.use_precision(policy.get("precision"))
             finished = finish(prepared, candidate, [], out=out, started=started, search_seconds=0.0, interrupted=False,
                               log=console.log, progress=progress, extra={"policy_source": str(policy_path)})
             if console.console is not None:

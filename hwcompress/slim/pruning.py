@@ -128,7 +128,7 @@ class ChannelGroup:
 # --------------------------------------------------------------------------------------------------
 
 
-def round_channels(channels: int, ratio: float, multiple: int) -> int:
+def round_channels(channels: int, ratio: float, multiple: int, quantum: int = 1) -> int:
     """AMC's rounding of a preserve ratio to a channel count that is a multiple of ``multiple``.
 
     ``d = max(round(c * ratio), 1)``, rounded *up* to a multiple; if that exceeds ``c`` it is floored
@@ -136,10 +136,19 @@ def round_channels(channels: int, ratio: float, multiple: int) -> int:
     ``c < multiple``, in which case it is ``min(c, max(1, round(c * ratio)))`` (no multiple fits).
     ``round`` is Python's (half to even), as NumPy's in the original code.
 
+    ``quantum`` is the runtime's channel block (a LUT's detected ``channel_quantum``, a multiple of
+    ``multiple``): at or above it, counts are whole blocks (rounded up, floored when that exceeds ``c``).
+    A count between blocks runs as the next block at best (ONNX Runtime pads a convolution's output
+    channels to its NCHWc block) and, as the input of the next convolution, off the blocked path at
+    worst (ONNX Runtime runs a convolution whose input channels are at least a block and not a whole
+    number of blocks in plain NCHW, with layout conversions around it). Below one block, ``multiple``
+    steps stay (the NCHWc kernels take fewer input channels than a block directly).
+
     Args:
         channels: Current channel count ``c`` (>= 1).
         ratio: Preserve ratio (>= 0; values above 1 are treated as 1).
         multiple: Channel multiple (>= 1; 1 means no rounding).
+        quantum: The runtime's channel block (1, or not a multiple of ``multiple``: not used).
 
     Returns:
         The channel count to keep.
@@ -153,6 +162,8 @@ def round_channels(channels: int, ratio: float, multiple: int) -> int:
         raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
     if not math.isfinite(ratio) or ratio < 0:
         raise ValueError(f"ratio must be a finite number >= 0, got {ratio!r}")
+    if int(quantum) != quantum or quantum < 1:
+        raise ValueError(f"quantum must be a positive integer, got {quantum!r}")
     channels, multiple = int(channels), int(multiple)
     wanted = min(channels, max(int(round(channels * min(ratio, 1.0))), 1))
     if channels < multiple:
@@ -160,6 +171,10 @@ def round_channels(channels: int, ratio: float, multiple: int) -> int:
     rounded = math.ceil(wanted / multiple) * multiple
     if rounded > channels:
         rounded = (channels // multiple) * multiple
+    quantum = int(quantum)
+    if quantum > multiple and quantum % multiple == 0 and rounded >= quantum:
+        blocks = math.ceil(rounded / quantum) * quantum
+        rounded = blocks if blocks <= channels else (channels // quantum) * quantum
     return rounded
 
 

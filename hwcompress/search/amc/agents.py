@@ -16,8 +16,8 @@ import numpy as np
 
 from hwcompress.search.agent import Candidate, SearchContext
 from hwcompress.search.amc.ddpg import DDPGAgent, DDPGSettings
-from hwcompress.search.amc.walker import STATE_DIM, Episode, EpisodeWalker
-from hwcompress.slim.pruning import round_channels
+from hwcompress.search.amc.mixed import episode_shape, make_walker
+from hwcompress.search.amc.walker import Episode, EpisodeWalker
 
 #: AMC's exploration-noise decay per episode here: NNI's 0.99, not the original's 0.95. Over a
 #: 120-episode run the original's sigma falls to 0.02 by episode 90 and the agent repeats itself
@@ -32,20 +32,23 @@ class EpisodeAgent:
     name = "episode"
 
     def search(self, context: SearchContext) -> None:
-        walker = EpisodeWalker(context.cost_model, context.layers, context.target)
+        walker = make_walker(context)  # with a precision step per group under --quantize mixed
         self.prepare(context)
         for index in range(len(context.history), self.episode_count(context)):
             episode = self.propose(walker, index)
-            cost = context.cost_model.cost(episode.keep)
-            accuracy = context.score(episode.keep)
+            cost = walker.cost(episode)
+            accuracy = context.score(episode.keep, episode.precision) if episode.precision else context.score(episode.keep)
             reward = context.reward(accuracy, cost)
             self.learn(episode, reward, index)
             record = {"episode": index, "reward": reward, "accuracy": accuracy, "cost": cost,
                       "ratios": [round(r, 4) for r in episode.ratios]}
+            extra = {"precision": dict(episode.precision)} if episode.precision else {}
+            record.update(extra)
             best = context.best
             candidate = None
             if best is None or best.reward is None or reward > best.reward:
-                candidate = Candidate(dict(episode.keep), episode=index, accuracy=accuracy, cost=cost, reward=reward)
+                candidate = Candidate(dict(episode.keep), episode=index, accuracy=accuracy, cost=cost, reward=reward,
+                                      extra=extra)
             context.report(record, candidate)
             context.checkpoint()
 
@@ -91,7 +94,8 @@ class AMCAgent(EpisodeAgent):
             self._pending = None
         elif self.agent is None:
             settings = self.settings_for(context.episodes, context.seed, context.warmup_episodes)
-            self.agent = DDPGAgent(STATE_DIM, len(context.groups), settings)
+            state_dim, steps = episode_shape(context)
+            self.agent = DDPGAgent(state_dim, steps, settings)
 
     def propose(self, walker: EpisodeWalker, index: int) -> Episode:
         return walker.walk(lambda _t, state: self.agent.act(state, index))
@@ -165,7 +169,7 @@ class UniformAgent(EpisodeAgent):
 
     def _policy(self, walker: EpisodeWalker, ratio: float) -> dict[str, int]:
         m = walker.cost_model
-        return {g.name: max(m.min_channels(g), round_channels(g.channels, ratio, m.multiple)) for g in walker.groups}
+        return {g.name: max(m.min_channels(g), m.round(g, ratio)) for g in walker.groups}
 
     def propose(self, walker: EpisodeWalker, _index: int) -> Episode:
         if self.ratio is None:

@@ -18,26 +18,28 @@ quirk in "rest").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from hwcompress.model.analysis import LayerSpec
 from hwcompress.search.amc.ddpg import normalise_features
 from hwcompress.search.cost import CostModel
-from hwcompress.slim.pruning import ChannelGroup, round_channels
+from hwcompress.slim.pruning import ChannelGroup
 
 STATE_DIM = 11
 
 
 @dataclass
 class Episode:
-    """One walk: the ratios proposed, the counts kept, and what the policy observed."""
+    """One walk: the ratios proposed, the counts kept, and what the policy observed (``precision``:
+    the group precisions a mixed-precision walk chose, :mod:`hwcompress.search.amc.mixed`)."""
 
     keep: dict[str, int] = field(default_factory=dict)
     proposed: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     states: list[np.ndarray] = field(default_factory=list)
+    precision: dict[str, str] = field(default_factory=dict)
 
 
 def static_features(groups: Sequence[ChannelGroup], layers: Sequence[LayerSpec], shares: Mapping[str, float]) -> np.ndarray:
@@ -84,11 +86,15 @@ class EpisodeWalker:
         """Round ``ratio`` for group ``t`` and clamp it to the budget; returns the kept channel count."""
         group = self.groups[t]
         ratio = min(max(float(ratio), 0.0), 1.0)
-        proposed = round_channels(group.channels, ratio, self.cost_model.multiple)
+        proposed = self.cost_model.round(group, ratio)
         kept = self.cost_model.clamp(t, proposed, decided, self.budget)
         if self.cost_model.metric == "latency_ms":
             kept = self.cost_model.free_channels(t, kept, decided, self.budget)
         return kept
+
+    def cost(self, episode: Episode) -> float:
+        """The episode's student priced by the cost model."""
+        return self.cost_model.cost(episode.keep)
 
     def walk(self, propose) -> Episode:
         """Run one episode with ``propose(t, state) -> ratio``."""
@@ -97,10 +103,14 @@ class EpisodeWalker:
         for t, group in enumerate(self.groups):
             state = self.state(t, episode.keep, previous)
             ratio = propose(t, state)
-            kept = self.step(t, ratio, episode.keep)
-            episode.keep[group.name] = kept
-            episode.proposed.append(float(ratio))
-            previous = kept / group.channels
-            episode.ratios.append(previous)
-            episode.states.append(state)
+            previous = self.record(episode, group, ratio, self.step(t, ratio, episode.keep), state)
         return episode
+
+    @staticmethod
+    def record(episode: Episode, group: Any, proposed: float, kept: int, state: Any) -> float:
+        """Note one channel step in ``episode``; returns the preserve ratio it kept."""
+        episode.keep[group.name] = kept
+        episode.proposed.append(float(proposed))
+        episode.ratios.append(kept / group.channels)
+        episode.states.append(state)
+        return kept / group.channels

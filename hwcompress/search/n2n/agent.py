@@ -137,7 +137,7 @@ class N2NAgent:
     def search(self, context: SearchContext) -> None:
         settings = self.settings if self.settings.seed is not None else dataclasses.replace(self.settings, seed=context.seed)
         search = self.search_state = N2NSearch(context, settings)
-        if self._pending is not None:
+        if self._pending:
             search.load(self._pending["n2n"])
             self.seconds = self._pending.get("seconds", 0.0)
             self._pending = None

@@ -74,7 +74,7 @@ from hwcompress.search.n2n.policy import (
 )
 from hwcompress.search.scoring import recalibrate_batchnorm
 from hwcompress.slim.distill import distill
-from hwcompress.slim.pruning import find_channel_groups, prune_channels, round_channels
+from hwcompress.slim.pruning import find_channel_groups, prune_channels
 from hwcompress.slim.units import find_removable_units, remove_units
 
 __all__ = ["N2NSearch", "unit_features", "group_features", "stage1_rows"]
@@ -216,7 +216,7 @@ class N2NSearch:
                                   "its policy.json can be re-applied only to this student's architecture")
         self.base_cost_model = CostModel(
             analyze(model, self.shape).layers, self.base_groups, metric=self.metric, latency_of=self.latency_of,
-            multiple=self.ctx.cost_model.multiple, lbound=self.ctx.cost_model.lbound)
+            multiple=self.ctx.cost_model.multiple, quantum=self.ctx.cost_model.quantum, lbound=self.ctx.cost_model.lbound)
         self.shrink = None
         if self.base_groups:
             self.shrink_x = normalise(group_features(self.base_groups, self.base_cost_model))
@@ -351,8 +351,7 @@ class N2NSearch:
     def shrink_rollout(self, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
 
         _, ratios, log_prob = self.shrink.policy.sample(self.shrink_x, self.shrink.generator)
-        multiple = self.ctx.cost_model.multiple
-        keep = {g.name: max(g.min_channels, round_channels(g.channels, r, multiple))
+        keep = {g.name: max(g.min_channels, self.base_cost_model.round(g, r))
                 for g, r in zip(self.base_groups, ratios)}
         rows = self.base_cost_model.layers_for(keep)
         base = self.base

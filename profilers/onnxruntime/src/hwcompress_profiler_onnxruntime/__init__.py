@@ -11,6 +11,7 @@ import platform
 import statistics
 import tempfile
 import time
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -26,9 +27,13 @@ PROFILED_RUNS = 20
 # Nodes that only convert layouts at the edge of a tiny model; inside a network the whole chain of
 # NCHWc convolutions runs without them (they appear once, at the network's edges).
 BOUNDARY_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+# An int8 unit's edges: the input's QuantizeLinear, the output's DequantizeLinear and the NHWC
+# transposes around the QLinearConv; inside an int8 network activations stay uint8 and NHWC from one
+# integer kernel to the next, so only the network's own edges pay them.
+QUANTIZED_BOUNDARY_OPS = BOUNDARY_OPS | {"QuantizeLinear", "DequantizeLinear", "Transpose"}
 KERNEL_SUFFIX = "_kernel_time"
-PER_LAYER_NOTE = ("per-layer times come from a separate profiled run without ONNX Runtime's NCHWc layout pass and "
-                  "include its fusions (BatchNorm folded into Conv); they need not add up to the whole-model median")  # ONNX Runtime's profile names a node's kernel event "<node>_kernel_time"
+PER_LAYER_NOTE = ("per-layer times are ONNX Runtime's kernel times in a separate profiled run of the same session "
+                  "(BatchNorm folded into Conv; layout reorders in (other))")  # ONNX Runtime's profile names a node's kernel event "<node>_kernel_time"
 
 
 def cpu_model() -> str:
@@ -84,11 +89,67 @@ def time_session(session: Any, feed: dict[str, Any], runs: int, warmup: int) -> 
     return samples
 
 
+#: ONNX Runtime's domain for its blocked-layout (NCHWc) kernels in an optimised graph.
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+def _runs_blocked(cin: int, group: int = 1) -> tuple[bool, bool]:
+    """(whether ONNX Runtime runs a 3x3 convolution fed ``cin`` channels in its NCHWc layout, whether it
+    reorders the input into that layout first), read off the optimised graph of a one-layer model."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    cout = cin if group > 1 else 16
+    weight = numpy_helper.from_array(np.ones((cout, cin // group, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=group, pads=[1, 1, 1, 1])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 8, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    with tempfile.TemporaryDirectory(prefix="hwcompress-nchwc-") as folder:
+        source, optimised = os.path.join(folder, "probe.onnx"), os.path.join(folder, "probe.opt.onnx")
+        onnx.save(model, source)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = optimised
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(optimised).graph.node
+    blocked = any(n.op_type == "Conv" and n.domain == NCHWC_DOMAIN for n in nodes)
+    return blocked, any(n.op_type == "ReorderInput" for n in nodes)
+
+
+@lru_cache(maxsize=1)
+def nchwc_layout() -> tuple[int, int]:
+    """``(block, alignment)`` of ONNX Runtime's NCHWc convolutions on this CPU, asked of the runtime
+    itself (milliseconds; nothing timed); ``(1, 1)`` where it has no NCHWc path.
+
+    * ``block``: the channel block its blocked kernels work in (16 with AVX-512, 8 with AVX2): the
+      smallest input channel count that ONNX Runtime reorders into blocks rather than reading directly.
+      Counts between blocks are padded to the next block, so they cost what it costs.
+    * ``alignment``: from one block up, a convolution's input channels (a grouped one's channels) must
+      be a multiple of this for the blocked path; others run in plain NCHW with layout conversions
+      around them (ONNX Runtime 1.32: 4, so 60 channels run blocked and 58 do not).
+    """
+    block = next((c for c in (2, 4, 8, 16, 32, 64, 128) if _runs_blocked(c)[1]), 1)
+    if block == 1:
+        return 1, 1
+    alignment = next((a for a in (1, 2, 4, 8, 16, 32, 64, 128) if a >= block or
+                      (_runs_blocked(block + a)[0] and _runs_blocked(block + a, group=block + a)[0])), block)
+    return block, alignment
+
+
 class OnnxRuntimeProfiler:
     """Latency on this machine's CPU with ONNX Runtime's CPU execution provider."""
 
     name = "onnxruntime"
     description = "CPU latency with ONNX Runtime (CPU execution provider)"
+    #: Precisions it runs: int8 as Q/DQ models (static quantization, hwcompress.slim.quantize).
+    precisions = ("fp32", "int8")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -113,6 +174,10 @@ class OnnxRuntimeProfiler:
             "execution_provider": "CPUExecutionProvider",
             "intra_op_threads": int(settings.threads),
             "spinning": bool(settings.options.get("spin", False)),
+            # What the LUT rounds channel counts to, the search prunes in (hwcompress.lut.recorder) and
+            # the predictor checks alignment against (hwcompress.lut.predict.between_blocks).
+            "channel_block": nchwc_layout()[0],
+            "channel_alignment": nchwc_layout()[1],
         }
 
     def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
@@ -128,15 +193,17 @@ class OnnxRuntimeProfiler:
         """The in-network time of a tiny model (one layer and what fuses into it), for LUT recording.
 
         Per run, the sum of ONNX Runtime's kernel times, leaving out the layout conversions at the
-        model's edges (:data:`BOUNDARY_OPS`), which a layer inside a network does not pay. The session
+        model's edges (:data:`BOUNDARY_OPS`; for an int8 unit, ``settings.precision == "int8"``, also its
+        Q/DQ and NHWC transposes, :data:`QUANTIZED_BOUNDARY_OPS`), which a layer inside a network does not pay. The session
         is the one ``measure`` uses (same threads, spinning and optimisation level, NCHWc layout
         included) with the node profiler on; between runs the recorder's cache flush
         (:func:`hwcompress.lut.recorder.cache_flusher`) evicts the layer's weights, as the rest of a network would.
         """
         runs = max(1, int(settings.runs))
         warmup = max(1, int(settings.warmup))
+        edges = QUANTIZED_BOUNDARY_OPS if settings.precision == "int8" else BOUNDARY_OPS
         per_node = profiled_kernel_times(artifact.onnx_path, artifact.input_shape, settings, warmup + runs,
-                                         before_each=cache_flusher(settings), skip_ops=BOUNDARY_OPS)
+                                         before_each=cache_flusher(settings), skip_ops=edges)
         if not per_node:
             raise RuntimeError(f"ONNX Runtime reported no kernel times for {artifact.onnx_path}")
         count = min(runs, min(len(times) for times in per_node.values()))
@@ -144,12 +211,13 @@ class OnnxRuntimeProfiler:
         return Measurement(latency=LatencyStats.from_samples(samples), facts=self.facts(settings))
 
     def _node_times(self, artifact: ModelArtifact, settings: ProfileSettings) -> dict[str, float]:
-        # Without the NCHWc layout pass, fused nodes keep the exporter's names (/layer1/layer1.0/conv1/Conv),
-        # which is what maps them back to PyTorch layers; the whole-model timing keeps every pass.
+        # The session the whole model runs in (every graph pass, NCHWc included): per-layer times of a
+        # session without the layout pass added up to 4.05x the whole model on mobilenet_v3_large. Fused
+        # and re-laid nodes keep the exporter's name as a prefix (/conv/Conv_output_0_nchwc,
+        # /fc/MatMul/MatMulAddFusion), which the core maps back to layers; the reorders go to (other).
         warmup = max(1, min(int(settings.warmup), 5))
         runs = max(1, min(int(settings.runs), PROFILED_RUNS))
-        per_node = profiled_kernel_times(artifact.onnx_path, artifact.input_shape, settings, warmup + runs,
-                                         layout_optimizations=False)
+        per_node = profiled_kernel_times(artifact.onnx_path, artifact.input_shape, settings, warmup + runs)
         # The warm-up runs are in the profile too; keep the last `runs` samples of each node.
         return {name: statistics.median(times[-runs:]) for name, times in per_node.items()}
 

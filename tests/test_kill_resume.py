@@ -1,0 +1,143 @@
+"""A search killed with SIGKILL at any moment resumes to the policy of an uninterrupted run, and two
+searches never share an output folder.
+
+The searches run in real subprocesses (`hwcompress search`) under a latency budget on the
+`steady-board` device, whose profiler is a test double for measurement noise (tests/plugins/README.md):
+the same model always measures the same, so "the same policy" is a property the run can have. One run
+is killed five times, each at a different phase (measuring the teacher, recording the LUT, the
+episodes, fine-tuning, the final measurement), and resumed after each kill; its policy and student must
+equal those of a run that was never interrupted. The default suite kills it in the two phases that
+resume mid-way (the LUT, the episodes); `--runslow` kills it in all five.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PLUGINS = REPO / "tests" / "plugins"
+TINY = "hwcompress.model.embedded:resnet20"
+SEARCH = ["--device", "steady-board", "-m", TINY, "--data", "digits", "--latency-ratio", "0.7", "--episodes", "6",
+          "--warmup-episodes", "2", "--agent-option", "hidden=32", "--agent-option", "batch_size=8", "--val-limit", "64",
+          "--bn-calibration", "32", "--finetune-epochs", "1", "--seed", "3"]
+# The line each kill waits for (stderr, one line per phase when not a terminal), and then how long.
+KILLS = [("measuring the teacher", 0.1), ("recording the latency LUT", 1.0), ("ep    2", 0.0),
+         ("fine-tuning the student", 0.5), ("measuring the student", 0.6)]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
+           "HWCOMPRESS_DATA_DIR": str(home / "data"), "HWCOMPRESS_CONFIG_DIR": str(home / "config"),
+           "COLUMNS": "200"}
+    env.pop("HWCOMPRESS_DEBUG", None)
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("hwcompress")), "search", *args]
+
+
+def _run_until(args: list[str], env: dict[str, str], marker: str, delay: float, timeout: float = 240.0) -> int:
+    """Start a search, SIGKILL it ``delay`` seconds after ``marker`` shows on stderr; its return code."""
+    process = subprocess.Popen(_command(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    seen = ""
+    try:
+        for line in process.stderr:
+            seen += line
+            if marker in line:
+                time.sleep(delay)
+                process.kill()
+                break
+            if time.monotonic() > deadline:
+                break
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode in (-9, 0), seen[-2000:]
+    return process.returncode
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "policy.json").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kills_at", [
+    pytest.param(KILLS[1:3], id="lut-and-episodes"),  # the default suite: the two phases that resume mid-way
+    pytest.param(KILLS, id="every-phase", marks=pytest.mark.slow),  # all five (about 160 s on 2 cores)
+])
+def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kills_at):
+    straight = tmp_path / "straight"
+    done = subprocess.run(_command(*SEARCH, "-o", str(straight), "--quiet"), env=_env(tmp_path / "a"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    killed = tmp_path / "killed"
+    env = _env(tmp_path / "b")  # its own LUT cache: the killed run records (and resumes) its own LUT
+    kills = 0
+    args = [*SEARCH, "-o", str(killed)]
+    for marker, delay in kills_at:
+        kills += _run_until(args, env, marker, delay) == -9
+        assert (killed / "checkpoint.pt").exists(), f"no checkpoint after a kill at {marker!r}"
+        args = ["--resume", str(killed)]
+    assert kills >= len(kills_at) - 1, f"only {kills} of the {len(kills_at)} kills caught the search running"
+    resumed = subprocess.run(_command("--resume", str(killed), "--quiet"), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _digest(killed) == _digest(straight)
+    a = json.loads((straight / "result.json").read_text())
+    b = json.loads((killed / "result.json").read_text())
+    assert b["student"]["params"] == a["student"]["params"] and b["budget"] == a["budget"]
+    assert b["episodes"] == a["episodes"] == 6 and b["cost_model_anchors"] == a["cost_model_anchors"]
+
+
+def test_two_searches_never_share_an_output_folder(tmp_path):
+    out = tmp_path / "shared"
+    env = _env(tmp_path)
+    first = subprocess.Popen(_command(*SEARCH, "-o", str(out)), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:  # the first one holds the folder once it measures the teacher
+            if "measuring the teacher" in line:
+                break
+        second = subprocess.run(_command(*SEARCH, "-o", str(out)), env=env, capture_output=True, text=True, timeout=120)
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr
+        assert "in use by another search (process" in lines[0] and str(first.pid) in lines[0]
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_lock_left_by_a_killed_search_is_taken_over(tmp_path):
+    from hwcompress.search.checkpoint import OutputLock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    (tmp_path / ".lock").write_text(f"{dead.strip()} {os.uname().nodename}\n")
+    with OutputLock(tmp_path) as lock:
+        assert lock.note and "stale lock" in lock.note and f"process {dead.strip()} is gone" in lock.note
+        assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_resume_refuses_changed_settings_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    base = [*SEARCH[:6], "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "32"]
+    done = subprocess.run(_command(*base, "-o", str(out), "--quiet"), env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    refused = subprocess.run(_command("--resume", str(out), "--agent", "uniform", "--seed", "7"), env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=60)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "agent: saved 'amc', given 'uniform'" in lines[0] and "--resume-override" in lines[0]

@@ -1,0 +1,399 @@
+"""Quantization (--quantize int8 | mixed): the Q/DQ quantizer and its read-back, ONNX Runtime's own
+re-quantization of float layers, the fake-quant stand-in against ONNX Runtime, LUT entries per
+precision (old tables still readable), the mixed-precision cost model and walk, and whole searches
+that write a deployable int8 student. Real ONNX Runtime sessions on tiny models throughout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from hwcompress.budget import Budget
+from hwcompress.devices import descriptor_from_dict
+from hwcompress.errors import UserError
+from hwcompress.lut.keys import LayerConfig, LutEntry, at_precision
+from hwcompress.lut.record import record_lut
+from hwcompress.lut.table import LatencyTable
+from hwcompress.measure.contract import ProfileSettings
+from hwcompress.model.analysis import analyze
+from hwcompress.model.data import resolve_data
+from hwcompress.model.embedded import resnet_cifar
+from hwcompress.search.amc.mixed import MixedEpisodeWalker, precision_of_action, smallest_mixed_cost
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.cost import CostModel
+from hwcompress.search.precision import ALL_FLOAT, PrecisionPlan, check_int8_path
+from hwcompress.search.run import run_search
+from hwcompress.search.scoring import recalibrate_batchnorm
+from hwcompress.slim.fake_quant import fake_quantized
+from hwcompress.slim.pruning import find_channel_groups
+from hwcompress.slim.quantize import QdqGraph, calibration_inputs, int8_layers_of, onnx_logits, quantize_module
+
+SHAPE = (1, 3, 32, 32)
+SETTINGS = ProfileSettings(runs=3, warmup=1, threads=1, per_layer=False)
+CPU = descriptor_from_dict({"name": "cpu", "profiler": "onnxruntime", "channel_multiple": 8, "detect": {"always": True}})
+TINY = "hwcompress.model.embedded:resnet20"
+
+
+def ort_profiler():
+    from hwcompress_profiler_onnxruntime import OnnxRuntimeProfiler
+
+    return OnnxRuntimeProfiler()
+
+
+def random_inputs(shape, count=4):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
+
+
+def resnet20():
+    torch.manual_seed(0)
+    return resnet_cifar(depth=20).eval()
+
+
+class WithTranspose(nn.Module):
+    """A conv net with a ConvTranspose2d, which ONNX Runtime's CPU provider has no int8 kernel for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.up(torch.relu(self.a(x))))
+        return self.fc(torch.relu(self.b(x)).mean((2, 3)))
+
+
+# -- the quantizer ---------------------------------------------------------------------------------
+
+def test_quantized_student_is_a_qdq_model_a_plain_session_runs(tmp_path):
+    import onnxruntime as ort
+
+    model = resnet20()
+    fp32, result = quantize_module(model, SHAPE, tmp_path, random_inputs(SHAPE), check=True)
+    graph = onnx.load(str(result.path))
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    convs = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sorted(result.int8_layers) == sorted(convs) and result.float_layers == {}
+    weight_scales = [init for init in graph.graph.initializer if init.name.endswith("_scale") and len(init.dims) == 1]
+    assert weight_scales, "per-channel weight scales expected"
+    x = random_inputs(SHAPE, 1)[0]
+    plain = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    got, want = plain.run(None, {"input": x})[0], reference.run(None, {"input": x})[0]
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.25 * np.abs(want).max() + 0.1
+
+
+def test_a_layer_without_an_int8_kernel_stays_float_and_is_named(tmp_path):
+    _, result = quantize_module(WithTranspose().eval(), (1, 3, 16, 16), tmp_path, random_inputs((1, 3, 16, 16)), check=True)
+    assert result.int8_layers == ["a", "b", "fc"]
+    assert list(result.float_layers) == ["up"] and "ConvTranspose" in result.float_layers["up"]
+
+
+def test_float_layers_onnx_runtime_would_requantize_are_quantized_properly(tmp_path):
+    """A block's conv1 between int8 neighbours runs as an int8 kernel whatever the quantizer is told
+    (ONNX Runtime's WeightBiasQuantization, per-tensor); a whole residual stream in float stays float."""
+    model = resnet20()
+    fp32, _ = quantize_module(model, SHAPE, tmp_path, random_inputs(SHAPE), check=False)
+    graph = QdqGraph(onnx.load(str(fp32)))
+    assert graph.realized({"layer1.0.conv1"}) == frozenset()
+    stream = {"stem.0", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
+    assert graph.realized(stream) == stream
+    assert graph.realized(stream | {"layer1.0.conv1"}) == stream | {"layer1.0.conv1"}
+    from hwcompress.slim.quantize import quantize_onnx
+
+    alone = quantize_onnx(fp32, tmp_path / "alone.onnx", random_inputs(SHAPE), ["layer1.0.conv1"])
+    assert alone.requantized == ["layer1.0.conv1"] and "layer1.0.conv1" in alone.int8_layers
+    mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", random_inputs(SHAPE), stream)
+    assert set(mixed.float_layers) == stream and not stream & set(mixed.int8_layers)
+    assert int8_layers_of(tmp_path / "mixed.onnx")[0] == mixed.int8_layers
+
+
+def test_fake_quant_agrees_with_onnx_runtime(tmp_path):
+    """The measured stand-in: on a ResNet-20 trained for one epoch (so that its predictions differ from
+    image to image), the fake-quantized PyTorch copy predicts the class ONNX Runtime's int8 model predicts
+    on >= 90% of digits validation images (bench/quantized_scoring.py: 98.1-100% on the trained ResNet-56
+    and 12 pruned students)."""
+    from hwcompress.model.training import train_supervised
+
+    splits = resolve_data(None)
+    model = resnet20()
+    train_supervised(model, splits.train, epochs=1, lr=0.1, seed=0)
+    recalibrate_batchnorm(model, splits.train, 128)
+    calibration = calibration_inputs(splits.train, 64, SHAPE)
+    _, result = quantize_module(model, SHAPE, tmp_path, calibration)
+    ort_logits, labels = onnx_logits(result.path, splits.val, limit=128)
+    copy = fake_quantized(model, [torch.from_numpy(np.concatenate(calibration))])
+    with torch.no_grad():
+        fake = copy(torch.stack([splits.val[i][0] for i in range(128)])).numpy()
+    assert len(set(ort_logits.argmax(1).tolist())) >= 5  # a model that says one class everywhere would agree trivially
+    agreement = float((fake.argmax(1) == ort_logits.argmax(1)).mean())
+    assert agreement >= 0.9, agreement
+    assert np.abs(fake - ort_logits).max() < np.abs(ort_logits).max()
+
+
+# -- LUT entries per precision ---------------------------------------------------------------------
+
+def _entry(cin, cout, ms, precision=None):
+    return LutEntry(LayerConfig("Conv2d", 1, (8, 8), cin, cout, (3, 3), (1, 1), (1, 1), 1, precision), ms, ms, 0.0, 5)
+
+
+def _provenance(precision="fp32"):
+    return {"device": "cpu", "profiler": "onnxruntime", "runtime": "onnxruntime", "runtime_version": "1", "precision": precision,
+            "batch": 1, "threads": 1, "date": "2026-01-01", "recorder": "test", "timing": "kernels", "channel_quantum": 1}
+
+
+def test_an_old_lut_reads_as_its_own_precision(tmp_path):
+    table = LatencyTable(_provenance(), [_entry(8, 8, 1.0), _entry(16, 16, 2.0)])
+    path = table.save(tmp_path / "old.lut.json")
+    document = json.loads(path.read_text())
+    assert document["schema"] == "hwcompress.lut/1" and all("precision" not in e for e in document["entries"])
+    loaded = LatencyTable.load(path)
+    config = LayerConfig("Conv2d", 1, (8, 8), 8, 8, (3, 3), (1, 1), (1, 1), 1)
+    assert loaded.entry(config).median == 1.0 and loaded.entry(config.with_precision("fp32")).median == 1.0
+    assert loaded.precisions == ["fp32"]
+
+
+def test_int8_entries_live_beside_the_float_ones(tmp_path):
+    int8 = [_entry(8, 8, 0.4, "int8"), _entry(8, 16, 0.5, "int8"), _entry(16, 8, 0.6, "int8"), _entry(16, 16, 0.7, "int8")]
+    table = LatencyTable(_provenance(), [_entry(8, 8, 1.0), _entry(16, 16, 2.0), *int8])
+    path = table.save(tmp_path / "mixed.lut.json")
+    assert json.loads(path.read_text())["schema"] == "hwcompress.lut/2"
+    loaded = LatencyTable.load(path)
+    assert loaded.precisions == ["fp32", "int8"] and len(loaded) == 6
+    spec = analyze(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)).eval(), (1, 16, 8, 8)).layers[0]
+    fp32 = loaded.predict([spec]).total_ms
+    int8 = loaded.predict([at_precision(spec, "int8")]).total_ms
+    assert fp32 == pytest.approx(2.0) and int8 == pytest.approx(0.7)
+    halfway = analyze(nn.Sequential(nn.Conv2d(12, 12, 3, padding=1)).eval(), (1, 12, 8, 8)).layers[0]
+    assert loaded.predict([at_precision(halfway, "int8")]).total_ms == pytest.approx(0.55)  # interpolated in int8
+    bad = json.loads(path.read_text())
+    bad["entries"][0]["precision"] = "int4"
+    with pytest.raises(UserError, match="precision 'int4'"):
+        LatencyTable.from_dict(bad)
+
+
+def test_a_change_of_precision_costs_what_the_transitions_record_says():
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    specs = analyze(net, (1, 8, 8, 8)).layers
+    family = LayerConfig.from_spec(specs[0]).family()
+    entries = [_entry(8, 8, 1.0), _entry(8, 8, 0.5, "int8")]
+    record = {"name": "net", "precision": "transitions", "families": [family], "layer_sum_ms": 1.0, "measured_ms": 1.0,
+              "scale": 1.0, "ms_per_element": 0.001}
+    table = LatencyTable(_provenance(), entries, [record])
+    mixed = [specs[0], at_precision(specs[1], "int8"), specs[2]]  # two changes, each of an 8x8x8 tensor
+    detail = table.predict_detail(mixed)
+    assert detail.offset_ms == pytest.approx(2 * 512 * 0.001)
+    assert detail.total_ms == pytest.approx(1.0 + 0.5 + 1.0 + 1.024)
+    assert table.predict_detail([at_precision(s, "int8") for s in specs]).offset_ms == 0.0  # one precision: no change
+
+
+@pytest.fixture(scope="module")
+def int8_lut(tmp_path_factory) -> Path:
+    """The ResNet-20's LUT on this CPU in fp32 and int8 (recorded once for the module)."""
+    path = tmp_path_factory.mktemp("lut") / "r20.lut.json"
+    record_lut(resnet20(), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="resnet20", points=2, quantum=8,
+               widths=(0.5,), precisions=("fp32", "int8"))
+    return path
+
+
+def test_the_recorder_times_every_configuration_in_every_precision(int8_lut):
+    table = LatencyTable.load(int8_lut)
+    assert table.precisions == ["fp32", "int8"] and table.provenance["precisions"] == ["fp32", "int8"]
+    by_precision: dict = {}
+    for entry in table.entries.values():
+        by_precision.setdefault(entry.config.precision, set()).add(entry.config.with_precision(None).key())
+    assert by_precision[None] == by_precision["int8"]
+    assert {m.get("precision", "fp32") for m in table.models} == {"fp32", "int8", "transitions"}
+    transitions = next(m for m in table.models if m.get("precision") == "transitions")
+    assert transitions["transition_elements"] > 0 and transitions["ms_per_element"] >= 0 and transitions["families"]
+    layers = analyze(resnet20(), SHAPE).layers
+    int8_rows = [at_precision(s, "int8") if s.op in ("Conv2d", "Linear") else s for s in layers]
+    detail = table.predict_detail(int8_rows)
+    assert detail.calibration.get("precision") == "int8"  # the int8 whole-model timing calibrates int8 rows
+    assert detail.total_ms == pytest.approx(detail.calibration["measured_ms"], rel=1e-6)
+
+
+def test_merging_keeps_each_precisions_calibration(int8_lut):
+    """One model's fp32, int8 and transitions records are three calibrations: merging a table that holds
+    all three into one that holds only the fp32 one keeps all three (they once overwrote each other)."""
+    full = LatencyTable.load(int8_lut)
+    fp32_only = LatencyTable.load(int8_lut)
+    fp32_only.models = [m for m in fp32_only.models if "precision" not in m]
+    assert len(fp32_only.models) == 1
+    fp32_only.merge(full)
+    assert sorted(m.get("precision", "fp32") for m in fp32_only.models) == ["fp32", "int8", "transitions"]
+
+
+# -- cost model, plan, walk ------------------------------------------------------------------------
+
+def _plan_and_cost(int8_lut, mode="mixed"):
+    model = resnet20()
+    layers = analyze(model, SHAPE).layers
+    groups = find_channel_groups(model, torch.zeros(SHAPE))
+    capable = [l.name for l in layers if l.op in ("Conv2d", "Linear")]
+    plan = PrecisionPlan.build(mode, groups, capable, {})
+    table = LatencyTable.load(int8_lut)
+    cost = CostModel(layers, groups, latency_of=lambda rows: table.predict(list(rows)).total_ms, multiple=8,
+                     precision_of=plan.layer_precisions, teacher_precision=ALL_FLOAT)
+    return plan, cost, groups, layers
+
+
+def test_the_cost_model_prices_each_layer_in_its_precision(int8_lut):
+    plan, cost, groups, _ = _plan_and_cost(int8_lut)
+    full = cost.full_policy()
+    int8, fp32 = cost.cost(full), cost.teacher_cost()
+    table = LatencyTable.load(int8_lut)
+    assert fp32 == pytest.approx(next(m for m in table.models if "precision" not in m)["measured_ms"], rel=1e-6)
+    assert int8 == pytest.approx(next(m for m in table.models if m.get("precision") == "int8")["measured_ms"], rel=1e-6)
+    one_float = cost.at_precision({groups[-1].name: "fp32"}).cost(full)
+    assert one_float != int8 and cost.cost(full) == int8  # views share the memo, keyed by precision
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixed_episodes_meet_the_budget_on_the_joint_cost(int8_lut, seed):
+    plan, cost, groups, layers = _plan_and_cost(int8_lut)
+    smallest, teacher = smallest_mixed_cost(cost, plan), cost.teacher_cost()
+    groups_float = cost.at_precision({name: "fp32" for name in plan.choosable})  # the classifier stays int8
+    assert smallest == min(cost.cost(cost.min_policy()), groups_float.cost(cost.min_policy()))
+    budget = smallest + (teacher - smallest) * 0.3
+    walker = MixedEpisodeWalker(cost, layers, budget, plan)
+    rng = np.random.default_rng(seed)
+    chosen = set()
+    for _ in range(8):
+        episode = walker.walk(lambda _t, _state: float(rng.uniform()))
+        assert walker.cost(episode) <= budget + 1e-9
+        assert set(episode.precision) == set(plan.choosable)
+        assert len(episode.states) == len(groups) + len(plan.choosable)
+        chosen.update(episode.precision.values())
+    assert chosen == {"int8", "fp32"}
+    assert precision_of_action(0.2) == "int8" and precision_of_action(0.7) == "fp32"
+    tight = MixedEpisodeWalker(cost, layers, smallest * 1.0001, plan)
+    for action in (0.0, 1.0):  # int8 everywhere, then float everywhere: the clamps keep the budget either way
+        episode = tight.walk(lambda _t, _state, a=action: a)
+        assert tight.cost(episode) <= smallest * 1.0001
+
+
+def test_each_precision_follows_its_own_anchored_line(int8_lut):
+    from hwcompress.search.anchors import Anchor
+    from hwcompress.search.quantized import PrecisionAnchoredLatency, QuantizedStudents
+
+    plan, cost, groups, layers = _plan_and_cost(int8_lut)
+    table = LatencyTable.load(int8_lut)
+    raw = cost.latency_of
+    full, smallest = cost.full_policy(), cost.min_policy()
+    floating = ALL_FLOAT  # as the search anchors it: every layer in float, fc (in no group) included
+    points = {"int8": (cost.cost(full), cost.cost(smallest)), "fp32": (cost.at_precision(floating).cost(full),
+                                                                      cost.at_precision(floating).cost(smallest))}
+    anchors = [Anchor("teacher int8", points["int8"][0], 2.0 * points["int8"][0]),
+               Anchor("smallest int8", points["int8"][1], 2.0 * points["int8"][1]),
+               Anchor("teacher fp32", points["fp32"][0], 0.5 * points["fp32"][0]),
+               Anchor("smallest fp32", points["fp32"][1], 0.5 * points["fp32"][1])]
+    students = QuantizedStudents(plan, SHAPE, [])
+    kept = students.install_anchors(cost, table, anchors)
+    assert len(kept) == 4 and isinstance(cost.latency_of, PrecisionAnchoredLatency)
+    assert cost.cost(full) == pytest.approx(2.0 * points["int8"][0], rel=1e-3)  # all int8: the int8 line
+    assert cost.at_precision(floating).cost(smallest) == pytest.approx(0.5 * points["fp32"][1], rel=1e-3)
+    half = {name: "fp32" for name in plan.choosable[: len(plan.choosable) // 2]}
+    mixed = cost.at_precision(half).cost(full)
+    assert 0.5 * raw(cost.at_precision(half).layers_for(full)) < mixed < 2.0 * raw(cost.at_precision(half).layers_for(full))
+
+
+def test_quantize_refuses_a_device_without_an_int8_path():
+    class Profiler:
+        name, precisions = "fp32-only", ("fp32",)
+
+    class Timing:
+        measured, profiler = True, Profiler()
+
+    with pytest.raises(UserError, match="no int8 path"):
+        check_int8_path("int8", CPU, Timing())
+    table = LatencyTable(_provenance(), [_entry(8, 8, 1.0)])
+
+    class Predicted:
+        measured, profiler, table = False, None, None
+
+    with pytest.raises(UserError, match="no int8 entries"):
+        check_int8_path("mixed", CPU, Predicted(), table)
+    with pytest.raises(UserError, match="--quantize must be one of"):
+        SearchConfig(budget=Budget.latency_ratio(0.5), quantize="int4")
+
+
+def test_search_refuses_quantize_on_a_runtime_without_int8(tmp_path, monkeypatch):
+    from hwcompress_profiler_onnxruntime import OnnxRuntimeProfiler
+
+    monkeypatch.setattr(OnnxRuntimeProfiler, "precisions", ("fp32",))
+    config = SearchConfig(budget=Budget.latency_ratio(0.7), model=TINY, data="digits", episodes=2, out=str(tmp_path / "out"),
+                          quantize="int8")
+    with pytest.raises(UserError, match="no int8 path"):
+        run_search(config, progress=False)
+
+
+def test_cli_refusal_is_one_line(cli, tmp_path):
+    import onnxruntime
+
+    lut = LatencyTable({**_provenance(), "runtime_version": onnxruntime.__version__}, [_entry(8, 8, 1.0)])
+    lut.save(tmp_path / "fp32.lut.json")
+    result = cli("search", "--latency-ratio", "0.5", "--quantize", "int8", "--lut", str(tmp_path / "fp32.lut.json"),
+                 "--model", TINY, "--data", "digits", "--episodes", "1", "-o", str(tmp_path / "out"), "-q")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "no int8" in lines[0]
+
+
+# -- whole searches ---------------------------------------------------------------------------------
+
+def _config(tmp_path, lut, quantize, **overrides):
+    base = dict(budget=Budget.latency_ratio(0.8), agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
+                seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=48, lut=str(lut),
+                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize)
+    base.update(overrides)
+    return SearchConfig(**base)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "mixed"])
+def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize):
+    from hwcompress.slim.quantize import onnx_accuracy
+
+    result = run_search(_config(tmp_path, int8_lut, quantize), progress=False)
+    out = tmp_path / "out"
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["artifacts"]["onnx"] == "student.onnx" and doc["artifacts"]["onnx_fp32"] == "student_fp32.onnx"
+    ops = {node.op_type for node in onnx.load(str(out / "student.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "QuantizeLinear" not in {n.op_type for n in onnx.load(str(out / "student_fp32.onnx")).graph.node}
+    splits = resolve_data("digits")
+    assert doc["student"]["accuracy"] == pytest.approx(onnx_accuracy(out / "student.onnx", splits.test))
+    assert "accuracy_float" in doc["student"] and "accuracy_float_before_finetune" in doc["student"]
+    assert doc["student"]["latency"]["precision"] == "int8 (Q/DQ)"  # the verdict timed the int8 file
+    layers = {row["layer"]: row for row in doc["layers"]}
+    assert set(layers) == {n for n, m in result.student.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    for name, module in result.student.named_modules():
+        if isinstance(module, nn.Conv2d):
+            assert (layers[name]["cin"], layers[name]["cout"]) == (module.in_channels, module.out_channels)
+    runs_int8 = int8_layers_of(out / "student.onnx")[0]
+    assert sorted(n for n, row in layers.items() if row["precision"] == "int8") == runs_int8
+    assert all("precision" in row for row in doc["policy"]) and doc["quantization"]["mode"] == quantize
+    if quantize == "int8":
+        assert all(row["precision"] == "int8" for row in doc["layers"])
+    else:
+        assert "precision" in json.loads((out / "policy.json").read_text())
+        history = json.loads((out / "history.json").read_text())
+        assert all("precision" in record for record in history)
+
+
+def test_compress_api_takes_quantize(tmp_path, int8_lut):
+    import hwcompress
+
+    result = hwcompress.compress(TINY, "digits", budget=Budget.latency_ratio(0.8), quantize="int8", agent="uniform",
+                                 finetune_epochs=0, out=str(tmp_path / "api"), lut=str(int8_lut), runs=5, val_limit=32)
+    assert result.report["quantization"]["mode"] == "int8" and (tmp_path / "api" / "student.onnx").exists()
+

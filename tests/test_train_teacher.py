@@ -1,0 +1,57 @@
+"""`search -m TORCHVISION_NAME --train-teacher N`: the teacher is trained here from random weights, kept in
+the output folder, reused by a resumed run, and refused where it does not apply."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hwcompress.errors import UserError
+from hwcompress.model import scratch
+from hwcompress.model.data import digits_splits
+
+
+def test_the_trained_teacher_is_kept_and_reused(tmp_path):
+    splits = digits_splits()
+    lines: list[str] = []
+    module, report = scratch.trained_teacher("resnet18", splits, 2, 0, tmp_path, lines.append)
+    assert not report["from_cache"] and (tmp_path / "teacher.pt").is_file()
+    assert module.fc.out_features == splits.num_classes  # the head is sized to the data
+    assert report["val_accuracy"] > 0.3  # it learned (78% here after two epochs; chance is 10%)
+    again, second = scratch.trained_teacher("resnet18", splits, 2, 0, tmp_path, lines.append)
+    assert second["from_cache"] and second["val_accuracy"] == report["val_accuracy"]
+    for (name, mine), theirs in zip(module.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs), name
+    assert any("reused" in line for line in lines)
+    with pytest.raises(UserError, match="other settings"):  # another recipe never silently takes the saved one
+        scratch.trained_teacher("resnet18", splits, 3, 0, tmp_path, lines.append)
+
+
+def test_search_trains_a_torchvision_teacher_first(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hwcompress", "search", "-m", "resnet18", "--train-teacher", "2",
+               "--data", "digits", "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "64",
+               "-o", str(out), "--quiet", "--json", "-"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    trained = doc["teacher"]["trained_here"]
+    assert trained["arch"] == "resnet18" and trained["epochs"] == 2 and not trained["from_cache"]
+    assert (out / "teacher.pt").is_file() and doc["teacher"]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-m", "mobilenet_v3_small", "--data", "digits"], "--train-teacher 30"),  # the refusal names the remedy
+    (["--train-teacher", "2"], "named by --model"),  # the embedded default comes trained
+    (["-m", "hwcompress.model.embedded:resnet20", "--data", "digits", "--train-teacher", "2"], "comes trained"),
+    (["-m", "mobilenet_v3_small", "--data", "digits", "--train-teacher", "-1"], "--train-teacher"),
+])
+def test_train_teacher_refusals_are_one_line(tmp_path, argv, message):
+    done = subprocess.run([sys.executable, "-m", "hwcompress", "search", "--macs", "2e6", "-o", str(tmp_path / "o"), *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
