@@ -485,3 +485,45 @@ def test_quantum_fit_is_not_decided_by_one_stray_point():
     assert fit_quantum(counts, one_low, 8) == 16 and fit_quantum(counts, one_high, 8) == 16
     linear_with_a_stray = [1.0 + 0.01 * c + (0.03 if c == 88 else 0.0) for c in counts]
     assert fit_quantum(counts, linear_with_a_stray, 8) == 8
+
+
+def test_a_calibration_checks_itself():
+    """A calibration whose narrower copies measured slower, whose whole-model timings wandered, or whose
+    ratios disagree across widths says so (like the issue's recording: x1.57 / 1.70 / 0.53 / 0.41)."""
+    from hwcompress.lut.calibration import _unsettled, calibration_checks
+
+    def row(width, measured, layer_sum, measurements):
+        return {"width": width, "measured_ms": measured, "layer_sum_ms": layer_sum, "ratio": measured / layer_sum,
+                "measurements_ms": measurements}
+
+    good = {"points": [row(1.0, 2.0, 2.2, [1.9, 2.0, 2.1]), row(0.75, 1.5, 1.7, [1.4, 1.5, 1.6]),
+                       row(0.5, 1.0, 1.2, [1.0, 1.0, 1.1]), row(0.3, 0.7, 0.9, [0.7, 0.7, 0.8])]}
+    assert calibration_checks(good) == []
+    bad = {"points": [row(1.0, 1.57, 1.0, [1.5, 1.6]), row(0.75, 1.80, 1.0, [1.8, 1.8]),
+                      row(0.5, 0.53, 1.0, [0.3, 1.8]), row(0.3, 0.41, 1.0, [0.4, 0.42])]}
+    problems = calibration_checks(bad)
+    assert any("width 0.75 measured slower" in p for p in problems)
+    assert any("varied 6.0x" in p for p in problems)
+    assert any("ratios across widths range 0.41-1.80" in p for p in problems)
+
+    class Timing:
+        def __init__(self, median):
+            self.median = median
+
+    settled = [{"width": 1.0, "wholes": [Timing(2.0), Timing(2.05), Timing(1.98)]},
+               {"width": 0.5, "wholes": [Timing(1.0), Timing(1.02), Timing(0.99)]}]
+    assert not _unsettled(settled)
+    assert _unsettled([{**settled[0]}, {"width": 0.5, "wholes": [Timing(1.0), Timing(1.6), Timing(1.0)]}])  # wandered
+    assert _unsettled([{"width": 1.0, "wholes": [Timing(1.0)] * 3}, {"width": 0.5, "wholes": [Timing(1.5)] * 3}])  # order
+
+
+def test_lut_show_warns_about_a_calibration_that_failed_its_checks(recorded, tmp_path, capsys):
+    doc = json.loads(Path(recorded).read_text())
+    assert isinstance(doc["models"][0]["checks"], list)  # recorded with its checks
+    doc["models"][0]["checks"] = ["the copy at width 0.5 measured slower (1.0 ms) than the one at 0.75 (0.9 ms)"]
+    path = tmp_path / "flagged.lut.json"
+    path.write_text(json.dumps(doc))
+    code, out, err = run_main(capsys, "lut", "show", str(path))
+    assert code == 0, err
+    text = " ".join((out + err).split())
+    assert "measured slower" in text and "--passes 2" in text

@@ -296,5 +296,11 @@ def print_summary(summary: dict) -> None:
                 f"{m['measured_ms']:.3f}", f"{m['layer_sum_ms']:.3f}", f"{m['scale']:.3f}", widths or "-",
             )
         out.print(models)
+        for m in summary["models"]:
+            for problem in m.get("checks") or []:
+                out.print(f"[yellow]warning:[/] {escape(str(m['name']))}"
+                          f"{' (' + m['precision'] + ')' if m.get('precision') else ''}: {escape(problem)}. "
+                          "The recording was disturbed or the machine is busy: record again with --passes 2 "
+                          "(and --overwrite) on a quieter machine")
     else:
         out.print("[dim]no calibration recorded: predictions are plain sums of layers[/dim]")

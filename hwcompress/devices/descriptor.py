@@ -45,7 +45,8 @@ class TransportSpec:
     Attributes:
         kind: ``ssh`` or ``adb``.
         host, port, user, identity_file, config_file: ssh's destination and the client options
-            ``-p``, ``-l``, ``-i`` and ``-F`` (None: whatever ``~/.ssh/config`` says).
+            ``-o Port=``, ``-o User=``, ``-o IdentityFile=`` (with ``IdentitiesOnly=yes``) and ``-F``,
+            which ssh and scp both read (None: whatever ``~/.ssh/config`` says).
         options: extra ``-o Key=Value`` options for ssh and scp.
         serial: the phone's adb serial (``adb devices``); ``adb``: the adb executable.
         python: the interpreter on the device (a command line: ``python3``, a venv's python, Termux's).

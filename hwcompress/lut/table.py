@@ -454,6 +454,8 @@ class LatencyTable:
                         {"width": q.get("width"), "ratio": q.get("ratio"), "measured_ms": q.get("measured_ms"), "layer_sum_ms": q.get("layer_sum_ms")}
                         for q in m.get("points") or []
                     ],
+                    **({"precision": m["precision"]} if m.get("precision") else {}),
+                    **({"checks": list(m["checks"])} if m.get("checks") else {}),
                 }
                 for m in self.models
             ],

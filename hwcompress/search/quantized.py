@@ -149,8 +149,10 @@ class QuantizedStudents:
             raw = getattr(cost_model.latency_of, "raw", cost_model.latency_of)
             floating = cost_model.at_precision(ALL_FLOAT)
             smallest = measure.paired(prune_channels(teacher, example, cost_model.min_policy()), "smallest-fp32")["median"]
-            candidates = [Anchor("teacher fp32", float(raw(floating.layers_for(cost_model.full_policy()))), float(measure.teacher_ms)),
-                          Anchor("smallest fp32", float(raw(floating.layers_for(cost_model.min_policy()))), float(smallest))]
+            candidates = [Anchor("teacher fp32", float(raw(floating.layers_for(cost_model.full_policy(), priced=True))),
+                                 float(measure.teacher_ms)),
+                          Anchor("smallest fp32", float(raw(floating.layers_for(cost_model.min_policy(), priced=True))),
+                                 float(smallest))]
             used = self.install_anchors(cost_model, table, [*used, *candidates])
             note += (f"; float part on the fp32 teacher {measure.teacher_ms:.3f} ms and smallest student {smallest:.3f} ms "
                      f"(LUT {candidates[0].predicted_ms:.3f}, {candidates[1].predicted_ms:.3f})")

@@ -23,11 +23,13 @@ The mirror image, the grow step: a student that measures under 95% of the budget
 a cost model that over-predicts, left budget unused: mobilenet_v2 ended at 0.22x for a 0.6x budget)
 gets channels back where they buy the most of the search's accuracy per unit of latency added
 (:meth:`~hwcompress.search.cost.CostModel.grown_policy`), and is measured again; a grown student that
-measures over the acceptance line is not kept.
+measures over the acceptance line is not kept, and the next try grows half as far (a small student's
+time is overhead-bound, so the cost model's bias measured on it overstates the room above it).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -52,7 +54,7 @@ def _reanchor(prepared: Prepared, keep: dict[str, int], measured_ms: float, labe
     if not isinstance(curve, AnchoredLatency):
         return None
     raw = curve.raw
-    predicted_raw = float(raw(cost_model.layers_for(keep)))
+    predicted_raw = float(raw(cost_model.layers_for(keep, priced=True)))
     kept, dropped = monotone_anchors([*curve.anchors, Anchor(label, predicted_raw, measured_ms)])
     if dropped and dropped[-1].name == label:
         return None
@@ -127,10 +129,11 @@ def _grow(prepared: Prepared, keep: dict[str, int], measured: float, log: Callab
     """The grow step (module docstring): records with ``"grown": True``, the last ``keep`` kept."""
     budget = prepared.budget
     grown: list[dict[str, Any]] = []
+    ceiling = math.inf  # after an overshoot, the next try grows at most half as far (in predicted cost)
     for attempt in range(attempts):
         if measured >= GROW_BELOW * budget.limit:
             break
-        target = budget.target * prepared.cost_model.cost(keep) / measured
+        target = min(budget.target * prepared.cost_model.cost(keep) / measured, ceiling)
         larger = prepared.cost_model.grown_policy(keep, target, score=score)
         if larger == keep:
             break
@@ -139,8 +142,13 @@ def _grow(prepared: Prepared, keep: dict[str, int], measured: float, log: Callab
                   "retarget_ms": round(target, 4), "predicted_after_ms": round(prepared.cost_model.cost(larger), 4),
                   "measured_after_ms": trial}
         if trial > budget.acceptance:
-            log(f"grown student measured {trial:.3f} ms, over {budget.acceptance:.3f} ms: the smaller one is kept")
-            break
+            # The cost model's bias is not the same at every size (small students are overhead-bound):
+            # try half the step before giving up.
+            ceiling = (prepared.cost_model.cost(keep) + prepared.cost_model.cost(larger)) / 2
+            log(f"grown student measured {trial:.3f} ms, over {budget.acceptance:.3f} ms: trying half the step"
+                if attempt + 1 < attempts else
+                f"grown student measured {trial:.3f} ms, over {budget.acceptance:.3f} ms: the smaller one is kept")
+            continue
         log(f"student measured {measured:.3f} ms, under {GROW_BELOW:.0%} of the {budget.limit:.3f} ms budget: grown to "
             f"{trial:.3f} ms measured (grow step {attempt + 1})")
         grown.append({**record, "keep": dict(larger)})

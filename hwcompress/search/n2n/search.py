@@ -354,10 +354,11 @@ class N2NSearch:
         keep = {g.name: max(g.min_channels, self.base_cost_model.round(g, r))
                 for g, r in zip(self.base_groups, ratios)}
         rows = self.base_cost_model.layers_for(keep)
+        priced = self.base_cost_model.layers_for(keep, priced=self.metric == "latency_ms")  # counts below a block as one
         base = self.base
         record = self._score(
             ("shrink", tuple(base["removed_units"]), tuple(keep[g.name] for g in self.base_groups)),
-            _price(rows, self.metric, self.latency_of), sum(r.params for r in rows),
+            _price(priced, self.metric, self.latency_of), sum(r.params for r in rows),
             lambda: prune_channels(base["model"], self.ctx.example, keep),
             (base["model"], base["accuracy"], base["params"]), epoch,
             {"keep": keep, "ratios": list(ratios), "removed_units": list(base["removed_units"])})
