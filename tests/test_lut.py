@@ -527,3 +527,16 @@ def test_lut_show_warns_about_a_calibration_that_failed_its_checks(recorded, tmp
     assert code == 0, err
     text = " ".join((out + err).split())
     assert "measured slower" in text and "--passes 2" in text
+
+
+def test_a_rows_time_scale_charges_its_share(recorded):
+    """The cost model's rows below a runtime block carry ``time_scale``; the prediction charges that share
+    of the looked-up time (and the report's own rows, at 1.0, are unchanged)."""
+    import dataclasses
+
+    table = LatencyTable.load(recorded)
+    rows = analyze(tiny(), (1, 3, 8, 8)).layers
+    whole = table.predict_detail(rows, calibration="none")
+    halved = table.predict_detail([dataclasses.replace(r, time_scale=0.5) for r in rows], calibration="none")
+    assert halved.layer_sum_ms == pytest.approx(whole.layer_sum_ms / 2) and whole.layer_sum_ms > 0
+    assert "time_scale" not in rows[0].to_dict()

@@ -171,27 +171,33 @@ def test_a_quantum_keeps_policies_in_whole_blocks():
     assert CostModel(layers, groups, metric="macs", multiple=8, quantum=12).quantum == 1  # not a multiple of 8
 
 
-def test_counts_below_one_block_are_priced_as_one_block():
-    """The latency of a convolution kept below the runtime's block is looked up at one block (the runtime
-    pads it; its unit timed alone misprices it), while the rows the report shows keep the real counts."""
+def test_counts_below_one_block_are_charged_their_share_of_a_block():
+    """A convolution kept below the runtime's block is looked up at one block and charged the kept share
+    of its channels (its own unit, timed alone, misprices it); the rows the report shows keep the real
+    counts, and MACs are counted as kept."""
     model, x, layers, groups, _ = _model_and_cost()
     seen: list[list] = []
 
     def latency(rows):
         seen.append(list(rows))
-        return float(sum(r.macs for r in rows if r.op == "Conv2d"))
+        return float(sum(r.macs * r.time_scale for r in rows if r.op == "Conv2d"))
 
     cost = CostModel(layers, groups, latency_of=latency, multiple=8, quantum=16)
     eight = {g.name: min(8, g.channels) for g in groups}
     sixteen = {g.name: min(16, g.channels) for g in groups}
-    assert cost.cost(eight) == cost.cost(sixteen) < cost.cost(cost.full_policy())
+    assert cost.cost(eight) < cost.cost(sixteen) < cost.cost(cost.full_policy())
     convs = [r for r in seen[0] if r.op == "Conv2d" and (r.groups or 1) == 1 and r.cin > 3]
-    assert convs and all(r.cin >= 16 and r.cout >= 16 for r in convs)
+    assert convs and all(r.cin >= 16 and r.cout >= 16 for r in convs)  # looked up at one block
+    real_rows = {r.name: r for r in cost.layers_for(eight)}
+    for row in convs:  # each charged the kept share of what it is looked up at
+        kept = real_rows[row.name]
+        assert row.time_scale == pytest.approx(kept.cin * kept.cout / (row.cin * row.cout))
+    assert any(row.time_scale == 0.25 for row in convs)  # 8 x 8 of 16 x 16
+    norms = [r for r in seen[0] if r.op.startswith("BatchNorm")]
+    assert norms and all(r.cin >= 16 for r in norms)  # still fused into their (looked-up) convolutions
     real = [r for r in cost.layers_for(eight) if r.op == "Conv2d" and r.cin > 3]
-    assert any(r.cin == 8 or r.cout == 8 for r in real)  # what result.json reports is the pruned model
-    plain = CostModel(layers, groups, latency_of=latency, multiple=8)  # no block: priced as kept
-    assert plain.cost(eight) < plain.cost(sixteen)
-    macs = CostModel(layers, groups, metric="macs", multiple=8, quantum=16)  # MACs are counted as kept
+    assert any(r.cin == 8 or r.cout == 8 for r in real) and all(r.time_scale == 1.0 for r in real)
+    macs = CostModel(layers, groups, metric="macs", multiple=8, quantum=16)
     assert macs.cost(eight) < macs.cost(sixteen)
 
 

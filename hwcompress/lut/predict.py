@@ -315,7 +315,7 @@ class TablePredictor:
                 raw[spec.name], status[spec.name] = 0.0, MISSING
             else:
                 ms, std, state, extra = self.lookup(config)
-                raw[spec.name], status[spec.name] = ms, state
+                raw[spec.name], status[spec.name] = ms * getattr(spec, "time_scale", 1.0), state
                 precision_of[spec.name] = self.table.normalised(config).precision
                 variance += std**2
                 if extra:
@@ -362,7 +362,7 @@ class TablePredictor:
                 continue
             config = LayerConfig.from_spec(spec)
             if config is not None:
-                total += self.lookup(config.with_precision(precision))[0]
+                total += self.lookup(config.with_precision(precision))[0] * getattr(spec, "time_scale", 1.0)
         return total
 
     def _mixed_detail(self, specs: Sequence[LayerSpec], raw: dict[str, float], status: dict[str, str],

@@ -36,9 +36,17 @@ class LayerSpec:
     groups: int | None = None
     macs: int = 0
     params: int = 0
+    #: The share of its looked-up time a latency prediction charges this row (1: all of it). The search's
+    #: cost model sets it for a convolution pruned below the runtime's channel block: such a row is
+    #: looked up at one block and charged the kept share of the block's channels
+    #: (:meth:`hwcompress.search.cost.CostModel.layers_for`).
+    time_scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data.get("time_scale") == 1.0:
+            del data["time_scale"]
+        return data
 
 
 @dataclass
