@@ -25,7 +25,6 @@ the joint cost unchanged. The base view prices at ``{}`` (every layer at the pla
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
@@ -193,14 +192,13 @@ class CostModel:
                 cin, cout = block_in, block_out
             elif at_block and spec.op.startswith("BatchNorm") and cin:  # follows its convolution (fused there)
                 cin = cout = max(cin, min(self.quantum, spec.cin))
-            if cin == spec.cin and cout == spec.cout:
-                rows.append(spec if scale == 1.0 else dataclasses.replace(spec, time_scale=scale))
-                continue
-            groups = spec.groups
-            if groups and groups > 1 and groups == spec.cin == spec.cout:  # depthwise follows its channels
-                groups = cout
-            row = _shrunk(spec, cin, cout, groups)
-            rows.append(dataclasses.replace(row, time_scale=scale) if scale != 1.0 else row)
+            row = spec
+            if cin != spec.cin or cout != spec.cout:
+                groups = spec.groups
+                if groups and groups > 1 and groups == spec.cin == spec.cout:  # depthwise follows its channels
+                    groups = cout
+                row = _shrunk(spec, cin, cout, groups)
+            rows.append(row if scale == 1.0 else replace(row, time_scale=scale))
         return rows
 
     def cost(self, keep: Mapping[str, int]) -> float:

@@ -285,7 +285,9 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
             log(f"budget: {budget}")
         if checkpoint is not None:
             checkpoint({**(saved or {}), "teacher_reference": teacher_measured})
-    meta = {**meta, "val_accuracy": meta.get("val_accuracy", evaluate(module, splits.val))}
+    meta = dict(meta)
+    if "val_accuracy" not in meta:  # (a default argument would score the split even when meta has it)
+        meta["val_accuracy"] = evaluate(module, splits.val)
     if "test_accuracy" not in meta:
         meta["test_accuracy"] = evaluate(module, splits.test)
 
