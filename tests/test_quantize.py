@@ -382,6 +382,12 @@ def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize):
     runs_int8 = int8_layers_of(out / "student.onnx")[0]
     assert sorted(n for n, row in layers.items() if row["precision"] == "int8") == runs_int8
     assert all("precision" in row for row in doc["policy"]) and doc["quantization"]["mode"] == quantize
+    assert json.loads((out / "policy.json").read_text())["quantize"] == quantize
+    from hwcompress.search.run import apply_policy
+
+    with pytest.raises(UserError, match=f"re-apply it with --quantize {quantize}"):
+        apply_policy(_config(tmp_path, int8_lut, None, out=str(tmp_path / "float")), out / "policy.json", progress=False)
+    assert not (tmp_path / "float").exists()
     if quantize == "int8":
         assert all(row["precision"] == "int8" for row in doc["layers"])
     else:
@@ -400,3 +406,77 @@ def test_compress_api_takes_quantize(tmp_path, int8_lut):
     assert result.report["quantization"]["mode"] == "mixed" and (tmp_path / "api" / "student.onnx").exists()
     assert {a["name"].rsplit(" ", 1)[-1] for a in result.report["cost_model_anchors"]} >= {"int8", "fp32"}
 
+
+
+# -- the cheapest student, the whole int8 teacher, re-anchoring a mixed repair -------------------------
+
+def _prepared(cost, plan, budget_ms, anchors=(), agent="amc", mode="int8", teacher_ms=10.0):
+    from types import SimpleNamespace
+
+    plan.mode = mode
+    return SimpleNamespace(cost_model=cost, config=SearchConfig(budget=Budget.latency_ms(budget_ms), agent=agent, lbound=0.2),
+                           quantized=SimpleNamespace(plan=plan), budget=Budget.latency_ms(budget_ms), anchors=list(anchors),
+                           notes=[], teacher_measured={"median": teacher_ms}, measure=None, descriptor=CPU)
+
+
+def test_the_budget_check_prices_the_cheapest_student_not_the_smallest(int8_lut):
+    """int8 students need not get cheaper with fewer channels: a cost that falls with width makes the
+    whole int8 teacher the cheapest, and the check must find it (it once refused a budget the int8
+    teacher met)."""
+    from hwcompress.search.prepare import BudgetAlreadyMet, cheapest_student, check_budget
+
+    plan, cost, _, _ = _plan_and_cost(int8_lut)
+    cost.set_latency(lambda rows: 0.5 + 1e6 / sum(r.macs for r in rows))  # smaller students cost more
+    smallest, whole_int8 = cost.cost(cost.min_policy()), cost.cost(cost.full_policy())
+    assert whole_int8 < smallest
+    prepared = _prepared(cost, plan, budget_ms=(whole_int8 + smallest) / 2)
+    cheapest, what = cheapest_student(prepared)
+    assert cheapest == pytest.approx(whole_int8) and what == "the whole teacher in int8"
+    with pytest.raises(BudgetAlreadyMet):  # the float teacher measured under it
+        check_budget(_prepared(cost, plan, budget_ms=1.0, teacher_ms=0.9))
+    assert check_budget(prepared)["smallest"] == pytest.approx(cheapest)
+    with pytest.raises(UserError, match=r"cheapest allowed student \(.* in int8\) reaches"):
+        check_budget(_prepared(cost, plan, budget_ms=cheapest * 0.9))
+    measured = _prepared(cost, plan, budget_ms=cheapest * 0.9,
+                         anchors=[{"name": "teacher int8", "predicted_ms": whole_int8, "measured_ms": cheapest * 0.8}])
+    assert cheapest_student(measured) == (pytest.approx(cheapest * 0.8), "the whole teacher in int8, measured")
+    check_budget(measured)  # feasible on the measurement
+
+
+def test_the_whole_int8_teacher_is_kept_when_it_fits_and_scores_higher(int8_lut):
+    from hwcompress.search.agent import Candidate
+    from hwcompress.search.quantized import prefer_whole_int8
+
+    plan, cost, _, _ = _plan_and_cost(int8_lut)
+    whole = cost.cost(cost.full_policy())
+    searched = Candidate(cost.min_policy(), accuracy=0.80, cost=cost.cost(cost.min_policy()))
+    scored = []
+
+    def score(keep, precision=None):
+        scored.append((dict(keep), precision))
+        return 0.95 if keep == cost.full_policy() else 0.5
+
+    fits = _prepared(cost, plan, budget_ms=whole * 1.1, anchors=[{"name": "teacher int8", "measured_ms": whole}])
+    kept = prefer_whole_int8(fits, searched, score, lambda _m: None)
+    assert kept.keep == cost.full_policy() and kept.accuracy == 0.95 and kept.extra == {"whole_int8": True}
+    assert scored == [(cost.full_policy(), {})] and "kept unpruned" in fits.notes[0]
+    over = _prepared(cost, plan, budget_ms=whole * 1.005, anchors=[{"name": "teacher int8", "measured_ms": whole}])
+    assert prefer_whole_int8(over, searched, score, lambda _m: None) is searched  # over the acceptance line
+    better = Candidate(cost.min_policy(), accuracy=0.99)
+    assert prefer_whole_int8(fits, better, score, lambda _m: None) is better
+
+
+def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):
+    from hwcompress.search.repair import _reanchor
+
+    plan, cost, _, _ = _plan_and_cost(int8_lut)
+    cost.set_latency(lambda rows, raw=cost.latency_of: raw(rows))  # not an AnchoredLatency, as in mixed mode
+    prepared = _prepared(cost, plan, budget_ms=1.0, anchors=[{"name": "teacher int8"}], mode="mixed")
+    small, large = cost.min_policy(), cost.full_policy()
+    before_small, before_large = cost.cost(small), cost.cost(large)
+    assert _reanchor(prepared, small, before_small * 1.5, "repair 1").startswith("cost model re-anchored")
+    assert cost.cost(small) == pytest.approx(before_small * 1.5) and cost.cost(large) == pytest.approx(before_large * 1.5)
+    assert prepared.anchors[0] == {"name": "teacher int8"} and prepared.anchors[1]["name"] == "repair 1"
+    assert _reanchor(prepared, large, before_large * 1.2, "repair 2") is not None  # a second point bends the line
+    assert cost.cost(small) == pytest.approx(before_small * 1.5) and cost.cost(large) == pytest.approx(before_large * 1.2)
+    assert _reanchor(prepared, small, before_large * 2, "repair 3") is None  # out of order: left as it was

@@ -158,7 +158,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         counted = student_analysis.macs if budget.metric == "macs" else student_analysis.params
     verdict = _verdict(prepared, measured, predicted_latency, counted)
 
-    policy = policy_document(candidate.keep, candidate.removed_units, precision)
+    policy = policy_document(candidate.keep, candidate.removed_units, precision, prepared.config.quantize)
     artifacts: dict[str, Any] = {}
     if out is not None:
         if deployed is None:

@@ -48,19 +48,30 @@ MAX_SECONDS = 900.0
 
 def _reanchor(prepared: Prepared, keep: dict[str, int], measured_ms: float, label: str) -> str | None:
     """Add the measured student as an anchor of the cost model; a note, or None when it would break the
-    curve's order (then the curve is left as it was)."""
+    curve's order (then the curve is left as it was).
+
+    A cost model whose latency is not one anchored line (``--quantize mixed``: each precision's part on
+    its own line, :class:`~hwcompress.search.quantized.PrecisionAnchoredLatency`) is wrapped in a new
+    anchored curve over that prediction: one repaired student scales it, a second one bends it."""
     cost_model = prepared.cost_model
     curve = cost_model.latency_of
-    if not isinstance(curve, AnchoredLatency):
-        return None
-    raw = curve.raw
+    if isinstance(curve, AnchoredLatency):
+        raw, anchors = curve.raw, list(curve.anchors)
+    else:
+        raw, anchors = curve, []
     predicted_raw = float(raw(cost_model.layers_for(keep, priced=True)))
-    kept, dropped = monotone_anchors([*curve.anchors, Anchor(label, predicted_raw, measured_ms)])
+    if predicted_raw <= 0:
+        return None
+    kept, dropped = monotone_anchors([*anchors, Anchor(label, predicted_raw, measured_ms)])
     if dropped and dropped[-1].name == label:
         return None
     cost_model.set_latency(AnchoredLatency(raw, kept))
-    prepared.anchors = [a.to_dict() for a in sorted(kept, key=lambda a: a.predicted_ms)]
-    return f"cost model re-anchored on the repaired student: {measured_ms:.3f} ms measured (LUT {predicted_raw:.3f})"
+    if anchors:
+        prepared.anchors = [a.to_dict() for a in sorted(kept, key=lambda a: a.predicted_ms)]
+    else:  # the precision anchors stay as they were; the new curve maps their prediction
+        prepared.anchors = [*prepared.anchors, {**kept[0].to_dict(), "maps": "the per-precision anchored prediction"}]
+    return (f"cost model re-anchored on the repaired student: {measured_ms:.3f} ms measured "
+            f"({'LUT' if anchors else 'predicted'} {predicted_raw:.3f})")
 
 
 def fit_to_measured_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str], None],

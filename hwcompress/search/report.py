@@ -18,10 +18,13 @@ RESULT_SCHEMA = "hwcompress.search/1"
 POLICY_FORMAT = "hwcompress.policy/1"
 
 
-def policy_document(keep: dict[str, int], removed_units: list[str], precision: dict[str, str] | None = None) -> dict[str, Any]:
-    """What ``policy.json`` holds and ``--policy`` reads back (``precision``: a mixed-precision student's
-    group precisions, re-applied with ``--quantize``)."""
-    document = {"format": POLICY_FORMAT, "keep": dict(keep), "removed_units": list(removed_units)}
+def policy_document(keep: dict[str, int], removed_units: list[str], precision: dict[str, str] | None = None,
+                    quantize: str | None = None) -> dict[str, Any]:
+    """What ``policy.json`` holds and ``--policy`` reads back (``quantize``: the run's --quantize mode;
+    ``precision``: a mixed-precision student's group precisions, re-applied with ``--quantize mixed``)."""
+    document: dict[str, Any] = {"format": POLICY_FORMAT, "keep": dict(keep), "removed_units": list(removed_units)}
+    if quantize:
+        document["quantize"] = quantize
     if precision:
         document["precision"] = dict(precision)
     return document
@@ -46,8 +49,11 @@ def load_policy(path: str | Path) -> dict[str, Any]:
     precision = data.get("precision") or {}
     if not isinstance(precision, dict) or any(p not in ("fp32", "int8") for p in precision.values()):
         raise UserError(f"policy file {path}: 'precision' must map group names to fp32 or int8")
+    quantize = data.get("quantize")
+    if quantize not in (None, "int8", "mixed"):
+        raise UserError(f"policy file {path}: 'quantize' must be int8 or mixed")
     return {"keep": keep, "removed_units": [str(u) for u in data.get("removed_units", [])],
-            "precision": {str(k): str(v) for k, v in precision.items()}}
+            "precision": {str(k): str(v) for k, v in precision.items()}, "quantize": quantize}
 
 
 def write_plots(document: dict[str, Any], history: list[dict[str, Any]], out: Path) -> list[str]:

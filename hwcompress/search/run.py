@@ -26,7 +26,7 @@ from hwcompress.search.checkpoint import CHECKPOINT, OutputLock, check_fresh, lo
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.finish import finish
 from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
-from hwcompress.search.quantized import candidate_precision
+from hwcompress.search.quantized import candidate_precision, prefer_whole_int8
 from hwcompress.search.repair import fit_to_measured_budget
 from hwcompress.search.report import load_policy, print_summary
 from hwcompress.search.scoring import policy_scorer, torch_threads
@@ -189,6 +189,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         if best is None:
             raise UserError("interrupted before the first student was scored; nothing to write" if interrupted
                             else f"agent {config.agent!r} reported no student; nothing to write")
+        best = prefer_whole_int8(prepared, best, score, log)
         prepared.use_precision(candidate_precision(best))  # a mixed-precision student is priced and measured as chosen
         repairs = fit_to_measured_budget(prepared, best, log, score)
         if repairs:
@@ -272,6 +273,10 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
         if policy.get("precision") and config.quantize != "mixed":
             raise UserError(f"policy {policy_path} chooses a precision per group (a --quantize mixed run's); "
                             "re-apply it with --quantize mixed, or drop its 'precision' map for a float student")
+        if policy.get("quantize") and not config.quantize:
+            raise UserError(f"policy {policy_path} was searched for an {policy['quantize']} student (--quantize "
+                            f"{policy['quantize']}); re-apply it with --quantize {policy['quantize']}, or drop its "
+                            "'quantize' field for a float student")
         lock = OutputLock(out) if out is not None else None
         if lock is not None:
             lock.acquire()
