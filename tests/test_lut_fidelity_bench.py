@@ -1,0 +1,112 @@
+"""bench/lut_fidelity.py's torch-pruning variants of a held-out architecture (mobilenet_v3_small at 64 px).
+
+Only the variant builder runs here (no LUT recording, no timing): what it hands the bench must be pruned
+the way its kind says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SHAPE = (1, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("lut_fidelity_bench", REPO / "bench" / "lut_fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def conv_channels(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    return {name: (m.in_channels, m.out_channels) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+
+def macs(model: torch.nn.Module) -> int:
+    from hwcompress.model.analysis import analyze
+
+    return analyze(model, SHAPE).macs
+
+
+@pytest.fixture(scope="module")
+def original():
+    import torchvision
+
+    model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
+    return conv_channels(model), macs(model)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tp8_variant_keeps_multiples_of_8(bench, original, seed):
+    channels, original_macs = original
+    torch.manual_seed(seed)
+    model, drawn = bench.build_variant("mobilenet_v3_small", "tp8", SHAPE, random.Random(seed), 8)
+    assert drawn["round_to"] == 8
+    assert bench.TP_RATIO_RANGE[0] <= drawn["pruning_ratio"] <= bench.TP_RATIO_RANGE[1]
+    pruned = conv_channels(model)
+    assert pruned.keys() == channels.keys()  # channels removed, no layer removed
+    changed = {name for name in pruned if pruned[name][1] != channels[name][1]}
+    assert changed, "round_to=8 pruned no convolution's output channels"
+    for name in changed:
+        assert pruned[name][1] % 8 == 0, f"{name}: {channels[name][1]} -> {pruned[name][1]} output channels"
+        assert pruned[name][1] < channels[name][1]
+    with torch.no_grad():
+        out = model(torch.randn(*SHAPE))
+    assert out.shape == (1, 1000)  # the classifier was ignored
+    assert macs(model) < original_macs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tpnone_variant_has_misaligned_counts(bench, original, seed):
+    channels, original_macs = original
+    torch.manual_seed(seed)
+    model, drawn = bench.build_variant("mobilenet_v3_small", "tpnone", SHAPE, random.Random(seed), 8)
+    assert drawn["round_to"] is None
+    pruned = conv_channels(model)
+    changed = {name for name in pruned if pruned[name][1] != channels[name][1]}
+    assert any(pruned[name][1] % 8 for name in changed), "round_to=None left every pruned count a multiple of 8"
+    with torch.no_grad():
+        out = model(torch.randn(*SHAPE))
+    assert out.shape == (1, 1000)
+    assert macs(model) < original_macs
+
+
+def test_lut_flags_misaligned_variant_off_the_blocked_path(bench):
+    """The bench's "cannot vouch" count reads the predictor's own verdict: a variant with misaligned
+    input channels has layers off the blocked path, an aligned one none (ONNX Runtime's NCHWc rule)."""
+    from hwcompress.lut.keys import LayerConfig
+    from hwcompress.lut.predict import between_blocks
+    from hwcompress.model.analysis import analyze
+
+    block, alignment = 16, 8
+    counts = {}
+    for kind in ("tp8", "tpnone"):
+        torch.manual_seed(0)
+        model, _ = bench.build_variant("mobilenet_v3_small", kind, SHAPE, random.Random(3), 8)
+        configs = [LayerConfig.from_spec(spec) for spec in analyze(model, SHAPE).layers]
+        counts[kind] = sum(between_blocks(c, block, alignment) for c in configs if c is not None)
+    assert counts["tp8"] == 0
+    assert counts["tpnone"] > 0
+    row = {"between_blocks": counts["tpnone"], "extrapolated": 0, "missing": 0}
+    assert bench.unvouched(row)
+    assert not bench.unvouched({**row, "between_blocks": 0})
+
+
+def test_project_variant_and_unknown_kind(bench, original):
+    channels, original_macs = original
+    torch.manual_seed(0)
+    model, drawn = bench.build_variant("mobilenet_v3_small", "project", SHAPE, random.Random(0), 8)
+    assert 0.3 <= drawn["mean_ratio"] <= 1.0
+    assert macs(model) < original_macs
+    with pytest.raises(ValueError, match="unknown variant kind"):
+        bench.build_variant("mobilenet_v3_small", "tp4", SHAPE, random.Random(0), 8)
