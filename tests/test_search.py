@@ -355,3 +355,83 @@ def test_scored_trimming_spares_the_groups_the_score_needs():
     before = len(calls)
     assert cost.trimmed_policy(greedy, target, score=score) == greedy  # already fits: nothing scored again
     assert len(calls) == before
+
+
+@pytest.mark.parametrize("direction", ["trim", "grow"])
+def test_incremental_step_scoring_picks_the_same_steps_with_far_fewer_scores(direction):
+    """With a score that adds up over groups (each group's loss independent of the others), a step's
+    measured loss stays exact while its group keeps its count, so scoring incrementally must choose
+    exactly the steps that scoring every candidate chooses, with fewer distinct students scored."""
+    _, _, _, groups, cost = _model_and_cost("macs")
+    weight = {g.name: 1.0 + (index * 7919 % 13) / 13 for index, g in enumerate(groups)}  # unequal, fixed
+
+    def counted():
+        seen = set()
+
+        def score(policy):
+            seen.add(tuple(sorted(policy.items())))
+            return sum(weight[name] * (kept / cost.by_name[name].channels) ** 0.5 for name, kept in policy.items())
+
+        return score, seen
+
+    full, smallest = cost.full_policy(), cost.min_policy()
+    if direction == "trim":
+        start, target = full, cost.cost(full) * 0.6
+        run = cost.trimmed_policy
+    else:
+        start, target = smallest, cost.cost(smallest) + 0.4 * (cost.cost(full) - cost.cost(smallest))
+        run = cost.grown_policy
+    every, every_seen = counted()
+    lazy, lazy_seen = counted()
+    chosen_every = run(start, target, score=every, incremental=False)
+    chosen_lazy = run(start, target, score=lazy, incremental=True)
+    assert chosen_lazy == chosen_every and chosen_every != start
+    assert (cost.cost(chosen_lazy) <= target) if direction == "trim" else (cost.cost(chosen_lazy) <= target)
+    assert len(lazy_seen) < 0.6 * len(every_seen), (len(lazy_seen), len(every_seen))
+
+
+@pytest.fixture
+def tiny_lut_cost():
+    """A cost model factory over a synthetic LUT of the ResNet-20's convolutions (each build: a new
+    table, so a new predictor and new memos)."""
+    import dataclasses
+    import math
+
+    from hwcompress.lut.keys import LayerConfig, LutEntry
+    from hwcompress.lut.table import LatencyTable
+
+    _, _, layers, groups, _ = _model_and_cost()
+    entries = {}
+    for spec in layers:
+        config = LayerConfig.from_spec(spec)
+        if config is None or spec.op != "Conv2d":
+            continue
+        for cin in {c for c in (3, 8, 16, 32, 64) if c <= config.cin} | {config.cin}:
+            for cout in {c for c in (8, 16, 32, 64) if c <= config.cout} | {config.cout}:
+                entry = dataclasses.replace(config, cin=cin, cout=cout)
+                ms = 0.01 + 1e-6 * cin * cout * math.prod(config.in_hw) / math.prod(config.stride)
+                entries[entry.key()] = LutEntry(entry, ms, ms, 0.0, 5)
+    provenance = {"device": "cpu", "profiler": "onnxruntime", "runtime": "onnxruntime", "runtime_version": "1",
+                  "precision": "fp32", "batch": 1, "threads": 1, "date": "2026-01-01", "recorder": "test",
+                  "timing": "kernels", "channel_quantum": 1}
+
+    def make():
+        table = LatencyTable(dict(provenance), list(entries.values()))
+        return CostModel(layers, groups, latency_of=lambda rows: table.predict(list(rows)).total_ms, multiple=8)
+
+    return make
+
+
+def test_cached_rows_and_lookups_predict_what_a_fresh_cost_model_does(tiny_lut_cost):
+    """The cost model hands the LUT the same row objects over and over and both memoise by them: a
+    prediction through the caches equals one from a fresh cost model and predictor, and a row handed
+    over again is the same object."""
+    make = tiny_lut_cost
+    cost = make()
+    rng = np.random.default_rng(0)
+    policies = [{g.name: int(rng.choice(cost.allowed_counts(g))) for g in cost.groups} for _ in range(12)]
+    warm = [cost.cost(p) for p in policies * 2]
+    fresh = [make().cost(p) for p in policies]
+    assert warm[:12] == warm[12:] and warm[:12] == pytest.approx(fresh, rel=1e-12)
+    rows_a, rows_b = cost.layers_for(policies[0], priced=True), cost.layers_for(policies[0], priced=True)
+    assert all(a is b for a, b in zip(rows_a, rows_b))

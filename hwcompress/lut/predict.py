@@ -123,6 +123,35 @@ class TablePredictor:
         self.table = table
         self._index: dict[str, dict[tuple[int, int], tuple[float, float]]] | None = None
         self._cache: dict[str, tuple[float, float, str, bool]] = {}
+        self._configs: dict[tuple[int, str | None], tuple[LayerSpec, LayerConfig | None, str | None]] = {}
+        self._looked: dict[int, tuple[LayerSpec, tuple[float, float, str, bool]]] = {}
+
+    def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
+        """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
+        object: the search's cost model hands the same row objects over and over, and building keys
+        was most of a prediction's time (a row must not change once predicted)."""
+        key = (id(spec), precision)
+        hit = self._configs.get(key)
+        if hit is not None and hit[0] is spec:
+            return hit[1], hit[2]
+        config = LayerConfig.from_spec(spec)
+        if config is not None and precision != "":
+            config = config.with_precision(precision)
+        if len(self._configs) > 200_000:
+            self._configs.clear()
+        self._configs[key] = (spec, config, config.family() if config is not None else None)
+        return config, self._configs[key][2]
+
+    def _lookup_of(self, spec: LayerSpec, config: LayerConfig) -> tuple[float, float, str, bool]:
+        """:meth:`lookup` of ``spec``'s own configuration, memoised by row object as :meth:`_config_of` is."""
+        hit = self._looked.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        if len(self._looked) > 200_000:
+            self._looked.clear()
+        result = self.lookup(config)
+        self._looked[id(spec)] = (spec, result)
+        return result
 
 
     def _entry_ms(self, entry: LutEntry) -> float:
@@ -251,7 +280,7 @@ class TablePredictor:
 
     def predict_layer(self, spec: LayerSpec) -> tuple[float, str]:
         """Uncalibrated latency (ms) of one layer and how it was found: exact | interpolated | missing."""
-        config = LayerConfig.from_spec(spec)
+        config, _ = self._config_of(spec)
         if config is None:
             return 0.0, MISSING
         ms, _, status, _ = self.lookup(config)
@@ -267,8 +296,7 @@ class TablePredictor:
             return None
         base = self.table.precision
         precision = None if precision == base else precision
-        configs = (LayerConfig.from_spec(s) for s in layers)
-        families = {c.with_precision(precision).family() for c in configs if c is not None}
+        families = {family for family in (self._config_of(s, precision)[1] for s in layers) if family is not None}
         best, best_score = None, 0.0
         for model in self.table.models:
             if (None if model.get("precision", base) == base else model.get("precision")) != precision:
@@ -310,11 +338,11 @@ class TablePredictor:
                 status[spec.name] = FUSED
                 previous = spec
                 continue
-            config = LayerConfig.from_spec(spec)
+            config, _ = self._config_of(spec)
             if config is None:
                 raw[spec.name], status[spec.name] = 0.0, MISSING
             else:
-                ms, std, state, extra = self.lookup(config)
+                ms, std, state, extra = self._lookup_of(spec, config)
                 raw[spec.name], status[spec.name] = ms * getattr(spec, "time_scale", 1.0), state
                 precision_of[spec.name] = self.table.normalised(config).precision
                 variance += std**2
@@ -360,9 +388,9 @@ class TablePredictor:
         for spec in specs:
             if status.get(spec.name) in (None, FUSED):
                 continue
-            config = LayerConfig.from_spec(spec)
+            config, _ = self._config_of(spec, precision)
             if config is not None:
-                total += self.lookup(config.with_precision(precision))[0] * getattr(spec, "time_scale", 1.0)
+                total += self.lookup(config)[0] * getattr(spec, "time_scale", 1.0)
         return total
 
     def _mixed_detail(self, specs: Sequence[LayerSpec], raw: dict[str, float], status: dict[str, str],

@@ -93,6 +93,7 @@ class CostModel:
         self.lbound = lbound
         self._plans = self._plan_layers(layers)
         self._cache: dict[tuple, float] = {}
+        self._rows: dict[tuple, LayerSpec] = {}
         self.precision_of = precision_of
         #: The group precisions this view prices at (see :meth:`at_precision`).
         self.precision: dict[str, str] = {}
@@ -173,33 +174,39 @@ class CostModel:
         the teacher and the smallest student predicts the 8- and 16-channel networks at 0.336x and
         0.601x (measured 0.361x and 0.547x), within 10%, where raw units said 0.475x and 0.271x.
         """
-        rows = self._shrunk_rows(keep, priced and self.quantum > 1)
-        if self.precision_of is None:
-            return rows
-        layer_precision = self.precision_of(self.precision)
-        return [at_precision(row, layer_precision.get(row.name)) for row in rows]
-
-    def _shrunk_rows(self, keep: Mapping[str, int], at_block: bool = False) -> list[LayerSpec]:
+        at_block = priced and self.quantum > 1
+        layer_precision = self.precision_of(self.precision) if self.precision_of is not None else None
         rows = []
-        for plan in self._plans:
+        for index, plan in enumerate(self._plans):
             spec = plan.spec
             cin = keep.get(plan.in_group, spec.cin) if plan.in_group else spec.cin
             cout = keep.get(plan.out_group, spec.cout) if plan.out_group else spec.cout
-            scale = 1.0
-            if at_block and spec.op in BLOCKED_OPS and (spec.groups or 1) == 1 and cin and cout:
-                block_in, block_out = max(cin, min(self.quantum, spec.cin)), max(cout, min(self.quantum, spec.cout))
-                scale = (cin * cout) / (block_in * block_out)
-                cin, cout = block_in, block_out
-            elif at_block and spec.op.startswith("BatchNorm") and cin:  # follows its convolution (fused there)
-                cin = cout = max(cin, min(self.quantum, spec.cin))
-            row = spec
-            if cin != spec.cin or cout != spec.cout:
-                groups = spec.groups
-                if groups and groups > 1 and groups == spec.cin == spec.cout:  # depthwise follows its channels
-                    groups = cout
-                row = _shrunk(spec, cin, cout, groups)
-            rows.append(row if scale == 1.0 else replace(row, time_scale=scale))
+            precision = layer_precision.get(spec.name) if layer_precision is not None else None
+            key = (index, cin, cout, at_block, precision)
+            row = self._rows.get(key)
+            if row is None:  # rows are shared between calls (the LUT memoises by row): never mutate one
+                row = self._shrunk_row(spec, cin, cout, at_block)
+                if layer_precision is not None:
+                    row = at_precision(row, precision)
+                self._rows[key] = row
+            rows.append(row)
         return rows
+
+    def _shrunk_row(self, spec: LayerSpec, cin: int | None, cout: int | None, at_block: bool) -> LayerSpec:
+        scale = 1.0
+        if at_block and spec.op in BLOCKED_OPS and (spec.groups or 1) == 1 and cin and cout:
+            block_in, block_out = max(cin, min(self.quantum, spec.cin)), max(cout, min(self.quantum, spec.cout))
+            scale = (cin * cout) / (block_in * block_out)
+            cin, cout = block_in, block_out
+        elif at_block and spec.op.startswith("BatchNorm") and cin:  # follows its convolution (fused there)
+            cin = cout = max(cin, min(self.quantum, spec.cin))
+        row = spec
+        if cin != spec.cin or cout != spec.cout:
+            groups = spec.groups
+            if groups and groups > 1 and groups == spec.cin == spec.cout:  # depthwise follows its channels
+                groups = cout
+            row = _shrunk(spec, cin, cout, groups)
+        return row if scale == 1.0 else replace(row, time_scale=scale)
 
     def cost(self, keep: Mapping[str, int]) -> float:
         """The metric for policy ``keep`` (memoised: the clamp asks for the same policies often)."""
@@ -284,15 +291,22 @@ class CostModel:
         return scaled(low)
 
     def trimmed_policy(self, keep: Mapping[str, int], target: float,
-                       score: Callable[[dict[str, int]], float] | None = None, candidates: int = 8) -> dict[str, int]:
+                       score: Callable[[dict[str, int]], float] | None = None, candidates: int = 8,
+                       incremental: bool = True) -> dict[str, int]:
         """Take channels from ``keep`` a step at a time until its cost fits ``target``.
 
         A step gives up, in one group, the next smaller allowed count that lowers the cost (a count
         inside the same runtime block saves nothing and is skipped). Without ``score``, the step that
         saves the most cost per share of its group's channels is taken. With ``score`` (accuracy of a
-        policy, higher is better), the ``candidates`` steps that save the most per share are scored and
-        the one that loses the least score per unit of cost saved is taken, NetAdapt's rule: the cost
-        alone favours the wide residual groups that every block shares, which accuracy needs most.
+        policy, higher is better), of the ``candidates`` steps that save the most per share, the one that
+        loses the least score per unit of cost saved is taken, NetAdapt's rule: the cost alone favours
+        the wide residual groups that every block shares, which accuracy needs most.
+
+        ``incremental`` (the default): a step's score loss is measured once and reused while its group
+        keeps its count (the other groups' steps barely move it), so each step scores the one new step
+        of the group just trimmed and the policy taken, not every candidate again: on the embedded
+        ResNet-56 a repair scored 137 students before, about 30 now (``bench/repair_quality.py``
+        compares both). ``incremental=False`` scores all ``candidates`` at every step.
 
         A policy just over its budget thus loses a few channels where they hurt least, instead of every
         group shrinking together (:meth:`scaled_policy`), which with counts rounded to the channel
@@ -301,42 +315,51 @@ class CostModel:
         policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
         current = self.cost(policy)
         current_score = score(policy) if score is not None and current > target else None
+        losses: dict[tuple[str, int, int], float] = {}
         while current > target:
-            steps: list[tuple[float, dict[str, int], float]] = []
+            steps: list[tuple[float, dict[str, int], float, tuple[str, int, int]]] = []
             for group in self.groups:
                 have = policy[group.name]
                 for count in reversed([c for c in self.allowed_counts(group) if c < have]):
                     trial_policy = {**policy, group.name: count}
                     trial = self.cost(trial_policy)
                     if trial < current:
-                        steps.append(((current - trial) / ((have - count) / have), trial_policy, trial))
+                        steps.append(((current - trial) / ((have - count) / have), trial_policy, trial,
+                                      (group.name, have, count)))
                         break
             if not steps:
                 break
             steps.sort(key=lambda step: -step[0])
             if score is None:
-                _, policy, current = steps[0]
+                _, policy, current, _ = steps[0]
                 continue
-            scored = [(score(p), p, c) for _, p, c in steps[:max(1, candidates)]]
-            best_score, policy, current = min(scored, key=lambda s: (current_score - s[0]) / (current - s[2]))
-            current_score = best_score
+            options = []
+            for _, trial_policy, trial, step in steps[:max(1, candidates)]:
+                if step not in losses or not incremental:
+                    losses[step] = current_score - score(trial_policy)
+                options.append((losses[step], trial_policy, trial))
+            _, policy, current = min(options, key=lambda o: o[0] / (current - o[2]))
+            current_score = score(policy)  # exact again (memoised when just scored)
         return policy
 
     def grown_policy(self, keep: Mapping[str, int], target: float,
-                     score: Callable[[dict[str, int]], float] | None = None, candidates: int = 8) -> dict[str, int]:
+                     score: Callable[[dict[str, int]], float] | None = None, candidates: int = 8,
+                     incremental: bool = True) -> dict[str, int]:
         """Give channels back to ``keep`` a step at a time while its cost stays within ``target``: the
         mirror of :meth:`trimmed_policy`, for a student that measured well under its budget.
 
         A step raises one group to its next larger allowed count; steps that cost nothing (inside a
         runtime block) are taken first. Otherwise, of the ``candidates`` steps that add the least cost
         per share of their group's channels, the one that gains the most ``score`` per unit of cost
-        added is taken (without ``score``: the cheapest).
+        added is taken (without ``score``: the cheapest); ``incremental`` reuses a step's measured gain
+        while its group keeps its count, as :meth:`trimmed_policy` does.
         """
         policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
         current = self.cost(policy)
         current_score = score(policy) if score is not None else None
+        gains: dict[tuple[str, int, int], float] = {}
         while True:
-            steps: list[tuple[float, dict[str, int], float]] = []
+            steps: list[tuple[float, dict[str, int], float, tuple[str, int, int]]] = []
             for group in self.groups:
                 have = policy[group.name]
                 larger = [c for c in self.allowed_counts(group) if c > have]
@@ -345,16 +368,24 @@ class CostModel:
                 trial_policy = {**policy, group.name: larger[0]}
                 trial = self.cost(trial_policy)
                 if trial <= target:
-                    steps.append((max(trial - current, 0.0) / ((larger[0] - have) / have), trial_policy, trial))
+                    steps.append((max(trial - current, 0.0) / ((larger[0] - have) / have), trial_policy, trial,
+                                  (group.name, have, larger[0])))
             if not steps:
                 return policy
             steps.sort(key=lambda step: step[0])
             if steps[0][0] == 0.0 or score is None:
-                _, policy, current = steps[0]
+                _, policy, current, _ = steps[0]
+                current_score = None  # scored when a step needs it
                 continue
-            scored = [(score(p), p, c) for _, p, c in steps[:max(1, candidates)]]
-            best_score, policy, current = max(scored, key=lambda s: (s[0] - current_score) / max(s[2] - current, 1e-12))
-            current_score = best_score
+            if current_score is None:
+                current_score = score(policy)
+            options = []
+            for _, trial_policy, trial, step in steps[:max(1, candidates)]:
+                if step not in gains or not incremental:
+                    gains[step] = score(trial_policy) - current_score
+                options.append((gains[step], trial_policy, trial))
+            _, policy, current = max(options, key=lambda o: o[0] / max(o[2] - current, 1e-12))
+            current_score = score(policy)
 
     def set_latency(self, latency_of: Callable[[list[LayerSpec]], float]) -> None:
         """Replace the latency function (a re-anchored prediction) and forget the memoised costs."""

@@ -191,11 +191,14 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                             else f"agent {config.agent!r} reported no student; nothing to write")
         best = prefer_whole_int8(prepared, best, score, log)
         prepared.use_precision(candidate_precision(best))  # a mixed-precision student is priced and measured as chosen
+        repair_started = time.perf_counter()
         repairs = fit_to_measured_budget(prepared, best, log, score)
+        repair_seconds = time.perf_counter() - repair_started
         if repairs:
             best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, best.accuracy,
                              prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None, dict(best.extra))
-        extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs]}
+        extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs],
+                                 "repair_seconds": round(repair_seconds, 2)}
         summary = getattr(agent, "summary", None)
         if callable(summary):
             extra[config.agent] = summary()

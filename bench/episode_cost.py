@@ -1,0 +1,226 @@
+"""What one search episode and one budget repair cost: the scorer and repair of before, against now.
+
+Before: each student's BatchNorm statistics re-estimated on 256 training images, weights in the default
+(NCHW) memory order, and the budget repair scoring every one of its 8 candidate steps at every step.
+Now (the defaults): 128 images, channels-last weights (exact), and the repair's steps scored
+incrementally (a step's accuracy loss measured once and reused while its group keeps its count,
+``CostModel.trimmed_policy``). For the embedded default (ResNet-56 on digits at 32 px) and resnet18
+trained here on digits at 64 px, side by side and interleaved:
+
+1. **scoring**: ``--students`` random students (seeded preserve ratios in [0.2, 1]) scored by both
+   scorers in alternating order; seconds per score, and each scorer's Kendall tau and mean absolute
+   difference against a reference scorer (BatchNorm over 1024 images, accuracy on validation + test),
+   so a cheaper scorer is shown to rank students as well as the dearer one;
+2. **repair**: each of ``--repairs`` random students trimmed to 85% of its MACs with the search's score
+   (``trimmed_policy``), every candidate scored vs incremental, each with a fresh memo: students scored,
+   seconds, and the repaired student's validation accuracy;
+3. **search** (``--episodes N``, 0 skips it): a real AMC search (``run_search``) at ``--ratio`` 0.6x of the teacher's
+   latency measured on this CPU, before and after in alternating order; episodes per hour from
+   ``search_seconds``, repair seconds and the accuracy before fine-tuning from ``result.json``.
+
+    python bench/episode_cost.py [--setups embedded,resnet18@64] [--students 16] [--repairs 3] [--episodes 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwcompress.budget import Budget
+from hwcompress.errors import UserError
+from hwcompress.model import embedded, scratch
+from hwcompress.model.analysis import analyze
+from hwcompress.model.data import resolve_data
+from hwcompress.model.loading import LoadedModel
+from hwcompress.model.training import evaluate
+from hwcompress.search import scoring
+from hwcompress.search.config import SearchConfig
+from hwcompress.search.cost import CostModel
+from hwcompress.search.prepare import PYTHON_OBJECT
+from hwcompress.search.run import run_search
+from hwcompress.slim.pruning import find_channel_groups, prune_channels
+
+BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False}
+NOW = {"bn_calibration": SearchConfig.__dataclass_fields__["bn_calibration"].default, "channels_last": True,
+       "incremental": True}
+REFERENCE_BN = 1024
+
+
+def setup(name: str, cache: Path) -> tuple[Any, Any, str]:
+    """The teacher, its data and a label."""
+    if name == "embedded":
+        module, _ = embedded.default_teacher(progress=False)
+        return module, resolve_data(None), "ResNet-56, digits 32 px"
+    arch, _, size = name.partition("@")
+    splits = resolve_data("digits", input_size=int(size or 64))
+    module, _ = scratch.trained_teacher(arch, splits, 2, 0, cache / name, log=lambda m: print(f"  {m}"))
+    return module, splits, f"{arch} trained here 2 epochs, digits {size} px"
+
+
+class Scorer:
+    """The search's float scorer under one setting, counting the students it scores."""
+
+    def __init__(self, teacher: Any, example: Any, groups: list[Any], splits: Any, setting: dict[str, Any],
+                 val: Any = None) -> None:
+        self.teacher, self.example, self.groups, self.splits = teacher, example, groups, splits
+        self.setting, self.val = setting, val if val is not None else splits.val
+        self.cache: dict[tuple, float] = {}
+        self.seconds = 0.0
+
+    def __call__(self, keep: dict[str, int]) -> float:
+        key = tuple(keep.get(g.name, g.channels) for g in self.groups)
+        if key not in self.cache:
+            started = time.perf_counter()
+            student = prune_channels(self.teacher, self.example, keep)
+            if self.setting["channels_last"]:
+                student = student.to(memory_format=torch.channels_last)
+            scoring.recalibrate_batchnorm(student, self.splits.train, self.setting["bn_calibration"])
+            self.cache[key] = evaluate(student, self.val)
+            self.seconds += time.perf_counter() - started
+        return self.cache[key]
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b)[0])
+
+
+def random_policy(groups: list[Any], rng: random.Random) -> dict[str, int]:
+    return {g.name: max(g.min_channels, round(g.channels * rng.uniform(0.2, 1.0))) for g in groups}
+
+
+def scoring_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace) -> dict[str, Any]:
+    example = torch.zeros(*splits.input_shape)
+    groups = find_channel_groups(teacher, example)
+    rng = random.Random(args.seed)
+    students = [random_policy(groups, rng) for _ in range(args.students)]
+    reference_set = torch.utils.data.ConcatDataset([splits.val, splits.test])
+    reference = Scorer(teacher, example, groups, splits, {"bn_calibration": REFERENCE_BN, "channels_last": True},
+                       reference_set)
+    truth = [reference(keep) for keep in students]
+    arms = {"before": Scorer(teacher, example, groups, splits, BEFORE), "now": Scorer(teacher, example, groups, splits, NOW)}
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for index, keep in enumerate(students):
+        for arm in (("before", "now") if index % 2 == 0 else ("now", "before")):
+            spent = arms[arm].seconds
+            arms[arm](keep)
+            times[arm].append(arms[arm].seconds - spent)
+    row = {"setup": name, "students": len(students), "val_images": len(splits.val), "reference_images": len(reference_set)}
+    for arm, scorer in arms.items():
+        values = [scorer(keep) for keep in students]
+        row[arm] = {"s_per_score": statistics.median(times[arm]), "tau": kendall_tau(values, truth),
+                    "mean_abs_diff": statistics.mean(abs(a - b) for a, b in zip(values, truth)),
+                    "mean_acc": statistics.mean(values)}
+    row["speedup"] = row["before"]["s_per_score"] / row["now"]["s_per_score"]
+
+    # 2. the repair: trimmed to 85% of each student's MACs, every candidate scored vs incremental
+    layers = analyze(teacher, tuple(example.shape)).layers
+    model = CostModel(layers, groups, metric="macs", multiple=8)
+    repairs = []
+    for index, keep in enumerate(students[: args.repairs]):
+        goal = 0.85 * model.cost(keep)
+        result = {}
+        for arm in (("before", "now") if index % 2 == 0 else ("now", "before")):
+            scorer = Scorer(teacher, example, groups, splits, NOW)  # same scorer: only the repair's rule differs
+            started = time.perf_counter()
+            fixed = model.trimmed_policy(keep, goal, score=scorer, incremental=(arm == "now"))
+            result[arm] = {"seconds": time.perf_counter() - started, "scored": len(scorer.cache), "accuracy": scorer(fixed)}
+        repairs.append(result)
+    row["repair"] = {arm: {k: statistics.mean(r[arm][k] for r in repairs) for k in ("seconds", "scored", "accuracy")}
+                     for arm in ("before", "now")} if repairs else None
+    return row
+
+
+def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    loaded = LoadedModel(name, teacher, None, tuple(splits.input_shape), "bench")
+    rows = []
+    for repeat in range(args.repeats):
+        for arm in (("before", "now") if repeat % 2 == 0 else ("now", "before")):
+            setting = BEFORE if arm == "before" else NOW
+            out = folder / f"{name}-{arm}-{repeat}"
+            shutil.rmtree(out, ignore_errors=True)
+            config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes,
+                                  seed=args.seed, finetune_epochs=0, out=str(out), model=PYTHON_OBJECT,
+                                  data=PYTHON_OBJECT, bn_calibration=setting["bn_calibration"])
+            scoring.CHANNELS_LAST = setting["channels_last"]
+            original = CostModel.trimmed_policy
+            CostModel.trimmed_policy = lambda self, *a, _o=original, _i=setting["incremental"], **k: _o(  # type: ignore
+                self, *a, **{**k, "incremental": _i})
+            try:
+                doc = run_search(config, progress=False, teacher=loaded, data=splits).report
+            except UserError as error:  # a budget at the edge of what this run measured reachable
+                print(f"  search {name} {arm}: refused: {error}")
+                continue
+            finally:
+                CostModel.trimmed_policy = original  # type: ignore[method-assign]
+                scoring.CHANNELS_LAST = True
+            rows.append({"setup": name, "arm": arm, "episodes_per_hour": 3600 * doc["episodes"] / doc["search_seconds"],
+                         "repair_s": doc.get("repair_seconds"), "repairs": len(doc.get("budget_repairs") or []),
+                         "acc_before_ft": doc["student"]["accuracy_before_finetune"], "met": doc["budget_met"],
+                         "student_ms": doc["student"]["latency_ms"], "budget_ms": doc["budget"]["latency_ms"]})
+            print(f"  search {name} {arm}: {rows[-1]['episodes_per_hour']:.0f} episodes/h, repair "
+                  f"{rows[-1]['repair_s']} s ({rows[-1]['repairs']} repairs), accuracy before FT {rows[-1]['acc_before_ft']:.2%}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setups", default="embedded,resnet18@64")
+    parser.add_argument("--students", type=int, default=16)
+    parser.add_argument("--repairs", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=24, help="search episodes per run (0: no search part)")
+    parser.add_argument("--repeats", type=int, default=1, help="search runs per arm (alternating order)")
+    parser.add_argument("--ratio", type=float, default=0.6, help="the searches' budget, a fraction of the teacher's latency")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    folder = Path(tempfile.mkdtemp(prefix="hwcompress-episode-cost-"))
+    rows, searches = [], []
+    with scoring.torch_threads(1):
+        for name in args.setups.split(","):
+            teacher, splits, label = setup(name, folder)
+            print(f"{name}: {label}")
+            rows.append(scoring_part(name, teacher, splits, args))
+            if args.episodes:
+                searches += search_part(name, teacher, splits, args, folder)
+    print(f"\n{platform.processor() or platform.machine()}, 1 thread; {time.perf_counter() - started:.0f} s in all\n")
+    print("| setup | scorer | s per score | Kendall tau vs reference | mean abs. diff. | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        for arm in ("before", "now"):
+            a = r[arm]
+            print(f"| {r['setup']} ({r['students']} students, {r['val_images']} val images) | {arm} | {a['s_per_score']:.3f} | "
+                  f"{a['tau']:.3f} | {100 * a['mean_abs_diff']:.2f} pts | {'' if arm == 'before' else format(r['speedup'], '.2f') + 'x'} |")
+    print("\n| setup | repair rule | students scored | seconds | val. accuracy after |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        if r["repair"]:
+            for arm, label in (("before", "every candidate"), ("now", "incremental")):
+                a = r["repair"][arm]
+                print(f"| {r['setup']} | {label} | {a['scored']:.1f} | {a['seconds']:.1f} | {100 * a['accuracy']:.2f}% |")
+    if searches:
+        print("\n| setup | arm | episodes/hour | repair s (repairs) | budget met | acc. before FT |")
+        print("|---|---|---|---|---|---|")
+        for s in searches:
+            print(f"| {s['setup']} | {s['arm']} | {s['episodes_per_hour']:.0f} | {s['repair_s']} ({s['repairs']}) | "
+                  f"{s['met']} ({s['student_ms']:.3f} / {s['budget_ms']:.3f} ms) | {100 * s['acc_before_ft']:.2f}% |")
+        for name in dict.fromkeys(s["setup"] for s in searches):
+            rate = {arm: statistics.mean(s["episodes_per_hour"] for s in searches if s["setup"] == name and s["arm"] == arm)
+                    for arm in ("before", "now")}
+            print(f"{name}: episodes/hour now / before = {rate['now'] / rate['before']:.2f}")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
