@@ -114,7 +114,7 @@ def cases(root: str) -> list[dict]:
         [*S, "--macs", "1e7", "--agent", "n2n", "--agent-option", "rollouts=0"],
         # --- search: quantization
         [*S, "--macs", "1e7", "--quantize", "mixed"], [*S, "--latency-ratio", "0.5", "--quantize", "int4"],
-        [*S, "--latency-ratio", "0.5", "--quantize", "int8", "--agent", "n2n"],
+        [*S, "--latency-ratio", "0.5", "--quantize", "mixed", "--agent", "n2n"],
         # --- search: device, model, data
         [*S, "--macs", "1e7", "--device", "nosuch"], [*S, "--macs", "1e7", "--device-file", f"{r}/missing.toml"],
         [*S, "--macs", "1e7", "--device-file", f"{r}/bad.toml"], [*S, "--macs", "1e7", "--device-file", f"{r}/nofields.toml"],

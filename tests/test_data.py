@@ -213,3 +213,18 @@ def test_train_without_test_is_a_user_error(tmp_path):
     _write_class_tree(tmp_path / "train", per_class=2)
     with pytest.raises(UserError, match="no test/"):
         load_data(str(tmp_path))
+
+
+def test_a_validation_subset_keeps_every_class_in_its_proportion():
+    from torch.utils.data import TensorDataset
+
+    from hwcompress.model.data import class_counts, stratified_subset
+
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)  # sorted by class: the first 50 would all be 0s
+    data = TensorDataset(torch.zeros(100, 1), labels)
+    subset = stratified_subset(data, 50)
+    assert len(subset) == 50 and class_counts(subset) == {0: 30, 1: 15, 2: 5}
+    assert stratified_subset(data, 100) is data and stratified_subset(data, 7).indices == sorted(stratified_subset(data, 7).indices)
+    assert class_counts(stratified_subset(data, 7)) == {0: 4, 1: 2, 2: 1}
+    assert set(class_counts(stratified_subset(data, 2))) <= {0, 1, 2} and len(stratified_subset(data, 2)) == 2
+    assert [int(data[i][1]) for i in stratified_subset(data, 10).indices] == [0] * 6 + [1] * 3 + [2]

@@ -480,3 +480,23 @@ def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):
     assert _reanchor(prepared, large, before_large * 1.2, "repair 2") is not None  # a second point bends the line
     assert cost.cost(small) == pytest.approx(before_small * 1.5) and cost.cost(large) == pytest.approx(before_large * 1.2)
     assert _reanchor(prepared, small, before_large * 2, "repair 3") is None  # out of order: left as it was
+
+
+def test_n2n_searches_int8_students(tmp_path, int8_lut):
+    """N2N with --quantize int8: its students are priced in int8 on the int8-anchored line, the final
+    one is the deployable Q/DQ model, scored as ONNX Runtime runs it; mixed is refused in one line."""
+    from hwcompress.slim.quantize import onnx_accuracy
+
+    options = {"removal_epochs": 1, "shrink_epochs": 1, "rollouts": 2, "student_steps": 1, "student_batch": 16, "base_steps": 1}
+    config = _config(tmp_path, int8_lut, "int8", agent="n2n", episodes=4, agent_options=options, budget=Budget.latency_ratio(0.9))
+    doc = run_search(config, progress=False).report
+    out = tmp_path / "out"
+    assert doc["agent"] == "n2n" and doc["quantization"]["mode"] == "int8" and "n2n" in doc
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(out / "student.onnx")).graph.node}
+    assert doc["student"]["accuracy"] == pytest.approx(onnx_accuracy(out / "student.onnx", resolve_data("digits").test))
+    anchors = {a["name"]: a for a in doc["cost_model_anchors"]}
+    assert "teacher int8" in anchors
+    history = json.loads((out / "history.json").read_text())
+    assert history and all(record["cost"] < doc["teacher"]["latency_ms"] for record in history)  # int8 prices
+    with pytest.raises(UserError, match="n2n does not choose precisions"):
+        _config(tmp_path, int8_lut, "mixed", agent="n2n")

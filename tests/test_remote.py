@@ -654,3 +654,25 @@ def test_adb_transport_through_a_fake_adb(cli, tmp_path, tiny_onnx):
     unplugged = write_device(tmp_path, "unplugged", {**fields, "serial": "GONE42"})
     line = one_line_error(cli("profile", "--device-file", str(unplugged), "-m", str(tiny_onnx)))
     assert "adb device GONE42" in line and "adb devices" in line
+
+
+def test_a_host_held_by_another_process_is_waited_for_then_refused(tmp_path, monkeypatch):
+    """The local host lock is waited for, with a warning after 5 s, and given up after BOARD_WAIT_S with
+    an error that names the lock (a process that hung holding it must not hang this one forever)."""
+    from hwcompress.measure import remote
+
+    device = write_device(tmp_path, "held", {"kind": "ssh", "host": "pi@held-board", "port": 22})
+    profiler = RemoteProfiler(load_descriptor(device))
+    other = HostLock(profiler.hosts[0].label)  # its own open file: to flock, another process
+    assert other.try_acquire()
+    monkeypatch.setattr(remote, "BOARD_WAIT_S", 0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportError, match=r"waited \d+ s for a free host of held: another hwcompress process"):
+            profiler._acquire()
+    finally:
+        other.release()
+    assert 0.3 <= time.monotonic() - started < 5
+    host = profiler._acquire()  # free again: taken at once
+    assert host is profiler.hosts[0]
+    host.lock.release()

@@ -53,7 +53,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--runs", type=int, help="Timed iterations per measurement on the device (default: the device's).")
 @click.option("--threads", type=int, help="Intra-op threads when measuring on the device (default: the device's).")
 @click.option("--torch-threads", type=int, help="PyTorch threads for training and scoring (default 1: fastest for these small ops on small shared machines).")
-@click.option("--val-limit", type=int, help="Score each episode on at most this many validation images (default: all).")
+@click.option("--val-limit", type=int, help="Score each episode on a fixed subset of this many validation images, each class in its proportion (default: all; result.json says how many under scoring).")
 @click.option("--skip-bad-images", is_flag=True, default=None,
               help="Leave out image files that cannot be read (counted in the report) instead of stopping at the first one.")
 @click.option("--quantize", type=click.Choice(["int8", "mixed"]),

@@ -137,7 +137,7 @@ class TablePredictor:
         config = LayerConfig.from_spec(spec)
         if config is not None and precision != "":
             config = config.with_precision(precision)
-        if len(self._configs) > 200_000:
+        if len(self._configs) > 50_000:  # rows built afresh by other callers must not pile up
             self._configs.clear()
         self._configs[key] = (spec, config, config.family() if config is not None else None)
         return config, self._configs[key][2]
@@ -147,7 +147,7 @@ class TablePredictor:
         hit = self._looked.get(id(spec))
         if hit is not None and hit[0] is spec:
             return hit[1]
-        if len(self._looked) > 200_000:
+        if len(self._looked) > 50_000:
             self._looked.clear()
         result = self.lookup(config)
         self._looked[id(spec)] = (spec, result)

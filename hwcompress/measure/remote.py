@@ -53,8 +53,9 @@ RUNNER = Path(__file__).with_name("runner.py")
 #: How long a runner may take to start and import its runtime (onnxruntime: seconds on a Pi; the
 #: plugin path imports PyTorch too), on top of the connection timeout.
 STARTUP_S = 120.0
-#: How long a measurement waits for a board that another workstation measures on (its runner's lock):
-#: a LUT recording there takes minutes to an hour.
+#: How long a measurement waits for a board that another workstation measures on (its runner's lock),
+#: and for a host another process of this workstation holds (its local lock): a LUT recording there
+#: takes minutes to an hour.
 BOARD_WAIT_S = 3600.0
 #: A pool host that went away is tried again after this long, when no other host is up (a process that
 #: lives on, a notebook, must not give up on a board for good after one dropped connection).
@@ -493,10 +494,18 @@ class RemoteProfiler:
                     self._local.host = host
                     host.uses += 1
                     return host
-            if not told and time.monotonic() - waited_since > 5 and all(h.lock.held_elsewhere for h in up):
+            elsewhere = all(h.lock.held_elsewhere for h in up)
+            if not elsewhere:
+                waited_since = time.monotonic()  # only another process's hold counts towards giving up
+            waited = time.monotonic() - waited_since
+            if not told and waited > 5 and elsewhere:
                 told = True  # (this process's own measurements queueing for a host is no news)
                 warnings.warn(f"waiting for a free host of {self.descriptor.name}: another hwcompress process measures "
                               f"on {', '.join(h.label for h in up)} (locks in {up[0].lock.path.parent})", stacklevel=3)
+            if elsewhere and waited > BOARD_WAIT_S:
+                raise TransportError(f"waited {waited:.0f} s for a free host of {self.descriptor.name}: another hwcompress "
+                                     f"process still holds {', '.join(h.label for h in up)} (locks in "
+                                     f"{up[0].lock.path.parent}); let it finish, or stop it, and run again")
             time.sleep(0.02)
 
     def _note_dropped(self, message: str) -> None:

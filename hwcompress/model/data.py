@@ -219,6 +219,33 @@ def class_counts(dataset: Any, limit: int = 50_000) -> dict[int, int] | None:
     return counts
 
 
+def stratified_subset(dataset: Any, size: int) -> Any:
+    """A fixed subset of ``size`` items with the classes in their proportions (each class's first items,
+    in order; deterministic), or ``dataset`` itself when it has no more than ``size``. Without a label
+    list (see :func:`class_counts`) the first ``size`` items."""
+    if size >= len(dataset):
+        return dataset
+    labels = _labels(dataset)
+    if labels is None:
+        return Subset(dataset, range(size))
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    # Largest remainder: each class gets its share of ``size``, at least one item while room is left.
+    shares = {c: len(ix) * size / len(labels) for c, ix in by_class.items()}
+    quota = {c: min(len(by_class[c]), max(1, int(share))) for c, share in shares.items()}
+    for c in sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True):
+        if sum(quota.values()) >= size:
+            break
+        if quota[c] < len(by_class[c]):
+            quota[c] += 1
+    while sum(quota.values()) > size:  # more classes than ``size``: drop the largest quotas' extras
+        largest = max(quota, key=lambda c: quota[c])
+        quota[largest] -= 1
+    chosen = sorted(i for c, ix in by_class.items() for i in ix[: quota[c]])
+    return Subset(dataset, chosen)
+
+
 def _labels(dataset: Any) -> list[int] | None:
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
         return [int(v) for v in dataset.tensors[1].tolist()]

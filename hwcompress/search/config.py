@@ -115,9 +115,9 @@ class SearchConfig:
         if self.quantize is not None and self.budget.metric != "latency_ms":
             raise UserError(f"--quantize applies to a latency budget (int8 changes the time, not the {self.budget.metric}); "
                             "use --latency-ms or --latency-ratio")
-        if self.quantize is not None and self.agent == "n2n":
-            raise UserError("--agent n2n does not search quantized students yet; use --agent amc (or uniform, random) "
-                            "with --quantize, or n2n without it")
+        if self.quantize == "mixed" and self.agent == "n2n":
+            raise UserError("--agent n2n does not choose precisions; use --quantize int8 with it, or --agent amc "
+                            "(or random) with --quantize mixed")
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):

@@ -225,6 +225,8 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "search_seconds": round(search_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,
+        "scoring": {"val_images": len(prepared.val_set), "bn_calibration_images": min(config.bn_calibration, len(prepared.splits.train)),
+                    "val_subset": "stratified" if len(prepared.val_set) < len(prepared.splits.val) else "all"},
         "finetune": {k: v for k, v in finetune_info.items() if isinstance(v, (int, float, str))},
         "interrupted": interrupted,
         "config": config.to_dict(),

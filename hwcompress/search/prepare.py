@@ -35,7 +35,7 @@ from hwcompress.measure.contract import ProfileSettings
 from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
 from hwcompress.model import embedded, scratch
 from hwcompress.model.analysis import LayerSpec, analyze
-from hwcompress.model.data import DataSplits, check_splits, resolve_data
+from hwcompress.model.data import DataSplits, check_splits, resolve_data, stratified_subset
 from hwcompress.model.loading import LoadedModel, load_model
 from hwcompress.model.training import evaluate
 from hwcompress.search.amc.mixed import CHOICES
@@ -257,7 +257,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         raise UserError("the model has no prunable channel groups")
     val_set = splits.val
     if config.val_limit:
-        val_set = torch.utils.data.Subset(splits.val, range(min(config.val_limit, len(splits.val))))
+        val_set = stratified_subset(splits.val, config.val_limit)  # the classes in their proportions
     quantized = None
     if config.quantize:
         quantized = QuantizedStudents.for_teacher(config.quantize, module, input_shape, splits.train, groups)

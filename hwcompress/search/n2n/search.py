@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from hwcompress.lut.keys import at_precision
 from hwcompress.model.analysis import analyze
 from hwcompress.model.training import evaluate
 from hwcompress.search.agent import Candidate, SearchContext
@@ -167,6 +168,12 @@ class N2NSearch:
         self.metric = ctx.budget.metric
         self.budget = ctx.target
         self.latency_of = ctx.cost_model.latency_of if self.metric == "latency_ms" else None
+        plan = getattr(ctx, "precision", None)
+        if self.latency_of is not None and plan is not None:
+            # --quantize int8: every layer the runtime runs in int8 priced in int8, on the int8-anchored
+            # line (its students train in float; the final one is quantized and scored as it runs).
+            precisions, anchored = plan.layer_precisions({}), self.latency_of
+            self.latency_of = lambda rows: anchored([at_precision(r, precisions.get(r.name)) for r in rows])
         self.shape = tuple(ctx.example.shape)
         self.teacher_params = sum(p.numel() for p in ctx.teacher.parameters())
         self.teacher_accuracy = evaluate(ctx.teacher, ctx.val_set)
