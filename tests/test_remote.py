@@ -416,6 +416,23 @@ def test_unreachable_host_names_host_and_port(cli, lab, tmp_path, tiny_onnx):
     assert f"127.0.0.1:{port}" in line and "cannot reach" in line and "Connection refused" in line
 
 
+def test_a_copy_to_an_unreachable_host_is_unreachable_not_a_plain_failure(lab, tmp_path):
+    """scp exits 1 whatever went wrong; a connection it could not make must still read as the host
+    being unreachable (a pool marks it down and goes on), not as a failed copy."""
+    from hwcompress.devices.transport import HostUnreachable
+
+    port = free_port()  # nothing listens there
+    device = write_device(tmp_path, "gone-copy", ssh_transport(lab, None, tmp_path / "r", port=port, connect_timeout_s=5))
+    transport = RemoteProfiler(load_descriptor(device)).hosts[0].transport
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"x" * 64)
+    with pytest.raises(HostUnreachable, match=rf"127\.0\.0\.1:{port}.* while copying payload\.bin"):
+        transport.put(payload, "/tmp/hwcompress-payload.bin", timeout=30)
+    # an unreachable host is no reason to switch scp's protocol (the legacy retry then exited 1, "lost
+    # connection", and read as a plain failed copy)
+    assert not transport._legacy_scp
+
+
 def test_refused_key_is_an_authentication_error(cli, lab, box, tmp_path, tiny_onnx):
     device = write_device(tmp_path, "locked", ssh_transport(lab, box, tmp_path / "r", identity_file=str(lab.folder / "stranger_key")))
     line = one_line_error(cli("profile", "--device-file", str(device), "-m", str(tiny_onnx)))

@@ -198,6 +198,8 @@ class SshTransport(Transport):
         minimal sshd_config) close that channel at once, and get the legacy protocol (``scp -O``)."""
         try:
             super().put(local, remote, timeout=timeout)
+        except HostUnreachable:
+            raise
         except TransportError as error:
             if self._legacy_scp or not re.search(r"scp: Connection closed|subsystem request failed", str(error)):
                 raise
@@ -227,6 +229,10 @@ class SshTransport(Transport):
         return self._where
 
     def failure(self, returncode: int, stderr: str, doing: str) -> TransportError | None:
+        if returncode not in (0, 255) and doing.startswith("copying") and (
+                "lost connection" in stderr or any(pattern in stderr for pattern in UNREACHABLE_PATTERNS)):
+            # scp exits 1 whatever went wrong, its ssh failing to connect included: read what it said
+            return HostUnreachable(f"cannot reach {self.where()} over scp while {doing}: {last_line(stderr)}")
         if returncode != 255:
             return None  # ssh worked; the remote command's own status
         line = last_line(stderr)
