@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet18,mobilenet_v2",
                         help="torchvision architectures, random weights (held out: mobilenet_v3_small,efficientnet_b0,regnet_x_400mf)")
     parser.add_argument("--input-size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--off-path", action="store_true",
+                        help="record the LUT with off-path entries too (lut record --off-path): prices counts off the "
+                             "runtime's alignment, as the tpnone variants have")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="variant kinds: project (hwcompress's own pruning), tp8 / tpnone (torch-pruning MetaPruner, "
                              "round_to 8 / None); default all three")
@@ -414,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model = torchvision.models.get_model(name, weights=None).eval()
             table = record_lut(model, shape, device, profiler, settings, lut_path, model_name=calibration_name(name),
-                               points=args.points, quantum=args.quantum, passes=args.passes, precisions=recorded)
+                               points=args.points, quantum=args.quantum, passes=args.passes, precisions=recorded,
+                               off_path=args.off_path)
         except Exception as error:  # an architecture that cannot be built, analysed or recorded: the others go on
             failures.append(f"{name}: not recorded ({first_line(error)})")
             print(f"skipped {name}: could not be built, analysed or recorded ({first_line(error)})", flush=True)

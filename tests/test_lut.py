@@ -266,6 +266,47 @@ def test_layers_off_the_blocked_path_are_named(recorded, tmp_path):
             assert "(3, 6)" in named[0] and "off its blocked path" in named[0]
 
 
+def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
+    """``lut record --off-path`` adds each convolution one input channel off the alignment; such
+    layers are then priced from those entries (their own family, raw counts), not from the blocked
+    grid, and are no longer named as unvouched; aligned layers are priced as before."""
+    from hwcompress.lut.keys import LayerConfig
+    from hwcompress.lut.predict import OFF_PATH, between_blocks
+    from hwcompress.model.export import export_onnx
+
+    units = model_units(tiny(32, 32), SHAPE)
+    plain = grid_configs(units, 8, 8, points=3)
+    added = grid_configs(units, 8, 8, points=3, off_path=(16, 4))
+    extra = [c for c, _ in added if c.key() not in {p.key() for p, _ in plain}]
+    assert extra and all(between_blocks(c, 16, 4) for c in extra)
+    assert {(c.cin + 1, c.cout) for c in extra if not c.depthwise} <= {(p.cin, p.cout) for p, _ in plain}
+    assert all(c.cin == c.cout == c.groups for c in extra if c.depthwise)
+    assert not [c for c in extra if c.op == "Linear"]
+
+    path = tmp_path / "off.lut.json"
+    table = record_lut(tiny(32, 32), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="tiny", widths=(0.5,),
+                       off_path=True, **GRID)
+    facts = table.provenance["facts"]
+    block, alignment = int(facts.get("channel_block") or 1), int(facts.get("channel_alignment") or 1)
+    if alignment == 1:
+        pytest.skip("ONNX Runtime on this CPU reported no channel alignment")
+    off = [e for e in table.entries.values() if between_blocks(e.config, block, alignment)]
+    assert off, "no off-path entries were recorded"
+    families = table.predictor._families()
+    assert any(name.endswith(OFF_PATH) for name in families)
+    config = off[0].config
+    query = config.with_channels(config.cin, config.cout)  # exactly recorded: read as it was measured
+    assert table.lookup(query)[0] == pytest.approx(off[0].median)
+    odd = block + 1
+    model = tiny(odd, odd)
+    onnx_path = tmp_path / "odd.onnx"
+    export_onnx(model, SHAPE, onnx_path, verify=False)
+    measurement = LutPredictor(table, CPU).measure(ModelArtifact(onnx_path, SHAPE, model, "tiny"), SETTINGS)
+    assert measurement.coverage["between_blocks_layers"] == []  # priced from off-path recordings
+    aligned = LayerConfig("Conv2d", 1, config.in_hw, block * 2, config.cout, config.kernel, config.stride, config.padding, 1)
+    assert not between_blocks(aligned, block, alignment)
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 

@@ -467,19 +467,30 @@ def test_the_whole_int8_teacher_is_kept_when_it_fits_and_scores_higher(int8_lut)
 
 
 def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):
+    """A repair in a mixed run wraps the per-precision prediction in an anchored curve held at the
+    whole teacher and the smallest student (as predicted) and bent through each repaired student; the
+    precision anchors stay in the report beside the repairs."""
     from hwcompress.search.repair import _reanchor
 
-    plan, cost, _, _ = _plan_and_cost(int8_lut)
+    plan, cost, groups, _ = _plan_and_cost(int8_lut)
     cost.set_latency(lambda rows: 0.2 + sum(r.macs for r in rows) / 1e8)  # not an AnchoredLatency, as in mixed mode
     prepared = _prepared(cost, plan, budget_ms=1.0, anchors=[{"name": "teacher int8"}], mode="mixed")
     small, large = cost.min_policy(), cost.full_policy()
-    before_small, before_large = cost.cost(small), cost.cost(large)
-    assert _reanchor(prepared, small, before_small * 1.5, "repair 1").startswith("cost model re-anchored")
-    assert cost.cost(small) == pytest.approx(before_small * 1.5) and cost.cost(large) == pytest.approx(before_large * 1.5)
-    assert prepared.anchors[0] == {"name": "teacher int8"} and prepared.anchors[1]["name"] == "repair 1"
-    assert _reanchor(prepared, large, before_large * 1.2, "repair 2") is not None  # a second point bends the line
-    assert cost.cost(small) == pytest.approx(before_small * 1.5) and cost.cost(large) == pytest.approx(before_large * 1.2)
-    assert _reanchor(prepared, small, before_large * 2, "repair 3") is None  # out of order: left as it was
+    half = {g.name: cost.round(g, 0.5) for g in groups}
+    three_quarters = {g.name: cost.round(g, 0.75) for g in groups}
+    before = {name: cost.cost(p) for name, p in (("small", small), ("half", half), ("large", large), ("3/4", three_quarters))}
+    assert before["small"] < before["half"] < before["3/4"] < before["large"]
+    assert _reanchor(prepared, half, before["half"] * 1.2, "repair 1").startswith("cost model re-anchored")
+    assert cost.cost(half) == pytest.approx(before["half"] * 1.2)
+    assert cost.cost(small) == pytest.approx(before["small"]) and cost.cost(large) == pytest.approx(before["large"])
+    measured = before["3/4"] * 1.1
+    assert _reanchor(prepared, three_quarters, measured, "repair 2") is not None
+    assert cost.cost(three_quarters) == pytest.approx(measured) and cost.cost(half) == pytest.approx(before["half"] * 1.2)
+    assert cost.cost(large) == pytest.approx(before["large"])  # held: two nearby repairs set no global slope
+    names = [a["name"] for a in prepared.anchors]
+    assert names == ["teacher int8", "repair 1", "repair 2"] and all("maps" in a for a in prepared.anchors[1:])
+    assert _reanchor(prepared, half, before["large"] * 2, "repair 3") is None  # out of order: left as it was
+    assert cost.cost(half) == pytest.approx(before["half"] * 1.2)
 
 
 def test_n2n_searches_int8_students(tmp_path, int8_lut):

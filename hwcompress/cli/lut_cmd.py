@@ -60,11 +60,16 @@ def lut():
 @click.option("--no-calibration", is_flag=True, help="Do not time the whole model (predictions are then plain sums of layers).")
 @click.option("--precisions", help="Also record every configuration in these precisions, e.g. fp32,int8 (int8: each layer as a "
                                    "Q/DQ model; what `hwcompress search --quantize` predicts from). Default: --precision only.")
+@click.option("--off-path", is_flag=True,
+              help="Also time every convolution one input channel off the runtime's alignment (ONNX Runtime: multiples of 4), "
+                   "which it runs off its blocked path: for `profile --lut` on models pruned to arbitrary counts (about "
+                   "doubles the convolutions' entries; searches never need it).")
 @click.option("--overwrite", is_flag=True, help="Start a new LUT even if --out exists.")
 @click.option("--json", "json_target", metavar="FILE", help="Write the LUT's summary as JSON to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
 def record(device, device_file, model, input_shape, weights, out, plan, profiler_name, threads, runs, warmup, precision,
-           points, min_ratio, quantum, passes, calibration_widths, no_calibration, precisions, overwrite, json_target, quiet):
+           points, min_ratio, quantum, passes, calibration_widths, no_calibration, precisions, off_path, overwrite, json_target,
+           quiet):
     """Time every layer of a model over a grid of channel counts, on this device, into a LUT.
 
     Run it ON the device (a Raspberry Pi, a Jetson, a phone under Termux, this laptop), or from here for
@@ -87,6 +92,9 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
       hwcompress lut record -m embedded --precisions fp32,int8 --out cpu.lut.json   # int8 entries too
     """
     manifest = None
+    if plan and off_path:
+        raise UserError("--off-path adds to the grid recorded from a model here; a plan's grid was fixed when it was "
+                        "exported (drop --off-path, or record from the model)")
     if plan:
         _, manifest = load_plan(plan)
     descriptor = resolve_device(device or (None if device_file else (manifest or {}).get("device", "cpu")), device_file)
@@ -130,6 +138,7 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
                 loaded.module, shape, descriptor, profiler, settings, out, model_name=loaded.name,
                 points=points, min_ratio=min_ratio, quantum=quantum, passes=passes, widths=widths,
                 calibrate=not no_calibration, overwrite=overwrite, progress=progress, precisions=wanted,
+                off_path=off_path,
             )
 
     if quiet:

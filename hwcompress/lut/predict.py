@@ -164,12 +164,19 @@ class TablePredictor:
 
     def _families(self) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
         """Per family, ``(x(cin), x(cout)) -> (ms, std)`` on channel counts rounded up to the quantum
-        (56 channels run as 64 on 16-channel blocks), built once and reused by every lookup."""
+        (56 channels run as 64 on 16-channel blocks), built once and reused by every lookup.
+
+        Entries recorded off the runtime's blocked path (``lut record --off-path``: counts that are not
+        multiples of the runtime's alignment, :func:`between_blocks`) form families of their own
+        (``family + OFF_PATH``) on their raw counts: they price what the blocked entries cannot."""
         if self._index is None:
             grouped: dict[str, dict[tuple[int, int], list[LutEntry]]] = {}
             for entry in self.table.entries.values():
-                xy = (self._x(entry.config.cin), self._x(entry.config.cout))
-                grouped.setdefault(entry.config.family(), {}).setdefault(xy, []).append(entry)
+                if self.off_path(entry.config):
+                    family, xy = entry.config.family() + OFF_PATH, (entry.config.cin, entry.config.cout)
+                else:
+                    family, xy = entry.config.family(), (self._x(entry.config.cin), self._x(entry.config.cout))
+                grouped.setdefault(family, {}).setdefault(xy, []).append(entry)
             self._index = {
                 family: {
                     xy: (statistics.fmean(self._entry_ms(e) for e in es), statistics.fmean(e.spread for e in es))
@@ -179,6 +186,16 @@ class TablePredictor:
             }
             self._cache = {}
         return self._index
+
+    def off_path(self, config: LayerConfig) -> bool:
+        """Whether the runtime runs ``config`` off its blocked path (the table's facts say how)."""
+        layout = self.table.provenance.get("facts") or {}
+        block, alignment = int(layout.get("channel_block") or self.table.quantum), layout.get("channel_alignment")
+        return between_blocks(config, block, alignment)
+
+    def prices_off_path(self, config: LayerConfig) -> bool:
+        """Whether the table holds off-path recordings of ``config``'s family (``lut record --off-path``)."""
+        return self.table.normalised(config).family() + OFF_PATH in self._families()
 
     def _x(self, channels: int) -> int:
         # Counts of a block or more run padded to whole blocks; smaller ones are their own case.
@@ -194,13 +211,18 @@ class TablePredictor:
         families = self._families()
         cached = self._cache.get(key)
         if cached is None:
-            values = families.get(config.family())
-            cached = self._interpolate(config, values) if values else self._nearest(config)
+            off = families.get(config.family() + OFF_PATH) if self.off_path(config) else None
+            if off:  # off the blocked path: priced from what was recorded there, on raw counts
+                cached = self._interpolate(config, off, padded=False)
+            else:
+                values = families.get(config.family())
+                cached = self._interpolate(config, values) if values else self._nearest(config)
             self._cache[key] = cached
         return cached
 
-    def _interpolate(self, config: LayerConfig, values: dict[tuple[int, int], tuple[float, float]]) -> tuple[float, float, str, bool]:
-        qx, qy = self._x(config.cin), self._x(config.cout)
+    def _interpolate(self, config: LayerConfig, values: dict[tuple[int, int], tuple[float, float]],
+                     padded: bool = True) -> tuple[float, float, str, bool]:
+        qx, qy = (self._x(config.cin), self._x(config.cout)) if padded else (config.cin, config.cout)
         if config.diagonal:
             line = {x: v for (x, y), v in values.items() if x == y}
             if line:
@@ -348,7 +370,7 @@ class TablePredictor:
                 variance += std**2
                 if extra:
                     extrapolated.append(spec.name)
-                if between_blocks(config, block, alignment):
+                if between_blocks(config, block, alignment) and not self.prices_off_path(config):
                     off_block.append(spec.name)
             previous = spec
         layer_sum = sum(raw.values())
@@ -437,6 +459,10 @@ class TablePredictor:
             extrapolated=extrapolated,
             precision_ms={p or self.table.precision: round(sums[p] * scales[p], 6) for p in sums},
         )
+
+
+#: Suffix of the families that hold entries recorded off the runtime's blocked path.
+OFF_PATH = "|off-path"
 
 
 def between_blocks(config: LayerConfig, block: int, alignment: int | None) -> bool:
@@ -571,8 +597,8 @@ class LutPredictor:
                 f"{len(names)} convolutions have channel counts that are not multiples of {alignment} "
                 f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {self.table.provenance.get('runtime')} on "
                 "the device runs such layers off its blocked path, with layout conversions around them, which the LUT "
-                "does not price, so this prediction cannot vouch for them (measure on the device, or prune to "
-                f"multiples of {alignment})"
+                "does not price, so this prediction cannot vouch for them (measure on the device, prune to "
+                f"multiples of {alignment}, or record the model's off-path entries: hwcompress lut record --off-path)"
             )
         notes.append(
             "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "

@@ -59,8 +59,14 @@ def record_lut(
     calibrate: bool = True,
     save_every_s: float = 5.0,
     precisions: Sequence[str] | None = None,
+    off_path: bool = False,
 ) -> LatencyTable:
     """Record (or complete) the LUT of ``model_module`` on this device; resumable.
+
+    ``off_path``: also time every convolution one input channel off the runtime's alignment (the
+    ``channel_block``/``channel_alignment`` facts its profiler reports), so that models pruned to
+    arbitrary counts are priced as the runtime runs them (:func:`hwcompress.lut.units.grid_configs`);
+    a runtime that reports no alignment rule has nothing to add.
 
     Every layer is timed over a grid of channel counts (``points`` per axis between ``min_ratio`` and
     the full count, on multiples of the device's channel multiple and of the runtime's channel
@@ -117,7 +123,11 @@ def record_lut(
             detected, probe = recorder.detect_quantum(input_shape[0], multiple)
             table.provenance.update(channel_quantum=detected, channel_quantum_source="detected", quantum_probe=probe)
         table.invalidate()
-        configs = grid_configs(units, multiple, table.quantum, points, min_ratio)
+        layout = table.provenance.get("facts") or {}
+        rule = None
+        if off_path and int(layout.get("channel_alignment") or 1) > 1:
+            rule = (int(layout.get("channel_block") or table.quantum), int(layout["channel_alignment"]))
+        configs = grid_configs(units, multiple, table.quantum, points, min_ratio, off_path=rule)
         fingerprint = model_fingerprint(units)
         name = model_name or type(model_module).__name__
         base = table.precision

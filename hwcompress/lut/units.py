@@ -154,12 +154,18 @@ def grid_configs(
     quantum: int = 1,
     points: int = 5,
     min_ratio: float = 0.2,
+    off_path: tuple[int, int] | None = None,
 ) -> list[tuple[LayerConfig, UnitTemplate]]:
     """Every configuration to record for ``units`` (deduplicated), with the template that builds it.
 
     Counts are multiples of ``lcm(multiple, quantum)``: what the search visits, on the runtime's blocks.
     Dense layers get a 2-D (cin x cout) grid; depthwise convolutions and norms one axis; grouped
     convolutions and other modules only their own configuration.
+
+    ``off_path=(block, alignment)`` adds, for every convolution grid point fed at least one block, the
+    same point with one input channel less: a count off the runtime's alignment, which it runs off its
+    blocked path (models pruned without rounding, e.g. torch-pruning's ``round_to=None``, are full of
+    them; the blocked entries price them 40-60% too fast, ``bench/lut_fidelity.py``).
     """
     step = math.lcm(max(1, multiple), max(1, quantum))
 
@@ -179,6 +185,11 @@ def grid_configs(
             pairs = [(ci, co) for ci in cins for co in couts]
         else:
             pairs = [(config.cin, config.cout)]
+        if off_path and op in CONV_OPS and not grouped:
+            block, alignment = off_path
+            depthwise = config.depthwise
+            pairs += [(ci - 1, ci - 1 if depthwise else co) for ci, co in pairs
+                      if ci - 1 >= (1 if depthwise else block) and (ci - 1) % alignment]
         for cin, cout in pairs:
             variant = config.with_channels(cin, cout)
             seen.setdefault(variant.key(), (variant, unit))

@@ -51,27 +51,36 @@ def _reanchor(prepared: Prepared, keep: dict[str, int], measured_ms: float, labe
     curve's order (then the curve is left as it was).
 
     A cost model whose latency is not one anchored line (``--quantize mixed``: each precision's part on
-    its own line, :class:`~hwcompress.search.quantized.PrecisionAnchoredLatency`) is wrapped in a new
-    anchored curve over that prediction: one repaired student scales it, a second one bends it."""
+    its own line, :class:`~hwcompress.search.quantized.PrecisionAnchoredLatency`) is wrapped in an
+    anchored curve over that prediction, held at the whole teacher and the smallest student where it
+    already agrees with itself (identity points: two nearby repairs must not set a slope for every
+    student), bent through each repaired student; the precision anchors stay in the report."""
     cost_model = prepared.cost_model
     curve = cost_model.latency_of
+    wraps = getattr(curve, "wraps_prediction", False)
     if isinstance(curve, AnchoredLatency):
         raw, anchors = curve.raw, list(curve.anchors)
     else:
-        raw, anchors = curve, []
+        raw, wraps = curve, True
+        ends = [float(raw(cost_model.layers_for(policy, priced=True)))
+                for policy in (cost_model.min_policy(), cost_model.full_policy())]
+        anchors = [Anchor("smallest (as predicted)", ends[0], ends[0]), Anchor("teacher (as predicted)", ends[1], ends[1])]
     predicted_raw = float(raw(cost_model.layers_for(keep, priced=True)))
     if predicted_raw <= 0:
         return None
     kept, dropped = monotone_anchors([*anchors, Anchor(label, predicted_raw, measured_ms)])
     if dropped and dropped[-1].name == label:
         return None
-    cost_model.set_latency(AnchoredLatency(raw, kept))
-    if anchors:
+    anchored = AnchoredLatency(raw, kept)
+    anchored.wraps_prediction = wraps  # type: ignore[attr-defined]
+    cost_model.set_latency(anchored)
+    if wraps:  # the precision anchors stay; the repaired students map their prediction
+        prepared.anchors = [a for a in prepared.anchors if "maps" not in a] + [
+            {**a.to_dict(), "maps": "the per-precision anchored prediction"} for a in kept if a.name.startswith("repair")]
+    else:
         prepared.anchors = [a.to_dict() for a in sorted(kept, key=lambda a: a.predicted_ms)]
-    else:  # the precision anchors stay as they were; the new curve maps their prediction
-        prepared.anchors = [*prepared.anchors, {**kept[0].to_dict(), "maps": "the per-precision anchored prediction"}]
     return (f"cost model re-anchored on the repaired student: {measured_ms:.3f} ms measured "
-            f"({'LUT' if anchors else 'predicted'} {predicted_raw:.3f})")
+            f"({'predicted' if wraps else 'LUT'} {predicted_raw:.3f})")
 
 
 def fit_to_measured_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str], None],

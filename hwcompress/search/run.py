@@ -196,7 +196,8 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         repair_seconds = time.perf_counter() - repair_started
         if repairs:
             best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, best.accuracy,
-                             prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None, dict(best.extra))
+                             prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None,
+                             {k: v for k, v in best.extra.items() if k != "whole_int8"})
         extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs],
                                  "repair_seconds": round(repair_seconds, 2)}
         summary = getattr(agent, "summary", None)
