@@ -159,6 +159,7 @@ def cases(root: str) -> list[dict]:
         ["lut", "record", "--out", "x.lut.json", "--calibration-widths", "a,b"],
         ["lut", "record", "--out", "x.lut.json", "--calibration-widths", "1.5"],
         ["lut", "record", "--out", "x.lut.json", "--plan", f"{r}/nothing"],
+        ["lut", "record", "--out", "x.lut.json", "--plan", f"{r}/nothing", "--off-path"],
         ["lut", "record", "--device", "jetson", "--out", "x.lut.json"], ["lut", "show", f"{r}/missing.lut.json"],
         ["lut", "show", f"{r}/bad.lut.json"], ["lut", "show", f"{r}/other.lut.json"], ["lut", "merge", f"{r}/bad.lut.json"],
         ["lut", "merge", f"{r}/bad.lut.json", f"{r}/bad.lut.json", "--out", "m.json"],
