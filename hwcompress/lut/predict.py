@@ -125,6 +125,9 @@ class TablePredictor:
         self._cache: dict[str, tuple[float, float, str, bool]] = {}
         self._configs: dict[tuple[int, str | None], tuple[LayerSpec, LayerConfig | None, str | None]] = {}
         self._looked: dict[int, tuple[LayerSpec, tuple[float, float, str, bool]]] = {}
+        layout = table.provenance.get("facts") or {}
+        #: The runtime's blocked-path rule, ``(channel_block, channel_alignment)`` from the table's facts.
+        self._layout = (int(layout.get("channel_block") or table.quantum), layout.get("channel_alignment"))
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -142,14 +145,15 @@ class TablePredictor:
         self._configs[key] = (spec, config, config.family() if config is not None else None)
         return config, self._configs[key][2]
 
-    def _lookup_of(self, spec: LayerSpec, config: LayerConfig) -> tuple[float, float, str, bool]:
-        """:meth:`lookup` of ``spec``'s own configuration, memoised by row object as :meth:`_config_of` is."""
+    def _lookup_of(self, spec: LayerSpec) -> tuple[float, float, str, bool]:
+        """:meth:`lookup` of ``spec``'s own configuration (it must have one), memoised by row object as
+        :meth:`_config_of` is."""
         hit = self._looked.get(id(spec))
         if hit is not None and hit[0] is spec:
             return hit[1]
         if len(self._looked) > 50_000:
             self._looked.clear()
-        result = self.lookup(config)
+        result = self.lookup(self._config_of(spec)[0])
         self._looked[id(spec)] = (spec, result)
         return result
 
@@ -189,9 +193,7 @@ class TablePredictor:
 
     def off_path(self, config: LayerConfig) -> bool:
         """Whether the runtime runs ``config`` off its blocked path (the table's facts say how)."""
-        layout = self.table.provenance.get("facts") or {}
-        block, alignment = int(layout.get("channel_block") or self.table.quantum), layout.get("channel_alignment")
-        return between_blocks(config, block, alignment)
+        return between_blocks(config, *self._layout)
 
     def prices_off_path(self, config: LayerConfig) -> bool:
         """Whether the table holds off-path recordings of ``config``'s family (``lut record --off-path``)."""
@@ -348,8 +350,6 @@ class TablePredictor:
         variance = 0.0
         extrapolated: list[str] = []
         off_block: list[str] = []
-        layout = self.table.provenance.get("facts") or {}
-        block, alignment = int(layout.get("channel_block") or self.table.quantum), layout.get("channel_alignment")
         previous: LayerSpec | None = None
         for spec in specs:
             if spec.name == OTHER:
@@ -364,13 +364,13 @@ class TablePredictor:
             if config is None:
                 raw[spec.name], status[spec.name] = 0.0, MISSING
             else:
-                ms, std, state, extra = self._lookup_of(spec, config)
+                ms, std, state, extra = self._lookup_of(spec)
                 raw[spec.name], status[spec.name] = ms * getattr(spec, "time_scale", 1.0), state
                 precision_of[spec.name] = self.table.normalised(config).precision
                 variance += std**2
                 if extra:
                     extrapolated.append(spec.name)
-                if between_blocks(config, block, alignment) and not self.prices_off_path(config):
+                if self.off_path(config) and not self.prices_off_path(config):
                     off_block.append(spec.name)
             previous = spec
         layer_sum = sum(raw.values())

@@ -307,8 +307,8 @@ class CostModel:
         an earlier policy is scored again before it is taken (lazy greedy), so each step scores the new
         step of the group just trimmed and at most a few stale winners, not every candidate again: a
         repair of the embedded ResNet-56 scored 22 students instead of 81, resnet18 at 64 px 33
-        instead of 141, within 1.7 points of the accuracy (``bench/episode_cost.py``). ``incremental=False`` scores
-        all ``candidates`` at every step.
+        instead of 141, within 1.7 points of the accuracy (``bench/episode_cost.py``).
+        ``incremental=False`` scores all ``candidates`` at every step.
 
         A policy just over its budget thus loses a few channels where they hurt least, instead of every
         group shrinking together (:meth:`scaled_policy`), which with counts rounded to the channel
@@ -335,19 +335,9 @@ class CostModel:
             if score is None:
                 _, policy, current, _ = steps[0]
                 continue
-            top = steps[:max(1, candidates)]
-            fresh = set()
-            for _, trial_policy, _, step in top:
-                if step not in losses or not incremental:
-                    losses[step] = current_score - score(trial_policy)
-                    fresh.add(step)
-            while True:  # lazy greedy: a winner whose loss was measured on an earlier policy is scored again
-                _, chosen, trial, step = min(top, key=lambda o: losses[o[3]] / (current - o[2]))
-                if step in fresh:
-                    break
-                losses[step] = current_score - score(chosen)
-                fresh.add(step)
-            policy, current = chosen, trial
+            policy, current = _lazy_greedy(steps[:max(1, candidates)], losses, incremental,
+                                           measure=lambda p, s=current_score: s - score(p),
+                                           rank=lambda loss, trial, c=current: loss / (c - trial))
             current_score = score(policy)  # exact again (memoised: just scored)
         return policy
 
@@ -388,25 +378,35 @@ class CostModel:
                 continue
             if current_score is None:
                 current_score = score(policy)
-            top = steps[:max(1, candidates)]
-            fresh = set()
-            for _, trial_policy, _, step in top:
-                if step not in gains or not incremental:
-                    gains[step] = score(trial_policy) - current_score
-                    fresh.add(step)
-            while True:  # lazy greedy, as in trimmed_policy
-                _, chosen, trial, step = max(top, key=lambda o: gains[o[3]] / max(o[2] - current, 1e-12))
-                if step in fresh:
-                    break
-                gains[step] = score(chosen) - current_score
-                fresh.add(step)
-            policy, current = chosen, trial
+            policy, current = _lazy_greedy(steps[:max(1, candidates)], gains, incremental,
+                                           measure=lambda p, s=current_score: score(p) - s,
+                                           rank=lambda gain, trial, c=current: -gain / max(trial - c, 1e-12))
             current_score = score(policy)
 
     def set_latency(self, latency_of: Callable[[list[LayerSpec]], float]) -> None:
         """Replace the latency function (a re-anchored prediction) and forget the memoised costs."""
         self.latency_of = latency_of
         self._cache.clear()
+
+
+def _lazy_greedy(top: Sequence[tuple[float, dict[str, int], float, tuple[str, int, int]]], memo: dict[tuple, float],
+                 incremental: bool, measure: Callable[[dict[str, int]], float],
+                 rank: Callable[[float, float], float]) -> tuple[dict[str, int], float]:
+    """The best of the candidate steps ``top`` (``(_, policy, cost, step)``, lowest ``rank(value, cost)``
+    wins) with each step's ``measure`` (its score loss or gain) memoised in ``memo`` by step: measured
+    when new (every time unless ``incremental``), and measured again when it wins on a value measured
+    at an earlier policy (lazy greedy). Returns the winner's ``(policy, cost)``."""
+    fresh = set()
+    for _, trial_policy, _, step in top:
+        if step not in memo or not incremental:
+            memo[step] = measure(trial_policy)
+            fresh.add(step)
+    while True:
+        _, chosen, trial, step = min(top, key=lambda option: rank(memo[option[3]], option[2]))
+        if step in fresh:
+            return chosen, trial
+        memo[step] = measure(chosen)
+        fresh.add(step)
 
 
 def _shrunk(spec: LayerSpec, cin: int | None, cout: int | None, groups: int | None) -> LayerSpec:

@@ -43,7 +43,7 @@ from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
 from hwcompress.search.precision import ALL_FLOAT, LOW, check_int8_path
-from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents
+from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents, measured_int8_teacher
 from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
 
 PRECISION_AGENTS = ("amc", "random")  # the agents that choose a precision per group under --quantize mixed
@@ -362,10 +362,9 @@ def cheapest_student(prepared: Prepared) -> tuple[float, str]:
             cost = view.cost(policy)
             if cost < best:
                 best, what = cost, ("the whole teacher" if share == 1 else f"every group at {ratio:.0%} of its channels") + label
-    if quantized is not None and prepared.budget.is_latency:
-        for anchor in prepared.anchors:
-            if anchor["name"] == "teacher int8" and anchor["measured_ms"] < best:
-                best, what = float(anchor["measured_ms"]), "the whole teacher in int8, measured"
+    measured = measured_int8_teacher(prepared.anchors) if quantized is not None and prepared.budget.is_latency else None
+    if measured is not None and measured < best:
+        best, what = measured, "the whole teacher in int8, measured"
     return best, what
 
 

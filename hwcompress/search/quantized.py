@@ -50,6 +50,11 @@ def candidate_precision(candidate: Any) -> dict[str, str]:
     return dict(extra.get("precision") or {})
 
 
+def measured_int8_teacher(anchors: Sequence[Mapping[str, Any]]) -> float | None:
+    """The whole teacher in int8 as measured while anchoring (ms), or None where it was not."""
+    return next((float(a["measured_ms"]) for a in anchors if a.get("name") == "teacher int8"), None)
+
+
 def prefer_whole_int8(prepared: Any, best: Any, score: Callable[..., float], log: Callable[[str], None]) -> Any:
     """The whole teacher in int8 instead of the searched ``best`` when it measured under the budget's
     acceptance line while anchoring and scores at least as well: pruning on top of int8 is then what
@@ -57,7 +62,7 @@ def prefer_whole_int8(prepared: Any, best: Any, score: Callable[..., float], log
     ResNet-56 the smallest measured 1.112 ms, the whole int8 teacher 1.032 ms). ``best`` otherwise."""
     if prepared.quantized is None or not prepared.budget.is_latency or best.removed_units or best.model is not None:
         return best
-    measured = next((a["measured_ms"] for a in prepared.anchors if a["name"] == "teacher int8"), None)
+    measured = measured_int8_teacher(prepared.anchors)
     if measured is None or measured > prepared.budget.acceptance:
         return best
     full = prepared.cost_model.full_policy()
