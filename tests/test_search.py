@@ -232,9 +232,11 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
 def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
     """With a cost model that predicts 40% too much, the searched student measures far under the budget;
     the grow step gives channels back and measures again, staying under the acceptance line. (The
-    skewed smallest student must still fit: ResNet-20's measures about half the teacher here.)"""
-    _skew_cost_model(monkeypatch, 1.4)
-    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.85), agent="uniform", episodes=1, runs=10))
+    skewed smallest student must still fit: ResNet-20's measures about half the teacher here. At 1.4x
+    and 0.85 the anchored LUT's own under-pricing of mid-size students, up to ~40% on a busy VM, once
+    cancelled the skew and the student measured over the budget: 1.6x and 0.9 leave room either way.)"""
+    _skew_cost_model(monkeypatch, 1.6)
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10))
     grown = [r for r in doc["budget_repairs"] if r.get("grown")]
     assert grown, ("the pessimistic cost model should have left budget to grow into", doc["budget_repairs"],
                    doc["student"]["latency_ms"], doc["budget"], doc["notes"])
