@@ -228,3 +228,25 @@ def test_a_validation_subset_keeps_every_class_in_its_proportion():
     assert class_counts(stratified_subset(data, 7)) == {0: 4, 1: 2, 2: 1}
     assert set(class_counts(stratified_subset(data, 2))) <= {0, 1, 2} and len(stratified_subset(data, 2)) == 2
     assert [int(data[i][1]) for i in stratified_subset(data, 10).indices] == [0] * 6 + [1] * 3 + [2]
+
+
+def test_a_split_without_a_label_list_is_cut_to_its_first_items_and_reported_so():
+    """A dataset whose labels cannot be read without loading its items gets the first N, and
+    result.json's ``scoring.val_subset`` says "first", not "stratified"."""
+    from torch.utils.data import Dataset, TensorDataset
+
+    from hwcompress.model.data import has_label_list, stratified_subset
+    from hwcompress.search.finish import _subset_kind
+
+    class Items(Dataset):
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, index):
+            return torch.zeros(1), index % 2
+
+    items = Items()
+    assert not has_label_list(items) and list(stratified_subset(items, 5).indices) == [0, 1, 2, 3, 4]
+    assert _subset_kind(stratified_subset(items, 5), items) == "first" and _subset_kind(items, items) == "all"
+    labelled = TensorDataset(torch.zeros(20, 1), torch.arange(20) % 2)
+    assert has_label_list(labelled) and _subset_kind(stratified_subset(labelled, 5), labelled) == "stratified"

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from hwcompress.devices import descriptor_from_dict
@@ -303,8 +304,109 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     export_onnx(model, SHAPE, onnx_path, verify=False)
     measurement = LutPredictor(table, CPU).measure(ModelArtifact(onnx_path, SHAPE, model, "tiny"), SETTINGS)
     assert measurement.coverage["between_blocks_layers"] == []  # priced from off-path recordings
+    # Off-path entries were timed warm, as the layer runs inside the network: priced as timed, outside
+    # the calibration's scale (fitted on blocked-path models, whose flushed layers it corrects).
+    from hwcompress.model.analysis import analyze
+
+    specs = analyze(model, SHAPE).layers
+    detail = table.predict_detail(specs)
+    configs = {s.name: LayerConfig.from_spec(s) for s in specs}
+    off_rows = [n for n, c in configs.items() if c is not None and between_blocks(c, block, alignment)]
+    on_rows = [n for n, c in configs.items() if c is not None and c.op == "Conv2d" and n not in off_rows]
+    assert off_rows and on_rows and detail.scale != pytest.approx(1.0)
+    for name in off_rows:
+        assert detail.per_layer_ms[name] == pytest.approx(table.lookup(configs[name])[0])
+    for name in on_rows:
+        assert detail.per_layer_ms[name] == pytest.approx(table.lookup(configs[name])[0] * detail.scale)
+    unscaled = sum(detail.per_layer_ms[n] for n in off_rows)
+    assert detail.total_ms == pytest.approx((detail.layer_sum_ms - unscaled) * detail.scale + unscaled)
     aligned = LayerConfig("Conv2d", 1, config.in_hw, block * 2, config.cout, config.kernel, config.stride, config.padding, 1)
     assert not between_blocks(aligned, block, alignment)
+
+    # Off-path layers are timed without the cache flush (a cold start they do not pay in the network);
+    # a table recorded before that rule keeps one flush for all its entries.
+    from hwcompress.lut.recorder import DEFAULT_CACHE_FLUSH_MB, OFF_PATH_CACHE_FLUSH_MB, Recorder
+
+    assert table.provenance["off_path_cache_flush_mb"] == OFF_PATH_CACHE_FLUSH_MB != DEFAULT_CACHE_FLUSH_MB
+    recorder = Recorder(table, ort_profiler(), SETTINGS)
+    try:
+        assert recorder.settings_for(config).options["cache_flush_mb"] == OFF_PATH_CACHE_FLUSH_MB
+        assert recorder.settings_for(aligned).options["cache_flush_mb"] == DEFAULT_CACHE_FLUSH_MB
+    finally:
+        recorder.close()
+    del table.provenance["off_path_cache_flush_mb"]
+    recorder = Recorder(table, ort_profiler(), SETTINGS)
+    try:
+        assert recorder.settings_for(config).options["cache_flush_mb"] == DEFAULT_CACHE_FLUSH_MB
+    finally:
+        recorder.close()
+
+
+def grouped_net(width: int = 16, groups: int = 4):
+    """A RegNet-like stage: 1x1, a grouped 3x3 (``groups`` groups of ``width`` channels), 1x1."""
+    torch.manual_seed(0)
+    c = width * groups
+    return nn.Sequential(
+        nn.Conv2d(3, c, 1), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1, groups=groups), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Conv2d(c, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+
+
+def test_grouped_convolutions_run_blocked_only_on_whole_blocks_per_group():
+    """ONNX Runtime runs a grouped (not depthwise) convolution in its blocked layout only when every
+    group's input and output channels are whole blocks: RegNet's 16-channel groups that torch-pruning
+    narrows to 8 fall off the path on 16-channel blocks although 8 is a multiple of the alignment.
+    ``between_blocks`` says what the runtime's optimised graph does."""
+    from hwcompress_profiler_onnxruntime import _runs_blocked, nchwc_layout
+
+    from hwcompress.lut.keys import LayerConfig
+    from hwcompress.lut.predict import between_blocks
+
+    grouped = LayerConfig("Conv2d", 1, (8, 8), 32, 32, (3, 3), (1, 1), (1, 1), 2)
+    assert grouped.grouped and grouped.diagonal and not grouped.depthwise
+    assert not between_blocks(grouped, 16, 4)
+    assert between_blocks(grouped.with_channels(16, 16), 16, 4)  # 8 per group: aligned, but half a block
+    assert between_blocks(grouped.with_channels(40, 40), 16, 4)  # 20 per group
+    assert between_blocks(grouped.with_channels(32, 48), 16, 4)  # outputs 24 per group
+    assert not between_blocks(grouped.with_channels(16, 16), 8, 4)  # on 8-channel blocks (AVX2) 8 per group is whole
+    block, alignment = nchwc_layout()
+    if block == 1 or alignment == 1:
+        pytest.skip("ONNX Runtime on this CPU has no NCHWc path")
+    for groups, width in ((2, block), (2, block // 2), (2, block + alignment), (3, 2 * block), (3, block // 2 + 1)):
+        config = LayerConfig("Conv2d", 1, (8, 8), groups * width, groups * width, (3, 3), (1, 1), (1, 1), groups)
+        assert _runs_blocked(groups * width, groups)[0] == (not between_blocks(config, block, alignment)), (groups, width)
+
+
+def test_grouped_convolutions_are_recorded_over_group_widths(tmp_path):
+    """A grouped convolution's grid keeps its groups and narrows each of them (what pruning it does), on
+    one axis; ``--off-path`` adds each group one channel narrower. A narrowed grouped layer is then
+    priced from those entries: not extrapolated, not named as unvouched."""
+    from hwcompress.model.export import export_onnx
+
+    units = model_units(grouped_net(16, 4), SHAPE)
+    grouped = [c for c, _ in grid_configs(units, 8, 16, points=3) if c.grouped]
+    assert {(c.cin, c.cout, c.groups) for c in grouped} == {(32, 32, 4), (64, 64, 4)}
+    added = [c for c, _ in grid_configs(units, 8, 16, points=3, off_path=(16, 4)) if c.grouped]
+    assert {c.cin // c.groups for c in added} == {7, 8, 15, 16} and all(c.cin == c.cout for c in added)
+
+    path = tmp_path / "grouped.lut.json"
+    table = record_lut(grouped_net(16, 4), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="grouped", widths=(0.5,),
+                       points=3, quantum=16, off_path=True)
+    facts = table.provenance["facts"]
+    block, alignment = int(facts.get("channel_block") or 1), int(facts.get("channel_alignment") or 1)
+    if block != 16 or alignment == 1:
+        pytest.skip(f"ONNX Runtime on this CPU blocks {block} channels (alignment {alignment}); the case is 16")
+    narrowed = grouped_net(8, 4)  # 8 channels per group: off the blocked path, recorded on the grid
+    onnx_path = tmp_path / "narrowed.onnx"
+    export_onnx(narrowed, SHAPE, onnx_path, verify=False)
+    recorded_narrow = next(e.config for e in table.entries.values() if e.config.grouped and e.config.cin == 32)
+    assert table.lookup(recorded_narrow)[2:] == ("exact", False)
+    assert table.lookup(recorded_narrow.with_channels(48, 48))[2:] == ("interpolated", False)  # 12 per group: between 8 and 15
+    predictor = LutPredictor(table, CPU)
+    measurement = predictor.measure(ModelArtifact(onnx_path, SHAPE, narrowed, "grouped"), SETTINGS)
+    assert measurement.coverage["between_blocks_layers"] == []
+    assert measurement.coverage["extrapolated"] == 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from hwcompress.measure.contract import ProfileSettings
 from hwcompress.model.analysis import analyze
 from hwcompress.model.data import resolve_data
 from hwcompress.model.embedded import resnet_cifar
-from hwcompress.search.amc.mixed import MixedEpisodeWalker, precision_of_action, smallest_mixed_cost
+from hwcompress.search.amc.mixed import CHOICES, MixedEpisodeWalker, precision_of_action
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
 from hwcompress.search.precision import ALL_FLOAT, PrecisionPlan, check_int8_path
@@ -257,6 +257,13 @@ def test_the_cost_model_prices_each_layer_in_its_precision(int8_lut):
     assert int8 == pytest.approx(next(m for m in table.models if m.get("precision") == "int8")["measured_ms"], rel=1e-6)
     one_float = cost.at_precision({groups[-1].name: "fp32"}).cost(full)
     assert one_float != int8 and cost.cost(full) == int8  # views share the memo, keyed by precision
+
+
+def smallest_mixed_cost(cost_model, plan) -> float:
+    """The cheapest student a mixed search can reach, for setting budgets: every group at its fewest
+    channels, all in int8 or all in float (whichever is cheaper)."""
+    smallest = cost_model.min_policy()
+    return min(cost_model.at_precision({name: p for name in plan.choosable}).cost(smallest) for p in CHOICES)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

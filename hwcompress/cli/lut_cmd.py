@@ -286,7 +286,10 @@ def print_summary(summary: dict) -> None:
     clocks = p.get("clocks") or {}
     head.add_row("clocks", ", ".join(f"{k}={v}" for k, v in clocks.items()) or "not readable")
     head.add_row("recorded", f"{p.get('date')} (updated {p.get('updated', p.get('date'))}) by {p.get('recorder')}")
-    head.add_row("timing", f"{p.get('timing')}" + (f", cache flush {p.get('cache_flush_mb'):g} MB between runs" if p.get("cache_flush_mb") else ""))
+    flush = f", cache flush {p.get('cache_flush_mb'):g} MB between runs" if p.get("cache_flush_mb") else ""
+    if flush and p.get("off_path_cache_flush_mb") == 0:
+        flush += " (none for layers off the runtime's blocked path)"
+    head.add_row("timing", f"{p.get('timing')}{flush}")
     head.add_row("channel quantum", f"{p.get('channel_quantum')} ({p.get('channel_quantum_source', 'given')}; device multiple "
                                     f"{p.get('channel_multiple')}): prune to multiples of it")
     head.add_row("entries", f"{summary['entries']} in {summary['families']} layer shapes: "

@@ -91,9 +91,16 @@ class LayerConfig:
         return self.groups > 1 and self.groups == self.cin == self.cout
 
     @property
+    def grouped(self) -> bool:
+        """A grouped convolution that is not depthwise (ResNeXt, RegNet): pruned, it keeps its groups and
+        narrows each of them."""
+        return self.groups > 1 and not self.depthwise
+
+    @property
     def diagonal(self) -> bool:
-        """Channels that move together (depthwise convolutions, norms): a one-axis grid."""
-        return self.depthwise or (self.op in NORM_OPS and self.cin == self.cout)
+        """Channels that move together (depthwise convolutions, norms, grouped convolutions as wide out as
+        in, whose group widths shrink together): a one-axis grid."""
+        return self.depthwise or (self.cin == self.cout and (self.op in NORM_OPS or self.grouped))
 
     def key(self) -> str:
         return (

@@ -128,6 +128,13 @@ class TablePredictor:
         layout = table.provenance.get("facts") or {}
         #: The runtime's blocked-path rule, ``(channel_block, channel_alignment)`` from the table's facts.
         self._layout = (int(layout.get("channel_block") or table.quantum), layout.get("channel_alignment"))
+        #: Off-path entries timed without the cache flush (tables recorded since 2026-11-26,
+        #: :data:`hwcompress.lut.recorder.OFF_PATH_CACHE_FLUSH_MB`): what such a layer costs inside the
+        #: network, so the calibration's scale, fitted on blocked-path models whose flushed layers it
+        #: corrects, is not applied to them.
+        flush = table.provenance.get("cache_flush_mb")
+        off_flush = table.provenance.get("off_path_cache_flush_mb")
+        self._warm_off_path = off_flush is not None and float(off_flush) == 0.0 and bool(flush)
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -228,7 +235,7 @@ class TablePredictor:
         if config.diagonal:
             line = {x: v for (x, y), v in values.items() if x == y}
             if line:
-                return self._interpolate_1d(qx, line)
+                return self._interpolate_1d(qx, line, 2 if config.grouped else 1)
         xs = sorted({x for x, _ in values})
         ys = sorted({y for _, y in values})
         # Rectangles around the query whose four corners were all recorded; the tightest wins.
@@ -262,7 +269,7 @@ class TablePredictor:
         return value * ratio, std * ratio, INTERPOLATED, True
 
     @staticmethod
-    def _interpolate_1d(q: int, line: dict[int, tuple[float, float]]) -> tuple[float, float, str, bool]:
+    def _interpolate_1d(q: int, line: dict[int, tuple[float, float]], power: int = 1) -> tuple[float, float, str, bool]:
         xs = sorted(line)
         if q in line:
             value, std = line[q]
@@ -276,7 +283,8 @@ class TablePredictor:
             std = math.hypot((1 - t) * line[x0][1], t * line[x1][1])
             return value, std, INTERPOLATED, False
         anchor = lower[-1] if lower else upper[0]
-        ratio = q / anchor  # depthwise work grows linearly with the channels
+        # Depthwise work grows linearly with the channels; a grouped convolution's (fixed groups) with their square.
+        ratio = (q / anchor) ** power
         return line[anchor][0] * ratio, line[anchor][1] * ratio, INTERPOLATED, True
 
     def _nearest(self, config: LayerConfig) -> tuple[float, float, str, bool]:
@@ -350,6 +358,8 @@ class TablePredictor:
         variance = 0.0
         extrapolated: list[str] = []
         off_block: list[str] = []
+        # Layers priced from off-path entries timed warm: as timed, outside the calibration's scale.
+        as_timed: set[str] = set()
         previous: LayerSpec | None = None
         for spec in specs:
             if spec.name == OTHER:
@@ -370,8 +380,11 @@ class TablePredictor:
                 variance += std**2
                 if extra:
                     extrapolated.append(spec.name)
-                if self.off_path(config) and not self.prices_off_path(config):
-                    off_block.append(spec.name)
+                if self.off_path(config):
+                    if not self.prices_off_path(config):
+                        off_block.append(spec.name)
+                    elif self._warm_off_path and state != MISSING:
+                        as_timed.add(spec.name)
             previous = spec
         layer_sum = sum(raw.values())
         used = sorted({p for p in precision_of.values() if p is not None})
@@ -381,12 +394,13 @@ class TablePredictor:
             return detail
         model = self.calibration_for(specs) if calibration != "none" else None
         scale, offset = 1.0, 0.0
+        unscaled = sum(raw[name] for name in as_timed)
         if model is not None and calibration == "scale":
-            scale = calibration_ratio(model, layer_sum)
+            scale = calibration_ratio(model, layer_sum - unscaled)
         elif model is not None and calibration == "offset":
             offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
-        per_layer = {name: ms * scale for name, ms in raw.items()}
-        total = max(layer_sum * scale + offset, 0.0)
+        per_layer = {name: ms if name in as_timed else ms * scale for name, ms in raw.items()}
+        total = max((layer_sum - unscaled) * scale + unscaled + offset, 0.0)
         return PredictionDetail(
             total_ms=total,
             per_layer_ms=per_layer,
@@ -470,13 +484,17 @@ def between_blocks(config: LayerConfig, block: int, alignment: int | None) -> bo
     (``channel_block`` and ``channel_alignment`` in the table's facts; ONNX Runtime's NCHWc kernels:
     :func:`hwcompress_profiler_onnxruntime.nchwc_layout`).
 
-    A convolution fed at least one block of channels, or a grouped one, needs its (input) channel count
-    to be a multiple of ``alignment``; one that is not runs in plain NCHW, with layout conversions to and
-    from its blocked neighbours, which the LUT (each layer recorded alone, at counts on the grid) does
-    not price. ``alignment`` None (a runtime that reported no rule): never.
+    A convolution fed at least one block of channels, or a depthwise one, needs its (input) channel count
+    to be a multiple of ``alignment``; a grouped (not depthwise) one needs each group's input and output
+    channels to be whole blocks (RegNet's 16-channel groups narrowed to 8 by pruning run off the path on
+    16-channel blocks: ONNX Runtime's optimized graph, 2026-11-26). One that is not runs in plain NCHW,
+    with layout conversions to and from its blocked neighbours, which the LUT (each layer recorded alone,
+    at counts on the grid) does not price. ``alignment`` None (a runtime that reported no rule): never.
     """
     if not alignment or alignment <= 1 or config.op not in CONV_OPS:
         return False
+    if config.grouped:
+        return (config.cin // config.groups) % block != 0 or (config.cout // config.groups) % block != 0
     if config.groups > 1:
         return config.cin % alignment != 0
     return config.cin >= block and config.cin % alignment != 0

@@ -160,12 +160,15 @@ def grid_configs(
 
     Counts are multiples of ``lcm(multiple, quantum)``: what the search visits, on the runtime's blocks.
     Dense layers get a 2-D (cin x cout) grid; depthwise convolutions and norms one axis; grouped
-    convolutions and other modules only their own configuration.
+    convolutions as wide out as in (RegNet's, ResNeXt's) one axis of group widths, their groups kept
+    (what pruning them does: torch-pruning narrows every group); other modules only their own
+    configuration.
 
     ``off_path=(block, alignment)`` adds, for every convolution grid point fed at least one block, the
-    same point with one input channel less: a count off the runtime's alignment, which it runs off its
-    blocked path (models pruned without rounding, e.g. torch-pruning's ``round_to=None``, are full of
-    them; the blocked entries price them 40-60% too fast, ``bench/lut_fidelity.py``).
+    same point with one input channel less (one channel less per group for a grouped convolution): a
+    count off the runtime's alignment (or a group width off its block), which it runs off its blocked
+    path (models pruned without rounding, e.g. torch-pruning's ``round_to=None``, are full of them; the
+    blocked entries price them 40-60% too fast, ``bench/lut_fidelity.py``).
     """
     step = math.lcm(max(1, multiple), max(1, quantum))
 
@@ -176,16 +179,22 @@ def grid_configs(
     for unit in units:
         config = unit.config
         op = config.op
-        grouped = config.groups > 1 and not config.depthwise
+        grouped = op in CONV_OPS and config.grouped
         if (op in CONV_OPS and config.depthwise) or (op in NORM_OPS and config.cin == config.cout):
             pairs = [(c, c) for c in grid(config.cin, unit.cin_fixed or unit.cout_fixed)]
+        elif grouped and config.diagonal:
+            g = config.groups
+            pairs = [(g * w, g * w) for w in grid(config.cin // g, unit.cin_fixed or unit.cout_fixed)]
         elif (op in CONV_OPS and not grouped) or op == "Linear":
             cins = grid(config.cin, unit.cin_fixed)
             couts = grid(config.cout, unit.cout_fixed)
             pairs = [(ci, co) for ci in cins for co in couts]
         else:
             pairs = [(config.cin, config.cout)]
-        if off_path and op in CONV_OPS and not grouped:
+        if off_path and op in CONV_OPS and grouped and config.diagonal:
+            g = config.groups
+            pairs += [(ci - g, ci - g) for ci, _ in pairs if ci - g >= g]
+        elif off_path and op in CONV_OPS and not grouped:
             block, alignment = off_path
             depthwise = config.depthwise
             pairs += [(ci - 1, ci - 1 if depthwise else co) for ci, co in pairs

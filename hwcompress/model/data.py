@@ -246,6 +246,12 @@ def stratified_subset(dataset: Any, size: int) -> Any:
     return Subset(dataset, chosen)
 
 
+def has_label_list(dataset: Any) -> bool:
+    """Whether ``dataset``'s labels can be read without loading its items (what
+    :func:`stratified_subset` needs to keep the classes in their proportions)."""
+    return _labels(dataset) is not None
+
+
 def _labels(dataset: Any) -> list[int] | None:
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
         return [int(v) for v in dataset.tensors[1].tolist()]

@@ -22,6 +22,7 @@ import torch
 from hwcompress import __version__
 from hwcompress.files import write_atomic
 from hwcompress.model.analysis import analyze
+from hwcompress.model.data import has_label_list
 from hwcompress.model.export import export_onnx
 from hwcompress.model.training import evaluate
 from hwcompress.search.agent import Candidate
@@ -226,7 +227,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "total_seconds": round(time.perf_counter() - started, 2),
         "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,
         "scoring": {"val_images": len(prepared.val_set), "bn_calibration_images": min(config.bn_calibration, len(prepared.splits.train)),
-                    "val_subset": "stratified" if len(prepared.val_set) < len(prepared.splits.val) else "all"},
+                    "val_subset": _subset_kind(prepared.val_set, prepared.splits.val)},
         "finetune": {k: v for k, v in finetune_info.items() if isinstance(v, (int, float, str))},
         "interrupted": interrupted,
         "config": config.to_dict(),
@@ -239,3 +240,11 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
     if out is not None:
         write_report(document, history, out)
     return Finished(student, document)
+
+
+def _subset_kind(scored: Any, val: Any) -> str:
+    """How the reward's validation images were chosen (``--val-limit``): all of them, a stratified
+    subset, or the first N where the split has no label list to stratify by."""
+    if len(scored) >= len(val):
+        return "all"
+    return "stratified" if has_label_list(val) else "first"

@@ -134,13 +134,6 @@ def make_walker(context: Any) -> EpisodeWalker:
     return EpisodeWalker(context.cost_model, context.layers, context.target)
 
 
-def smallest_mixed_cost(cost_model: CostModel, plan: PrecisionPlan) -> float:
-    """The cheapest student a mixed search can reach: every group at its fewest channels, all in int8
-    or all in float (whichever is cheaper)."""
-    smallest = cost_model.min_policy()
-    return min(cost_model.at_precision({name: p for name in plan.choosable}).cost(smallest) for p in CHOICES)
-
-
 def episode_shape(context: Any) -> tuple[int, int]:
     """``(state size, steps per episode)`` of a run's walk, for sizing the DDPG agent."""
     plan = getattr(context, "precision", None)

@@ -131,9 +131,11 @@ def nchwc_layout() -> tuple[int, int]:
     * ``block``: the channel block its blocked kernels work in (16 with AVX-512, 8 with AVX2): the
       smallest input channel count that ONNX Runtime reorders into blocks rather than reading directly.
       Counts between blocks are padded to the next block, so they cost what it costs.
-    * ``alignment``: from one block up, a convolution's input channels (a grouped one's channels) must
+    * ``alignment``: from one block up, a convolution's input channels (a depthwise one's channels) must
       be a multiple of this for the blocked path; others run in plain NCHW with layout conversions
-      around them (ONNX Runtime 1.32: 4, so 60 channels run blocked and 58 do not).
+      around them (ONNX Runtime 1.32: 4, so 60 channels run blocked and 58 do not). A grouped (not
+      depthwise) convolution needs whole blocks in every group instead (32 channels in 2 groups run
+      blocked on 16-channel blocks, 16 in 2 groups do not): :func:`hwcompress.lut.predict.between_blocks`.
     """
     block = next((c for c in (2, 4, 8, 16, 32, 64, 128) if _runs_blocked(c)[1]), 1)
     if block == 1:
