@@ -2,8 +2,9 @@
 
 Before: each student's BatchNorm statistics re-estimated on 256 training images, weights in the default
 (NCHW) memory order, and the budget repair scoring every one of its 8 candidate steps at every step.
-Now (the defaults): 128 images, channels-last weights (exact), and the repair's steps scored
-incrementally (a step's accuracy loss measured once and reused while its group keeps its count,
+Now (the defaults): 128 images, channels-last weights (exact), each BatchNorm folded into its
+convolution after re-estimation and the student scored under inference mode (same accuracies), and the
+repair's steps scored incrementally (a step's accuracy loss measured once and reused while its group keeps its count,
 ``CostModel.trimmed_policy``). For the embedded default (ResNet-56 on digits at 32 px) and resnet18
 trained here on digits at 64 px, side by side and interleaved:
 
@@ -49,9 +50,9 @@ from hwcompress.search.prepare import PYTHON_OBJECT
 from hwcompress.search.run import run_search
 from hwcompress.slim.pruning import find_channel_groups, prune_channels
 
-BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False}
+BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False, "fold_norms": False}
 NOW = {"bn_calibration": SearchConfig.__dataclass_fields__["bn_calibration"].default, "channels_last": True,
-       "incremental": True}
+       "incremental": True, "fold_norms": True}
 REFERENCE_BN = 1024
 
 
@@ -75,6 +76,7 @@ class Scorer:
         self.setting, self.val = setting, val if val is not None else splits.val
         self.cache: dict[tuple, float] = {}
         self.seconds = 0.0
+        self.pairs = scoring.conv_norm_pairs(teacher, example) if setting.get("fold_norms") else []
 
     def __call__(self, keep: dict[str, int]) -> float:
         key = tuple(keep.get(g.name, g.channels) for g in self.groups)
@@ -83,8 +85,15 @@ class Scorer:
             student = prune_channels(self.teacher, self.example, keep)
             if self.setting["channels_last"]:
                 student = student.to(memory_format=torch.channels_last)
-            scoring.recalibrate_batchnorm(student, self.splits.train, self.setting["bn_calibration"])
-            self.cache[key] = evaluate(student, self.val)
+            if self.setting.get("fold_norms"):  # as scoring.policy_scorer does
+                with torch.inference_mode():
+                    scoring.recalibrate_batchnorm(student, self.splits.train, self.setting["bn_calibration"])
+                scoring.fold_norms(student, self.pairs)
+                with torch.inference_mode():
+                    self.cache[key] = evaluate(student, self.val)
+            else:
+                scoring.recalibrate_batchnorm(student, self.splits.train, self.setting["bn_calibration"])
+                self.cache[key] = evaluate(student, self.val)
             self.seconds += time.perf_counter() - started
         return self.cache[key]
 
@@ -153,6 +162,7 @@ def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, 
                                   seed=args.seed, finetune_epochs=0, out=str(out), model=PYTHON_OBJECT,
                                   data=PYTHON_OBJECT, bn_calibration=setting["bn_calibration"])
             scoring.CHANNELS_LAST = setting["channels_last"]
+            scoring.FOLD_NORMS = setting["fold_norms"]
             original = CostModel.trimmed_policy
             CostModel.trimmed_policy = lambda self, *a, _o=original, _i=setting["incremental"], **k: _o(  # type: ignore
                 self, *a, **{**k, "incremental": _i})
@@ -164,6 +174,7 @@ def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, 
             finally:
                 CostModel.trimmed_policy = original  # type: ignore[method-assign]
                 scoring.CHANNELS_LAST = True
+                scoring.FOLD_NORMS = True
             rows.append({"setup": name, "arm": arm, "episodes_per_hour": 3600 * doc["episodes"] / doc["search_seconds"],
                          "repair_s": doc.get("repair_seconds"), "repairs": len(doc.get("budget_repairs") or []),
                          "acc_before_ft": doc["student"]["accuracy_before_finetune"], "met": doc["budget_met"],

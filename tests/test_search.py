@@ -439,3 +439,41 @@ def test_cached_rows_and_lookups_predict_what_a_fresh_cost_model_does(tiny_lut_c
     assert warm[:12] == warm[12:] and warm[:12] == pytest.approx(fresh, rel=1e-12)
     rows_a, rows_b = cost.layers_for(policies[0], priced=True), cost.layers_for(policies[0], priced=True)
     assert all(a is b for a, b in zip(rows_a, rows_b))
+
+
+def test_students_are_scored_the_same_with_their_norms_folded(monkeypatch):
+    """The scorer folds each BatchNorm into the convolution before it (after re-estimating it) and runs
+    under inference mode: the same accuracies as scoring the plain student; a convolution whose output
+    something else also reads is never folded."""
+    from torch.utils.data import TensorDataset
+
+    from hwcompress.search import scoring
+
+    model, x, _, groups, cost = _model_and_cost()
+    pairs = scoring.conv_norm_pairs(model, x)
+    assert len(pairs) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(96, 3, 32, 32, generator=generator)
+    data = TensorDataset(images, model(images).argmax(1).detach())  # labels the teacher mostly gets right
+    rng = np.random.default_rng(0)
+    policies = [{g.name: int(rng.choice(cost.allowed_counts(g))) for g in groups} for _ in range(3)]
+    scores = {}
+    for fold in (True, False):
+        monkeypatch.setattr(scoring, "FOLD_NORMS", fold)
+        score = scoring.policy_scorer(model, x, groups, data, data, bn_calibration=32)
+        scores[fold] = [score(keep) for keep in policies]
+    assert scores[True] == scores[False] and len(set(scores[True])) > 1
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == len(pairs)  # the teacher is untouched
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+            self.norm.running_mean.fill_(0.5)
+            self.norm.running_var.fill_(2.0)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.norm(y) + y
+
+    assert scoring.conv_norm_pairs(Shared().eval(), torch.zeros(1, 3, 8, 8)) == []

@@ -294,6 +294,10 @@ def print_summary(summary: dict) -> None:
                                     f"{p.get('channel_multiple')}): prune to multiples of it")
     head.add_row("entries", f"{summary['entries']} in {summary['families']} layer shapes: "
                             + ", ".join(f"{op} {n}" for op, n in summary["ops"].items()))
+    conversions = p.get("layout_conversions") or {}
+    if conversions.get("to_plain") and conversions.get("to_blocked"):
+        head.add_row("layout conversions", "around layers off the blocked path, per million elements: to NCHW "
+                     f"{1e6 * conversions['to_plain']['ms_per_element']:.3f} ms, back {1e6 * conversions['to_blocked']['ms_per_element']:.3f} ms")
     if p.get("merged_from"):
         head.add_row("merged from", ", ".join(map(str, p["merged_from"])))
     out.print(head)

@@ -73,6 +73,8 @@ class PredictionDetail:
         precision_ms: calibrated milliseconds per precision, for a model with layers in several.
         between_blocks: convolutions whose channels fall between the table's channel blocks
             (:func:`between_blocks`): priced as the next block, which the runtime may not give them.
+        layout_conversion_ms: what the layout conversions around layers off the blocked path add
+            (:meth:`TablePredictor.layout_conversion_ms`; included in ``total_ms`` and ``per_layer_ms``).
     """
 
     total_ms: float
@@ -86,6 +88,7 @@ class PredictionDetail:
     extrapolated: list[str] = field(default_factory=list)
     precision_ms: dict[str, float] = field(default_factory=dict)
     between_blocks: list[str] = field(default_factory=list)
+    layout_conversion_ms: float = 0.0
 
     def coverage(self) -> dict[str, Any]:
         counts = {EXACT: 0, INTERPOLATED: 0, MISSING: 0, FUSED: 0}
@@ -102,6 +105,7 @@ class PredictionDetail:
             "missing_layers": [name for name, status in self.status.items() if status == MISSING],
             "between_blocks": len(self.between_blocks),
             "between_blocks_layers": list(self.between_blocks),
+            "layout_conversion_ms": round(self.layout_conversion_ms, 6),
             "calibration_scale": round(self.scale, 4),
             "calibration_model": self.calibration.get("name") if self.calibration else None,
         }
@@ -135,6 +139,9 @@ class TablePredictor:
         flush = table.provenance.get("cache_flush_mb")
         off_flush = table.provenance.get("off_path_cache_flush_mb")
         self._warm_off_path = off_flush is not None and float(off_flush) == 0.0 and bool(flush)
+        #: What leaving and re-entering the blocked layout costs around an off-path layer
+        #: (``lut record --off-path``: the profiler's ``layout_conversions``), or None.
+        self._conversions = table.provenance.get("layout_conversions") if self._warm_off_path else None
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -197,6 +204,11 @@ class TablePredictor:
             }
             self._cache = {}
         return self._index
+
+    @property
+    def channel_block(self) -> int:
+        """The runtime's channel block (the table's facts, else its quantum)."""
+        return self._layout[0]
 
     def off_path(self, config: LayerConfig) -> bool:
         """Whether the runtime runs ``config`` off its blocked path (the table's facts say how)."""
@@ -394,13 +406,14 @@ class TablePredictor:
             return detail
         model = self.calibration_for(specs) if calibration != "none" else None
         scale, offset = 1.0, 0.0
+        converting = self.layout_conversion_ms(specs) if self._conversions and calibration != "none" else {}
         unscaled = sum(raw[name] for name in as_timed)
         if model is not None and calibration == "scale":
             scale = calibration_ratio(model, layer_sum - unscaled)
         elif model is not None and calibration == "offset":
             offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
-        per_layer = {name: ms if name in as_timed else ms * scale for name, ms in raw.items()}
-        total = max((layer_sum - unscaled) * scale + unscaled + offset, 0.0)
+        per_layer = {name: (ms if name in as_timed else ms * scale) + converting.get(name, 0.0) for name, ms in raw.items()}
+        total = max((layer_sum - unscaled) * scale + unscaled + sum(converting.values()) + offset, 0.0)
         return PredictionDetail(
             total_ms=total,
             per_layer_ms=per_layer,
@@ -412,7 +425,40 @@ class TablePredictor:
             calibration=model,
             extrapolated=extrapolated,
             between_blocks=off_block,
+            layout_conversion_ms=sum(converting.values()),
         )
+
+    def layout_conversion_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
+        """Per convolution, what converting its input between the runtime's blocked layout and plain NCHW
+        costs (the table's ``layout_conversions``), in forward order: a convolution on the blocked path
+        reads blocked input from one block of channels up (below, it reads NCHW directly) and writes
+        blocked output; one off the path (:func:`between_blocks`) reads and writes NCHW. Each change of
+        layout between consecutive convolutions that an off-path one takes part in converts the later
+        one's input. Like the precision
+        transitions, the forward order stands in for the graph: a branch's first layer is compared with
+        the layer before it in that order. Empty without a ``layout_conversions`` record."""
+        rates = self._conversions or {}
+        block = self._layout[0]
+        costs: dict[str, float] = {}
+        previous: tuple[str, bool] | None = None  # (its output layout, whether it ran off the path)
+        for spec in specs:
+            config, _ = self._config_of(spec)
+            if config is None or config.op not in CONV_OPS or not spec.in_shape:
+                continue
+            off = self.off_path(config)
+            if off:
+                layout_in = layout_out = "plain"
+            else:
+                layout_in = "blocked" if config.cin >= block else "plain"
+                layout_out = "blocked" if config.cin >= block or not (config.depthwise or config.grouped) else "plain"
+            # Only the changes an off-path layer causes: the others happen in the blocked-path models the
+            # calibration was fitted on, and its scale has them.
+            if previous is not None and previous[0] != layout_in and (off or previous[1]):
+                fit = rates.get("to_plain" if layout_in == "plain" else "to_blocked") or {}
+                elements = math.prod(int(d) for d in spec.in_shape)
+                costs[spec.name] = float(fit.get("intercept_ms", 0.0)) + float(fit.get("ms_per_element", 0.0)) * elements
+            previous = (layout_out, off)
+        return costs
 
     def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:
         """``(total_ms, per_layer_ms, coverage)`` for a model's analysed layers (calibrated)."""
@@ -612,12 +658,16 @@ class LutPredictor:
             names = detail.between_blocks
             alignment = (self.table.provenance.get("facts") or {}).get("channel_alignment")
             notes.append(
-                f"{len(names)} convolutions have channel counts that are not multiples of {alignment} "
+                f"{len(names)} convolutions have channel counts that are not multiples of {alignment} (or, grouped, "
+                f"groups that are not whole {self.table.predictor.channel_block}-channel blocks) "
                 f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {self.table.provenance.get('runtime')} on "
                 "the device runs such layers off its blocked path, with layout conversions around them, which the LUT "
                 "does not price, so this prediction cannot vouch for them (measure on the device, prune to "
                 f"multiples of {alignment}, or record the model's off-path entries: hwcompress lut record --off-path)"
             )
+        if detail.layout_conversion_ms > 0:
+            notes.append(f"includes {detail.layout_conversion_ms:.3f} ms of layout conversions around the layers off the "
+                         "runtime's blocked path (timed when the LUT was recorded with --off-path)")
         notes.append(
             "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
             "spread on the device; runs = 0 (nothing timed here)"

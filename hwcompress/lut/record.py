@@ -152,6 +152,13 @@ def record_lut(
                     m.get("fingerprint") == fingerprint and m.get("precision") == TRANSITIONS for m in table.models):
                 record_transitions(table, profiler, settings, model_module, exported[0], name, fingerprint,
                                    sorted({u.config.family() for u in units}))
+        conversions = getattr(profiler, "layout_conversions", None)
+        if rule and callable(conversions) and "layout_conversions" not in table.provenance:
+            # What leaving and re-entering the blocked layout around an off-path layer costs (warm).
+            measured = conversions(settings)
+            if measured:
+                table.provenance["layout_conversions"] = measured
+                table.invalidate()
         if len(table.precisions) > 1:
             table.provenance["precisions"] = table.precisions
         if out_path is not None:
