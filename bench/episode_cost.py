@@ -20,6 +20,7 @@ trained here on digits at 64 px, side by side and interleaved:
    ``search_seconds``, repair seconds and the accuracy before fine-tuning from ``result.json``.
 
     python bench/episode_cost.py [--setups embedded,resnet18@64] [--students 16] [--repairs 3] [--episodes 24]
+    python bench/episode_cost.py --rank-study 40     # would fewer images rank students as well?
 """
 
 from __future__ import annotations
@@ -150,6 +151,44 @@ def scoring_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace)
     return row
 
 
+def rank_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--rank-study N``: would fewer images rank students as well? N random students scored by the
+    reference scorer and by the current scorer with 128 or 64 BatchNorm images, on all the validation
+    images or a stratified half, the arms in rotating order; seconds per score and Kendall tau against
+    the reference for each."""
+    from hwcompress.model.data import stratified_subset
+
+    example = torch.zeros(*splits.input_shape)
+    groups = find_channel_groups(teacher, example)
+    rng = random.Random(args.seed + 1)
+    students = [random_policy(groups, rng) for _ in range(args.rank_study)]
+    reference = Scorer(teacher, example, groups, splits, {"bn_calibration": REFERENCE_BN, "channels_last": True,
+                                                          "fold_norms": True},
+                       torch.utils.data.ConcatDataset([splits.val, splits.test]))
+    truth = [reference(keep) for keep in students]
+    half = stratified_subset(splits.val, len(splits.val) // 2)
+    arms = {
+        (bn, label): Scorer(teacher, example, groups, splits, {**NOW, "bn_calibration": bn}, val)
+        for bn in (NOW["bn_calibration"], 64) for label, val in (("all", splits.val), ("half", half))
+    }
+    keys = list(arms)
+    times: dict[Any, list[float]] = {k: [] for k in keys}
+    for index, keep in enumerate(students):
+        for key in keys[index % len(keys):] + keys[:index % len(keys)]:
+            spent = arms[key].seconds
+            arms[key](keep)
+            times[key].append(arms[key].seconds - spent)
+    rows = []
+    for (bn, label), scorer in arms.items():
+        values = [scorer(keep) for keep in students]
+        rows.append({"setup": name, "bn_images": bn, "val_images": len(scorer.val), "val": label,
+                     "s_per_score": statistics.median(times[(bn, label)]), "tau": kendall_tau(values, truth),
+                     "mean_abs_diff": statistics.mean(abs(a - b) for a, b in zip(values, truth))})
+        print(f"  rank study {name}: BN {bn} images, {label} validation ({len(scorer.val)}): "
+              f"{rows[-1]['s_per_score']:.3f} s per score, tau {rows[-1]['tau']:.3f}")
+    return rows
+
+
 def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     loaded = LoadedModel(name, teacher, None, tuple(splits.input_shape), "bench")
     rows = []
@@ -193,12 +232,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="search runs per arm (alternating order)")
     parser.add_argument("--ratio", type=float, default=0.6, help="the searches' budget, a fraction of the teacher's latency")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rank-study", type=int, default=0,
+                        help="instead: N students, would 64 BatchNorm images or half the validation set rank them as well?")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="hwcompress-episode-cost-"))
     rows, searches = [], []
     with scoring.torch_threads(1):
+        if args.rank_study:
+            study = []
+            for name in args.setups.split(","):
+                teacher, splits, label = setup(name, folder)
+                print(f"{name}: {label}")
+                study += rank_study(name, teacher, splits, args)
+            print(f"\n{platform.processor() or platform.machine()}, 1 thread; {time.perf_counter() - started:.0f} s in all\n")
+            print("| setup | BN images | validation images | s per score | Kendall tau vs reference | mean abs. diff. |")
+            print("|---|---|---|---|---|---|")
+            for r in study:
+                print(f"| {r['setup']} | {r['bn_images']} | {r['val_images']} ({r['val']}) | {r['s_per_score']:.3f} | "
+                      f"{r['tau']:.3f} | {100 * r['mean_abs_diff']:.2f} pts |")
+            shutil.rmtree(folder, ignore_errors=True)
+            return
         for name in args.setups.split(","):
             teacher, splits, label = setup(name, folder)
             print(f"{name}: {label}")
