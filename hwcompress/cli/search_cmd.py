@@ -44,7 +44,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--lbound", type=float, help="Smallest preserve ratio of a channel group (default 0.2).")
 @click.option("--finetune-epochs", type=float, help="Distillation epochs for the final student (default 8).")
 @click.option("--bn-calibration", type=int,
-              help="Re-estimate BatchNorm statistics of each candidate on this many train images before scoring it (0: AMC's original, none; default 128).")
+              help="Re-estimate BatchNorm statistics of each candidate on this many train images before scoring it (0: AMC's original, none; default 64).")
 @click.option("--reconstruct", is_flag=True, default=None, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--anchors", type=int,
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "

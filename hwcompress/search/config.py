@@ -78,7 +78,7 @@ class SearchConfig:
     threads: int | None = None
     val_limit: int | None = None
     anchors: int = 2
-    bn_calibration: int = 128
+    bn_calibration: int = 64
     torch_threads: int = 1
     quantize: str | None = None
     skip_bad_images: bool = False
