@@ -43,7 +43,6 @@ from hwcompress.model import embedded, scratch
 from hwcompress.model.analysis import analyze
 from hwcompress.model.data import resolve_data
 from hwcompress.model.loading import LoadedModel
-from hwcompress.model.training import evaluate
 from hwcompress.search import scoring
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
@@ -86,15 +85,8 @@ class Scorer:
             student = prune_channels(self.teacher, self.example, keep)
             if self.setting["channels_last"]:
                 student = student.to(memory_format=torch.channels_last)
-            if self.setting.get("fold_norms"):  # as scoring.policy_scorer does
-                with torch.inference_mode():
-                    scoring.recalibrate_batchnorm(student, self.splits.train, self.setting["bn_calibration"])
-                scoring.fold_norms(student, self.pairs)
-                with torch.inference_mode():
-                    self.cache[key] = evaluate(student, self.val)
-            else:
-                scoring.recalibrate_batchnorm(student, self.splits.train, self.setting["bn_calibration"])
-                self.cache[key] = evaluate(student, self.val)
+            self.cache[key] = scoring.score_student(student, self.splits.train, self.val, self.setting["bn_calibration"],
+                                                    self.pairs if self.setting.get("fold_norms") else None)
             self.seconds += time.perf_counter() - started
         return self.cache[key]
 

@@ -130,8 +130,9 @@ class TablePredictor:
         self._configs: dict[tuple[int, str | None], tuple[LayerSpec, LayerConfig | None, str | None]] = {}
         self._looked: dict[int, tuple[LayerSpec, tuple[float, float, str, bool]]] = {}
         layout = table.provenance.get("facts") or {}
-        #: The runtime's blocked-path rule, ``(channel_block, channel_alignment)`` from the table's facts.
-        self._layout = (int(layout.get("channel_block") or table.quantum), layout.get("channel_alignment"))
+        #: The runtime's blocked-path rule, ``(channel_block, channel_alignment)`` from the table's facts
+        #: (the alignment None where the runtime reported no rule).
+        self.layout: tuple[int, Any] = (int(layout.get("channel_block") or table.quantum), layout.get("channel_alignment"))
         #: Off-path entries timed without the cache flush (tables recorded since 2026-11-26,
         #: :data:`hwcompress.lut.recorder.OFF_PATH_CACHE_FLUSH_MB`): what such a layer costs inside the
         #: network, so the calibration's scale, fitted on blocked-path models whose flushed layers it
@@ -205,14 +206,9 @@ class TablePredictor:
             self._cache = {}
         return self._index
 
-    @property
-    def channel_block(self) -> int:
-        """The runtime's channel block (the table's facts, else its quantum)."""
-        return self._layout[0]
-
     def off_path(self, config: LayerConfig) -> bool:
         """Whether the runtime runs ``config`` off its blocked path (the table's facts say how)."""
-        return between_blocks(config, *self._layout)
+        return between_blocks(config, *self.layout)
 
     def prices_off_path(self, config: LayerConfig) -> bool:
         """Whether the table holds off-path recordings of ``config``'s family (``lut record --off-path``)."""
@@ -372,6 +368,7 @@ class TablePredictor:
         off_block: list[str] = []
         # Layers priced from off-path entries timed warm: as timed, outside the calibration's scale.
         as_timed: set[str] = set()
+        any_off_path = False
         previous: LayerSpec | None = None
         for spec in specs:
             if spec.name == OTHER:
@@ -393,6 +390,7 @@ class TablePredictor:
                 if extra:
                     extrapolated.append(spec.name)
                 if self.off_path(config):
+                    any_off_path = True
                     if not self.prices_off_path(config):
                         off_block.append(spec.name)
                     elif self._warm_off_path and state != MISSING:
@@ -406,7 +404,8 @@ class TablePredictor:
             return detail
         model = self.calibration_for(specs) if calibration != "none" else None
         scale, offset = 1.0, 0.0
-        converting = self.layout_conversion_ms(specs) if self._conversions and calibration != "none" else {}
+        # Conversions happen only at layers off the path: none, no second walk over the rows.
+        converting = self.layout_conversion_ms(specs) if self._conversions and any_off_path and calibration != "none" else {}
         unscaled = sum(raw[name] for name in as_timed)
         if model is not None and calibration == "scale":
             scale = calibration_ratio(model, layer_sum - unscaled)
@@ -438,7 +437,7 @@ class TablePredictor:
         transitions, the forward order stands in for the graph: a branch's first layer is compared with
         the layer before it in that order. Empty without a ``layout_conversions`` record."""
         rates = self._conversions or {}
-        block = self._layout[0]
+        block = self.layout[0]
         costs: dict[str, float] = {}
         previous: tuple[str, bool] | None = None  # (its output layout, whether it ran off the path)
         for spec in specs:
@@ -659,7 +658,7 @@ class LutPredictor:
             alignment = (self.table.provenance.get("facts") or {}).get("channel_alignment")
             notes.append(
                 f"{len(names)} convolutions have channel counts that are not multiples of {alignment} (or, grouped, "
-                f"groups that are not whole {self.table.predictor.channel_block}-channel blocks) "
+                f"groups that are not whole {self.table.predictor.layout[0]}-channel blocks) "
                 f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {self.table.provenance.get('runtime')} on "
                 "the device runs such layers off its blocked path, with layout conversions around them, which the LUT "
                 "does not price, so this prediction cannot vouch for them (measure on the device, prune to "

@@ -123,10 +123,8 @@ def record_lut(
             detected, probe = recorder.detect_quantum(input_shape[0], multiple)
             table.provenance.update(channel_quantum=detected, channel_quantum_source="detected", quantum_probe=probe)
         table.invalidate()
-        layout = table.provenance.get("facts") or {}
-        rule = None
-        if off_path and int(layout.get("channel_alignment") or 1) > 1:
-            rule = (int(layout.get("channel_block") or table.quantum), int(layout["channel_alignment"]))
+        block, alignment = table.predictor.layout
+        rule = (block, int(alignment)) if off_path and int(alignment or 1) > 1 else None
         configs = grid_configs(units, multiple, table.quantum, points, min_ratio, off_path=rule)
         fingerprint = model_fingerprint(units)
         name = model_name or type(model_module).__name__

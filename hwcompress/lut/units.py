@@ -191,7 +191,7 @@ def grid_configs(
             pairs = [(ci, co) for ci in cins for co in couts]
         else:
             pairs = [(config.cin, config.cout)]
-        if off_path and op in CONV_OPS and grouped and config.diagonal:
+        if off_path and grouped and config.diagonal:
             g = config.groups
             pairs += [(ci - g, ci - g) for ci, _ in pairs if ci - g >= g]
         elif off_path and op in CONV_OPS and not grouped:

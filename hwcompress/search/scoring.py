@@ -153,15 +153,23 @@ def policy_scorer(teacher: Any, example: Any, groups: list[Any], train_set: Any,
             student = prune_channels(teacher, example, keep)
             if CHANNELS_LAST and example.dim() == 4:
                 student = student.to(memory_format=torch.channels_last)
-            if FOLD_NORMS:  # the student is scored and thrown away: no autograd, norms folded
-                with torch.inference_mode():
-                    recalibrate_batchnorm(student, train_set, bn_calibration)
-                fold_norms(student, pairs)
-                with torch.inference_mode():
-                    cache[key] = evaluate(student, val_set)
-            else:
-                recalibrate_batchnorm(student, train_set, bn_calibration)
-                cache[key] = evaluate(student, val_set)
+            cache[key] = score_student(student, train_set, val_set, bn_calibration, pairs if FOLD_NORMS else None)
         return cache[key]
 
     return score
+
+
+def score_student(student: Any, train_set: Any, val_set: Any, bn_calibration: int,
+                  fold: list[tuple[str, str]] | None) -> float:
+    """A student's reward accuracy: its BatchNorm statistics re-estimated on ``bn_calibration`` training
+    images, then its accuracy on ``val_set``. With ``fold`` (:func:`conv_norm_pairs`, possibly empty) the
+    student is only scored and then thrown away: it runs under inference mode and the pairs are folded
+    before the evaluation (it is changed in place); None scores it as it is."""
+    if fold is None:
+        recalibrate_batchnorm(student, train_set, bn_calibration)
+        return evaluate(student, val_set)
+    with torch.inference_mode():
+        recalibrate_batchnorm(student, train_set, bn_calibration)
+    fold_norms(student, fold)
+    with torch.inference_mode():
+        return evaluate(student, val_set)

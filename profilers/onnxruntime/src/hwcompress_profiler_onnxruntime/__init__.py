@@ -169,15 +169,8 @@ def _reorder_probe(block: int, alignment: int, hw: int, settings: ProfileSetting
     with tempfile.TemporaryDirectory(prefix="hwcompress-reorder-") as folder:
         path = os.path.join(folder, "reorders.onnx")
         onnx.save(model, path)
-        session = make_session(path, settings, profile_prefix=os.path.join(folder, "ort"))
-        feed = random_feed(session, (1, 2 * block, hw, hw))
-        for _ in range(runs + 5):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    for event in events:
-        args = event.get("args", {})
-        if event.get("cat") != "Node" or not event.get("name", "").endswith(KERNEL_SUFFIX):
-            continue
+        events = _kernel_events(path, (1, 2 * block, hw, hw), settings, runs + 5)
+    for _, args, ms in events:
         shapes = args.get("output_type_shape") if args.get("op_name") == "ReorderOutput" else args.get("input_type_shape")
         try:
             channels = int(next(iter(shapes[0].values()))[1])
@@ -185,7 +178,7 @@ def _reorder_probe(block: int, alignment: int, hw: int, settings: ProfileSetting
             continue
         direction = wanted.get((args.get("op_name"), channels))
         if direction:
-            times[direction].append(event["dur"] / 1000.0)
+            times[direction].append(ms)
     elements = {"to_plain": off * hw * hw, "to_blocked": 3 * block * hw * hw}
     return {d: (elements[d], statistics.median(t[-runs:])) for d, t in times.items() if t}
 
@@ -310,6 +303,19 @@ def profiled_kernel_times(onnx_path: str | os.PathLike[str], input_shape: tuple[
         Per node (its name without the ``_kernel_time`` suffix), the kernel time of each run in ms, in
         run order; nodes whose op is in ``skip_ops`` are left out.
     """
+    per_node: dict[str, list[float]] = {}
+    for name, args, ms in _kernel_events(onnx_path, input_shape, settings, iterations,
+                                         layout_optimizations=layout_optimizations, before_each=before_each):
+        if args.get("op_name") not in skip_ops:
+            per_node.setdefault(name, []).append(ms)
+    return per_node
+
+
+def _kernel_events(onnx_path: str | os.PathLike[str], input_shape: tuple[int, ...], settings: ProfileSettings,
+                   iterations: int, *, layout_optimizations: bool = True,
+                   before_each: Callable[[], None] | None = None) -> list[tuple[str, dict[str, Any], float]]:
+    """Run ``iterations`` inferences with ONNX Runtime's node profiler on: every kernel event, in run
+    order, as ``(node name without the _kernel_time suffix, the event's args, ms)``."""
     with tempfile.TemporaryDirectory(prefix="hwcompress-ort-") as folder:
         session = make_session(onnx_path, settings, profile_prefix=os.path.join(folder, "ort"),
                                layout_optimizations=layout_optimizations)
@@ -319,15 +325,8 @@ def profiled_kernel_times(onnx_path: str | os.PathLike[str], input_shape: tuple[
                 before_each()
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    per_node: dict[str, list[float]] = {}
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith(KERNEL_SUFFIX):
-            continue
-        if event.get("args", {}).get("op_name") in skip_ops:
-            continue
-        per_node.setdefault(name[: -len(KERNEL_SUFFIX)], []).append(event["dur"] / 1000.0)
-    return per_node
+    return [(event["name"][: -len(KERNEL_SUFFIX)], event.get("args", {}), event["dur"] / 1000.0) for event in events
+            if event.get("cat") == "Node" and event.get("name", "").endswith(KERNEL_SUFFIX)]
 
 
 @hookimpl
