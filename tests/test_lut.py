@@ -14,6 +14,7 @@ from torch import nn
 
 from hwcompress.devices import descriptor_from_dict
 from hwcompress.errors import UserError
+from hwcompress.lut.calibration import ratio_digits
 from hwcompress.lut.keys import TIMING_KERNELS
 from hwcompress.lut.predict import LutPredictor, calibration_ratio
 from hwcompress.lut.record import ensure_lut, record_lut
@@ -146,6 +147,11 @@ def test_prediction_coverage_and_calibration(recorded):
     assert model["measured_ms"] > 0 and model["scale"] == pytest.approx(model["measured_ms"] / model["layer_sum_ms"], rel=1e-3)
     assert full.scale == pytest.approx(calibration_ratio(model, full.layer_sum_ms))
     assert full.total_ms == pytest.approx(full.scale * full.layer_sum_ms)
+    # ... and prices the calibrating model at exactly its stored measurement (a scale kept to six
+    # decimals missed it by up to 1.2e-6 of itself, which failed a CI run).
+    assert full.total_ms == pytest.approx(model["measured_ms"], rel=1e-9)
+    assert 2 * ratio_digits(0.0123456789 / 2) == pytest.approx(0.0123456789, rel=1e-9)
+    assert 2 * round(0.0123456789 / 2, 6) != pytest.approx(0.0123456789, rel=1e-5)
     assert sum(full.per_layer_ms.values()) == pytest.approx(full.total_ms)
     total, per_layer, coverage_tuple = table.predict(analyze(tiny(), SHAPE))
     assert total == pytest.approx(full.total_ms) and coverage_tuple["calibration_model"] == "tiny"

@@ -26,7 +26,7 @@ from hwcompress import __version__
 from hwcompress.devices import user_data_dir
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
-from hwcompress.lut.calibration import CALIBRATION_WIDTHS, record_with_calibration
+from hwcompress.lut.calibration import CALIBRATION_WIDTHS, ratio_digits, record_with_calibration
 from hwcompress.lut.keys import TRANSITIONS, at_precision
 from hwcompress.lut.plan import PLAN_SCHEMA
 from hwcompress.lut.predict import transition_elements
@@ -217,7 +217,7 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
         for precision, reference in references.items():
             now = profiler.measure(reference["artifact"], whole).latency.median
             drifts.append(now / float(calibrated[precision]["measured_ms"]))
-    measured = statistics.median(mixed_times) / statistics.median(drifts)
+    measured = round(statistics.median(mixed_times) / statistics.median(drifts), 6)
     detail = table.predict_detail(specs)
     predicted = detail.total_ms - detail.offset_ms  # without the transition term: this record is what gives it
     precision_of = {spec.name: getattr(spec, "precision", None) for spec in specs}
@@ -225,8 +225,8 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
     rate = max(measured - predicted, 0.0) / elements if elements else 0.0
     table.models.append({
         "name": name, "precision": TRANSITIONS, "fingerprint": fingerprint, "families": list(families),
-        "input_shape": list(artifact.input_shape), "measured_ms": round(measured, 6), "layer_sum_ms": round(predicted, 6),
-        "scale": round(measured / predicted, 6) if predicted > 0 else 1.0, "float_layers": len(specs) - len(int8),
+        "input_shape": list(artifact.input_shape), "measured_ms": measured, "layer_sum_ms": round(predicted, 6),
+        "scale": ratio_digits(measured / predicted) if predicted > 0 else 1.0, "float_layers": len(specs) - len(int8),
         "transition_elements": elements, "ms_per_element": rate, "date": _now(),
     })
 
