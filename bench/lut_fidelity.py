@@ -92,6 +92,11 @@ class ThreadClockProfiler:
         self.description = inner.description + " (thread CPU time)"
         self.precisions = tuple(getattr(inner, "precisions", ()) or ())
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything else is the inner profiler's: its layout-conversion probe (``lut record --off-path``)
+        # above all, which this wrapper hid until 2026-11-27, so the bench's LUTs had no conversion rates.
+        return getattr(self.inner, name)
+
     def available(self) -> tuple[bool, str]:
         return self.inner.available()
 
@@ -289,6 +294,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # their measurement rounds, each pair of rounds (the ceiling for any predictor's tau here).
         "rounds_kendall_tau": [kendall_tau([r["measured_rounds_ms"][i] for r in rows], [r["measured_rounds_ms"][j] for r in rows])
                                for i in range(rounds) for j in range(i + 1, rounds)],
+        "lut_forward_order_drift_corrected": scores([r["predicted_forward_order_ms"] for r in rows], corrected),
+        "lut_without_conversions_drift_corrected": scores([r["predicted_without_conversions_ms"] for r in rows], corrected),
         "lut_vouched_only": scores([r["predicted_ms"] for r in vouched], [r["measured_ms"] for r in vouched]) if vouched else None,
         "lut_vouched_only_drift_corrected": (scores([r["predicted_ms"] for r in vouched], [r["measured_corrected_ms"] for r in vouched])
                                              if vouched else None),
@@ -480,6 +487,15 @@ def main(argv: list[str] | None = None) -> int:
                     if mode != "fp32":
                         onnx_path, specs, int8_layers = quantized_variant(model, onnx_path, specs, shape, mode, kind_rng)
                     detail = table.predict_detail(specs, calibration=args.calibration)
+                    # The same prediction with layout conversions placed in forward order (as before the
+                    # rows knew which layer feeds which): the graph's worth, on the same measurements.
+                    forward = table.predict_detail([dataclasses.replace(s, sources=None) for s in specs],
+                                                   calibration=args.calibration)
+                    rates, table.predictor._conversions = table.predictor._conversions, None  # and without any
+                    try:
+                        unconverted = table.predict_detail(specs, calibration=args.calibration)
+                    finally:
+                        table.predictor._conversions = rates
                     # Interleaved A/B: the unpruned model beside each variant tells how much slower this
                     # moment is than the recording was (other processes, clocks): the drift-corrected view.
                     variant_ms, ratios_ab, refs = [], [], []
@@ -509,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                         "drift": ref_ms / calibration["measured_ms"],
                         "measured_corrected_ms": statistics.median(ratios_ab) * calibration["measured_ms"],
                         "predicted_ms": detail.total_ms,
+                        "predicted_forward_order_ms": forward.total_ms,
+                        "predicted_without_conversions_ms": unconverted.total_ms,
+                        "layout_conversion_ms": detail.layout_conversion_ms,
                         "layer_sum_ms": detail.layer_sum_ms,
                         "exact": coverage["exact"],
                         "interpolated": coverage["interpolated"],
@@ -565,6 +584,14 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(f"{'as measured' if view == 'lut' else 'drift-corrected'} {100 * s['within_10pct']:.1f}% / "
                             f"tau {s['kendall_tau']:.3f} ({'met' if met else 'NOT met'})")
         print(f"  {label:<24} {'; '.join(verdicts)}")
+    print("\nlayout conversions placed by the graph, in forward order, or left out (drift-corrected, the same "
+          "measurements; within +-10% / MAPE / tau):")
+    for label, result in results.items():
+        views = [(name, result[key]) for name, key in (("graph", "lut_drift_corrected"),
+                                                       ("forward order", "lut_forward_order_drift_corrected"),
+                                                       ("none", "lut_without_conversions_drift_corrected"))]
+        print(f"  {label:<24} " + ";  ".join(f"{name} {100 * v['within_10pct']:.1f}% / {100 * v['mape']:.1f}% / "
+                                              f"{v['kendall_tau']:.3f}" for name, v in views))
     for failure in failures:
         print(f"  not measured: {failure}")
     if args.json:

@@ -22,6 +22,12 @@ quantization"), per budget, with AMC, the same absolute budget and the same fine
 * mixed: ``--quantize mixed``, AMC chooses int8 or float per group beside the channels.
 
     python bench/search_quality.py --quantized --ratios 0.5,0.35 --episodes 40 --finetune-epochs 2
+
+``--model ARCH --input-size N`` runs the ``--quantized`` comparison on a torchvision architecture
+instead of the embedded ResNet-56: trained here on digits at N px for ``--train-teacher`` epochs (once,
+kept under ``--out``), then the same teacher for every row (a compute-bound network, where int8 pays).
+
+    python bench/search_quality.py --quantized --model resnet18 --input-size 64 --ratios 0.5,0.25
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import platform
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from hwcompress.budget import Budget
 from hwcompress.search.config import SearchConfig
@@ -105,6 +112,24 @@ def seed_means(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_teacher(args: argparse.Namespace, out: Path) -> tuple[Any, Any, float | None]:
+    """The ``--quantized`` rows' teacher, its data and test accuracy: (None, None, None) for the embedded
+    default (each run loads it), else ``--model`` trained on digits at ``--input-size`` px, kept in
+    ``out`` so that reruns reuse it."""
+    if args.model is None:
+        return None, None, None
+    from hwcompress.model import scratch
+    from hwcompress.model.data import resolve_data
+    from hwcompress.model.loading import LoadedModel
+    from hwcompress.model.training import evaluate
+
+    splits = resolve_data("digits", input_size=args.input_size)
+    cache = out / f"teacher-{args.model}@{args.input_size}-e{args.train_teacher}"
+    module, _ = scratch.trained_teacher(args.model, splits, args.train_teacher, 0, cache, log=lambda m: print(f"  {m}"))
+    loaded = LoadedModel(args.model, module, None, tuple(splits.input_shape), "bench")
+    return loaded, splits, evaluate(module, splits.test)
+
+
 def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
     """The teacher in int8, no pruning: distilled into a copy of itself for the same epochs, quantized,
     measured paired with the teacher (what a search's verdict does), its accuracy as ONNX Runtime runs it."""
@@ -118,6 +143,7 @@ def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
     from hwcompress.measure.resolve import make_settings, resolve_timing
     from hwcompress.model import embedded
     from hwcompress.model.data import resolve_data
+    from hwcompress.model.training import evaluate
     from hwcompress.search.quantized import QuantizedStudents
     from hwcompress.search.scoring import torch_threads
     from hwcompress.slim.distill import distill
@@ -126,9 +152,12 @@ def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
 
     with torch_threads(1):
         started = time.perf_counter()
-        teacher, meta = embedded.default_teacher(progress=False)
+        if state.get("teacher") is not None:
+            teacher, splits, meta = state["teacher"].module, state["data"], {"test_accuracy": state["teacher_accuracy"]}
+        else:
+            teacher, meta = embedded.default_teacher(progress=False)
+            splits = resolve_data(None)
         teacher.eval()
-        splits = resolve_data(None)
         shape = tuple(splits.input_shape)
         descriptor = resolve_device("cpu")
         settings = make_settings(descriptor, per_layer=False)
@@ -137,8 +166,10 @@ def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
         students = QuantizedStudents.for_teacher("int8", teacher, shape, splits.train, groups)
         before = students.accuracy(teacher, splits.test)
         student = copy.deepcopy(teacher)
-        if args.finetune_epochs > 0:
+        if args.finetune_epochs > 0:  # undone when it lowers the validation accuracy, as a search's fine-tuning is
             distill(student, teacher, splits.train, epochs=args.finetune_epochs, seed=0, progress=False)
+            if evaluate(student, splits.val) < evaluate(teacher, splits.val):
+                student = copy.deepcopy(teacher)
         _, result = students.quantize(student, "student", check=True)
         after = onnx_accuracy(result.path, splits.test)
         measured = measure(student, "student", rounds=5, onnx_path=result.path)
@@ -152,24 +183,29 @@ def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
 
 
 def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict, variant: str, quantize: str | None,
-                  policy: Path | None = None) -> dict:
+                  policy: Path | None = None, seed: int = 0) -> dict:
     """One row of the ``--quantized`` comparison; ``state["budget_ms"]`` carries the absolute budget. A
     budget no student of the variant can reach is a row too, with the smallest latency it could."""
     from hwcompress.errors import UserError
+    from hwcompress.search.prepare import PYTHON_OBJECT
     from hwcompress.search.run import apply_policy
 
-    folder = out / f"{variant.replace(' ', '-')}-{ratio:g}"
+    folder = out / f"{variant.replace(' ', '-')}-{ratio:g}" if seed == 0 else out / f"{variant.replace(' ', '-')}-{ratio:g}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     budget = Budget.latency_ms(state["budget_ms"]) if state.get("budget_ms") else Budget.latency_ratio(ratio)
-    config = SearchConfig(budget=budget, agent="amc", episodes=args.episodes, seed=int(args.seeds.split(",")[0]),
-                          finetune_epochs=args.finetune_epochs, out=str(folder), quantize=quantize, lbound=args.lbound)
+    given = {"teacher": state.get("teacher"), "data": state.get("data")}
+    objects = {"model": PYTHON_OBJECT, "data": PYTHON_OBJECT} if given["teacher"] is not None else {}
+    config = SearchConfig(budget=budget, agent="amc", episodes=args.episodes, seed=seed,
+                          finetune_epochs=args.finetune_epochs, out=str(folder), quantize=quantize, lbound=args.lbound,
+                          **objects)
     try:
-        doc = (apply_policy(config, policy, progress=False) if policy else run_search(config, progress=False)).report
+        doc = (apply_policy(config, policy, progress=False, **given) if policy else
+               run_search(config, progress=False, **given)).report
     except UserError as error:
         print(f"{variant:>20} {ratio:g}x: {error}", flush=True)
         named = re.search(r"budget ([\d.]+) ms", str(error))
         limit = state.get("budget_ms") or (float(named.group(1)) if named else float("nan"))
-        return {"agent": variant, "budget": f"{ratio:g}x = {limit:.3f} ms", "refused": str(error), "folder": str(folder)}
+        return {"agent": variant, "seed": seed, "budget": f"{ratio:g}x = {limit:.3f} ms", "refused": str(error), "folder": str(folder)}
     state["budget_ms"] = doc["budget"]["latency_ms"]
     r = {**row(variant, ratio, doc), "folder": str(folder),
          "int8_layers": (doc.get("quantization") or {}).get("int8_layers", 0), "layers": len(doc.get("layers") or [])}
@@ -183,43 +219,47 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     """The ``--quantized`` comparison (module docstring): one row per variant and budget."""
     rows = []
     out.mkdir(parents=True, exist_ok=True)
+    teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:
-        state: dict = {}
-        rows.append(quantized_run(args, out, ratio, state, "prune only", None))
-        pruned = Path(rows[-1]["folder"]) / "policy.json"
-        rows.append(quantize_only(args, ratio, state))
-        print(f"{'quantize only':>20} {rows[-1]['budget']:>20}  measured {rows[-1]['student_ms']:.3f} ms  met {rows[-1]['met']}  "
-              f"acc {100 * rows[-1]['acc_before']:.2f}% -> {100 * rows[-1]['acc_after']:.2f}%", flush=True)
-        if pruned.exists():
-            rows.append(quantized_run(args, out, ratio, state, "prune then quantize", "int8", pruned))
-        else:
-            rows.append({"agent": "prune then quantize", "budget": rows[-1]["budget"], "refused": "no prune-only student to quantize"})
-        rows.append(quantized_run(args, out, ratio, state, "int8 + search", "int8"))
-        rows.append(quantized_run(args, out, ratio, state, "mixed", "mixed"))
+        state: dict = {"teacher": teacher, "data": data, "teacher_accuracy": accuracy}
+        for seed in [int(s) for s in args.seeds.split(",")]:  # the same absolute budget for every seed
+            rows.append(quantized_run(args, out, ratio, state, "prune only", None, seed=seed))
+            pruned = Path(rows[-1]["folder"]) / "policy.json"
+            if seed == int(args.seeds.split(",")[0]):  # no search: one row per budget
+                rows.append(quantize_only(args, ratio, state))
+                print(f"{'quantize only':>20} {rows[-1]['budget']:>20}  measured {rows[-1]['student_ms']:.3f} ms  met "
+                      f"{rows[-1]['met']}  acc {100 * rows[-1]['acc_before']:.2f}% -> {100 * rows[-1]['acc_after']:.2f}%", flush=True)
+            if pruned.exists():
+                rows.append(quantized_run(args, out, ratio, state, "prune then quantize", "int8", pruned, seed=seed))
+            else:
+                rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"],
+                             "refused": "no prune-only student to quantize"})
+            rows.append(quantized_run(args, out, ratio, state, "int8 + search", "int8", seed=seed))
+            rows.append(quantized_run(args, out, ratio, state, "mixed", "mixed", seed=seed))
     return rows
 
 
 def quantized_markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        QUANTIZED_SECTION,
+        quantized_section(args),
         "",
         f"`python bench/search_quality.py --quantized --ratios {args.ratios} --episodes {args.episodes} "
-        f"--finetune-epochs {args.finetune_epochs} --lbound {args.lbound}` on {platform.processor() or platform.machine()}, "
+        f"--finetune-epochs {args.finetune_epochs} --lbound {args.lbound} --seeds {args.seeds}{teacher_flags(args)}` on {platform.processor() or platform.machine()}, "
         f"{__import__('os').cpu_count()} cores, ONNX Runtime CPU, 1 thread, AMC for every search. Same absolute budget per "
         "ratio (the first run turns the ratio into milliseconds), same fine-tuning (distillation in float, then static "
         "int8 quantization where the row quantizes). Latencies are measured medians (paired with the teacher) of the "
         "deployed file: the Q/DQ int8 model where the row quantizes; accuracies are on the digits test split, as ONNX "
         "Runtime runs the int8 model.",
         "",
-        "| variant | budget | student ms (measured) | met | int8 layers | params compression | acc. before FT | acc. after FT | search s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | seed | budget | student ms (measured) | met | int8 layers | params compression | acc. before FT | acc. after FT | search s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("refused"):
-            lines.append(f"| {r['agent']} | {r['budget']} | refused: {r['refused'].split(';')[0]} | no | | | | | |")
+            lines.append(f"| {r['agent']} | {r.get('seed', 0)} | {r['budget']} | refused: {r['refused'].split(';')[0]} | no | | | | | |")
             continue
         lines.append(
-            f"| {r['agent']} | {r['budget']} | {r['student_ms']:.3f} | {'yes' if r['met'] else 'no'} | "
+            f"| {r['agent']} | {r.get('seed', 0) if r['agent'] != 'quantize only' else '-'} | {r['budget']} | {r['student_ms']:.3f} | {'yes' if r['met'] else 'no'} | "
             f"{r['int8_layers']}/{r['layers'] or '-'} | {r['compression']:.2f}x | {100 * r['acc_before']:.2f}% | "
             f"{100 * r['acc_after']:.2f}% | {r['search_s']:.0f} |"
         )
@@ -227,6 +267,17 @@ def quantized_markdown(rows: list[dict], args: argparse.Namespace) -> str:
     if measured:
         lines += ["", f"Teacher: {measured[0]['teacher_ms']:.3f} ms measured, test accuracy {100 * measured[0]['acc_teacher']:.2f}%."]
     return "\n".join(lines) + "\n"
+
+
+def quantized_section(args: argparse.Namespace) -> str:
+    """The docs section of a ``--quantized`` run: one per teacher."""
+    return QUANTIZED_SECTION if args.model is None else f"{QUANTIZED_SECTION}: {args.model} at {args.input_size} px"
+
+
+def teacher_flags(args: argparse.Namespace) -> str:
+    if args.model is None:
+        return ""
+    return f" --model {args.model} --input-size {args.input_size} --train-teacher {args.train_teacher}"
 
 
 def write_docs(text: str, section: str = SECTION) -> None:
@@ -251,6 +302,10 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--quantized", action="store_true", help="prune vs quantize vs both (module docstring)")
     parser.add_argument("--lbound", type=float, default=0.2, help="--quantized: the searches' smallest preserve ratio")
+    parser.add_argument("--model", default=None, help="--quantized: a torchvision architecture trained here on digits "
+                        "(default: the embedded ResNet-56)")
+    parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
+    parser.add_argument("--train-teacher", type=int, default=2, help="--model: the teacher's training epochs")
     args = parser.parse_args()
     from hwcompress.cli.search_cmd import parse_agent_options
 
@@ -261,7 +316,7 @@ def main() -> None:
         text = quantized_markdown(rows, args)
         print(text)
         if not args.no_docs:
-            write_docs(text, QUANTIZED_SECTION)
+            write_docs(text, quantized_section(args))
         return
     rows = []
     for ratio in [float(r) for r in args.ratios.split(",")]:

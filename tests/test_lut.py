@@ -127,6 +127,65 @@ def test_units_fuse_norms_and_identical_layers_are_recorded_once():
     assert len(keys) == 2 + 4 + 2
 
 
+def test_analysis_reads_which_layers_feed_which():
+    """Each convolution's sources are the layers whose outputs reach its input through non-layer ops:
+    a projection after a squeeze-excitation is fed by the depthwise convolution and the excitation, a
+    convolution after a residual add by both branches, the first one by the network's input only."""
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.bn = nn.BatchNorm2d(16)
+            self.fc1, self.fc2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+            self.project = nn.Conv2d(16, 16, 1)
+            self.after = nn.Conv2d(16, 8, 1)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.stem(x).relu()
+            y = self.bn(self.dw(x)).relu()
+            y = y * self.fc2(self.fc1(y.mean((2, 3), keepdim=True)).relu()).sigmoid()
+            x = x + self.project(y)
+            return self.head(self.after(x).mean((2, 3)))
+
+    rows = {r.name: r for r in analyze(Block(), (1, 3, 8, 8)).layers}
+    assert rows["stem"].sources == () and rows["dw"].sources == ("stem",) and rows["fc1"].sources == ("dw",)
+    assert rows["project"].sources == ("dw", "fc2") and rows["after"].sources == ("project", "stem")
+    assert rows["head"].sources == ("after",) and rows["bn"].sources is None
+    assert "sources" not in rows["bn"].to_dict() and rows["project"].to_dict()["sources"] == ("dw", "fc2")
+
+
+def test_layout_conversions_follow_the_graph():
+    """A conversion is charged where a layer feeds a convolution in the other layout (one of the two
+    off the blocked path), once per tensor, by the feeding layer's output: here the off-path ``b``
+    converts ``a``'s blocked output and ``c`` converts ``b``'s plain output back, while ``se`` (a side
+    branch reading ``a``) converts nothing. Forward order (rows without sources, as ONNX analyses
+    give) charged ``se`` instead of ``c``."""
+    import dataclasses
+
+    from hwcompress.model.analysis import LayerSpec
+
+    def conv(name: str, cin: int, hw: int, sources: tuple[str, ...]) -> LayerSpec:
+        return LayerSpec(name, "Conv2d", (1, cin, hw, hw), (1, 32, hw, hw), cin=cin, cout=32, kernel=(1, 1), stride=(1, 1),
+                         padding=(0, 0), groups=1, macs=cin * 32 * hw * hw, sources=sources)
+
+    rates = {"to_plain": {"intercept_ms": 0.002, "ms_per_element": 1e-6},
+             "to_blocked": {"intercept_ms": 0.003, "ms_per_element": 2e-6}}
+    table = LatencyTable({"device": "cpu", "quantum": 8, "facts": {"channel_block": 16, "channel_alignment": 4},
+                          "cache_flush_mb": 16, "off_path_cache_flush_mb": 0, "layout_conversions": rates})
+    specs = [conv("a", 32, 8, ()), conv("b", 30, 8, ("a",)), conv("se", 32, 1, ("a",)), conv("c", 32, 8, ("b", "se")),
+             conv("d", 32, 8, ("b", "c"))]
+    predictor = table.predictor
+    assert [predictor.off_path(predictor._config_of(s)[0]) for s in specs] == [False, True, False, False, False]
+    elements = 32 * 8 * 8
+    assert predictor.layout_conversion_ms(specs) == pytest.approx({"b": 0.002 + 1e-6 * elements, "c": 0.003 + 2e-6 * elements})
+    forward = predictor.layout_conversion_ms([dataclasses.replace(s, sources=None) for s in specs])
+    assert set(forward) == {"b", "se"}
+
+
 # --------------------------------------------------------------------------------------------------
 # Recording and prediction
 
@@ -516,6 +575,27 @@ def test_profile_jetson_needs_a_lut_recorded_there(cli, tmp_path, tinynets):
     assert result.returncode == 2
     line = error_line(result.stderr)
     assert "needs a LUT recorded on the device" in line and "hwcompress lut record --device jetson" in line
+
+
+def test_lut_record_off_path_from_the_cli_stores_layout_conversions(tmp_path, capsys, tinynets):
+    """The CLI's profiler is the plugin behind a guard: the guard must pass the optional
+    ``layout_conversions`` probe through (it once hid it, so CLI recordings had no conversion rates
+    while a test calling the plugin directly had them)."""
+    from hwcompress.devices import resolve_device
+    from hwcompress.measure.resolve import resolve_timing
+
+    guarded = resolve_timing(resolve_device("cpu")).profiler
+    assert callable(getattr(guarded, "layout_conversions", None))
+    table_path = tmp_path / "cpu-off.lut.json"
+    code, _, err = run_main(capsys, "lut", "record", "--device", "cpu", "-m", tinynets, "--input-shape", "1,3,16,16",
+                            "--out", str(table_path), "--runs", "3", "--warmup", "1", "--points", "2", "--quantum", "8",
+                            "--calibration-widths", "0.5", "--off-path", "-q")
+    assert code == 0, err
+    provenance = LatencyTable.load(table_path).provenance
+    if not provenance["facts"].get("channel_alignment"):
+        pytest.skip("ONNX Runtime on this CPU reported no blocked layout")
+    rates = provenance["layout_conversions"]
+    assert rates["to_plain"]["ms_per_element"] > 0 and rates["to_blocked"]["ms_per_element"] > 0
 
 
 def test_profile_jetson_with_a_lut(tmp_path, capsys, tinynets, recorded):

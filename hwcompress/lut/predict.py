@@ -428,18 +428,23 @@ class TablePredictor:
         )
 
     def layout_conversion_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
-        """Per convolution, what converting its input between the runtime's blocked layout and plain NCHW
-        costs (the table's ``layout_conversions``), in forward order: a convolution on the blocked path
-        reads blocked input from one block of channels up (below, it reads NCHW directly) and writes
-        blocked output; one off the path (:func:`between_blocks`) reads and writes NCHW. Each change of
-        layout between consecutive convolutions that an off-path one takes part in converts the later
-        one's input. Like the precision
-        transitions, the forward order stands in for the graph: a branch's first layer is compared with
-        the layer before it in that order. Empty without a ``layout_conversions`` record."""
+        """Per convolution, what converting tensors it reads between the runtime's blocked layout and
+        plain NCHW costs (the table's ``layout_conversions``): a convolution on the blocked path reads
+        blocked input from one block of channels up (below, it reads NCHW directly) and writes blocked
+        output; one off the path (:func:`between_blocks`) reads and writes NCHW. Each layer that feeds
+        a convolution in the other layout, where either of the two runs off the path, is converted once
+        (the runtime reorders a tensor once for all its readers), charged to its first reader, by the
+        elements of its output. Feeding layers are the rows' ``sources`` (the autograd graph of
+        :func:`~hwcompress.model.analysis.analyze`: a projection after a squeeze-excitation block is fed
+        by the depthwise convolution and the excitation); rows without them (ONNX analyses) compare
+        each convolution with the one before it in forward order. Empty without a
+        ``layout_conversions`` record."""
         rates = self._conversions or {}
         block = self.layout[0]
         costs: dict[str, float] = {}
-        previous: tuple[str, bool] | None = None  # (its output layout, whether it ran off the path)
+        written: dict[str, tuple[str, bool, int]] = {}  # convolution -> (output layout, off the path, elements)
+        converted: set[tuple[str, str]] = set()
+        previous: str | None = None
         for spec in specs:
             config, _ = self._config_of(spec)
             if config is None or config.op not in CONV_OPS or not spec.in_shape:
@@ -450,13 +455,25 @@ class TablePredictor:
             else:
                 layout_in = "blocked" if config.cin >= block else "plain"
                 layout_out = "blocked" if config.cin >= block or not (config.depthwise or config.grouped) else "plain"
-            # Only the changes an off-path layer causes: the others happen in the blocked-path models the
-            # calibration was fitted on, and its scale has them.
-            if previous is not None and previous[0] != layout_in and (off or previous[1]):
+            graph = spec.sources is not None and (not spec.sources or any(s in written for s in spec.sources))
+            # Forward order where the graph is unknown or names no convolution here (a unit a student removed).
+            sources = spec.sources if graph else (previous,) if previous is not None else ()
+            for source in sources:
+                if source not in written:
+                    continue  # a Linear layer, or one the table has no configuration for
+                source_layout, source_off, elements = written[source]
+                # Only the changes an off-path layer causes: the others happen in the blocked-path models the
+                # calibration was fitted on, and its scale has them.
+                if source_layout == layout_in or not (off or source_off) or (source, layout_in) in converted:
+                    continue
+                converted.add((source, layout_in))
+                if not graph:
+                    elements = math.prod(int(d) for d in spec.in_shape)
                 fit = rates.get("to_plain" if layout_in == "plain" else "to_blocked") or {}
-                elements = math.prod(int(d) for d in spec.in_shape)
-                costs[spec.name] = float(fit.get("intercept_ms", 0.0)) + float(fit.get("ms_per_element", 0.0)) * elements
-            previous = (layout_out, off)
+                costs[spec.name] = costs.get(spec.name, 0.0) + float(fit.get("intercept_ms", 0.0)) + \
+                    float(fit.get("ms_per_element", 0.0)) * elements
+            written[spec.name] = (layout_out, off, math.prod(int(d) for d in spec.out_shape or spec.in_shape))
+            previous = spec.name
         return costs
 
     def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:

@@ -25,6 +25,10 @@ The rules, in one place:
 * **Optional** ``measure_unit(artifact, settings) -> Measurement``: the in-network time of a tiny
   one-layer model (kernel times without the layout conversions at its edges), which LUT recording
   prefers when a profiler offers it.
+* **Optional** ``layout_conversions(settings) -> dict | None``: what converting activations between the
+  runtime's blocked layout and plain NCHW costs, ``{"to_plain": {"intercept_ms", "ms_per_element"},
+  "to_blocked": {...}}`` (ONNX Runtime's ReorderOutput/ReorderInput), which ``lut record --off-path``
+  stores and predictions add around layers off the blocked path; None where there is no such layout.
 """
 
 from __future__ import annotations

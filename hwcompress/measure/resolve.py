@@ -73,6 +73,10 @@ class GuardedProfiler:
         self.precisions = tuple(str(p) for p in (getattr(profiler, "precisions", None) or ()))
         if callable(getattr(profiler, "measure_unit", None)):
             self.measure_unit = self._measure_unit
+        if callable(getattr(profiler, "layout_conversions", None)):
+            # Optional: what the runtime's layout conversions cost (``lut record --off-path``). Until
+            # 2026-11-27 this wrapper hid it, so LUTs recorded from the CLI had no conversion rates.
+            self.layout_conversions = self._layout_conversions
 
     def __repr__(self) -> str:
         return f"GuardedProfiler({self.name!r} from {self.origin})"
@@ -118,6 +122,16 @@ class GuardedProfiler:
 
     def _measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         return self._checked(self._run("measure_unit", artifact, settings), "measure_unit")
+
+    def _layout_conversions(self, settings: ProfileSettings) -> dict[str, Any] | None:
+        try:
+            result = self._call("layout_conversions", settings)
+        except UserError as error:
+            raise self._refusal(error) from None
+        if result is not None and not isinstance(result, dict):
+            raise PluginError(f"profiler {self.name!r} from {self.origin} returned {type(result).__name__} from "
+                              "layout_conversions(), not a dict or None")
+        return result
 
     def _run(self, method: str, artifact: ModelArtifact, settings: ProfileSettings) -> Any:
         try:

@@ -41,11 +41,18 @@ class LayerSpec:
     #: looked up at one block and charged the kept share of the block's channels
     #: (:meth:`hwcompress.search.cost.CostModel.layers_for`).
     time_scale: float = 1.0
+    #: The nearest convolutions and Linear layers whose outputs reach this one's input through
+    #: operations that are not layers (norms, activations, adds, multiplies, pooling), read off the
+    #: autograd graph of the analysing forward pass; ``()`` for a layer reading the network's input,
+    #: None where unknown (ONNX analyses, layers other than convolutions and Linear).
+    sources: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if data.get("time_scale") == 1.0:
             del data["time_scale"]
+        if data.get("sources") is None:
+            data.pop("sources", None)
         return data
 
 
@@ -131,10 +138,13 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     from torch.utils.flop_counter import FlopCounterMode
 
     shapes: dict[str, tuple[Any, Any]] = {}
+    graph = _SourceGraph()
     handles = []
     leaves = layer_modules(module)
     for name, leaf in leaves:
         def hook(_mod: Any, inputs: Any, output: Any, name: str = name) -> None:
+            if name not in shapes and isinstance(_mod, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+                graph.add(name, inputs, output)
             shapes.setdefault(name, (_shape(inputs), _shape(output)))
 
         handles.append(leaf.register_forward_hook(hook))
@@ -165,6 +175,8 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
             continue
         in_shape, out_shape = shapes.get(name, (None, None))
         spec = LayerSpec(name=name, op=type(leaf).__name__, in_shape=in_shape, out_shape=out_shape, macs=macs, params=params)
+        if isinstance(leaf, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+            spec.sources = graph.sources(name)
         if isinstance(leaf, torch.nn.modules.conv._ConvNd):
             spec.cin, spec.cout, spec.groups = leaf.in_channels, leaf.out_channels, leaf.groups
             spec.kernel, spec.stride, spec.padding = _tuple(leaf.kernel_size), _tuple(leaf.stride), _tuple(leaf.padding)
@@ -181,6 +193,40 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     if other_macs or other_params:
         layers.append(LayerSpec(name=OTHER, op="-", in_shape=None, out_shape=None, macs=other_macs, params=other_params))
     return ModelAnalysis(layers=layers, macs=total_macs, params=total_params, input_shape=tuple(input_shape))
+
+
+class _SourceGraph:
+    """Which layers feed which, from the autograd graph of one forward pass: each convolution or Linear
+    layer's output node is remembered, and a layer's sources are the remembered nodes reached from its
+    input's node through nodes that are not layers (norms, activations, adds, multiplies, pooling)."""
+
+    def __init__(self) -> None:
+        self._layer_of: dict[Any, str] = {}
+        self._input_of: dict[str, Any] = {}
+
+    def add(self, name: str, inputs: Any, output: Any) -> None:
+        first = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
+        self._input_of[name] = getattr(first, "grad_fn", None)
+        node = getattr(output, "grad_fn", None)
+        if node is not None:
+            self._layer_of[node] = name
+
+    def sources(self, name: str) -> tuple[str, ...] | None:
+        if name not in self._input_of:
+            return None
+        found: list[str] = []
+        seen: set[Any] = set()
+        stack = [self._input_of[name]]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if node in self._layer_of:
+                found.append(self._layer_of[node])
+                continue
+            stack.extend(child for child, _ in node.next_functions)
+        return tuple(sorted(set(found)))
 
 
 def input_mismatch(module: Any, input_shape: tuple[int, ...], error: BaseException) -> str:

@@ -1,0 +1,159 @@
+"""How steady is a student's measured verdict on a shared machine, and which estimator keeps it so?
+
+A search's verdict times the student and its teacher in interleaved rounds (a fresh ONNX Runtime
+session per model and round) and multiplies a ratio of the two by the teacher's reference latency. On
+a shared machine other tenants' load slows both models, but not by the same factor (a large model
+that streams its weights from memory suffers more than a small one that stays in cache), so the ratio
+itself moves with the load. This script measures one (student, teacher) pair in repeated verdicts of
+``--rounds`` rounds under three conditions, side by side and interleaved: quiet; loaded (a
+memory-bandwidth hog on another core for the whole verdict); intermittent (the hog on or off at random
+for each session). For each estimator of the verdict's ratio it prints the mean and spread over the
+verdicts of each condition, and the shift from quiet:
+
+* ``median of round ratios``: the median over rounds of student / teacher (what a search uses);
+* ``ratio of round minima``: the fastest round of the student over the fastest round of the teacher;
+* ``ratio of round medians``: the median round of each, divided.
+
+    python bench/verdict_stability.py --student student.onnx --teacher teacher.onnx [--verdicts 6] [--rounds 5]
+
+Without ``--student``/``--teacher``: torchvision's resnet18 at 64 px against a copy of it with every
+channel group at a quarter (random weights; only the times matter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONDITIONS = ("quiet", "loaded", "intermittent")
+ESTIMATORS = ("median of round ratios", "ratio of round minima", "ratio of round medians")
+
+
+def hog(stop: Any) -> None:
+    """Stream a 256 MB array through memory until ``stop`` is set (one core)."""
+    import numpy as np
+
+    a = np.ones(32 * 1024 * 1024)
+    b = np.empty_like(a)
+    while not stop.is_set():
+        np.multiply(a, 2.0, out=b)
+
+
+class Load:
+    """A memory-bandwidth hog in a child process, switched on and off."""
+
+    def __init__(self) -> None:
+        self.stop: Any = None
+        self.process: Any = None
+
+    def on(self) -> None:
+        if self.process is None:
+            self.stop = multiprocessing.Event()
+            self.process = multiprocessing.Process(target=hog, args=(self.stop,), daemon=True)
+            self.process.start()
+            time.sleep(0.3)  # let it reach its loop
+
+    def off(self) -> None:
+        if self.process is not None:
+            self.stop.set()
+            self.process.join()
+            self.process = None
+
+
+def default_pair(folder: Path) -> tuple[Path, Path, tuple[int, ...]]:
+    import torch
+    import torchvision
+
+    from hwcompress.model.export import export_onnx
+    from hwcompress.slim.pruning import find_channel_groups, prune_channels
+
+    torch.manual_seed(0)
+    shape = (1, 3, 64, 64)
+    teacher = torchvision.models.resnet18(num_classes=10).eval()
+    groups = find_channel_groups(teacher, torch.zeros(shape))
+    student = prune_channels(teacher, torch.zeros(shape), {g.name: max(8, g.channels // 4) for g in groups})
+    paths = folder / "teacher.onnx", folder / "student.onnx"
+    export_onnx(teacher, shape, paths[0], verify=False)
+    export_onnx(student.eval(), shape, paths[1], verify=False)
+    return paths[1], paths[0], shape
+
+
+def estimates(student: list[float], teacher: list[float]) -> dict[str, float]:
+    return {
+        "median of round ratios": statistics.median(s / t for s, t in zip(student, teacher)),
+        "ratio of round minima": min(student) / min(teacher),
+        "ratio of round medians": statistics.median(student) / statistics.median(teacher),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student")
+    parser.add_argument("--teacher")
+    parser.add_argument("--input-shape", default="1,3,64,64")
+    parser.add_argument("--verdicts", type=int, default=6, help="verdicts per condition")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per verdict (a search's verdict takes 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from hwcompress.devices import resolve_device
+    from hwcompress.measure.contract import ModelArtifact
+    from hwcompress.measure.resolve import make_settings, resolve_timing
+
+    folder = tempfile.TemporaryDirectory(prefix="hwcompress-verdict-")
+    if args.student and args.teacher:
+        student_path, teacher_path = Path(args.student), Path(args.teacher)
+        shape = tuple(int(d) for d in args.input_shape.split(","))
+    else:
+        student_path, teacher_path, shape = default_pair(Path(folder.name))
+    descriptor = resolve_device("cpu")
+    timing = resolve_timing(descriptor)
+    settings = make_settings(descriptor, per_layer=False)
+    artifacts = {"student": ModelArtifact(student_path, shape, None, "student"),
+                 "teacher": ModelArtifact(teacher_path, shape, None, "teacher")}
+    rng = random.Random(args.seed)
+    load = Load()
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in CONDITIONS}
+    raw: dict[str, list[tuple[list[float], list[float]]]] = {c: [] for c in CONDITIONS}
+    try:
+        for verdict in range(args.verdicts):
+            order = list(CONDITIONS)
+            rng.shuffle(order)  # the conditions interleaved, in a new order each time
+            for condition in order:
+                times: dict[str, list[float]] = {"student": [], "teacher": []}
+                (load.on if condition == "loaded" else load.off)()
+                for round_ in range(args.rounds):
+                    for which in (("student", "teacher") if round_ % 2 == 0 else ("teacher", "student")):
+                        if condition == "intermittent":
+                            (load.on if rng.random() < 0.5 else load.off)()
+                        times[which].append(timing.profiler.measure(artifacts[which], settings).latency.median)
+                load.off()
+                results[condition].append(estimates(times["student"], times["teacher"]))
+                raw[condition].append((times["student"], times["teacher"]))
+            print(f"verdict {verdict + 1}/{args.verdicts}: " + ", ".join(
+                f"{c} {results[c][-1]['median of round ratios']:.3f}" for c in CONDITIONS), flush=True)
+    finally:
+        load.off()
+    quiet = {e: statistics.fmean(r[e] for r in results["quiet"]) for e in ESTIMATORS}
+    print(f"\n{args.verdicts} verdicts of {args.rounds} rounds per condition; student {student_path.name}, teacher "
+          f"{teacher_path.name}, {shape}")
+    for condition in CONDITIONS:
+        s = statistics.median(t for st, _ in raw[condition] for t in st)
+        t = statistics.median(t for _, tt in raw[condition] for t in tt)
+        print(f"  {condition:<13} session medians: student {s:.3f} ms, teacher {t:.3f} ms")
+    print(f"\n  {'estimator':<24} {'condition':<13} {'mean':>7} {'min-max over verdicts':>22} {'spread':>7} {'vs quiet':>9}")
+    for estimator in ESTIMATORS:
+        for condition in CONDITIONS:
+            values = [r[estimator] for r in results[condition]]
+            mean = statistics.fmean(values)
+            print(f"  {estimator:<24} {condition:<13} {mean:>7.4f} {min(values):>10.4f}-{max(values):<11.4f} "
+                  f"{(max(values) - min(values)) / mean:>6.1%} {mean / quiet[estimator] - 1:>+8.1%}")
+
+
+if __name__ == "__main__":
+    main()
