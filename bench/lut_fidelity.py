@@ -95,6 +95,8 @@ class ThreadClockProfiler:
     def __getattr__(self, name: str) -> Any:
         # Everything else is the inner profiler's: its layout-conversion probe (``lut record --off-path``)
         # above all, which this wrapper hid until 2026-11-27, so the bench's LUTs had no conversion rates.
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def available(self) -> tuple[bool, str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
 import statistics
 import tempfile
@@ -35,9 +36,18 @@ CONDITIONS = ("quiet", "loaded", "intermittent")
 ESTIMATORS = ("median of round ratios", "ratio of round minima", "ratio of round medians")
 
 
+def pin(core: int) -> None:
+    """Keep the calling process on one core (where the machine has two or more and allows it)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) >= 2:
+        os.sched_setaffinity(0, {cores[core]})
+
+
 def hog(stop: Any) -> None:
-    """Stream a 256 MB array through memory until ``stop`` is set (one core)."""
+    """Stream a 256 MB array through memory until ``stop`` is set, on the second core."""
     import numpy as np
+
+    pin(1)
 
     a = np.ones(32 * 1024 * 1024)
     b = np.empty_like(a)
@@ -117,6 +127,7 @@ def main() -> None:
     artifacts = {"student": ModelArtifact(student_path, shape, None, "student"),
                  "teacher": ModelArtifact(teacher_path, shape, None, "teacher")}
     rng = random.Random(args.seed)
+    pin(0)  # the timed sessions on the first core, the hog on the second
     load = Load()
     results: dict[str, list[dict[str, float]]] = {c: [] for c in CONDITIONS}
     raw: dict[str, list[tuple[list[float], list[float]]]] = {c: [] for c in CONDITIONS}

@@ -151,16 +151,31 @@ def test_analysis_reads_which_layers_feed_which():
             x = x + self.project(y)
             return self.head(self.after(x).mean((2, 3)))
 
-    rows = {r.name: r for r in analyze(Block(), (1, 3, 8, 8)).layers}
+    block = Block()
+    rows = {r.name: r for r in analyze(block, (1, 3, 8, 8)).layers}
     assert rows["stem"].sources == () and rows["dw"].sources == ("stem",) and rows["fc1"].sources == ("dw",)
     assert rows["project"].sources == ("dw", "fc2") and rows["after"].sources == ("project", "stem")
     assert rows["head"].sources == ("after",) and rows["bn"].sources is None
     assert "sources" not in rows["bn"].to_dict() and rows["project"].to_dict()["sources"] == ("dw", "fc2")
+    for parameter in block.parameters():  # frozen weights: the graph still comes from the input
+        parameter.requires_grad_(False)
+    assert {r.name: r.sources for r in analyze(block, (1, 3, 8, 8)).layers} == {n: r.sources for n, r in rows.items()}
+
+    class Shared(nn.Module):  # one convolution called twice: its second output feeds the last layer
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.twice, self.last = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.last(self.twice(self.twice(self.first(x)).relu()))
+
+    shared = {r.name: r.sources for r in analyze(Shared(), (1, 3, 4, 4)).layers}
+    assert shared == {"first": (), "twice": ("first",), "last": ("twice",)}
 
 
 def test_layout_conversions_follow_the_graph():
     """A conversion is charged where a layer feeds a convolution in the other layout (one of the two
-    off the blocked path), once per tensor, by the feeding layer's output: here the off-path ``b``
+    off the blocked path), once per converted source, by the reader's input: here the off-path ``b``
     converts ``a``'s blocked output and ``c`` converts ``b``'s plain output back, while ``se`` (a side
     branch reading ``a``) converts nothing. Forward order (rows without sources, as ONNX analyses
     give) charged ``se`` instead of ``c``."""
@@ -180,8 +195,9 @@ def test_layout_conversions_follow_the_graph():
              conv("d", 32, 8, ("b", "c"))]
     predictor = table.predictor
     assert [predictor.off_path(predictor._config_of(s)[0]) for s in specs] == [False, True, False, False, False]
-    elements = 32 * 8 * 8
-    assert predictor.layout_conversion_ms(specs) == pytest.approx({"b": 0.002 + 1e-6 * elements, "c": 0.003 + 2e-6 * elements})
+    # Each charged by the elements its reader takes in (b reads 30 channels, c 32), d not again: the
+    # runtime reordered b's output once, for c.
+    assert predictor.layout_conversion_ms(specs) == pytest.approx({"b": 0.002 + 1e-6 * 30 * 64, "c": 0.003 + 2e-6 * 32 * 64})
     forward = predictor.layout_conversion_ms([dataclasses.replace(s, sources=None) for s in specs])
     assert set(forward) == {"b", "se"}
 
@@ -582,10 +598,15 @@ def test_lut_record_off_path_from_the_cli_stores_layout_conversions(tmp_path, ca
     ``layout_conversions`` probe through (it once hid it, so CLI recordings had no conversion rates
     while a test calling the plugin directly had them)."""
     from hwcompress.devices import resolve_device
+    from hwcompress.lut.record import valid_conversion_rates
     from hwcompress.measure.resolve import resolve_timing
 
     guarded = resolve_timing(resolve_device("cpu")).profiler
     assert callable(getattr(guarded, "layout_conversions", None))
+    fit = {"intercept_ms": 0.002, "ms_per_element": 2e-7}
+    assert valid_conversion_rates({"to_plain": fit, "to_blocked": fit})
+    assert not valid_conversion_rates({"to_plain": 0.2, "to_blocked": fit})  # stored, it broke every prediction
+    assert not valid_conversion_rates({"to_plain": {**fit, "ms_per_element": float("nan")}, "to_blocked": fit})
     table_path = tmp_path / "cpu-off.lut.json"
     code, _, err = run_main(capsys, "lut", "record", "--device", "cpu", "-m", tinynets, "--input-shape", "1,3,16,16",
                             "--out", str(table_path), "--runs", "3", "--warmup", "1", "--points", "2", "--quantum", "8",

@@ -428,23 +428,21 @@ class TablePredictor:
         )
 
     def layout_conversion_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
-        """Per convolution, what converting tensors it reads between the runtime's blocked layout and
+        """Per convolution, what converting the tensor it reads between the runtime's blocked layout and
         plain NCHW costs (the table's ``layout_conversions``): a convolution on the blocked path reads
         blocked input from one block of channels up (below, it reads NCHW directly) and writes blocked
-        output; one off the path (:func:`between_blocks`) reads and writes NCHW. Each layer that feeds
-        a convolution in the other layout, where either of the two runs off the path, is converted once
-        (the runtime reorders a tensor once for all its readers), charged to its first reader, by the
-        elements of its output. Feeding layers are the rows' ``sources`` (the autograd graph of
-        :func:`~hwcompress.model.analysis.analyze`: a projection after a squeeze-excitation block is fed
-        by the depthwise convolution and the excitation); rows without them (ONNX analyses) compare
-        each convolution with the one before it in forward order. Empty without a
+        output; one off the path (:func:`between_blocks`) reads and writes NCHW. A convolution whose
+        input comes from a convolution in the other layout, one of the two off the path, pays one
+        conversion of its input (the runtime reorders right before the reader, after any pooling or add
+        in between), and a source converted for one reader is not converted again for the next. Which convolutions feed which are the
+        rows' ``sources`` (the autograd graph of :func:`~hwcompress.model.analysis.analyze`: a projection
+        after a squeeze-excitation block is fed by the depthwise convolution and the excitation); rows
+        without them (ONNX analyses), or whose sources are all gone from ``specs`` (a unit a student
+        removed), are compared with the convolution before them in row order. Empty without a
         ``layout_conversions`` record."""
         rates = self._conversions or {}
         block = self.layout[0]
-        costs: dict[str, float] = {}
-        written: dict[str, tuple[str, bool, int]] = {}  # convolution -> (output layout, off the path, elements)
-        converted: set[tuple[str, str]] = set()
-        previous: str | None = None
+        convs: list[tuple[LayerSpec, str, str, bool]] = []  # (row, input layout, output layout, off the path)
         for spec in specs:
             config, _ = self._config_of(spec)
             if config is None or config.op not in CONV_OPS or not spec.in_shape:
@@ -455,25 +453,26 @@ class TablePredictor:
             else:
                 layout_in = "blocked" if config.cin >= block else "plain"
                 layout_out = "blocked" if config.cin >= block or not (config.depthwise or config.grouped) else "plain"
-            graph = spec.sources is not None and (not spec.sources or any(s in written for s in spec.sources))
-            # Forward order where the graph is unknown or names no convolution here (a unit a student removed).
+            convs.append((spec, layout_in, layout_out, off))
+        # Every convolution's output layout first: a row may name a source defined after it.
+        written = {spec.name: (layout_out, off) for spec, _, layout_out, off in convs}
+        present = {spec.name for spec in specs}
+        costs: dict[str, float] = {}
+        converted: set[tuple[str, str]] = set()  # (source, the layout it was converted to)
+        previous: str | None = None
+        for spec, layout_in, _, off in convs:
+            graph = spec.sources is not None and (not spec.sources or any(s in present for s in spec.sources))
             sources = spec.sources if graph else (previous,) if previous is not None else ()
-            for source in sources:
-                if source not in written:
-                    continue  # a Linear layer, or one the table has no configuration for
-                source_layout, source_off, elements = written[source]
-                # Only the changes an off-path layer causes: the others happen in the blocked-path models the
-                # calibration was fitted on, and its scale has them.
-                if source_layout == layout_in or not (off or source_off) or (source, layout_in) in converted:
-                    continue
-                converted.add((source, layout_in))
-                if not graph:
-                    elements = math.prod(int(d) for d in spec.in_shape)
-                fit = rates.get("to_plain" if layout_in == "plain" else "to_blocked") or {}
-                costs[spec.name] = costs.get(spec.name, 0.0) + float(fit.get("intercept_ms", 0.0)) + \
-                    float(fit.get("ms_per_element", 0.0)) * elements
-            written[spec.name] = (layout_out, off, math.prod(int(d) for d in spec.out_shape or spec.in_shape))
             previous = spec.name
+            # Only the changes an off-path layer causes: the others happen in the blocked-path models the
+            # calibration was fitted on, and its scale has them.
+            crossing = {(s, layout_in) for s in sources if s in written and written[s][0] != layout_in and (off or written[s][1])}
+            if not crossing - converted:
+                continue  # nothing crosses, or the runtime already reordered it for an earlier reader
+            converted |= crossing
+            fit = rates.get("to_plain" if layout_in == "plain" else "to_blocked") or {}
+            elements = math.prod(int(d) for d in spec.in_shape)
+            costs[spec.name] = float(fit.get("intercept_ms", 0.0)) + float(fit.get("ms_per_element", 0.0)) * elements
         return costs
 
     def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:

@@ -13,6 +13,7 @@ with :func:`hwcompress.lut.plan.record_plan`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import warnings
@@ -152,11 +153,20 @@ def record_lut(
                                    sorted({u.config.family() for u in units}))
         conversions = getattr(profiler, "layout_conversions", None)
         if rule and callable(conversions) and "layout_conversions" not in table.provenance:
-            # What leaving and re-entering the blocked layout around an off-path layer costs (warm).
-            measured = conversions(settings)
-            if measured:
+            # What leaving and re-entering the blocked layout around an off-path layer costs (warm). A
+            # probe that fails or answers nonsense costs the table its conversion rates, not the recording.
+            try:
+                measured = conversions(settings)
+            except Exception as error:  # noqa: BLE001 - optional probe: the entries are already recorded
+                warnings.warn(f"the layout-conversion probe failed ({type(error).__name__}: {error}); the LUT is "
+                              "saved without conversion rates", stacklevel=2)
+                measured = None
+            if measured and valid_conversion_rates(measured):
                 table.provenance["layout_conversions"] = measured
                 table.invalidate()
+            elif measured:
+                warnings.warn(f"the layout-conversion probe answered {measured!r}, not rates per direction; the LUT "
+                              "is saved without them", stacklevel=2)
         if len(table.precisions) > 1:
             table.provenance["precisions"] = table.precisions
         if out_path is not None:
@@ -229,6 +239,18 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
         "scale": ratio_digits(measured / predicted) if predicted > 0 else 1.0, "float_layers": len(specs) - len(int8),
         "transition_elements": elements, "ms_per_element": rate, "date": _now(),
     })
+
+
+def valid_conversion_rates(rates: Any) -> bool:
+    """Whether ``rates`` is ``{"to_plain": {...}, "to_blocked": {...}}`` with finite, non-negative
+    ``intercept_ms`` and ``ms_per_element`` (what the predictor reads)."""
+
+    def fit_ok(fit: Any) -> bool:
+        return isinstance(fit, dict) and all(
+            isinstance(fit.get(key, 0.0), (int, float)) and math.isfinite(fit.get(key, 0.0)) and fit.get(key, 0.0) >= 0
+            for key in ("intercept_ms", "ms_per_element"))
+
+    return isinstance(rates, dict) and all(fit_ok(rates.get(direction)) for direction in ("to_plain", "to_blocked"))
 
 
 def point_at_precision(point: dict[str, Any], precision: str | None) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
     leaves = layer_modules(module)
     for name, leaf in leaves:
         def hook(_mod: Any, inputs: Any, output: Any, name: str = name) -> None:
-            if name not in shapes and isinstance(_mod, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+            if isinstance(_mod, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
                 graph.add(name, inputs, output)
             shapes.setdefault(name, (_shape(inputs), _shape(output)))
 
@@ -156,7 +156,9 @@ def analyze(module: Any, input_shape: tuple[int, ...]) -> ModelAnalysis:
         # counter knows: under no_grad, nn.MultiheadAttention takes a fused fast path and the fused
         # attention kernels are not counted (vit_b_16: 11.27 G MACs instead of the card's 17.56 G).
         with torch.enable_grad(), _plain_attention(), counter:
-            module(torch.zeros(*input_shape))
+            # An input that requires grad (cloned: in-place ops on it stay legal), so that every tensor
+            # derived from it has an autograd node, also in models whose parameters are frozen.
+            module(torch.zeros(*input_shape).requires_grad_().clone())
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         raise UserError(input_mismatch(module, input_shape, error)) from None
     finally:
@@ -205,14 +207,19 @@ class _SourceGraph:
         self._input_of: dict[str, Any] = {}
 
     def add(self, name: str, inputs: Any, output: Any) -> None:
-        first = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
-        self._input_of[name] = getattr(first, "grad_fn", None)
+        """One call of layer ``name``: every call's output is the layer's (a layer called twice feeds
+        both readers), the first call's input is what the row describes."""
+        if name not in self._input_of:
+            first = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
+            self._input_of[name] = getattr(first, "grad_fn", None)
         node = getattr(output, "grad_fn", None)
         if node is not None:
             self._layer_of[node] = name
 
     def sources(self, name: str) -> tuple[str, ...] | None:
-        if name not in self._input_of:
+        """The layers feeding ``name``; ``()`` for the network's input, None where the input has no
+        autograd node (a detached or no-grad region: unknown, not "the input")."""
+        if self._input_of.get(name) is None:
             return None
         found: list[str] = []
         seen: set[Any] = set()
