@@ -493,11 +493,6 @@ def main(argv: list[str] | None = None) -> int:
                     # rows knew which layer feeds which): the graph's worth, on the same measurements.
                     forward = table.predict_detail([dataclasses.replace(s, sources=None) for s in specs],
                                                    calibration=args.calibration)
-                    rates, table.predictor._conversions = table.predictor._conversions, None  # and without any
-                    try:
-                        unconverted = table.predict_detail(specs, calibration=args.calibration)
-                    finally:
-                        table.predictor._conversions = rates
                     # Interleaved A/B: the unpruned model beside each variant tells how much slower this
                     # moment is than the recording was (other processes, clocks): the drift-corrected view.
                     variant_ms, ratios_ab, refs = [], [], []
@@ -528,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                         "measured_corrected_ms": statistics.median(ratios_ab) * calibration["measured_ms"],
                         "predicted_ms": detail.total_ms,
                         "predicted_forward_order_ms": forward.total_ms,
-                        "predicted_without_conversions_ms": unconverted.total_ms,
+                        # Conversions are added on top of the calibrated sum: without them, the rest.
+                        "predicted_without_conversions_ms": detail.total_ms - detail.layout_conversion_ms,
                         "layout_conversion_ms": detail.layout_conversion_ms,
                         "layer_sum_ms": detail.layer_sum_ms,
                         "exact": coverage["exact"],

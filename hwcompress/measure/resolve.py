@@ -107,10 +107,7 @@ class GuardedProfiler:
         return bool(result[0]), str(result[1])
 
     def facts(self, settings: ProfileSettings) -> dict[str, Any]:
-        try:
-            facts = self._call("facts", settings)
-        except UserError as error:
-            raise self._refusal(error) from None
+        facts = self._run("facts", settings)
         notes: list[str] = []
         clean = json_safe_facts(facts if isinstance(facts, dict) else {"facts": facts}, notes)
         if notes:
@@ -123,19 +120,13 @@ class GuardedProfiler:
     def _measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         return self._checked(self._run("measure_unit", artifact, settings), "measure_unit")
 
-    def _layout_conversions(self, settings: ProfileSettings) -> dict[str, Any] | None:
-        try:
-            result = self._call("layout_conversions", settings)
-        except UserError as error:
-            raise self._refusal(error) from None
-        if result is not None and not isinstance(result, dict):
-            raise PluginError(f"profiler {self.name!r} from {self.origin} returned {type(result).__name__} from "
-                              "layout_conversions(), not a dict or None")
-        return result
+    def _layout_conversions(self, settings: ProfileSettings) -> Any:
+        # Its answer is validated where it is stored (hwcompress.lut.record.valid_conversion_rates).
+        return self._run("layout_conversions", settings)
 
-    def _run(self, method: str, artifact: ModelArtifact, settings: ProfileSettings) -> Any:
+    def _run(self, method: str, *args: Any) -> Any:
         try:
-            return self._call(method, artifact, settings)
+            return self._call(method, *args)
         except UserError as error:
             raise self._refusal(error) from None
 
