@@ -359,8 +359,24 @@ def test_cli_refusal_is_one_line(cli, tmp_path):
 
 # -- whole searches ---------------------------------------------------------------------------------
 
+def _int8_gain(lut) -> float:
+    """The whole int8 ResNet-20's latency over the float one's, as the LUT's recording measured them here."""
+    models = LatencyTable.load(lut).models
+    fp32 = next(m for m in models if "precision" not in m)["measured_ms"]
+    return next(m for m in models if m.get("precision") == "int8")["measured_ms"] / fp32
+
+
+def _search_ratio(lut) -> float:
+    """A budget (of the float teacher) halfway between the int8 teacher's reach and the float teacher, at
+    least 0.8x: int8 runs ResNet-20 at 0.78x of float on one CI Xeon, where a fixed 0.8x was once infeasible."""
+    gain = _int8_gain(lut)
+    if gain > 0.9:
+        pytest.skip(f"int8 runs ResNet-20 at {gain:.2f}x of float on this CPU: no room for a reachable budget below the float teacher")
+    return round(max(0.8, (gain / (1 - 0.03) + 1) / 2), 3)
+
+
 def _config(tmp_path, lut, quantize, **overrides):
-    base = dict(budget=Budget.latency_ratio(0.8), agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
+    base = dict(budget=Budget.latency_ratio(_search_ratio(lut)), agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=48, lut=str(lut),
                 agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize)
     base.update(overrides)
@@ -372,7 +388,7 @@ def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, m
     from hwcompress.search import run as run_module
     from hwcompress.slim.quantize import onnx_accuracy
 
-    if quantize == "mixed":  # at 0.8x the whole int8 teacher fits and would be kept: the searched student is the subject
+    if quantize == "mixed":  # the whole int8 teacher fits the budget and would be kept: the searched student is the subject
         monkeypatch.setattr(run_module, "prefer_whole_int8", lambda prepared, best, score, log: best)
     result = run_search(_config(tmp_path, int8_lut, quantize), progress=False)
     out = tmp_path / "out"
@@ -411,7 +427,7 @@ def test_compress_api_takes_quantize(tmp_path, int8_lut):
 
     # mixed through the API (the mixed CLI search is in the slow set): uniform searches it at all-int8,
     # priced through the per-precision anchored lines
-    result = hwcompress.compress(TINY, "digits", budget=Budget.latency_ratio(0.8), quantize="mixed", agent="uniform",
+    result = hwcompress.compress(TINY, "digits", budget=Budget.latency_ratio(_search_ratio(int8_lut)), quantize="mixed", agent="uniform",
                                  finetune_epochs=0, out=str(tmp_path / "api"), lut=str(int8_lut), runs=5, val_limit=32)
     assert result.report["quantization"]["mode"] == "mixed" and (tmp_path / "api" / "student.onnx").exists()
     assert {a["name"].rsplit(" ", 1)[-1] for a in result.report["cost_model_anchors"]} >= {"int8", "fp32"}
