@@ -14,6 +14,13 @@ verdicts of each condition, and the shift from quiet:
 * ``ratio of round minima``: the fastest round of the student over the fastest round of the teacher;
 * ``ratio of round medians``: the median round of each, divided.
 
+With ``--rounds 15`` (or more) it also replays the search's verdict rule on the recorded rounds, in the
+order they were taken: the fixed rule (the median of the first 5 round ratios against the budget)
+against the adaptive one (two more rounds while the 90% interval of the median holds the budget, up to
+15), for budgets a few percent above and below the condition's pooled median ratio (the truth, from
+all its rounds). Per budget: the share of verdicts on the right side, the share the adaptive rule left
+undecided (it says so in the report), and its mean number of rounds.
+
     python bench/verdict_stability.py --student student.onnx --teacher teacher.onnx [--verdicts 6] [--rounds 5]
 
 Without ``--student``/``--teacher``: torchvision's resnet18 at 64 px against a copy of it with every
@@ -164,6 +171,41 @@ def main() -> None:
             mean = statistics.fmean(values)
             print(f"  {estimator:<24} {condition:<13} {mean:>7.4f} {min(values):>10.4f}-{max(values):<11.4f} "
                   f"{(max(values) - min(values)) / mean:>6.1%} {mean / quiet[estimator] - 1:>+8.1%}")
+    if args.rounds >= 9:
+        print("\nThe verdict rules replayed on these rounds (right: on the side of the budget the pooled median is on)")
+        for condition in CONDITIONS:
+            print(f"  {condition}")
+            replay(raw[condition])
+
+
+#: Budgets of the replay, as multiples of a condition's pooled median ratio.
+REPLAY_OFFSETS = (0.90, 0.95, 0.98, 1.02, 1.05, 1.10)
+
+
+def replay(rounds: list[tuple[list[float], list[float]]], first: int = 5, most: int = 15) -> None:
+    """The fixed and the adaptive verdict rules on recorded verdicts (``(student, teacher)`` per verdict)."""
+    from hwcompress.measure.compare import undecided
+
+    ratios = [[s / t for s, t in zip(student, teacher)] for student, teacher in rounds]
+    truth = statistics.median(r for verdict in ratios for r in verdict)
+    print(f"    pooled median ratio {truth:.4f} over {sum(map(len, ratios))} rounds")
+    for offset in REPLAY_OFFSETS:
+        limit = truth * offset
+        fixed = sum((statistics.median(v[:first]) <= limit) == (offset >= 1) for v in ratios) / len(ratios)
+        right = left_open = used = 0
+        for verdict in ratios:
+            n = first
+            while n + 2 <= min(most, len(verdict)) and undecided(verdict[:n], limit):
+                n += 2
+            used += n
+            if undecided(verdict[:n], limit):
+                left_open += 1
+            elif (statistics.median(verdict[:n]) <= limit) == (offset >= 1):
+                right += 1
+        count = len(ratios)
+        print(f"    budget {offset:.2f}x: fixed right {fixed:>5.0%} | adaptive right {right / count:>5.0%}, "
+              f"undecided {left_open / count:>5.0%}, wrong {(count - right - left_open) / count:>5.0%}, "
+              f"{used / count:.1f} rounds")
 
 
 if __name__ == "__main__":

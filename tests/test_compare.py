@@ -1,9 +1,13 @@
 """`hwcompress compare`: interleaved rounds, paired ratios, the JSON document, one-line errors."""
 
 import json
+import random
 import statistics
+from types import SimpleNamespace
 
-from hwcompress.measure.compare import measure_interleaved, paired_ratios
+import pytest
+
+from hwcompress.measure.compare import PairedMeasurement, measure_interleaved, median_interval, paired_ratios
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 from hwcompress.model.embedded import resnet20
 
@@ -33,6 +37,59 @@ def test_rounds_rotate_the_first_model_and_ratios_pair_each_round():
     assert ratios == [2 * 1.2 / 1.1, 2 * 1.4 / 1.6, 2 * 1.9 / 1.8]
 
 
+def test_median_interval_is_the_order_statistics_with_the_asked_coverage():
+    assert median_interval([5, 1, 4, 2, 3]) == (1, 5, pytest.approx(1 - 2 / 32))
+    assert median_interval(list(range(9))) == (1, 7, pytest.approx(1 - 2 * 10 / 512))  # x(2), x(8)
+    assert median_interval([3, 1, 2]) == (1, 3, pytest.approx(0.75))  # too few rounds for 90%: all of them
+    # It covers the true median at least as often as it says, whatever the noise's shape (skewed here).
+    rng = random.Random(0)
+    true_median = 1.0  # of lognormvariate(0, s)
+    for n in (5, 9, 15):
+        intervals = [median_interval([rng.lognormvariate(0, 0.3) for _ in range(n)]) for _ in range(2000)]
+        covered = sum(low <= true_median <= high for low, high, _ in intervals) / len(intervals)
+        assert covered >= intervals[0][2] - 0.02, (n, covered, intervals[0][2])
+
+
+class ScriptedProfiler:
+    """The teacher takes 1 ms; the student takes the scripted times in turn (the verdict's stopping rule
+    is about what numbers it sees, not about a runtime)."""
+
+    name = "scripted"
+
+    def __init__(self, student_ms):
+        self.student_ms, self.calls = list(student_ms), []
+
+    def measure(self, artifact, settings):
+        self.calls.append(artifact.name)
+        ms = 1.0 if artifact.name == "teacher" else self.student_ms.pop(0)
+        return Measurement(latency=LatencyStats.from_samples([ms]))
+
+
+def _verdict(student_ms, **until):
+    profiler = ScriptedProfiler(student_ms)
+    paired = PairedMeasurement(resnet20().eval(), (1, 3, 32, 32), SimpleNamespace(profiler=profiler),
+                               ProfileSettings(runs=1, warmup=0, threads=1), reference={"median": 2.0})
+    return paired(resnet20().eval(), "student", rounds=5, **until), profiler
+
+
+def test_the_verdict_adds_rounds_only_while_its_interval_holds_the_budget():
+    # Clear of the budget from the start: 5 rounds, decided (ratios 0.5, teacher reference 2 ms -> 1 ms).
+    measured, _ = _verdict([0.5] * 5, decide_ms=1.5, max_rounds=15)
+    assert measured["rounds"] == 5 and measured["decided"] and measured["extra_rounds"] == 0
+    assert measured["interval_ms"] == [1.0, 1.0] and measured["median"] == 1.0
+    # Straddling the budget (2 ms = ratio 1.0) until the added rounds settle under it: 11 rounds.
+    measured, profiler = _verdict([0.97, 1.02, 0.96, 0.99, 1.01] + [0.9] * 10, decide_ms=2.0, max_rounds=15)
+    assert measured["rounds"] == 11 and measured["decided"] and measured["extra_rounds"] == 6
+    assert measured["interval_ms"] == [pytest.approx(1.8), pytest.approx(1.98)]  # x(3), x(9) of 11, times 2 ms
+    assert profiler.calls[10:14] == ["teacher", "student", "student", "teacher"]  # the rotation goes on
+    # Noise that never settles: up to max_rounds, and it says so.
+    measured, _ = _verdict([0.9, 1.1] * 8, decide_ms=2.0, max_rounds=9)
+    assert measured["rounds"] == 9 and not measured["decided"] and measured["interval_coverage"] > 0.9
+    # No budget to decide: the rounds asked for, no decision reported.
+    measured, _ = _verdict([0.9, 1.1] * 8)
+    assert measured["rounds"] == 5 and "decided" not in measured
+
+
 def test_compare_cli_measures_and_writes_json(cli, tmp_path):
     out = tmp_path / "c.json"
     result = cli("compare", "hwcompress.model.embedded:resnet20", "resnet18", "--input-shape", "1,3,32,32",
@@ -46,6 +103,7 @@ def test_compare_cli_measures_and_writes_json(cli, tmp_path):
     per_round = [b / a for a, b in zip(small["round_medians_ms"], large["round_medians_ms"])]
     assert len(per_round) == 3 and large["ratio"] == statistics.median(per_round)
     assert large["ratio_min"] == min(per_round) and large["ratio_max"] == max(per_round)
+    assert large["ratio_interval"] == [min(per_round), max(per_round)] and large["interval_coverage"] == 0.75  # 3 rounds
     assert large["latency_ms"] == statistics.median(large["round_medians_ms"]) and doc["profiler"] == "onnxruntime"
     assert "resnet18" in result.stdout
 

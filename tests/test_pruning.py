@@ -359,7 +359,8 @@ def test_resnet18_half_everywhere_exports_and_matches_onnxruntime(resnet18: nn.M
     torch.onnx.export(pruned, X64, str(path), dynamo=False, opset_version=17, input_names=["x"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"x": X64.numpy()})
-    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4)
+    # relative to the outputs' scale: the two runtimes' kernels sum in an order that depends on the CPU
+    assert float((torch.from_numpy(got) - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
 
 
 @pytest.mark.parametrize("net", ["tiny_resnet", "concat", "vgg_flatten", "scaled", "mobilenet_v2"])

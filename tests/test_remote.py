@@ -366,6 +366,34 @@ def test_standalone_runner_without_hwcompress_on_the_device(lab, box, tmp_path, 
     unit = timing.profiler.measure_unit(artifact, settings)
     assert 0 < unit.latency.median
     assert timing.profiler.calls[-1]["sent_bytes"] == 0  # the model crossed once
+    _assert_conversion_rates(timing.profiler.layout_conversions(settings))
+
+
+def _assert_conversion_rates(conversions) -> None:
+    """A layout-conversion record as the device times it: this CPU's block and alignment (the device is
+    this machine), three points per direction, each a positive time, and a line through them."""
+    from hwcompress_profiler_onnxruntime import nchwc_layout
+
+    block, alignment = nchwc_layout()
+    if block == 1 or alignment == 1:
+        assert conversions is None  # no blocked layout here: nothing to convert
+        return
+    assert (conversions["block"], conversions["alignment"]) == (block, alignment)
+    for direction in ("to_plain", "to_blocked"):
+        points = conversions[direction]["points"]
+        assert len(points) == 3 and all(ms > 0 for _, ms in points), conversions
+        assert [x for x, _ in points] == sorted(x for x, _ in points) and conversions[direction]["ms_per_element"] >= 0
+
+
+def test_layout_conversions_are_timed_on_the_device_by_its_plugin(lab, box, tmp_path):
+    """``lut record --off-path`` on a remote device gets the conversion rates from the device itself:
+    the plugin there times them (the runner's own probe, above, where hwcompress is not installed)."""
+    device = load_descriptor(write_device(tmp_path, "lab-board", ssh_transport(lab, box, tmp_path / "r")))
+    timing = resolve_timing(device)
+    settings = make_settings(device)
+    conversions = timing.profiler.layout_conversions(settings)  # through the guard, as lut record asks
+    _assert_conversion_rates(conversions)
+    assert "hwcompress" in timing.profiler.facts(settings)["measured_with"]  # the plugin answered
 
 
 @pytest.mark.slow
@@ -384,10 +412,12 @@ def test_lut_record_over_ssh(cli, lab, box, tmp_path):
     device = write_device(tmp_path, "lab-board", ssh_transport(lab, box, tmp_path / "remote"))
     out = tmp_path / "board.lut.json"
     result = cli("lut", "record", "--device-file", str(device), "-m", TINY_RESNET, "--input-shape", "1,3,32,32",
-                 "--points", "1", "--quantum", "8", "--runs", "3", "--warmup", "1", "--calibration-widths", "", "--out", str(out), "-q")
+                 "--points", "1", "--quantum", "8", "--runs", "3", "--warmup", "1", "--calibration-widths", "", "--off-path",
+                 "--out", str(out), "-q")
     assert result.returncode == 0, result.stderr
     table = LatencyTable.load(out)
     provenance = table.provenance
+    _assert_conversion_rates(provenance.get("layout_conversions"))  # timed on the board, through the CLI's guard
     assert provenance["host"] == f"127.0.0.1:{box.port}" and provenance["facts"]["transport"] == "ssh"
     assert provenance["timing"] == "kernels" and provenance["device"] == "lab-board" and len(table) >= 5
     assert table.models and table.models[0]["measured_ms"] > 0  # the calibration's whole model was timed there too
@@ -476,11 +506,13 @@ def test_runner_crash_mid_measurement(cli, lab, box, tmp_path, tiny_onnx):
 
 
 def test_timeout_is_configurable(cli, lab, box, tmp_path, tiny_onnx):
-    device = write_device(tmp_path, "slow", ssh_transport(lab, box, tmp_path / "r", timeout_s=2, runner="standalone"))
+    # 8 s: the facts request before the measurement (importing onnx, probing the channel block) must fit
+    # on a loaded 2-core VM; 50 million runs of the tiny model cannot
+    device = write_device(tmp_path, "slow", ssh_transport(lab, box, tmp_path / "r", timeout_s=8, runner="standalone"))
     started = time.monotonic()
-    line = one_line_error(cli("profile", "--device-file", str(device), "-m", str(tiny_onnx), "--runs", "5000000",
+    line = one_line_error(cli("profile", "--device-file", str(device), "-m", str(tiny_onnx), "--runs", "50000000",
                               "--warmup", "0", "--no-per-layer"))
-    assert "timed out after 2 s" in line and "timeout_s" in line
+    assert "timed out after 8 s" in line and "timeout_s" in line
     assert "measuring " in line  # the measurement ran into the limit, not the facts request before it
     assert time.monotonic() - started < 120
 

@@ -205,8 +205,10 @@ def test_counts_below_one_block_are_charged_their_share_of_a_block():
     assert macs.cost(eight) < macs.cost(sixteen)
 
 
-def _skew_cost_model(monkeypatch, factor: float) -> None:
-    """Make the search's anchored cost model predict ``factor`` times what it would."""
+def _skew_cost_model(monkeypatch, factor: float, above_smallest: bool = False) -> None:
+    """Make the search's anchored cost model predict ``factor`` times what it would (``above_smallest``:
+    ``factor`` times what it would above the smallest student's measurement, which stays exact, so the
+    budget check's feasibility is this CPU's and not the skew's)."""
     from hwcompress.search import prepare
 
     original = prepare.anchor_latency
@@ -214,7 +216,8 @@ def _skew_cost_model(monkeypatch, factor: float) -> None:
     def skewed(cost_model, *args, **kwargs):
         result = original(cost_model, *args, **kwargs)
         anchored = cost_model.latency_of
-        cost_model.set_latency(lambda rows: factor * anchored(rows))
+        base = next(a.measured_ms for a in result[0] if a.name == "smallest") if above_smallest else 0.0
+        cost_model.set_latency(lambda rows: base + factor * (anchored(rows) - base))
         return result
 
     monkeypatch.setattr(prepare, "anchor_latency", skewed)
@@ -230,6 +233,12 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio_to_teacher"] > 0
     latency = doc["student"]["latency"]  # one scale: the spread is on the verdict's scale
     assert latency["min"] <= latency["median"] <= latency["max"] and latency["p90"] >= latency["min"]
+    # The verdict's interval: more rounds only while it held the budget, and it says whether it still does.
+    low, high = doc["verdict"]["interval_ms"]
+    assert latency["interval_ms"] == [low, high] and low <= latency["median"] <= high
+    assert 5 <= latency["rounds"] <= 15 and latency["extra_rounds"] == latency["rounds"] - 5
+    assert doc["verdict"]["decided"] == (not low <= doc["budget"]["latency_ms"] <= high)
+    assert latency["decided"] or latency["rounds"] == 15
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
 
 
@@ -238,8 +247,10 @@ def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
     the grow step gives channels back and measures again, staying under the acceptance line. (The
     skewed smallest student must still fit: ResNet-20's measures about half the teacher here. At 1.4x
     and 0.85 the anchored LUT's own under-pricing of mid-size students, up to ~40% on a busy VM, once
-    cancelled the skew and the student measured over the budget: 1.6x and 0.9 leave room either way.)"""
-    _skew_cost_model(monkeypatch, 1.6)
+    cancelled the skew and the student measured over the budget: 1.6x and 0.9 leave room either way.
+    The skew leaves the smallest student's price exact: 1.6x of it would have made the budget infeasible
+    on a CPU where it measures over 0.55x of the teacher.)"""
+    _skew_cost_model(monkeypatch, 1.6, above_smallest=True)
     doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10))
     grown = [r for r in doc["budget_repairs"] if r.get("grown")]
     assert grown, ("the pessimistic cost model should have left budget to grow into", doc["budget_repairs"],
@@ -304,7 +315,9 @@ def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):
     """The anchors are real measurements of this run: the teacher's is the teacher's reference latency,
     and with --anchors 3 a uniform student near the search budget joins them (unless noise put it out
     of order, which the notes then say)."""
-    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.6), agent="uniform", episodes=1, runs=20, anchors=3))
+    # 0.75x: the smallest ResNet-20 student measures about half the teacher here, and more where small
+    # channel counts fall below the CPU's channel block; the third anchor only needs smallest < target < teacher
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=20, anchors=3))
     anchors = {a["name"]: a for a in doc["cost_model_anchors"]}
     assert anchors["teacher"]["measured_ms"] == pytest.approx(doc["teacher"]["latency_ms"], abs=1e-4)
     assert anchors["smallest"]["measured_ms"] < anchors["teacher"]["measured_ms"]

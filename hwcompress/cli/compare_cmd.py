@@ -24,7 +24,8 @@ def compare(models, device, device_file, input_shape, rounds, threads, runs, war
     """Compare the latency of MODELS on a device; the first one is the reference.
 
     The models are measured in interleaved rounds (every model once per round, the order rotating), and
-    each is quoted as the median of its per-round ratios to the reference, with their range: on a
+    each is quoted as the median of its per-round ratios to the reference, with their range and a
+    confidence interval for that median (order statistics; 90% from 5 rounds on, less below): on a
     shared machine whose speed drifts, that ratio is what holds, more than either median. MODELS take
     what --model takes: torchvision names, pkg.module:factory, checkpoints, .onnx files, 'embedded'.
 
@@ -58,11 +59,15 @@ def print_comparison(doc: dict) -> None:
     measured = doc["source"] == "measured"
     how = f"{doc['rounds']} interleaved rounds, {doc['profiler']}" if measured else "predicted from the LUT"
     table = Table(title=f"on {doc['device']['name']} ({how}), input {'x'.join(map(str, doc['input_shape']))}")
-    for column in ("model", "latency ms", f"x {doc['reference']}", "range", "MACs", "params"):
+    coverage = min((row.get("interval_coverage", 0.0) for row in doc["models"][1:]), default=0.0)
+    for column in ("model", "latency ms", f"x {doc['reference']}", "range", f"{coverage:.0%} interval", "MACs", "params"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in doc["models"]:
         spread = f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f}" if measured else "-"
-        table.add_row(row["name"], f"{row['latency_ms']:.3f}", f"{row['ratio']:.3f}", spread,
+        interval = "-"
+        if measured and "ratio_interval" in row:
+            interval = f"{row['ratio_interval'][0]:.3f}-{row['ratio_interval'][1]:.3f}"
+        table.add_row(row["name"], f"{row['latency_ms']:.3f}", f"{row['ratio']:.3f}", spread, interval,
                       fmt_count(row["macs"]), f"{row['params']:,}")
     out = console()
     out.print(table)

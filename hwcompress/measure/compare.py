@@ -4,8 +4,9 @@ A shared machine's speed wanders by 10% and more within minutes, so two models p
 other can swap places. Measuring them in rounds, each round timing every model once (the order
 rotating from round to round so that none is always first), and taking the ratio of each round's
 medians cancels what the machine does between rounds; the median of the per-round ratios, with their
-range, is the comparison. The search's budget verdict uses the same rounds (:class:`PairedMeasurement`:
-a student against its teacher).
+range, is the comparison, with a distribution-free interval for that median (:func:`median_interval`).
+The search's budget verdict uses the same rounds (:class:`PairedMeasurement`: a student against its
+teacher), and takes more of them while the interval still holds the budget.
 
 On a device that is not this machine, the models are predicted from its LUT instead
 (:func:`~hwcompress.measure.resolve.resolve_timing`), and the ratio is a ratio of predictions
@@ -14,6 +15,7 @@ On a device that is not this machine, the models are predicted from its LUT inst
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import tempfile
@@ -33,9 +35,37 @@ from hwcompress.validate import whole
 COMPARE_SCHEMA = "hwcompress.compare/1"
 
 
+#: The confidence asked of :func:`median_interval` (met by 5 rounds and more).
+INTERVAL_CONFIDENCE = 0.9
+
+
+def median_interval(values: Sequence[float], confidence: float = INTERVAL_CONFIDENCE) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median of ``values``: the order statistics
+    ``x(k)`` and ``x(n+1-k)`` with the largest ``k`` whose coverage, ``1 - 2 P(Binomial(n, 1/2) < k)``,
+    is at least ``confidence`` (no assumption about the noise's shape; the rounds must be independent).
+
+    Returns:
+        ``(low, high, coverage)``; with too few values for ``confidence`` (under 5 for 0.9), the whole
+        range and the coverage it has.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values")
+    k, below = 1, 1 / 2 ** n  # below: P(Binomial(n, 1/2) <= k - 1)
+    while k + 1 <= (n + 1) // 2:
+        widened = below + math.comb(n, k) / 2 ** n
+        if 1 - 2 * widened < confidence:
+            break
+        k, below = k + 1, widened
+    return ordered[k - 1], ordered[n - k], max(0.0, 1 - 2 * below)
+
+
 def measure_interleaved(profiler: Any, artifacts: Sequence[ModelArtifact], settings: ProfileSettings,
-                        rounds: int) -> list[list[Measurement]]:
+                        rounds: int, first_round: int = 0) -> list[list[Measurement]]:
     """Measure every artifact once per round, the starting model rotating each round.
+
+    ``first_round``: the index of the first round (more rounds added to a measurement keep rotating).
 
     Returns:
         One list per artifact with its ``rounds`` measurements, in round order.
@@ -43,7 +73,7 @@ def measure_interleaved(profiler: Any, artifacts: Sequence[ModelArtifact], setti
     count = len(artifacts)
     results: list[list[Measurement]] = [[] for _ in artifacts]
     whole = replace(settings, per_layer=False)
-    for round_index in range(rounds):
+    for round_index in range(first_round, first_round + rounds):
         for offset in range(count):
             index = (round_index + offset) % count
             results[index].append(profiler.measure(artifacts[index], whole))
@@ -92,11 +122,14 @@ class PairedMeasurement:
         return ModelArtifact(self.teacher_onnx, self.input_shape, self.teacher, "teacher")
 
     def __call__(self, module: Any, name: str, rounds: int | None = None,
-                 onnx_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                 onnx_path: str | os.PathLike[str] | None = None, decide_ms: float | None = None,
+                 max_rounds: int | None = None) -> dict[str, Any]:
         """Measure ``module`` against the teacher; ``median`` is the verdict, every statistic is on its scale.
 
         ``onnx_path``: time this file, built beforehand from ``module`` (a quantized student), instead of
-        exporting the module.
+        exporting the module. ``decide_ms`` (a budget): while the interval of the median ratio
+        (:func:`median_interval`) still holds ``decide_ms`` on the teacher's scale, two more rounds are
+        taken, up to ``max_rounds``; ``decided`` says whether the interval left the budget out in the end.
         """
         if onnx_path is None:
             path = Path(self.folder.name) / f"{name}.onnx"
@@ -104,10 +137,16 @@ class PairedMeasurement:
         else:
             path, max_abs_diff = Path(onnx_path), None
         rounds = rounds or self.rounds
-        student, teacher = measure_interleaved(
-            self.profiler, [ModelArtifact(path, self.input_shape, module, name), self._teacher_artifact()],
-            self.settings, rounds)
+        pair = [ModelArtifact(path, self.input_shape, module, name), self._teacher_artifact()]
+        student, teacher = measure_interleaved(self.profiler, pair, self.settings, rounds)
         ratios = paired_ratios(student, teacher)
+        limit = None if decide_ms is None else decide_ms / self.teacher_ms
+        while limit is not None and len(ratios) + 2 <= (max_rounds or 0) and undecided(ratios, limit):
+            more_student, more_teacher = measure_interleaved(self.profiler, pair, self.settings, 2, first_round=len(ratios))
+            student, teacher = student + more_student, teacher + more_teacher
+            ratios = paired_ratios(student, teacher)
+        asked, rounds = rounds, len(ratios)
+        low, high, coverage = median_interval(ratios)
         ratio = statistics.median(ratios)
         middle = sorted(student, key=lambda m: m.latency.median)[len(student) // 2]
         verdict = ratio * self.teacher_ms
@@ -120,6 +159,9 @@ class PairedMeasurement:
             "paired_ratio_to_teacher": ratio,
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "interval_ms": [low * self.teacher_ms, high * self.teacher_ms],
+            "interval_coverage": round(coverage, 4),
+            **({} if limit is None else {"decided": not undecided(ratios, limit), "extra_rounds": rounds - asked}),
             "raw_median": statistics.median(m.latency.median for m in student),
             "teacher_reference_ms": self.teacher_ms,
             "teacher_now_ms": statistics.median(m.latency.median for m in teacher),
@@ -131,6 +173,13 @@ class PairedMeasurement:
             "onnx_max_abs_diff": max_abs_diff,
             "facts": middle.facts,
         }
+
+
+def undecided(ratios: Sequence[float], limit: float) -> bool:
+    """Whether the confidence interval of the median of ``ratios`` (:func:`median_interval`) holds
+    ``limit`` (its ends included): the rounds cannot yet say on which side of it the median lies."""
+    low, high, _ = median_interval(ratios)
+    return low <= limit <= high
 
 
 @dataclass
@@ -223,6 +272,8 @@ def compare_models(
                "macs": analysis.macs, "params": analysis.params}
         if timing.measured:
             row["round_medians_ms"] = [m.latency.median for m in measured]
+            low, high, coverage = median_interval(ratios)
+            row["ratio_interval"], row["interval_coverage"] = [low, high], round(coverage, 4)
         rows.append(row)
     for result in results:
         notes.extend(n for m in result for n in m.notes if n not in notes)

@@ -423,6 +423,16 @@ class RemoteProfiler:
     def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         return self._measure(artifact, settings, "measure")
 
+    def layout_conversions(self, settings: ProfileSettings) -> dict[str, Any] | None:
+        """What the runtime's layout conversions cost on the device (the plugin contract's optional probe,
+        for ``lut record --off-path``), timed there by the runner; None where it has no blocked layout."""
+        def run(host: RemoteHost) -> dict[str, Any]:
+            message = {"op": "conversions", "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S}
+            return host.call(message, "timing layout conversions", host.spec.timeout_s)
+
+        reply, _ = self._on_a_host(run)
+        return reply.get("conversions")
+
     def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         """The in-network time of a tiny model, as the device's profiler's ``measure_unit`` times it."""
         return self._measure(artifact, settings, "unit")

@@ -21,6 +21,9 @@ line written is the hello (versions, pid, what is missing). Requests:
 * ``{"op": "measure", "sha": S, "input_shape": [...], "settings": {...}, "mode": "measure" | "unit"}``
   -> ``{"ok": true, "samples_ms" | "latency", "node_ms", "facts", "notes", "work_s", "window"}``
   (``work_s``: seconds spent measuring, board lock held; ``window``: its start and end, epoch seconds).
+* ``{"op": "conversions", "settings": {...}}`` -> ``{"ok": true, "conversions": {...} | null}``: what
+  ONNX Runtime's layout conversions around a layer off its blocked path cost here (the plugin's
+  ``layout_conversions``; the standalone runner times the same probe, and needs ``onnx`` for it).
 * ``{"op": "bye"}``.
 
 While another measurement holds the board, a measure request first answers ``{"waiting": ...}``, then
@@ -185,6 +188,68 @@ def where_facts():
     }
 
 
+def conversion_costs(layout, kernel_events, sizes=(14, 28, 56), runs=30):
+    """What a layer off ONNX Runtime's blocked path costs its network in layout conversions, timed with
+    ``kernel_events(onnx_path, input_shape, iterations) -> [(node, args, ms)]`` (a profiled session's
+    kernel events): per direction (``to_plain``, NCHWc to NCHW before such a layer; ``to_blocked``, back
+    after it), the points timed (elements, ms) at ``sizes`` and a least-squares line
+    ``ms = intercept + slope * elements``. None where ``layout`` (block, alignment) has no blocked path.
+
+    The probe: three 1x1 convolutions, the middle one fed channels off the alignment, so that the
+    runtime leaves its blocked layout before it (ReorderOutput) and re-enters it after (ReorderInput).
+    Shared by the onnxruntime plugin and this runner (which needs ``numpy`` and ``onnx`` for it)."""
+    block, alignment = layout
+    if block == 1 or alignment == 1:
+        return None
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    points = {"to_plain": [], "to_blocked": []}
+    off = 4 * block - max(1, alignment // 2)
+    wanted = {("ReorderOutput", off): "to_plain", ("ReorderInput", 3 * block): "to_blocked"}
+    for hw in sizes:
+        layers = (("a", 2 * block, off, "x", "h1"), ("b", off, 3 * block, "h1", "h2"), ("c", 3 * block, 3 * block, "h2", "y"))
+        rng = np.random.default_rng(0)
+        nodes, weights = [], []
+        for name, cin, cout, source, target in layers:
+            weights.append(numpy_helper.from_array(rng.standard_normal((cout, cin, 1, 1)).astype(np.float32), name + "_w"))
+            nodes.append(helper.make_node("Conv", [source, name + "_w"], [target], name=name))
+        graph = helper.make_graph(nodes, "reorders", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 * block, hw, hw])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3 * block, hw, hw])], weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = min(model.ir_version, 8)
+        times = {"to_plain": [], "to_blocked": []}
+        with tempfile.TemporaryDirectory(prefix="hwcompress-reorder-") as folder:
+            path = os.path.join(folder, "reorders.onnx")
+            onnx.save(model, path)
+            events = kernel_events(path, (1, 2 * block, hw, hw), runs + 5)
+        for _, args, ms in events:
+            shapes = args.get("output_type_shape") if args.get("op_name") == "ReorderOutput" else args.get("input_type_shape")
+            try:
+                channels = int(next(iter(shapes[0].values()))[1])
+            except (TypeError, IndexError, StopIteration, ValueError, AttributeError):
+                continue
+            direction = wanted.get((args.get("op_name"), channels))
+            if direction:
+                times[direction].append(ms)
+        elements = {"to_plain": off * hw * hw, "to_blocked": 3 * block * hw * hw}
+        for direction, timed in times.items():
+            if timed:
+                points[direction].append((elements[direction], statistics.median(timed[-runs:])))
+    result = {"block": block, "alignment": alignment}
+    for direction, pts in points.items():
+        if len(pts) < 2:
+            return None
+        mean_x = statistics.fmean(x for x, _ in pts)
+        mean_y = statistics.fmean(y for _, y in pts)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in pts) / max(sum((x - mean_x) ** 2 for x, _ in pts), 1e-12)
+        slope = max(slope, 0.0)
+        result[direction] = {"points": [[x, round(y, 6)] for x, y in pts],
+                             "intercept_ms": round(max(mean_y - slope * mean_x, 0.0), 6), "ms_per_element": slope}
+    return result
+
+
 class Standalone:
     """ONNX Runtime's CPU execution provider, timed as the onnxruntime plugin times it."""
 
@@ -272,6 +337,14 @@ class Standalone:
         return {"samples_ms": samples, "node_ms": None, "notes": []}
 
     def kernel_times(self, path, input_shape, settings, iterations, layout=True, flush=None, skip_ops=frozenset()):
+        per_node = {}
+        for name, args, ms in self.kernel_events(path, input_shape, settings, iterations, layout, flush):
+            if args.get("op_name") not in skip_ops:
+                per_node.setdefault(name, []).append(ms)
+        return per_node
+
+    def kernel_events(self, path, input_shape, settings, iterations, layout=True, flush=None):
+        """Every kernel event of ``iterations`` profiled runs: ``(node name, the event's args, ms)``."""
         with tempfile.TemporaryDirectory(prefix="hwcompress-ort-") as folder:
             session = self.session(path, settings, os.path.join(folder, "ort"), layout)
             feed = self.feed(session, input_shape)
@@ -281,15 +354,17 @@ class Standalone:
                 session.run(None, feed)
             with open(session.end_profiling()) as handle:
                 events = json.load(handle)
-        per_node = {}
-        for event in events:
-            name = event.get("name", "")
-            if event.get("cat") != "Node" or not name.endswith(KERNEL_SUFFIX):
-                continue
-            if event.get("args", {}).get("op_name") in skip_ops:
-                continue
-            per_node.setdefault(name[: -len(KERNEL_SUFFIX)], []).append(event["dur"] / 1000.0)
-        return per_node
+        return [(event["name"][: -len(KERNEL_SUFFIX)], event.get("args", {}), event["dur"] / 1000.0) for event in events
+                if event.get("cat") == "Node" and event.get("name", "").endswith(KERNEL_SUFFIX)]
+
+    def layout_conversions(self, settings, sizes=(14, 28, 56), runs=30):
+        """As the onnxruntime plugin's ``layout_conversion_costs`` (the same probe, :func:`conversion_costs`);
+        None without a blocked layout or without ``onnx`` on the device."""
+        layout = nchwc_layout()
+        if layout is None:
+            return None
+        return conversion_costs(layout, lambda path, shape, iterations: self.kernel_events(path, shape, settings, iterations),
+                                sizes, runs)
 
 
 def cache_flusher(settings):
@@ -361,6 +436,10 @@ class Plugin:
 
     def measure(self, path, input_shape, settings):
         return self._run("measure", path, input_shape, settings)
+
+    def layout_conversions(self, settings):
+        probe = getattr(self.inner, "layout_conversions", None)
+        return probe(self.settings(settings)) if callable(probe) else None
 
     def measure_unit(self, path, input_shape, settings):
         if not callable(getattr(self.inner, "measure_unit", None)):
@@ -478,6 +557,11 @@ class Runner:
             return {"ok": True, "facts": self.facts(request.get("settings") or {})}
         if op == "measure":
             return self.measure(request)
+        if op == "conversions":
+            with BoardLock(os.path.join(self.workdir, "measure.lock"), float(request.get("lock_timeout_s") or 3600),
+                           on_wait=lambda: self.reply({"waiting": "another measurement holds this board"}),
+                           on_start=lambda: self.reply({"started": True})):
+                return {"ok": True, "conversions": self.backend.layout_conversions(request.get("settings") or {})}
         raise Refusal("protocol", "unknown request %r" % (op,))
 
     def facts(self, settings):

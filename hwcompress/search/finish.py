@@ -26,7 +26,7 @@ from hwcompress.model.data import has_label_list
 from hwcompress.model.export import export_onnx
 from hwcompress.model.training import evaluate
 from hwcompress.search.agent import Candidate
-from hwcompress.search.prepare import VERDICT_ROUNDS, Prepared
+from hwcompress.search.prepare import VERDICT_MAX_ROUNDS, VERDICT_ROUNDS, Prepared
 from hwcompress.search.quantized import SCORING_NOTE, candidate_precision
 from hwcompress.search.report import RESULT_SCHEMA, policy_document, write_report
 from hwcompress.search.scoring import build_student, recalibrate_batchnorm
@@ -115,11 +115,18 @@ def _verdict(prepared: Prepared, measured: dict[str, Any] | None, predicted: flo
         value, source = predicted, "predicted"
     facts = (measured or {}).get("facts") or {}
     text = f"{budget.format(value)} against {budget.format(budget.limit)}"
+    noise: dict[str, Any] = {}
     if source == "measured":
         text = (f"{budget.format(value)} (median of {measured['rounds']} rounds interleaved with the teacher) "
                 f"against {budget.format(budget.limit)}")
+        if "decided" in measured:
+            low, high = measured["interval_ms"]
+            noise = {"decided": measured["decided"], "interval_ms": [low, high], "interval_coverage": measured["interval_coverage"]}
+            if not measured["decided"]:
+                text += (f"; within this machine's noise: the {measured['interval_coverage']:.0%} interval of the median, "
+                         f"{low:.3f}-{high:.3f} ms, holds the budget")
     return {"source": source, "value": value, "limit": budget.limit, "met": budget.met_by(value),
-            "over_by_percent": budget.over_by_percent(value), "text": text,
+            "over_by_percent": budget.over_by_percent(value), "text": text, **noise,
             "profiler": (measured or {}).get("profiler"), "host": facts.get("host")}
 
 
@@ -166,10 +173,12 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
 
     measured = None
     if prepared.measure is not None:
-        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher)")
+        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher, "
+            f"up to {VERDICT_MAX_ROUNDS} while the budget is inside the noise)")
         # The verdict gets more rounds than the search's checks: it is the number the user is told.
         deployed_file = {"onnx_path": deployed.path} if deployed is not None else {}
-        measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS, **deployed_file)
+        until = {"decide_ms": prepared.budget.limit, "max_rounds": VERDICT_MAX_ROUNDS} if prepared.budget.is_latency else {}
+        measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS, **deployed_file, **until)
     budget = prepared.budget
     cost_model = prepared.cost_model
     predicted_cost = cost_model.cost(candidate.keep) if not candidate.removed_units else candidate.cost

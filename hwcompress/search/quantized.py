@@ -276,11 +276,12 @@ class QuantizedMeasurement:
         self.paired = paired
         self.students = students
 
-    def __call__(self, module: Any, name: str, rounds: int | None = None, onnx_path: str | Path | None = None) -> dict[str, Any]:
+    def __call__(self, module: Any, name: str, rounds: int | None = None, onnx_path: str | Path | None = None,
+                 **until: Any) -> dict[str, Any]:
         if onnx_path is None:
             _, result = self.students.quantize(module, name)
             onnx_path = result.path
-        measured = self.paired(module, name, rounds, onnx_path=onnx_path)
+        measured = self.paired(module, name, rounds, onnx_path=onnx_path, **until)
         measured["precision"] = "int8 (Q/DQ)"
         return measured
 

@@ -115,6 +115,15 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"The student's latency is the median of {latency['rounds']} rounds interleaved with the teacher: "
                   f"{latency['paired_ratio_to_teacher']:.3f} x the teacher's reference {latency['teacher_reference_ms']:.3f} ms "
                   f"(round ratios {latency['ratio_min']:.3f}-{latency['ratio_max']:.3f})."]
+        if "interval_ms" in latency:
+            low, high = latency["interval_ms"]
+            lines[-1] += (f" Its {latency['interval_coverage']:.0%} confidence interval (order statistics of the round ratios) "
+                          f"is {low:.3f}-{high:.3f} ms")
+            if latency.get("extra_rounds"):
+                lines[-1] += f"; {latency['extra_rounds']} rounds were added because the interval held the budget"
+            if latency.get("decided") is False:
+                lines[-1] += ": the verdict is inside this machine's noise, and another measurement may say otherwise"
+            lines[-1] += "."
     files = [f"`{v}`" for v in doc["artifacts"].values() if isinstance(v, str)]
     if files:
         lines += ["", "Files: " + ", ".join(files) + ", plots: " + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", []))]

@@ -145,68 +145,17 @@ def nchwc_layout() -> tuple[int, int]:
     return block, alignment
 
 
-def _reorder_probe(block: int, alignment: int, hw: int, settings: ProfileSettings, runs: int) -> dict[str, tuple[int, float]]:
-    """Time ONNX Runtime's layout conversions inside a network: three 1x1 convolutions, the middle one fed
-    channels off the alignment, so the runtime leaves its blocked layout before it (ReorderOutput) and
-    re-enters it after (ReorderInput). Per direction, ``(elements converted, median ms)``."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    off = 4 * block - max(1, alignment // 2)
-    layers = (("a", 2 * block, off, "x", "h1"), ("b", off, 3 * block, "h1", "h2"), ("c", 3 * block, 3 * block, "h2", "y"))
-    rng = np.random.default_rng(0)
-    nodes, weights = [], []
-    for name, cin, cout, source, target in layers:
-        weights.append(numpy_helper.from_array(rng.standard_normal((cout, cin, 1, 1)).astype(np.float32), f"{name}_w"))
-        nodes.append(helper.make_node("Conv", [source, f"{name}_w"], [target], name=name))
-    graph = helper.make_graph(nodes, "reorders", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 * block, hw, hw])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3 * block, hw, hw])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 8)
-    wanted = {("ReorderOutput", off): "to_plain", ("ReorderInput", 3 * block): "to_blocked"}
-    times: dict[str, list[float]] = {"to_plain": [], "to_blocked": []}
-    with tempfile.TemporaryDirectory(prefix="hwcompress-reorder-") as folder:
-        path = os.path.join(folder, "reorders.onnx")
-        onnx.save(model, path)
-        events = _kernel_events(path, (1, 2 * block, hw, hw), settings, runs + 5)
-    for _, args, ms in events:
-        shapes = args.get("output_type_shape") if args.get("op_name") == "ReorderOutput" else args.get("input_type_shape")
-        try:
-            channels = int(next(iter(shapes[0].values()))[1])
-        except (TypeError, IndexError, StopIteration, ValueError):
-            continue
-        direction = wanted.get((args.get("op_name"), channels))
-        if direction:
-            times[direction].append(ms)
-    elements = {"to_plain": off * hw * hw, "to_blocked": 3 * block * hw * hw}
-    return {d: (elements[d], statistics.median(t[-runs:])) for d, t in times.items() if t}
-
-
 def layout_conversion_costs(settings: ProfileSettings, sizes: tuple[int, ...] = (14, 28, 56), runs: int = 30) -> dict[str, Any] | None:
     """What a layer off ONNX Runtime's blocked path costs its network in layout conversions: per direction
     (``to_plain``, NCHWc to NCHW before such a layer; ``to_blocked``, back after it), the points timed
     (elements, ms) at ``sizes`` and a least-squares line ``ms = intercept + slope * elements``. None where
     the runtime has no blocked layout. Timed warm, without a cache flush: the tensor converted is the one
-    the layer before just wrote."""
-    block, alignment = nchwc_layout()
-    if block == 1 or alignment == 1:
-        return None
-    points: dict[str, list[tuple[int, float]]] = {"to_plain": [], "to_blocked": []}
-    for hw in sizes:
-        for direction, point in _reorder_probe(block, alignment, hw, settings, runs).items():
-            points[direction].append(point)
-    result: dict[str, Any] = {"block": block, "alignment": alignment}
-    for direction, pts in points.items():
-        if len(pts) < 2:
-            return None
-        mean_x = statistics.fmean(x for x, _ in pts)
-        mean_y = statistics.fmean(y for _, y in pts)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in pts) / max(sum((x - mean_x) ** 2 for x, _ in pts), 1e-12)
-        slope = max(slope, 0.0)
-        result[direction] = {"points": [[x, round(y, 6)] for x, y in pts], "intercept_ms": round(max(mean_y - slope * mean_x, 0.0), 6),
-                             "ms_per_element": slope}
-    return result
+    the layer before just wrote. The probe is :func:`hwcompress.measure.runner.conversion_costs`, which
+    the remote runner times on a device the same way."""
+    from hwcompress.measure.runner import conversion_costs
+
+    return conversion_costs(nchwc_layout(), lambda path, shape, iterations: _kernel_events(path, shape, settings, iterations),
+                            sizes, runs)
 
 
 class OnnxRuntimeProfiler:
