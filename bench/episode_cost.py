@@ -2,8 +2,10 @@
 
 Before: each student's BatchNorm statistics re-estimated on 256 training images, weights in the default
 (NCHW) memory order, and the budget repair scoring every one of its 8 candidate steps at every step.
-Now (the defaults): 128 images, channels-last weights (exact), each BatchNorm folded into its
-convolution after re-estimation and the student scored under inference mode (same accuracies), and the
+Now (the defaults): 64 images, channels-last weights (exact), each BatchNorm folded into its
+convolution after re-estimation and the student scored under inference mode (same accuracies), the
+evaluation in bfloat16 where the CPU has a bfloat16 unit (``--scoring-precision auto``; the reference
+scorer stays fp32, so the rank agreement shows what bfloat16 costs), and the
 repair's steps scored incrementally (a step's accuracy loss measured once and reused while its group keeps its count,
 ``CostModel.trimmed_policy``). For the embedded default (ResNet-56 on digits at 32 px) and resnet18
 trained here on digits at 64 px, side by side and interleaved:
@@ -50,9 +52,9 @@ from hwcompress.search.prepare import PYTHON_OBJECT
 from hwcompress.search.run import run_search
 from hwcompress.slim.pruning import find_channel_groups, prune_channels
 
-BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False, "fold_norms": False}
+BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False, "fold_norms": False, "precision": "fp32"}
 NOW = {"bn_calibration": SearchConfig.__dataclass_fields__["bn_calibration"].default, "channels_last": True,
-       "incremental": True, "fold_norms": True}
+       "incremental": True, "fold_norms": True, "precision": scoring.resolve_scoring_precision("auto")[0]}
 REFERENCE_BN = 1024
 
 
@@ -86,7 +88,8 @@ class Scorer:
             if self.setting["channels_last"]:
                 student = student.to(memory_format=torch.channels_last)
             self.cache[key] = scoring.score_student(student, self.splits.train, self.val, self.setting["bn_calibration"],
-                                                    self.pairs if self.setting.get("fold_norms") else None)
+                                                    self.pairs if self.setting.get("fold_norms") else None,
+                                                    precision=self.setting.get("precision", "fp32"))
             self.seconds += time.perf_counter() - started
         return self.cache[key]
 
@@ -191,7 +194,8 @@ def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, 
             shutil.rmtree(out, ignore_errors=True)
             config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes,
                                   seed=args.seed, finetune_epochs=0, out=str(out), model=PYTHON_OBJECT,
-                                  data=PYTHON_OBJECT, bn_calibration=setting["bn_calibration"])
+                                  data=PYTHON_OBJECT, bn_calibration=setting["bn_calibration"],
+                                  scoring_precision=setting["precision"])
             scoring.CHANNELS_LAST = setting["channels_last"]
             scoring.FOLD_NORMS = setting["fold_norms"]
             original = CostModel.trimmed_policy
@@ -252,7 +256,8 @@ def main() -> None:
             rows.append(scoring_part(name, teacher, splits, args))
             if args.episodes:
                 searches += search_part(name, teacher, splits, args, folder)
-    print(f"\n{platform.processor() or platform.machine()}, 1 thread; {time.perf_counter() - started:.0f} s in all\n")
+    print(f"\n{platform.processor() or platform.machine()}, 1 thread, scoring now in {NOW['precision']} "
+          f"({scoring.resolve_scoring_precision('auto')[1]}); {time.perf_counter() - started:.0f} s in all\n")
     print("| setup | scorer | s per score | Kendall tau vs reference | mean abs. diff. | speed-up |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -171,7 +171,7 @@ def main() -> None:
             mean = statistics.fmean(values)
             print(f"  {estimator:<24} {condition:<13} {mean:>7.4f} {min(values):>10.4f}-{max(values):<11.4f} "
                   f"{(max(values) - min(values)) / mean:>6.1%} {mean / quiet[estimator] - 1:>+8.1%}")
-    if args.rounds >= 9:
+    if args.rounds >= 15:
         print("\nThe verdict rules replayed on these rounds (right: on the side of the budget the pooled median is on)")
         for condition in CONDITIONS:
             print(f"  {condition}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from torch import nn
@@ -121,21 +122,31 @@ def test_float_layers_onnx_runtime_would_requantize_are_quantized_properly(tmp_p
     assert int8_layers_of(tmp_path / "mixed.onnx")[0] == mixed.int8_layers
 
 
-def test_fake_quant_agrees_with_onnx_runtime(tmp_path):
-    """The measured stand-in: on a ResNet-20 trained for one epoch (so that its predictions differ from
-    image to image), the fake-quantized PyTorch copy predicts the class ONNX Runtime's int8 model predicts
-    on >= 90% of digits validation images (bench/quantized_scoring.py: 98.1-100% on the trained ResNet-56
-    and 12 pruned students)."""
+@pytest.fixture(scope="module")
+def trained_resnet20():
     from hwcompress.model.training import train_supervised
 
     splits = resolve_data(None)
     model = resnet20()
     train_supervised(model, splits.train, epochs=1, lr=0.1, seed=0)
     recalibrate_batchnorm(model, splits.train, 128)
+    return model, splits
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_fake_quant_agrees_with_onnx_runtime(tmp_path, trained_resnet20, reduce_range):
+    """The measured stand-in: on a ResNet-20 trained for one epoch (so that its predictions differ from
+    image to image), the fake-quantized PyTorch copy predicts the class ONNX Runtime's int8 model predicts
+    on >= 90% of digits validation images (bench/quantized_scoring.py: 98.1-100% on the trained ResNet-56
+    and 12 pruned students), with 8-bit weights and with the 7-bit ones of a CPU without VNNI."""
+
+    model, splits = trained_resnet20
     calibration = calibration_inputs(splits.train, 64, SHAPE)
-    _, result = quantize_module(model, SHAPE, tmp_path, calibration)
+    _, result = quantize_module(model, SHAPE, tmp_path, calibration, reduce_range=reduce_range)
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(result.path)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == (64 if reduce_range else 127)
     ort_logits, labels = onnx_logits(result.path, splits.val, limit=128)
-    copy = fake_quantized(model, [torch.from_numpy(np.concatenate(calibration))])
+    copy = fake_quantized(model, [torch.from_numpy(np.concatenate(calibration))], reduce_range=reduce_range)
     with torch.no_grad():
         fake = copy(torch.stack([splits.val[i][0] for i in range(128)])).numpy()
     assert len(set(ort_logits.argmax(1).tolist())) >= 5  # a model that says one class everywhere would agree trivially
@@ -385,7 +396,9 @@ def _search_ratio() -> float:
 
 
 def _config(tmp_path, lut, quantize, **overrides):
-    base = dict(budget=Budget.latency_ratio(_search_ratio()), agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
+    if "budget" not in overrides:
+        overrides = {**overrides, "budget": Budget.latency_ratio(_search_ratio())}
+    base = dict(agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=48, lut=str(lut),
                 agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize)
     base.update(overrides)
@@ -429,6 +442,25 @@ def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, m
         assert "precision" in json.loads((out / "policy.json").read_text())
         history = json.loads((out / "history.json").read_text())
         assert all("precision" in record for record in history)
+
+
+def test_weights_keep_to_7_bits_on_a_device_without_vnni(tmp_path, int8_lut, monkeypatch):
+    """ONNX Runtime's guide: on x86-64 without VNNI its uint8 x int8 sums are 16-bit and can saturate, so
+    weights keep to 7 bits there. The device's facts decide (measured here: the plugin's ``int8_vnni``);
+    VNNI, Arm (None) and unknown devices keep 8. No budget needs to be reachable to check it."""
+    import hwcompress_profiler_onnxruntime as ort_plugin
+
+    from hwcompress.search.prepare import prepare
+    from hwcompress.slim.quantize import reduced_weight_range
+
+    assert reduced_weight_range({"int8_vnni": False}) and not reduced_weight_range({"int8_vnni": True})
+    assert not reduced_weight_range({"int8_vnni": None}) and not reduced_weight_range({})
+    monkeypatch.setattr(ort_plugin, "int8_vnni", lambda: False)  # as on the CI's AVX2 EPYC
+    prepared = prepare(_config(tmp_path, int8_lut, "int8", budget=Budget.latency_ratio(0.5)), search=False, log=lambda m: None)
+    assert prepared.quantized.reduce_range and any("7 bits" in note for note in prepared.notes)
+    _, result = prepared.quantized.quantize(prepared.teacher, "teacher")
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(result.path)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 64
 
 
 def test_compress_api_takes_quantize(tmp_path, int8_lut):
@@ -528,15 +560,24 @@ def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):
     assert cost.cost(half) == pytest.approx(before["half"] * 1.2)
 
 
-def test_n2n_searches_int8_students(tmp_path, int8_lut):
+def test_n2n_searches_int8_students(tmp_path, int8_lut, monkeypatch):
     """N2N with --quantize int8: its students are priced in int8 on the int8-anchored line, the final
     one is the deployable Q/DQ model, scored as ONNX Runtime runs it; mixed is refused in one line."""
+    import hwcompress_profiler_onnxruntime as ort_plugin
+
     from hwcompress.slim.quantize import onnx_accuracy
 
+    # As on an x86-64 CPU without VNNI (the CI's AMD EPYC with AVX2): the device's facts ask for 7-bit weights.
+    monkeypatch.setattr(ort_plugin, "int8_vnni", lambda: False)
     options = {"removal_epochs": 1, "shrink_epochs": 1, "rollouts": 2, "student_steps": 1, "student_batch": 16, "base_steps": 1}
     config = _config(tmp_path, int8_lut, "int8", agent="n2n", episodes=4, agent_options=options)
     doc = run_search(config, progress=False).report
     out = tmp_path / "out"
+    assert doc["quantization"]["reduce_range"] and "7 bits" in doc["quantization"]["format"]
+    assert any("7 bits" in note for note in doc["notes"]) and doc["device"]["facts"]["int8_vnni"] is False
+    int8_weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(out / "student.onnx")).graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8]
+    assert int8_weights and max(int(np.abs(w).max()) for w in int8_weights) <= 64
     assert doc["agent"] == "n2n" and doc["quantization"]["mode"] == "int8" and "n2n" in doc
     assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(out / "student.onnx")).graph.node}
     assert doc["student"]["accuracy"] == pytest.approx(onnx_accuracy(out / "student.onnx", resolve_data("digits").test))

@@ -60,14 +60,14 @@ def print_comparison(doc: dict) -> None:
     how = f"{doc['rounds']} interleaved rounds, {doc['profiler']}" if measured else "predicted from the LUT"
     table = Table(title=f"on {doc['device']['name']} ({how}), input {'x'.join(map(str, doc['input_shape']))}")
     coverage = min((row.get("interval_coverage", 0.0) for row in doc["models"][1:]), default=0.0)
-    for column in ("model", "latency ms", f"x {doc['reference']}", "range", f"{coverage:.0%} interval", "MACs", "params"):
+    with_interval = measured and coverage > 0  # (one round, or a prediction, has no interval)
+    columns = ["model", "latency ms", f"x {doc['reference']}", "range"] + ([f"{coverage:.0%} interval"] if with_interval else [])
+    for column in columns + ["MACs", "params"]:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in doc["models"]:
         spread = f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f}" if measured else "-"
-        interval = "-"
-        if measured and "ratio_interval" in row:
-            interval = f"{row['ratio_interval'][0]:.3f}-{row['ratio_interval'][1]:.3f}"
-        table.add_row(row["name"], f"{row['latency_ms']:.3f}", f"{row['ratio']:.3f}", spread, interval,
+        interval = [f"{row['ratio_interval'][0]:.3f}-{row['ratio_interval'][1]:.3f}"] if with_interval else []
+        table.add_row(row["name"], f"{row['latency_ms']:.3f}", f"{row['ratio']:.3f}", spread, *interval,
                       fmt_count(row["macs"]), f"{row['params']:,}")
     out = console()
     out.print(table)

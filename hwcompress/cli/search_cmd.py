@@ -45,6 +45,9 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--finetune-epochs", type=float, help="Distillation epochs for the final student (default 8).")
 @click.option("--bn-calibration", type=int,
               help="Re-estimate BatchNorm statistics of each candidate on this many train images before scoring it (0: AMC's original, none; default 64).")
+@click.option("--scoring-precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="What float candidates are evaluated in while the search scores them: auto (default) = bfloat16 where the CPU "
+                   "has a bfloat16 unit (AMX, AVX-512 BF16, Arm BF16), else fp32. The student's final accuracies are fp32 either way.")
 @click.option("--reconstruct", is_flag=True, default=None, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--anchors", type=int,
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
@@ -69,7 +72,8 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
-           train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration, reconstruct,
+           train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration,
+           scoring_precision, reconstruct,
            anchors, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
@@ -99,7 +103,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "device_file": device_file, "model": model, "weights": weights, "data": data,
         "input_shape": parse_input_shape(input_shape), "episodes": episodes, "warmup_episodes": warmup_episodes,
         "seed": seed, "reward": reward, "lbound": lbound, "finetune_epochs": finetune_epochs,
-        "bn_calibration": bn_calibration, "reconstruct": reconstruct, "anchors": anchors, "lut": lut, "runs": runs,
+        "bn_calibration": bn_calibration, "scoring_precision": scoring_precision, "reconstruct": reconstruct, "anchors": anchors, "lut": lut, "runs": runs,
         "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit, "skip_bad_images": skip_bad_images,
         "quantize": quantize, "train_teacher": train_teacher,
     }

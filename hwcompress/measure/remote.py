@@ -427,7 +427,8 @@ class RemoteProfiler:
         """What the runtime's layout conversions cost on the device (the plugin contract's optional probe,
         for ``lut record --off-path``), timed there by the runner; None where it has no blocked layout."""
         def run(host: RemoteHost) -> dict[str, Any]:
-            message = {"op": "conversions", "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S}
+            message = {"op": "conversions", "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S,
+                       "timeout_s": host.spec.timeout_s}
             return host.call(message, "timing layout conversions", host.spec.timeout_s)
 
         reply, _ = self._on_a_host(run)

@@ -101,6 +101,33 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_flags():
+    """The CPU's feature flags as Linux lists them (x86 ``flags``, Arm ``Features``); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+#: x86 flags of an instruction that multiplies uint8 by int8 into 32-bit sums (VNNI, AMX).
+X86_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_vnni():
+    """True where an x86-64 CPU multiplies uint8 x int8 into 32-bit sums (VNNI); False on an x86-64 CPU
+    without (its 16-bit intermediate sums can saturate: ONNX Runtime's quantization guide asks for 7-bit
+    weights there); None on other machines or where the flags cannot be read."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    flags = cpu_flags()
+    return bool(set(X86_VNNI_FLAGS) & flags) if flags else None
+
+
 def read_text(path):
     try:
         with open(path) as handle:
@@ -270,6 +297,7 @@ class Standalone:
             "intra_op_threads": int(settings.get("threads", 1)),
             "spinning": bool(settings.get("options", {}).get("spin", False)),
             "measured_with": "hwcompress runner (standalone)",
+            "int8_vnni": int8_vnni(),
         }
         layout = nchwc_layout()
         if layout is not None:  # without onnx on the device the recorder falls back to the probed quantum
@@ -558,11 +586,16 @@ class Runner:
         if op == "measure":
             return self.measure(request)
         if op == "conversions":
-            with BoardLock(os.path.join(self.workdir, "measure.lock"), float(request.get("lock_timeout_s") or 3600),
-                           on_wait=lambda: self.reply({"waiting": "another measurement holds this board"}),
-                           on_start=lambda: self.reply({"started": True})):
+            with self.board(request), deadline(request):
                 return {"ok": True, "conversions": self.backend.layout_conversions(request.get("settings") or {})}
         raise Refusal("protocol", "unknown request %r" % (op,))
+
+    def board(self, request):
+        """The board's lock for one measurement; waiting for it is not measuring (the workstation's
+        time limit restarts at "started")."""
+        return BoardLock(os.path.join(self.workdir, "measure.lock"), float(request.get("lock_timeout_s") or 3600),
+                         on_wait=lambda: self.reply({"waiting": "another measurement holds this board"}),
+                         on_start=lambda: self.reply({"started": True}))
 
     def facts(self, settings):
         facts = dict(self.backend.facts(settings))
@@ -575,31 +608,37 @@ class Runner:
             raise Refusal("protocol", "model %s is not cached here" % request.get("sha"))
         settings = request.get("settings") or {}
         mode = request.get("mode", "measure")
-        timeout = float(request.get("timeout_s") or 0)
-        # Waiting for the board is not measuring: the workstation's time limit restarts at "started".
-        lock = BoardLock(os.path.join(self.workdir, "measure.lock"), float(request.get("lock_timeout_s") or 3600),
-                         on_wait=lambda: self.reply({"waiting": "another measurement holds this board"}),
-                         on_start=lambda: self.reply({"started": True}))
-        with lock:
-            if timeout > 0 and hasattr(signal, "alarm"):
-                # The workstation gives up at timeout_s; a runner it can no longer reach must not go on.
-                signal.signal(signal.SIGALRM, lambda *_: os._exit(124))
-                signal.alarm(int(timeout) + 5)
+        with self.board(request), deadline(request):
             started, began = time.perf_counter(), time.time()
-            try:
-                method = self.backend.measure_unit if mode == "unit" else self.backend.measure
-                result = method(path, request.get("input_shape"), settings)
-                work = time.perf_counter() - started
-                window = [began, time.time()]
-                facts = self.facts(settings)
-            finally:
-                if timeout > 0 and hasattr(signal, "alarm"):
-                    signal.alarm(0)
+            method = self.backend.measure_unit if mode == "unit" else self.backend.measure
+            result = method(path, request.get("input_shape"), settings)
+            work = time.perf_counter() - started
+            window = [began, time.time()]
+            facts = self.facts(settings)
         facts.update(result.pop("facts", None) or {})
         facts.update(where_facts())
         result.update(ok=True, facts=facts, work_s=work, window=window)
         os.utime(path)
         return result
+
+
+class deadline:
+    """The workstation gives up at the request's ``timeout_s``: a runner it can no longer reach must not
+    go on measuring (and holding the board), so it exits 5 s after that."""
+
+    def __init__(self, request):
+        self.timeout = float(request.get("timeout_s") or 0)
+        self.armed = self.timeout > 0 and hasattr(signal, "alarm")
+
+    def __enter__(self):
+        if self.armed:
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(124))
+            signal.alarm(int(self.timeout) + 5)
+        return self
+
+    def __exit__(self, *_):
+        if self.armed:
+            signal.alarm(0)
 
 
 class LockTimeout(Exception):

@@ -19,6 +19,7 @@ from hwcompress.search.precision import QUANTIZE_MODES
 from hwcompress.validate import number, whole
 
 REWARDS = ("budget", "accuracy")
+SCORING_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_OUT = "hwcompress-out"
 
 
@@ -48,6 +49,10 @@ class SearchConfig:
         val_limit: score each episode on at most this many validation images (None: all).
         anchors: students measured to anchor the latency cost model: 2 or 3.
         bn_calibration: train images to re-estimate BatchNorm statistics on before scoring (0: off).
+        scoring_precision: the precision float students are evaluated in while the search scores them:
+            ``auto`` (bfloat16 where the CPU computes it natively, else fp32), ``fp32`` or ``bf16``. The
+            final student's accuracies (before and after fine-tuning) are fp32; the search-time scores
+            (history, ``val_accuracy_during_search``) are in this precision.
         torch_threads: PyTorch intra-op threads for training and scoring.
         quantize: ``int8`` (every layer the device runs in int8 quantized, channels pruned on top) or
             ``mixed`` (the agent chooses int8 or float per channel group too); None: float students.
@@ -79,6 +84,7 @@ class SearchConfig:
     val_limit: int | None = None
     anchors: int = 2
     bn_calibration: int = 64
+    scoring_precision: str = "auto"
     torch_threads: int = 1
     quantize: str | None = None
     skip_bad_images: bool = False
@@ -108,6 +114,8 @@ class SearchConfig:
             whole(self.val_limit, "--val-limit", 1)
         whole(self.anchors, "--anchors", 2, 3)
         whole(self.bn_calibration, "--bn-calibration", 0)
+        if self.scoring_precision not in SCORING_PRECISIONS:
+            raise UserError(f"--scoring-precision must be one of {', '.join(SCORING_PRECISIONS)} (got {self.scoring_precision!r})")
         whole(self.torch_threads, "--torch-threads", 1)
         whole(self.train_teacher, "--train-teacher", 0)
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:

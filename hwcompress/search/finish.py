@@ -173,8 +173,8 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
 
     measured = None
     if prepared.measure is not None:
-        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher, "
-            f"up to {VERDICT_MAX_ROUNDS} while the budget is inside the noise)")
+        more = f", up to {VERDICT_MAX_ROUNDS} while the budget is inside the noise" if prepared.budget.is_latency else ""
+        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher{more})")
         # The verdict gets more rounds than the search's checks: it is the number the user is told.
         deployed_file = {"onnx_path": deployed.path} if deployed is not None else {}
         until = {"decide_ms": prepared.budget.limit, "max_rounds": VERDICT_MAX_ROUNDS} if prepared.budget.is_latency else {}
@@ -208,7 +208,9 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         for row in policy_rows:
             row["precision"] = groups.get(row["group"], "fp32")
         quantization = {"quantization": {
-            "mode": config.quantize, "format": "ONNX Q/DQ, opset 17, uint8 activations, int8 per-channel weights",
+            "mode": config.quantize, "format": "ONNX Q/DQ, opset 17, uint8 activations, int8 per-channel weights"
+            + (" in 7 bits (reduce_range: no VNNI on this x86-64 CPU)" if quantized.reduce_range else ""),
+            "reduce_range": quantized.reduce_range,
             "calibration_images": deployed.calibration_images, "int8_layers": len(deployed.int8_layers),
             "float_layers": deployed.float_layers, "scoring": SCORING_NOTE},
             "layers": quantized.layer_rows(cost_model, candidate.keep, precision, deployed)}
@@ -256,7 +258,9 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "total_seconds": round(time.perf_counter() - started, 2),
         "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,
         "scoring": {"val_images": len(prepared.val_set), "bn_calibration_images": min(config.bn_calibration, len(prepared.splits.train)),
-                    "val_subset": _subset_kind(prepared.val_set, prepared.splits.val)},
+                    "val_subset": _subset_kind(prepared.val_set, prepared.splits.val),
+                    **({} if prepared.quantized is not None else
+                       {"precision": prepared.scoring_precision[0], "precision_reason": prepared.scoring_precision[1]})},
         "finetune": {k: v for k, v in finetune_info.items() if isinstance(v, (int, float, str))},
         "interrupted": interrupted,
         "config": config.to_dict(),

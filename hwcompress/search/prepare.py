@@ -44,7 +44,9 @@ from hwcompress.search.config import SearchConfig
 from hwcompress.search.cost import CostModel
 from hwcompress.search.precision import ALL_FLOAT, LOW, check_int8_path
 from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents, measured_int8_teacher
+from hwcompress.search.scoring import resolve_scoring_precision
 from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
+from hwcompress.slim.quantize import reduced_weight_range
 
 PRECISION_AGENTS = ("amc", "random")  # the agents that choose a precision per group under --quantize mixed
 
@@ -84,6 +86,8 @@ class Prepared:
     bounds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     quantized: QuantizedStudents | None = None
+    #: What the search evaluates float students in (:func:`~hwcompress.search.scoring.resolve_scoring_precision`), and why.
+    scoring_precision: tuple[str, str] = ("fp32", "")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,7 +102,20 @@ class Prepared:
     def saved(self) -> dict[str, Any]:
         """What a resumed run reuses instead of measuring again."""
         return {"budget": self.budget.to_dict(), "teacher_reference": self.teacher_measured,
-                "anchors": self.anchors, "lut": self.lut_path}
+                "anchors": self.anchors, "lut": self.lut_path,
+                "scoring_precision": [*self.scoring_precision, self.config.scoring_precision]}
+
+
+def _scoring_precision(config: SearchConfig, saved: dict[str, Any] | None) -> tuple[str, str]:
+    """What the search evaluates float students in: a resumed search scores as the interrupted one did
+    (its CPU's choice, so that it reaches the same policy) unless ``--resume-override`` changed the
+    setting; a checkpoint from before the setting existed scored in fp32."""
+    stored = (saved or {}).get("scoring_precision")
+    if stored is None and saved:
+        return "fp32", "the interrupted run predates --scoring-precision and scored in fp32"
+    if stored is not None and stored[2:3] == [config.scoring_precision]:
+        return stored[0], stored[1]
+    return resolve_scoring_precision(config.scoring_precision)
 
 
 def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: DataSplits | None,
@@ -262,7 +279,16 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         val_set = stratified_subset(splits.val, config.val_limit)  # the classes in their proportions
     quantized = None
     if config.quantize:
-        quantized = QuantizedStudents.for_teacher(config.quantize, module, input_shape, splits.train, groups)
+        facts: dict[str, Any] = {}  # the device's: measured here or there, or as its LUT's recording found it
+        if timing is not None and timing.measured:
+            facts = timing.profiler.facts(settings)
+        elif timing is not None and timing.table is not None:
+            facts = timing.table.provenance.get("facts") or {}
+        quantized = QuantizedStudents.for_teacher(config.quantize, module, input_shape, splits.train, groups,
+                                                  reduce_range=reduced_weight_range(facts))
+        if quantized.reduce_range:
+            notes.append("int8 weights kept to 7 bits: this x86-64 CPU has no VNNI, so ONNX Runtime's 16-bit "
+                         "intermediate sums could saturate (its quantization guide's reduce_range)")
         plan = quantized.plan
         log(f"--quantize {config.quantize}: ONNX Runtime runs {len(plan.int8_layers)} layers of the teacher in int8"
             + (f"; {len(plan.choosable)} groups choose their precision" if plan.choosable else ""))
@@ -270,6 +296,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
             notes.append("kept in float (the quantizer or the runtime has no int8 path for them): " + ", ".join(
                 f"{layer} ({why})" for layer, why in plan.float_layers.items()))
 
+    scoring_precision = _scoring_precision(config, saved)
     measure = None
     teacher_measured = None
     if timing is not None and timing.measured:
@@ -286,7 +313,8 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
             saved = {**(saved or {}), "budget": budget.to_dict(), "teacher_reference": teacher_measured}
             log(f"budget: {budget}")
         if checkpoint is not None:
-            checkpoint({**(saved or {}), "teacher_reference": teacher_measured})
+            checkpoint({**(saved or {}), "teacher_reference": teacher_measured,
+                        "scoring_precision": [*scoring_precision, config.scoring_precision]})
     meta = dict(meta)
     if "val_accuracy" not in meta:  # (a default argument would score the split even when meta has it)
         meta["val_accuracy"] = evaluate(module, splits.val)
@@ -332,7 +360,8 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         anchors = [a.to_dict() for a in used]
         notes.append(note)
     prepared = Prepared(config, budget, descriptor, timing, settings, module, meta, splits, example, layers, groups,
-                        val_set, cost_model, measure, teacher_measured, lut_path, anchors, notes=notes, quantized=quantized)
+                        val_set, cost_model, measure, teacher_measured, lut_path, anchors, notes=notes, quantized=quantized,
+                        scoring_precision=scoring_precision)
     prepared.bounds = check_budget(prepared, refuse_infeasible=search)
     return prepared
 

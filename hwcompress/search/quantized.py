@@ -92,8 +92,11 @@ class QuantizedStudents:
             one use it.
     """
 
-    def __init__(self, plan: PrecisionPlan, input_shape: Sequence[int], calibration: Sequence[Any]) -> None:
+    def __init__(self, plan: PrecisionPlan, input_shape: Sequence[int], calibration: Sequence[Any],
+                 reduce_range: bool = False) -> None:
         self.plan = plan
+        #: 7-bit weights (:func:`~hwcompress.slim.quantize.reduced_weight_range`: an x86-64 device without VNNI).
+        self.reduce_range = reduce_range
         self.input_shape = tuple(int(d) for d in input_shape)
         self.calibration = list(calibration)
         self.precision: dict[str, str] = {}
@@ -102,14 +105,14 @@ class QuantizedStudents:
 
     @classmethod
     def for_teacher(cls, mode: str, teacher: Any, input_shape: Sequence[int], train_set: Any, groups: Sequence[Any],
-                    images: int = CALIBRATION_IMAGES) -> "QuantizedStudents":
+                    images: int = CALIBRATION_IMAGES, reduce_range: bool = False) -> "QuantizedStudents":
         """Quantize the teacher once to learn which of its layers the runtime runs in int8.
 
         Raises:
             UserError: no layer of the model runs in int8 here.
         """
         calibration = calibration_inputs(train_set, images, input_shape)
-        students = cls(PrecisionPlan(mode, []), input_shape, calibration)
+        students = cls(PrecisionPlan(mode, []), input_shape, calibration, reduce_range)
         _, result = students.quantize(teacher, "teacher", {}, check=True)
         if not result.int8_layers:
             listed = ", ".join(f"{k} ({v})" for k, v in list(result.float_layers.items())[:3])
@@ -131,7 +134,7 @@ class QuantizedStudents:
         precision = self.precision if precision is None else precision
         floating = self.plan.float_layers_for(precision) if self.plan.int8_layers else []
         return quantize_module(module, self.input_shape, folder or self.folder, self.calibration, floating,
-                               name=name, check=check)
+                               name=name, check=check, reduce_range=self.reduce_range)
 
     def accuracy(self, module: Any, dataset: Any, precision: Mapping[str, str] | None = None,
                  limit: int | None = None) -> float:

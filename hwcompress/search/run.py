@@ -136,9 +136,12 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                 if created and not any(out.iterdir()):
                     out.rmdir()
             raise
-        scorer = prepared.quantized.scorer if prepared.quantized is not None else policy_scorer  # int8: ONNX Runtime scores
-        score = scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
-                       prepared.val_set, config.bn_calibration)
+        if prepared.quantized is not None:  # int8: ONNX Runtime scores
+            score = prepared.quantized.scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
+                                              prepared.val_set, config.bn_calibration)
+        else:
+            score = policy_scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
+                                  prepared.val_set, config.bn_calibration, precision=prepared.scoring_precision[0])
         context = SearchContext(
             teacher=prepared.teacher, example=prepared.example, layers=prepared.layers, groups=prepared.groups,
             cost_model=prepared.cost_model, budget=prepared.budget, episodes=config.episodes, seed=config.seed,

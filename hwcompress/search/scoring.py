@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from hwcompress.measure.runner import cpu_flags
 from hwcompress.model.training import evaluate
 from hwcompress.slim.pruning import prune_channels
 from hwcompress.slim.units import remove_units
@@ -140,10 +141,33 @@ def fold_norms(model: Any, pairs: list[tuple[str, str]]) -> Any:
     return model
 
 
+#: CPU flags (``/proc/cpuinfo``) of a bfloat16 unit: x86's AMX and AVX-512 BF16, Arm's BF16 extension.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def resolve_scoring_precision(requested: str) -> tuple[str, str]:
+    """The precision the search evaluates float students in, and why: ``auto`` is bfloat16 where the CPU
+    has a bfloat16 unit (:data:`NATIVE_BF16_FLAGS`) and PyTorch's oneDNN uses it, else fp32 (emulated
+    bfloat16 is slower than fp32). Decided from the CPU, not from a timing, so that a seed gives the same
+    policy on the same machine every time."""
+    if requested != "auto":
+        return requested, "asked for (--scoring-precision)"
+    native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
+    if not native:
+        return "fp32", "this CPU has no bfloat16 unit"
+    try:
+        usable = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        usable = False
+    if not usable:
+        return "fp32", f"the CPU has {', '.join(native)} but PyTorch's oneDNN does not use it"
+    return "bf16", f"this CPU computes bfloat16 natively ({', '.join(native)})"
+
+
 def policy_scorer(teacher: Any, example: Any, groups: list[Any], train_set: Any, val_set: Any,
-                  bn_calibration: int) -> Callable[[dict[str, int]], float]:
+                  bn_calibration: int, precision: str = "fp32") -> Callable[[dict[str, int]], float]:
     """The search's accuracy of a channel policy, memoised: the teacher pruned to it, its BatchNorm
-    statistics re-estimated, scored on ``val_set``; no training."""
+    statistics re-estimated, scored on ``val_set`` (evaluated in ``precision``); no training."""
     cache: dict[tuple, float] = {}
     pairs = conv_norm_pairs(teacher, example) if FOLD_NORMS else []
 
@@ -153,23 +177,27 @@ def policy_scorer(teacher: Any, example: Any, groups: list[Any], train_set: Any,
             student = prune_channels(teacher, example, keep)
             if CHANNELS_LAST and example.dim() == 4:
                 student = student.to(memory_format=torch.channels_last)
-            cache[key] = score_student(student, train_set, val_set, bn_calibration, pairs if FOLD_NORMS else None)
+            cache[key] = score_student(student, train_set, val_set, bn_calibration, pairs if FOLD_NORMS else None,
+                                       precision=precision)
         return cache[key]
 
     return score
 
 
 def score_student(student: Any, train_set: Any, val_set: Any, bn_calibration: int,
-                  fold: list[tuple[str, str]] | None) -> float:
+                  fold: list[tuple[str, str]] | None, precision: str = "fp32") -> float:
     """A student's reward accuracy: its BatchNorm statistics re-estimated on ``bn_calibration`` training
-    images, then its accuracy on ``val_set``. With ``fold`` (:func:`conv_norm_pairs`, possibly empty) the
-    student is only scored and then thrown away: it runs under inference mode and the pairs are folded
-    before the evaluation (it is changed in place); None scores it as it is."""
+    images (in fp32), then its accuracy on ``val_set``, evaluated in ``precision`` (``bf16``: under
+    PyTorch's CPU autocast, :func:`resolve_scoring_precision`). With ``fold`` (:func:`conv_norm_pairs`,
+    possibly empty) the student is only scored and then thrown away: it runs under inference mode and the
+    pairs are folded before the evaluation (it is changed in place); None scores it as it is."""
+    low = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     if fold is None:
         recalibrate_batchnorm(student, train_set, bn_calibration)
-        return evaluate(student, val_set)
+        with low:
+            return evaluate(student, val_set)
     with torch.inference_mode():
         recalibrate_batchnorm(student, train_set, bn_calibration)
     fold_norms(student, fold)
-    with torch.inference_mode():
+    with torch.inference_mode(), low:
         return evaluate(student, val_set)

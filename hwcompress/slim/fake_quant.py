@@ -35,11 +35,11 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, n
 _STANDALONE = _ACTIVATIONS + (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool1d)
 
 
-def _round_weight(weight: torch.Tensor) -> torch.Tensor:
+def _round_weight(weight: torch.Tensor, levels: int = 127) -> torch.Tensor:
     flat = weight.detach().reshape(weight.shape[0], -1)
-    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / float(levels)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    return torch.clamp(torch.round(weight / scale.reshape(shape)), -127, 127) * scale.reshape(shape)
+    return torch.clamp(torch.round(weight / scale.reshape(shape)), -levels, levels) * scale.reshape(shape)
 
 
 def _fake_uint8(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -103,13 +103,16 @@ def _chain_ends(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, set[
     return ends, owner
 
 
-def fake_quantized(model: nn.Module, calibration: Sequence[torch.Tensor], int8_layers: Iterable[str] | None = None) -> nn.Module:
+def fake_quantized(model: nn.Module, calibration: Sequence[torch.Tensor], int8_layers: Iterable[str] | None = None,
+                   reduce_range: bool = False) -> nn.Module:
     """A copy of ``model`` that rounds weights and activations as its int8 Q/DQ export would.
 
     Args:
         model: the float model (not changed).
         calibration: input batches the activation ranges are observed on.
         int8_layers: conv/linear module names that run in int8 (None: every one).
+        reduce_range: weights in 7 bits (-64..64), as ONNX Runtime's ``reduce_range`` quantizes them
+            (activations keep 8 bits).
 
     Returns:
         The copy, in eval mode; it runs in float, so any batch size works.
@@ -120,7 +123,7 @@ def fake_quantized(model: nn.Module, calibration: Sequence[torch.Tensor], int8_l
     with torch.no_grad():
         for name, module in student.named_modules():
             if name in int8:
-                module.weight.copy_(_round_weight(module.weight))
+                module.weight.copy_(_round_weight(module.weight, 64 if reduce_range else 127))
     ends, owner = _chain_ends(student, calibration[0][:1])
     points = _Points()
     handles = []

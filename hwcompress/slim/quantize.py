@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -304,8 +304,17 @@ class _Reader:
         pass
 
 
+def reduced_weight_range(facts: Mapping[str, Any]) -> bool:
+    """Whether int8 weights must keep to 7 bits on the device these ``facts`` describe: on an x86-64 CPU
+    without VNNI (``int8_vnni`` False) ONNX Runtime multiplies uint8 activations by int8 weights with
+    16-bit intermediate sums that can saturate, and its quantization guide asks for ``reduce_range``
+    there. VNNI and AMX CPUs, Arm and GPUs keep 8 bits."""
+    return facts.get("int8_vnni") is False
+
+
 def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], calibration: Sequence[np.ndarray],
-                  float_layers: Iterable[str] = (), *, per_channel: bool = True, check: bool = True) -> QuantizeResult:
+                  float_layers: Iterable[str] = (), *, per_channel: bool = True, check: bool = True,
+                  reduce_range: bool = False) -> QuantizeResult:
     """Quantize an exported float model statically to Q/DQ int8, leaving ``float_layers`` in float.
 
     Args:
@@ -315,6 +324,7 @@ def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
         float_layers: layers (module paths) to keep in float (a mixed-precision student).
         per_channel: one weight scale per output channel (ONNX Runtime's and TensorRT's advice for convs).
         check: read back which layers run in int8 (:func:`int8_layers_of`; about 0.1 s).
+        reduce_range: 7-bit weights (:func:`reduced_weight_range`).
 
     Raises:
         UserError: the quantizer failed on this model (the message names its error).
@@ -340,7 +350,7 @@ def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
             with _quiet_quantizer():
                 quantize_static(str(source), str(target), _Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
                                 per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax)
+                                nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
         except Exception as error:  # the quantizer's own failures are many and unnamed
             raise UserError(f"ONNX Runtime's quantizer failed on {fp32_path}: {type(error).__name__}: {error}") from None
         write_atomic(out_path, target.read_bytes())
@@ -362,7 +372,8 @@ def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
 
 
 def quantize_module(module: Any, input_shape: Sequence[int], folder: str | os.PathLike[str], calibration: Sequence[np.ndarray],
-                    float_layers: Iterable[str] = (), *, name: str = "student", check: bool = True) -> tuple[Path, QuantizeResult]:
+                    float_layers: Iterable[str] = (), *, name: str = "student", check: bool = True,
+                    reduce_range: bool = False) -> tuple[Path, QuantizeResult]:
     """Export ``module`` to ``folder/{name}_fp32.onnx`` and quantize it to ``folder/{name}.onnx``.
 
     Returns:
@@ -371,7 +382,7 @@ def quantize_module(module: Any, input_shape: Sequence[int], folder: str | os.Pa
     folder = Path(folder)
     fp32 = folder / f"{name}_fp32.onnx"
     export_onnx(module, tuple(input_shape), fp32, verify=False)
-    return fp32, quantize_onnx(fp32, folder / f"{name}.onnx", calibration, float_layers, check=check)
+    return fp32, quantize_onnx(fp32, folder / f"{name}.onnx", calibration, float_layers, check=check, reduce_range=reduce_range)
 
 
 def _session(path: str | os.PathLike[str], threads: int = 1) -> Any:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from hwcompress import hookimpl
 from hwcompress.lut.recorder import cache_flusher
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.measure.runner import conversion_costs, cpu_model, int8_vnni
 
 INSTALL_HINT = "pip install onnxruntime (or pip install ./profilers/onnxruntime from the hwcompress repository)"
 # Per-node times come from a separate profiled session: ORT's profiler adds overhead per node, so it
@@ -34,17 +35,6 @@ QUANTIZED_BOUNDARY_OPS = BOUNDARY_OPS | {"QuantizeLinear", "DequantizeLinear", "
 KERNEL_SUFFIX = "_kernel_time"
 PER_LAYER_NOTE = ("per-layer times are ONNX Runtime's kernel times in a separate profiled run of the same session "
                   "(BatchNorm folded into Conv; layout reorders in (other))")  # ONNX Runtime's profile names a node's kernel event "<node>_kernel_time"
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name where the OS tells it, else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_session(onnx_path: str | os.PathLike[str], settings: ProfileSettings, profile_prefix: str | None = None, layout_optimizations: bool = True) -> Any:
@@ -152,8 +142,6 @@ def layout_conversion_costs(settings: ProfileSettings, sizes: tuple[int, ...] = 
     the runtime has no blocked layout. Timed warm, without a cache flush: the tensor converted is the one
     the layer before just wrote. The probe is :func:`hwcompress.measure.runner.conversion_costs`, which
     the remote runner times on a device the same way."""
-    from hwcompress.measure.runner import conversion_costs
-
     return conversion_costs(nchwc_layout(), lambda path, shape, iterations: _kernel_events(path, shape, settings, iterations),
                             sizes, runs)
 
@@ -193,6 +181,8 @@ class OnnxRuntimeProfiler:
             # the predictor checks alignment against (hwcompress.lut.predict.between_blocks).
             "channel_block": nchwc_layout()[0],
             "channel_alignment": nchwc_layout()[1],
+            # Whether int8 convolutions sum in 32 bits (VNNI): without, the quantizer keeps weights to 7 bits.
+            "int8_vnni": int8_vnni(),
         }
 
     def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
