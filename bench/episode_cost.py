@@ -4,8 +4,9 @@ Before: each student's BatchNorm statistics re-estimated on 256 training images,
 (NCHW) memory order, and the budget repair scoring every one of its 8 candidate steps at every step.
 Now (the defaults): 64 images, channels-last weights (exact), each BatchNorm folded into its
 convolution after re-estimation and the student scored under inference mode (same accuracies), the
-evaluation in bfloat16 where the CPU has a bfloat16 unit (``--scoring-precision auto``; the reference
-scorer stays fp32, so the rank agreement shows what bfloat16 costs), and the
+evaluation in ``--scoring-precision`` (fp32, the search's default; ``auto`` evaluates in bfloat16 where
+the CPU has a unit for it; the reference scorer stays fp32, so the rank agreement shows what bfloat16
+costs), and the
 repair's steps scored incrementally (a step's accuracy loss measured once and reused while its group keeps its count,
 ``CostModel.trimmed_policy``). For the embedded default (ResNet-56 on digits at 32 px) and resnet18
 trained here on digits at 64 px, side by side and interleaved:
@@ -54,7 +55,7 @@ from hwcompress.slim.pruning import find_channel_groups, prune_channels
 
 BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False, "fold_norms": False, "precision": "fp32"}
 NOW = {"bn_calibration": SearchConfig.__dataclass_fields__["bn_calibration"].default, "channels_last": True,
-       "incremental": True, "fold_norms": True, "precision": scoring.resolve_scoring_precision("auto")[0]}
+       "incremental": True, "fold_norms": True, "precision": SearchConfig.__dataclass_fields__["scoring_precision"].default}
 REFERENCE_BN = 1024
 
 
@@ -193,7 +194,7 @@ def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, 
             out = folder / f"{name}-{arm}-{repeat}"
             shutil.rmtree(out, ignore_errors=True)
             config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes,
-                                  seed=args.seed, finetune_epochs=0, out=str(out), model=PYTHON_OBJECT,
+                                  seed=args.seed + repeat, finetune_epochs=0, out=str(out), model=PYTHON_OBJECT,
                                   data=PYTHON_OBJECT, bn_calibration=setting["bn_calibration"],
                                   scoring_precision=setting["precision"])
             scoring.CHANNELS_LAST = setting["channels_last"]
@@ -210,7 +211,7 @@ def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, 
                 CostModel.trimmed_policy = original  # type: ignore[method-assign]
                 scoring.CHANNELS_LAST = True
                 scoring.FOLD_NORMS = True
-            rows.append({"setup": name, "arm": arm, "episodes_per_hour": 3600 * doc["episodes"] / doc["search_seconds"],
+            rows.append({"setup": name, "arm": arm, "seed": args.seed + repeat, "episodes_per_hour": 3600 * doc["episodes"] / doc["search_seconds"],
                          "repair_s": doc.get("repair_seconds"), "repairs": len(doc.get("budget_repairs") or []),
                          "acc_before_ft": doc["student"]["accuracy_before_finetune"], "met": doc["budget_met"],
                          "student_ms": doc["student"]["latency_ms"], "budget_ms": doc["budget"]["latency_ms"]})
@@ -225,12 +226,16 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=16)
     parser.add_argument("--repairs", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=24, help="search episodes per run (0: no search part)")
-    parser.add_argument("--repeats", type=int, default=1, help="search runs per arm (alternating order)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="search runs per arm (alternating order), the k-th with seed --seed + k")
     parser.add_argument("--ratio", type=float, default=0.6, help="the searches' budget, a fraction of the teacher's latency")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scoring-precision", choices=("fp32", "auto", "bf16"), default=NOW["precision"],
+                        help="what the 'now' arm evaluates candidates in (default: the search's default)")
     parser.add_argument("--rank-study", type=int, default=0,
                         help="instead: N students, would 64 BatchNorm images or half the validation set rank them as well?")
     args = parser.parse_args()
+    NOW["precision"], precision_reason = scoring.resolve_scoring_precision(args.scoring_precision)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="hwcompress-episode-cost-"))
@@ -257,7 +262,7 @@ def main() -> None:
             if args.episodes:
                 searches += search_part(name, teacher, splits, args, folder)
     print(f"\n{platform.processor() or platform.machine()}, 1 thread, scoring now in {NOW['precision']} "
-          f"({scoring.resolve_scoring_precision('auto')[1]}); {time.perf_counter() - started:.0f} s in all\n")
+          f"({precision_reason}); {time.perf_counter() - started:.0f} s in all\n")
     print("| setup | scorer | s per score | Kendall tau vs reference | mean abs. diff. | speed-up |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -273,15 +278,19 @@ def main() -> None:
                 a = r["repair"][arm]
                 print(f"| {r['setup']} | {label} | {a['scored']:.1f} | {a['seconds']:.1f} | {100 * a['accuracy']:.2f}% |")
     if searches:
-        print("\n| setup | arm | episodes/hour | repair s (repairs) | budget met | acc. before FT |")
-        print("|---|---|---|---|---|---|")
+        print("\n| setup | arm | seed | episodes/hour | repair s (repairs) | budget met | acc. before FT |")
+        print("|---|---|---|---|---|---|---|")
         for s in searches:
-            print(f"| {s['setup']} | {s['arm']} | {s['episodes_per_hour']:.0f} | {s['repair_s']} ({s['repairs']}) | "
+            print(f"| {s['setup']} | {s['arm']} | {s['seed']} | {s['episodes_per_hour']:.0f} | {s['repair_s']} ({s['repairs']}) | "
                   f"{s['met']} ({s['student_ms']:.3f} / {s['budget_ms']:.3f} ms) | {100 * s['acc_before_ft']:.2f}% |")
         for name in dict.fromkeys(s["setup"] for s in searches):
             rate = {arm: statistics.mean(s["episodes_per_hour"] for s in searches if s["setup"] == name and s["arm"] == arm)
                     for arm in ("before", "now")}
-            print(f"{name}: episodes/hour now / before = {rate['now'] / rate['before']:.2f}")
+            accuracy = {arm: [s["acc_before_ft"] for s in searches if s["setup"] == name and s["arm"] == arm]
+                        for arm in ("before", "now")}
+            print(f"{name}: episodes/hour now / before = {rate['now'] / rate['before']:.2f}; accuracy before fine-tuning, "
+                  + ", ".join(f"{arm} {100 * statistics.mean(v):.2f}% (" + " / ".join(f"{100 * a:.2f}" for a in v) + ")"
+                              for arm, v in accuracy.items() if v))
     shutil.rmtree(folder, ignore_errors=True)
 
 

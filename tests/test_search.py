@@ -244,7 +244,8 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert latency["decided"] or latency["rounds"] == 15
     from hwcompress.search.scoring import resolve_scoring_precision
 
-    assert [doc["scoring"]["precision"], doc["scoring"]["precision_reason"]] == list(resolve_scoring_precision("auto"))
+    assert [doc["scoring"]["precision"], doc["scoring"]["precision_reason"]] == list(resolve_scoring_precision("fp32"))
+    assert doc["scoring"]["precision"] == "fp32" and "the default" in doc["scoring"]["precision_reason"]
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
 
 

@@ -50,7 +50,9 @@ class SearchConfig:
         anchors: students measured to anchor the latency cost model: 2 or 3.
         bn_calibration: train images to re-estimate BatchNorm statistics on before scoring (0: off).
         scoring_precision: the precision float students are evaluated in while the search scores them:
-            ``auto`` (bfloat16 where the CPU computes it natively, else fp32), ``fp32`` or ``bf16``. The
+            ``fp32`` (the default), ``auto`` (bfloat16 where the CPU computes it natively, else fp32) or
+            ``bf16``; bfloat16 scores 2.5x faster on an AMX CPU but its searches ended with far less
+            accurate students on the embedded default (docs/benchmarks.md). The
             final student's accuracies (before and after fine-tuning) are fp32; the search-time scores
             (history, ``val_accuracy_during_search``) are in this precision.
         torch_threads: PyTorch intra-op threads for training and scoring.
@@ -84,7 +86,7 @@ class SearchConfig:
     val_limit: int | None = None
     anchors: int = 2
     bn_calibration: int = 64
-    scoring_precision: str = "auto"
+    scoring_precision: str = "fp32"
     torch_threads: int = 1
     quantize: str | None = None
     skip_bad_images: bool = False

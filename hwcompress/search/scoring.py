@@ -150,8 +150,10 @@ def resolve_scoring_precision(requested: str) -> tuple[str, str]:
     has a bfloat16 unit (:data:`NATIVE_BF16_FLAGS`) and PyTorch's oneDNN uses it, else fp32 (emulated
     bfloat16 is slower than fp32). Decided from the CPU, not from a timing, so that a seed gives the same
     policy on the same machine every time."""
+    if requested == "fp32":
+        return "fp32", "the default (--scoring-precision auto scores in bfloat16 where the CPU has a unit for it)"
     if requested != "auto":
-        return requested, "asked for (--scoring-precision)"
+        return requested, f"asked for (--scoring-precision {requested})"
     native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
     if not native:
         return "fp32", "this CPU has no bfloat16 unit"
