@@ -161,7 +161,7 @@ class PairedMeasurement:
             "ratio_max": max(ratios),
             "interval_ms": [low * self.teacher_ms, high * self.teacher_ms],
             "interval_coverage": round(coverage, 4),
-            **({} if limit is None else {"decided": not undecided(ratios, limit), "extra_rounds": rounds - asked}),
+            **({} if limit is None else {"decided": not low <= limit <= high, "extra_rounds": rounds - asked}),
             "raw_median": statistics.median(m.latency.median for m in student),
             "teacher_reference_ms": self.teacher_ms,
             "teacher_now_ms": statistics.median(m.latency.median for m in teacher),

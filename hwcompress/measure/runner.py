@@ -43,6 +43,7 @@ duration, whichever workstation asked, besides the workstation's own per-host lo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -90,6 +91,7 @@ def version_of(module):
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as handle:
@@ -101,17 +103,19 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags():
-    """The CPU's feature flags as Linux lists them (x86 ``flags``, Arm ``Features``); empty elsewhere."""
+    """The CPU's feature flags as Linux lists them (x86 ``flags``, Arm ``Features``); empty elsewhere.
+    Read once per process: the facts that use it go with every measurement."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                    return frozenset(value.split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 #: x86 flags of an instruction that multiplies uint8 by int8 into 32-bit sums (VNNI, AMX).
