@@ -24,6 +24,12 @@ trained here on digits at 64 px, side by side and interleaved:
 
     python bench/episode_cost.py [--setups embedded,resnet18@64] [--students 16] [--repairs 3] [--episodes 24]
     python bench/episode_cost.py --rank-study 40     # would fewer images rank students as well?
+    python bench/episode_cost.py --precision-study --setups embedded --repeats 3   # fp32 or bf16 scoring?
+
+``--precision-study``: the same search ("now" settings, ``--episodes`` at ``--ratio``) scored in fp32 and in
+bf16, alternating, for seeds ``--seed`` .. ``--seed + --repeats - 1``; each final student's test accuracy
+before fine-tuning as the search reports it and with its BatchNorm re-estimated on 64, 256 and 1024
+training images (does the number of images explain a gap?).
 """
 
 from __future__ import annotations
@@ -185,6 +191,34 @@ def rank_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace) -
     return rows
 
 
+def precision_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    from hwcompress.model.training import evaluate
+
+    loaded = LoadedModel(name, teacher, None, tuple(splits.input_shape), "bench")
+    example = torch.zeros(*splits.input_shape)
+    rows = []
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        for precision in (("fp32", "bf16") if repeat % 2 == 0 else ("bf16", "fp32")):
+            out = folder / f"{name}-{precision}-{seed}"
+            config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes, seed=seed,
+                                  finetune_epochs=0, out=str(out), model=PYTHON_OBJECT, data=PYTHON_OBJECT,
+                                  scoring_precision=precision)
+            doc = run_search(config, progress=False, teacher=loaded, data=splits).report
+            keep = {row["group"]: row["kept"] for row in doc["policy"]}
+            by_images = {}
+            for images in (64, 256, 1024):
+                student = scoring.build_student(teacher, example, keep)
+                scoring.recalibrate_batchnorm(student, splits.train, images)
+                by_images[images] = evaluate(student, splits.test)
+            rows.append({"setup": name, "seed": seed, "precision": precision, "acc": doc["student"]["accuracy_before_finetune"],
+                         "search_score": doc["student"].get("val_accuracy_during_search"),
+                         "repairs": len(doc.get("budget_repairs") or []), "by_images": by_images})
+            print(f"  {name} seed {seed} {precision}: accuracy before FT {rows[-1]['acc']:.2%} "
+                  f"({rows[-1]['repairs']} repairs), scored {rows[-1]['search_score']:.2%} during the search", flush=True)
+    return rows
+
+
 def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     loaded = LoadedModel(name, teacher, None, tuple(splits.input_shape), "bench")
     rows = []
@@ -232,6 +266,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scoring-precision", choices=("fp32", "auto", "bf16"), default=NOW["precision"],
                         help="what the 'now' arm evaluates candidates in (default: the search's default)")
+    parser.add_argument("--precision-study", action="store_true",
+                        help="instead: searches scored in fp32 and in bf16, --repeats seeds, accuracy before fine-tuning")
     parser.add_argument("--rank-study", type=int, default=0,
                         help="instead: N students, would 64 BatchNorm images or half the validation set rank them as well?")
     args = parser.parse_args()
@@ -241,6 +277,24 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="hwcompress-episode-cost-"))
     rows, searches = [], []
     with scoring.torch_threads(1):
+        if args.precision_study:
+            study = []
+            for name in args.setups.split(","):
+                teacher, splits, label = setup(name, folder)
+                print(f"{name}: {label}")
+                study += precision_study(name, teacher, splits, args, folder)
+            print(f"\n{platform.processor() or platform.machine()}, 1 thread; {time.perf_counter() - started:.0f} s in all\n")
+            print("| setup | seed | precision | acc. before FT (repairs) | its score during the search | BN 64 / 256 / 1024 images |")
+            print("|---|---|---|---|---|---|")
+            for r in study:
+                print(f"| {r['setup']} | {r['seed']} | {r['precision']} | {100 * r['acc']:.2f}% ({r['repairs']}) | "
+                      f"{100 * r['search_score']:.2f}% | " + " / ".join(f"{100 * v:.2f}" for v in r["by_images"].values()) + " |")
+            for name in dict.fromkeys(r["setup"] for r in study):
+                print(f"{name}: mean accuracy before FT " + ", ".join(
+                    f"{p} {100 * statistics.mean(r['acc'] for r in study if r['setup'] == name and r['precision'] == p):.2f}%"
+                    for p in ("fp32", "bf16")))
+            shutil.rmtree(folder, ignore_errors=True)
+            return
         if args.rank_study:
             study = []
             for name in args.setups.split(","):
