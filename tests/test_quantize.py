@@ -400,7 +400,7 @@ def _config(tmp_path, lut, quantize, **overrides):
         overrides = {**overrides, "budget": Budget.latency_ratio(_search_ratio())}
     base = dict(agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=48, lut=str(lut),
-                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize)
+                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize, verdict_rounds=5)
     base.update(overrides)
     return SearchConfig(**base)
 

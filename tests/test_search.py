@@ -258,7 +258,8 @@ def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
     The skew stops short of pricing the smallest student out of the budget: 1.6x of it would make the
     budget infeasible on a CPU where it measures over 0.55x of the teacher; it is 0.48-0.50x here.)"""
     _skew_cost_model(monkeypatch, 1.6, feasible_at=0.9 * (1 - 0.03))
-    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10))
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10, verdict_rounds=5))
+    assert doc["student"]["latency"]["rounds"] == 5 and doc["student"]["latency"]["extra_rounds"] == 0  # never more than asked
     grown = [r for r in doc["budget_repairs"] if r.get("grown")]
     assert grown, ("the pessimistic cost model should have left budget to grow into", doc["budget_repairs"],
                    doc["student"]["latency_ms"], doc["budget"], doc["notes"])
@@ -324,7 +325,8 @@ def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):
     of order, which the notes then say)."""
     # 0.75x: the smallest ResNet-20 student measures about half the teacher here, and more where small
     # channel counts fall below the CPU's channel block; the third anchor only needs smallest < target < teacher
-    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=20, anchors=3))
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.75), agent="uniform", episodes=1, runs=20, anchors=3,
+                                  verdict_rounds=5))
     anchors = {a["name"]: a for a in doc["cost_model_anchors"]}
     assert anchors["teacher"]["measured_ms"] == pytest.approx(doc["teacher"]["latency_ms"], abs=1e-4)
     assert anchors["smallest"]["measured_ms"] < anchors["teacher"]["measured_ms"]

@@ -21,6 +21,10 @@ from hwcompress.validate import number, whole
 REWARDS = ("budget", "accuracy")
 SCORING_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_OUT = "hwcompress-out"
+#: The final latency verdict: this many rounds interleaved with the teacher, then 2 more at a time while
+#: the median ratio's confidence interval still holds the budget, up to ``SearchConfig.verdict_rounds``.
+VERDICT_ROUNDS = 5
+VERDICT_MAX_ROUNDS = 15
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class SearchConfig:
         skip_bad_images: leave out image files that cannot be read (counted in the report) instead of refusing.
         train_teacher: epochs to train a torchvision architecture from random weights on the data first
             (kept as ``teacher.pt`` in ``out``); 0: the teacher must come trained.
+        verdict_rounds: the most rounds the final latency verdict may take: 5 interleaved rounds with the
+            teacher, then 2 more at a time while the median's confidence interval still holds the budget, up
+            to this many (5: never more; odd, so that the median is one round).
     """
 
     budget: Budget
@@ -91,6 +98,7 @@ class SearchConfig:
     quantize: str | None = None
     skip_bad_images: bool = False
     train_teacher: int = 0
+    verdict_rounds: int = VERDICT_MAX_ROUNDS
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, Budget):
@@ -120,6 +128,10 @@ class SearchConfig:
             raise UserError(f"--scoring-precision must be one of {', '.join(SCORING_PRECISIONS)} (got {self.scoring_precision!r})")
         whole(self.torch_threads, "--torch-threads", 1)
         whole(self.train_teacher, "--train-teacher", 0)
+        whole(self.verdict_rounds, "--verdict-rounds", VERDICT_ROUNDS)
+        if self.verdict_rounds % 2 == 0:
+            raise UserError(f"--verdict-rounds must be odd, so that the median is one round (got {self.verdict_rounds}); "
+                            f"try {self.verdict_rounds + 1}")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (got {self.quantize!r})")
         if self.quantize is not None and self.budget.metric != "latency_ms":

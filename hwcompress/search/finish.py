@@ -26,7 +26,8 @@ from hwcompress.model.data import has_label_list
 from hwcompress.model.export import export_onnx
 from hwcompress.model.training import evaluate
 from hwcompress.search.agent import Candidate
-from hwcompress.search.prepare import VERDICT_MAX_ROUNDS, VERDICT_ROUNDS, Prepared
+from hwcompress.search.config import VERDICT_ROUNDS
+from hwcompress.search.prepare import Prepared
 from hwcompress.search.quantized import SCORING_NOTE, candidate_precision
 from hwcompress.search.report import RESULT_SCHEMA, policy_document, write_report
 from hwcompress.search.scoring import build_student, recalibrate_batchnorm
@@ -173,11 +174,12 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
 
     measured = None
     if prepared.measure is not None:
-        more = f", up to {VERDICT_MAX_ROUNDS} while the budget is inside the noise" if prepared.budget.is_latency else ""
+        most = prepared.config.verdict_rounds
+        more = f", up to {most} while the budget is inside the noise" if prepared.budget.is_latency and most > VERDICT_ROUNDS else ""
         log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher{more})")
         # The verdict gets more rounds than the search's checks: it is the number the user is told.
         deployed_file = {"onnx_path": deployed.path} if deployed is not None else {}
-        until = {"decide_ms": prepared.budget.limit, "max_rounds": VERDICT_MAX_ROUNDS} if prepared.budget.is_latency else {}
+        until = {"decide_ms": prepared.budget.limit, "max_rounds": most} if prepared.budget.is_latency else {}
         measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS, **deployed_file, **until)
     budget = prepared.budget
     cost_model = prepared.cost_model

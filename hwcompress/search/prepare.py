@@ -52,10 +52,6 @@ PRECISION_AGENTS = ("amc", "random")  # the agents that choose a precision per g
 
 #: A config's ``model`` or ``data`` when the caller passed Python objects (hwcompress.api).
 PYTHON_OBJECT = "<python object>"
-#: Interleaved rounds of the final student's measurement; the anchors and repairs use 3.
-VERDICT_ROUNDS = 5
-#: While the 90% interval of the verdict's median still holds the budget, two more rounds, up to this many.
-VERDICT_MAX_ROUNDS = 15
 
 
 class BudgetAlreadyMet(Exception):
