@@ -29,7 +29,12 @@ trained here on digits at 64 px, side by side and interleaved:
 ``--precision-study``: the same search ("now" settings, ``--episodes`` at ``--ratio``) scored in fp32 and in
 bf16, alternating, for seeds ``--seed`` .. ``--seed + --repeats - 1``; each final student's test accuracy
 before fine-tuning as the search reports it and with its BatchNorm re-estimated on 64, 256 and 1024
-training images (does the number of images explain a gap?).
+training images (does the number of images explain a gap?). With ``--fixed-cost`` every search of the study
+runs on this CPU *predicted from its LUT* (a device file naming the LUT this machine recorded, read-only, so
+nothing is measured during the study): the budget, the cost model and the repairs are then the same numbers
+in every run, the searches are deterministic (the first seed is searched twice in fp32 to show it), and the
+two precisions differ only in how candidates were scored. Without it, each search measures its own teacher,
+budget and anchors on a machine whose speed moves, which is what made two earlier studies disagree.
 """
 
 from __future__ import annotations
@@ -191,31 +196,58 @@ def rank_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace) -
     return rows
 
 
+def fixed_cost_device(name: str, loaded: Any, splits: Any, folder: Path) -> Path:
+    """A device file for this CPU predicted from its LUT, the LUT holding ``loaded``'s layers.
+
+    One measured search (1 episode, no fine-tuning) records the teacher's layers into this machine's
+    cached LUT where they are missing (a cached LUT only loads); the device file then names that LUT and
+    is never measured, so every search on it shares one cost model and one budget.
+    """
+    from hwcompress.devices.catalog import resolve_device
+
+    config = SearchConfig(budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, finetune_epochs=0,
+                          out=str(folder / f"{name}-prime"), model=PYTHON_OBJECT, data=PYTHON_OBJECT, verdict_rounds=5)
+    doc = run_search(config, progress=False, teacher=loaded, data=splits).report
+    lut = Path(doc["lut"]).resolve()
+    cpu = resolve_device("cpu")
+    device = folder / f"{name}-fixed-cost.toml"
+    device.write_text(f'name = "cpu"\ndescription = "this CPU predicted from its LUT (a fixed cost model)"\n'
+                      f'profiler = "{cpu.profiler}"\ndetect = {{ never = true }}\nlut = "{lut}"\n')
+    print(f"  fixed cost model: {lut} (teacher {doc['teacher']['latency_ms']:.3f} ms measured while priming it)")
+    return device
+
+
 def precision_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     from hwcompress.model.training import evaluate
 
     loaded = LoadedModel(name, teacher, None, tuple(splits.input_shape), "bench")
     example = torch.zeros(*splits.input_shape)
+    device_file = str(fixed_cost_device(name, loaded, splits, folder)) if args.fixed_cost else None
     rows = []
-    for repeat in range(args.repeats):
-        seed = args.seed + repeat
-        for precision in (("fp32", "bf16") if repeat % 2 == 0 else ("bf16", "fp32")):
-            out = folder / f"{name}-{precision}-{seed}"
-            config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes, seed=seed,
-                                  finetune_epochs=0, out=str(out), model=PYTHON_OBJECT, data=PYTHON_OBJECT,
-                                  scoring_precision=precision)
-            doc = run_search(config, progress=False, teacher=loaded, data=splits).report
-            keep = {row["group"]: row["kept"] for row in doc["policy"]}
-            by_images = {}
-            for images in (64, 256, 1024):
-                student = scoring.build_student(teacher, example, keep)
-                scoring.recalibrate_batchnorm(student, splits.train, images)
-                by_images[images] = evaluate(student, splits.test)
-            rows.append({"setup": name, "seed": seed, "precision": precision, "acc": doc["student"]["accuracy_before_finetune"],
-                         "search_score": doc["student"].get("val_accuracy_during_search"),
-                         "repairs": len(doc.get("budget_repairs") or []), "by_images": by_images})
-            print(f"  {name} seed {seed} {precision}: accuracy before FT {rows[-1]['acc']:.2%} "
-                  f"({rows[-1]['repairs']} repairs), scored {rows[-1]['search_score']:.2%} during the search", flush=True)
+    arms = [(args.seed + r, p) for r in range(args.repeats) for p in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"))]
+    if args.fixed_cost:
+        arms.insert(1, (args.seed, "fp32"))  # the same search again: a fixed cost model makes it deterministic
+    for seed, precision in arms:
+        out = folder / f"{name}-{precision}-{seed}"
+        shutil.rmtree(out, ignore_errors=True)
+        config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes, seed=seed,
+                              finetune_epochs=0, out=str(out), model=PYTHON_OBJECT, data=PYTHON_OBJECT,
+                              scoring_precision=precision, device_file=device_file)
+        doc = run_search(config, progress=False, teacher=loaded, data=splits).report
+        keep = {row["group"]: row["kept"] for row in doc["policy"]}
+        by_images = {}
+        for images in (64, 256, 1024):
+            student = scoring.build_student(teacher, example, keep)
+            scoring.recalibrate_batchnorm(student, splits.train, images)
+            by_images[images] = evaluate(student, splits.test)
+        rows.append({"setup": name, "seed": seed, "precision": precision, "acc": doc["student"]["accuracy_before_finetune"],
+                     "policy": [row["kept"] for row in doc["policy"]], "verdict": doc["verdict"]["source"],
+                     "student_ms": doc["student"].get("latency_ms") or doc["student"].get("predicted_latency_ms"),
+                     "budget_ms": doc["budget"]["latency_ms"],
+                     "search_score": doc["student"].get("val_accuracy_during_search"),
+                     "repairs": len(doc.get("budget_repairs") or []), "by_images": by_images})
+        print(f"  {name} seed {seed} {precision}: accuracy before FT {rows[-1]['acc']:.2%} "
+              f"({rows[-1]['repairs']} repairs), scored {rows[-1]['search_score']:.2%} during the search", flush=True)
     return rows
 
 
@@ -268,6 +300,9 @@ def main() -> None:
                         help="what the 'now' arm evaluates candidates in (default: the search's default)")
     parser.add_argument("--precision-study", action="store_true",
                         help="instead: searches scored in fp32 and in bf16, --repeats seeds, accuracy before fine-tuning")
+    parser.add_argument("--fixed-cost", action="store_true",
+                        help="with --precision-study: every search on this CPU predicted from its LUT (one budget, one cost "
+                             "model, nothing measured), so that only the scoring differs between runs")
     parser.add_argument("--rank-study", type=int, default=0,
                         help="instead: N students, would 64 BatchNorm images or half the validation set rank them as well?")
     args = parser.parse_args()
@@ -284,15 +319,33 @@ def main() -> None:
                 print(f"{name}: {label}")
                 study += precision_study(name, teacher, splits, args, folder)
             print(f"\n{platform.processor() or platform.machine()}, 1 thread; {time.perf_counter() - started:.0f} s in all\n")
-            print("| setup | seed | precision | acc. before FT (repairs) | its score during the search | BN 64 / 256 / 1024 images |")
-            print("|---|---|---|---|---|---|")
+            print("| setup | seed | precision | acc. before FT (repairs) | its score during the search | student / budget ms "
+                  "(verdict) | BN 64 / 256 / 1024 images |")
+            print("|---|---|---|---|---|---|---|")
             for r in study:
                 print(f"| {r['setup']} | {r['seed']} | {r['precision']} | {100 * r['acc']:.2f}% ({r['repairs']}) | "
-                      f"{100 * r['search_score']:.2f}% | " + " / ".join(f"{100 * v:.2f}" for v in r["by_images"].values()) + " |")
+                      f"{100 * r['search_score']:.2f}% | {r['student_ms']:.3f} / {r['budget_ms']:.3f} ({r['verdict']}) | "
+                      + " / ".join(f"{100 * v:.2f}" for v in r["by_images"].values()) + " |")
             for name in dict.fromkeys(r["setup"] for r in study):
+                mine = [r for r in study if r["setup"] == name]
+                first = {}
+                for r in mine:  # the first run of each (seed, precision); a repeat says whether the search is deterministic
+                    key = (r["seed"], r["precision"])
+                    if key in first:
+                        same = first[key]["policy"] == r["policy"] and first[key]["acc"] == r["acc"]
+                        print(f"{name}: seed {key[0]} {key[1]} searched twice: {'the same' if same else 'a different'} "
+                              f"student ({100 * first[key]['acc']:.2f}% and {100 * r['acc']:.2f}%)")
+                    else:
+                        first[key] = r
                 print(f"{name}: mean accuracy before FT " + ", ".join(
-                    f"{p} {100 * statistics.mean(r['acc'] for r in study if r['setup'] == name and r['precision'] == p):.2f}%"
+                    f"{p} {100 * statistics.mean(r['acc'] for r in first.values() if r['precision'] == p):.2f}%"
                     for p in ("fp32", "bf16")))
+                seeds = sorted({seed for seed, p in first if p == "fp32" and (seed, "bf16") in first})
+                gaps = [first[(seed, "bf16")]["acc"] - first[(seed, "fp32")]["acc"] for seed in seeds]
+                if gaps:
+                    print(f"{name}: bf16 - fp32 per seed (points): " + ", ".join(f"{100 * g:+.2f}" for g in gaps)
+                          + f"; mean {100 * statistics.mean(gaps):+.2f}, bf16 ahead on {sum(g > 0 for g in gaps)}, "
+                          f"tied on {sum(g == 0 for g in gaps)}, behind on {sum(g < 0 for g in gaps)} of {len(gaps)}")
             shutil.rmtree(folder, ignore_errors=True)
             return
         if args.rank_study:

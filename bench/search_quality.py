@@ -215,27 +215,38 @@ def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict
     return r
 
 
+VARIANTS = ("prune only", "quantize only", "prune then quantize", "int8 + search", "mixed")
+
+
 def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     """The ``--quantized`` comparison (module docstring): one row per variant and budget."""
     rows = []
+    variants = [v.strip() for v in args.variants.split(",")]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     out.mkdir(parents=True, exist_ok=True)
     teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         state: dict = {"teacher": teacher, "data": data, "teacher_accuracy": accuracy}
-        for seed in [int(s) for s in args.seeds.split(",")]:  # the same absolute budget for every seed
-            rows.append(quantized_run(args, out, ratio, state, "prune only", None, seed=seed))
-            pruned = Path(rows[-1]["folder"]) / "policy.json"
-            if seed == int(args.seeds.split(",")[0]):  # no search: one row per budget
+        for index, seed in enumerate(int(s) for s in args.seeds.split(",")):  # the same absolute budget for every seed
+            if "prune only" in variants:
+                rows.append(quantized_run(args, out, ratio, state, "prune only", None, seed=seed))
+            pruned = Path(rows[-1]["folder"]) / "policy.json" if "prune only" in variants else None
+            if "quantize only" in variants and index == 0:  # no search: one row per budget
                 rows.append(quantize_only(args, ratio, state))
                 print(f"{'quantize only':>20} {rows[-1]['budget']:>20}  measured {rows[-1]['student_ms']:.3f} ms  met "
                       f"{rows[-1]['met']}  acc {100 * rows[-1]['acc_before']:.2f}% -> {100 * rows[-1]['acc_after']:.2f}%", flush=True)
-            if pruned.exists():
-                rows.append(quantized_run(args, out, ratio, state, "prune then quantize", "int8", pruned, seed=seed))
-            else:
-                rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"],
-                             "refused": "no prune-only student to quantize"})
-            rows.append(quantized_run(args, out, ratio, state, "int8 + search", "int8", seed=seed))
-            rows.append(quantized_run(args, out, ratio, state, "mixed", "mixed", seed=seed))
+            if "prune then quantize" in variants:
+                if pruned is not None and pruned.exists():
+                    rows.append(quantized_run(args, out, ratio, state, "prune then quantize", "int8", pruned, seed=seed))
+                else:
+                    rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"] if rows else "",
+                                 "refused": "no prune-only student to quantize (it needs the prune only variant)"})
+            searches = [v for v in ("int8 + search", "mixed") if v in variants]
+            for variant in (searches if index % 2 == 0 else searches[::-1]):  # the two searches alternate in order
+                rows.append(quantized_run(args, out, ratio, state, variant, "int8" if variant == "int8 + search" else "mixed",
+                                          seed=seed))
     return rows
 
 
@@ -302,6 +313,9 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--quantized", action="store_true", help="prune vs quantize vs both (module docstring)")
     parser.add_argument("--lbound", type=float, default=0.2, help="--quantized: the searches' smallest preserve ratio")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="--quantized: which rows to run, comma-separated (prune then quantize needs prune only); "
+                             "int8 + search and mixed alternate in order from seed to seed")
     parser.add_argument("--model", default=None, help="--quantized: a torchvision architecture trained here on digits "
                         "(default: the embedded ResNet-56)")
     parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")

@@ -189,7 +189,7 @@ def _accuracy_vs_cost(plt: Any, document: dict[str, Any], scored: Sequence[dict[
     kept_cost = document["student"].get("predicted_cost")
     if repaired and kept_cost is not None:
         # The kept student is the repaired one: not an episode, so not a point; its predicted cost is.
-        ax.axvline(kept_cost, color=STUDENT_COLOUR, linestyle=":", label="kept student (after the budget repair)")
+        ax.axvline(kept_cost, color=STUDENT_COLOUR, linestyle=":", label="kept student (after the repair or grow step)")
     ax.set_xlabel(unit)
     ax.set_ylabel("validation accuracy during the search (%)")
     ax.set_title(f"{document['agent']}: what the search tried", fontsize=9)

@@ -531,3 +531,42 @@ def test_scoring_in_bfloat16_where_the_cpu_has_a_unit_for_it(monkeypatch):
               for p in ("fp32", "bf16")}
     assert len(set(scores["fp32"])) > 1
     assert max(abs(a - b) for a, b in zip(scores["fp32"], scores["bf16"])) <= 4 / 192, scores
+
+
+def test_a_device_predicted_from_its_lut_grows_on_the_prediction(tmp_path):
+    """Off the device nothing is measured: the verdict is the LUT's prediction, result.json names the LUT,
+    and a student predicted under 95% of the budget gets channels back up to the search target."""
+    from hwcompress.devices import descriptor_from_dict
+    from hwcompress.lut.record import record_lut
+    from hwcompress.measure.contract import ProfileSettings
+    from hwcompress.measure.resolve import resolve_timing
+    from hwcompress.model.embedded import resnet20
+    from hwcompress.search.agent import Candidate
+    from hwcompress.search.prepare import prepare
+    from hwcompress.search.repair import GROW_BELOW, fit_to_budget
+
+    cpu = descriptor_from_dict({"name": "cpu", "profiler": "onnxruntime", "channel_multiple": 8, "detect": {"always": True}})
+    lut = tmp_path / "r20.lut.json"
+    record_lut(resnet20(), SHAPE, cpu, resolve_timing(cpu).profiler, ProfileSettings(runs=3, warmup=1, threads=1, per_layer=False),
+               lut, model_name="resnet20", points=2, quantum=8, widths=(0.5,))
+    board = tmp_path / "cpu-predicted.toml"  # this CPU's name, never measured: its LUT predicts it
+    board.write_text(f'name = "cpu"\nprofiler = "onnxruntime"\ndetect = {{ never = true }}\nlut = "{lut}"\n'
+                     '[settings]\nthreads = 1\n')
+    config = _config(tmp_path, budget=Budget.latency_ratio(0.8), device_file=str(board), episodes=2, warmup_episodes=1,
+                     finetune_epochs=0)
+    doc = _search(config)
+    assert doc["verdict"]["source"] == "predicted" and doc["student"]["latency_ms"] is None
+    assert doc["lut"] == str(lut) and doc["student"]["predicted_latency_ms"] <= doc["budget"]["latency_ms"]
+    assert all(r["source"] == "predicted" and r["grown"] for r in doc["budget_repairs"])
+
+    prepared = prepare(config.replace(out=None), log=lambda _: None)
+    assert prepared.measure is None
+    smallest = prepared.cost_model.min_policy()
+    predicted = prepared.cost_model.cost(smallest)
+    assert predicted < GROW_BELOW * prepared.budget.limit  # the smallest ResNet-20 is far under 0.8x
+    records = fit_to_budget(prepared, Candidate(dict(smallest)), log=lambda _: None)
+    assert len(records) == 1 and records[0]["grown"] and records[0]["source"] == "predicted"
+    grown = records[0]["keep"]
+    assert predicted < prepared.cost_model.cost(grown) <= prepared.budget.target
+    assert records[0]["predicted_after_ms"] == pytest.approx(prepared.cost_model.cost(grown), abs=1e-4)
+    assert all(grown[g] >= smallest[g] for g in smallest) and grown != smallest

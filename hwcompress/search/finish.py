@@ -250,6 +250,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "verdict": verdict,
         "reachable": {"teacher": prepared.bounds.get("teacher"), "smallest_student": prepared.bounds.get("smallest")},
         "cost_model_anchors": prepared.anchors,
+        "lut": prepared.lut_path,  # the table the latency cost model predicted from (None: MACs or parameters)
         "budget_margin": {"value": verdict["value"], "source": verdict["source"],
                           "over_by": max(0.0, verdict["value"] - budget.limit),
                           "over_by_percent": verdict["over_by_percent"]},

@@ -174,10 +174,13 @@ def latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Ti
                   log: Callable[[str], None]) -> tuple[LatencyTable, str]:
     table, path = _latency_table(config, descriptor, timing, teacher, input_shape, settings, saved_lut, log)
     check_int8_path(config.quantize, descriptor, None, table)  # --lut FILE: its entries must have int8
+    measured = timing is not None and timing.measured
+    why = ("the cost model is anchored on measured students, so the search goes on" if measured else
+           "nothing is measured on a predicted device, so every prediction of this search inherits it")
     for model in table.models:
         for problem in model.get("checks") or []:
-            log(f"note: the LUT's calibration of {model.get('name')} failed a check: {problem} (the cost model is "
-                "anchored on measured students, so the search goes on; `hwcompress lut record --passes 2` re-records it)")
+            log(f"note: the LUT's calibration of {model.get('name')} failed a check: {problem} ({why}; "
+                "`hwcompress lut record --passes 2` re-records it)")
     return table, path
 
 

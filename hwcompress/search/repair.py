@@ -25,6 +25,12 @@ gets channels back where they buy the most of the search's accuracy per unit of 
 (:meth:`~hwcompress.search.cost.CostModel.grown_policy`), and is measured again; a grown student that
 measures over the acceptance line is not kept, and the next try grows half as far (a small student's
 time is overhead-bound, so the cost model's bias measured on it overstates the room above it).
+
+Off the device (a latency predicted from the device's LUT, nothing measured), the grow step works on the
+prediction alone: a student the cost model puts under 95% of the budget gets channels back, by the same
+rule, up to the search target (the budget less its margin), once. The prediction is all that such a run
+reports, so it is also all the grow step can trust; nothing is trimmed, since the search already kept the
+student within the target by the same cost model.
 """
 
 from __future__ import annotations
@@ -83,18 +89,21 @@ def _reanchor(prepared: Prepared, keep: dict[str, int], measured_ms: float, labe
             f"({'predicted' if wraps else 'LUT'} {predicted_raw:.3f})")
 
 
-def fit_to_measured_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str], None],
-                           score: Callable[[dict[str, int]], float] | None = None,
-                           attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS) -> list[dict[str, Any]]:
-    """Measure ``candidate`` on the device and repair it while it is over the budget (module docstring).
+def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str], None],
+                  score: Callable[[dict[str, int]], float] | None = None,
+                  attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS) -> list[dict[str, Any]]:
+    """Measure ``candidate`` on the device and repair it while it is over the budget, or grow it while it is
+    well under (module docstring); off the device, grow it on the prediction.
 
     Only channel policies are repaired (a student with removed units is priced by its own cost model,
     and a trained one would lose its training). Returns one record per repair, the last one's ``keep``
     being the repaired policy (empty when the first measurement fits).
     """
     budget = prepared.budget
-    if not budget.is_latency or prepared.measure is None or candidate.removed_units or candidate.model is not None:
+    if not budget.is_latency or candidate.removed_units or candidate.model is not None:
         return []
+    if prepared.measure is None:
+        return _grow_predicted(prepared, dict(candidate.keep), log, score)
     repairs: list[dict[str, Any]] = []
     keep = dict(candidate.keep)
     started = time.perf_counter()
@@ -174,3 +183,20 @@ def _grow(prepared: Prepared, keep: dict[str, int], measured: float, log: Callab
         grown.append({**record, "keep": dict(larger)})
         keep, measured = larger, trial
     return grown
+
+
+def _grow_predicted(prepared: Prepared, keep: dict[str, int], log: Callable[[str], None],
+                    score: Callable[[dict[str, int]], float] | None) -> list[dict[str, Any]]:
+    """The grow step on the cost model's prediction, for a device predicted from its LUT (module docstring)."""
+    budget = prepared.budget
+    predicted = prepared.cost_model.cost(keep)
+    if predicted >= GROW_BELOW * budget.limit:
+        return []
+    larger = prepared.cost_model.grown_policy(keep, budget.target, score=score)
+    if larger == keep:
+        return []
+    after = prepared.cost_model.cost(larger)
+    log(f"student predicted at {predicted:.3f} ms, under {GROW_BELOW:.0%} of the {budget.limit:.3f} ms budget: grown to "
+        f"{after:.3f} ms predicted (nothing is measured on {prepared.descriptor.name} from here)")
+    return [{"predicted_ms": round(predicted, 4), "grown": True, "source": "predicted",
+             "retarget_ms": round(budget.target, 4), "predicted_after_ms": round(after, 4), "keep": dict(larger)}]

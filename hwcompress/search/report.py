@@ -128,6 +128,11 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     if files:
         lines += ["", "Files: " + ", ".join(files) + ", plots: " + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", []))]
     for number, repair in enumerate(doc.get("budget_repairs") or [], 1):
+        if repair.get("grown") and repair.get("source") == "predicted":
+            lines.append(f"\nGrow step {number}: the student was predicted at {repair['predicted_ms']:.3f} ms, under 95% of "
+                         f"the budget; channels came back where they buy the most validation accuracy per millisecond, up "
+                         f"to {repair['predicted_after_ms']:.3f} ms predicted (nothing was measured on the device).")
+            continue
         if repair.get("grown"):
             lines.append(f"\nGrow step {number}: the student measured {repair['measured_ms']:.3f} ms, under 95% of the "
                          f"budget; channels came back where they buy the most validation accuracy per millisecond, and "

@@ -27,7 +27,7 @@ from hwcompress.search.config import SearchConfig
 from hwcompress.search.finish import finish
 from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
 from hwcompress.search.quantized import candidate_precision, prefer_whole_int8
-from hwcompress.search.repair import fit_to_measured_budget
+from hwcompress.search.repair import fit_to_budget
 from hwcompress.search.report import load_policy, print_summary
 from hwcompress.search.scoring import policy_scorer, torch_threads
 
@@ -195,7 +195,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         best = prefer_whole_int8(prepared, best, score, log)
         prepared.use_precision(candidate_precision(best))  # a mixed-precision student is priced and measured as chosen
         repair_started = time.perf_counter()
-        repairs = fit_to_measured_budget(prepared, best, log, score)
+        repairs = fit_to_budget(prepared, best, log, score)
         repair_seconds = time.perf_counter() - repair_started
         if repairs:
             best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, best.accuracy,
