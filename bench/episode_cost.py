@@ -31,8 +31,8 @@ bf16, alternating, for seeds ``--seed`` .. ``--seed + --repeats - 1``; each fina
 before fine-tuning as the search reports it and with its BatchNorm re-estimated on 64, 256 and 1024
 training images (does the number of images explain a gap?). With ``--fixed-cost`` every search of the study
 runs on this CPU *predicted from its LUT* (a device file naming the LUT this machine recorded, read-only, so
-nothing is measured during the study): the budget, the cost model and the repairs are then the same numbers
-in every run, the searches are deterministic (the first seed is searched twice in fp32 to show it), and the
+nothing is measured during the study): the budget and the cost model are then the same numbers in every run
+(a predicted device has no measured repairs; its grow step follows the same prediction), the searches are deterministic (the first seed is searched twice in fp32 to show it), and the
 two precisions differ only in how candidates were scored. Without it, each search measures its own teacher,
 budget and anchors on a machine whose speed moves, which is what made two earlier studies disagree.
 """
@@ -306,6 +306,8 @@ def main() -> None:
     parser.add_argument("--rank-study", type=int, default=0,
                         help="instead: N students, would 64 BatchNorm images or half the validation set rank them as well?")
     args = parser.parse_args()
+    if args.fixed_cost and not args.precision_study:
+        parser.error("--fixed-cost goes with --precision-study")
     NOW["precision"], precision_reason = scoring.resolve_scoring_precision(args.scoring_precision)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -345,7 +347,9 @@ def main() -> None:
                 if gaps:
                     print(f"{name}: bf16 - fp32 per seed (points): " + ", ".join(f"{100 * g:+.2f}" for g in gaps)
                           + f"; mean {100 * statistics.mean(gaps):+.2f}, bf16 ahead on {sum(g > 0 for g in gaps)}, "
-                          f"tied on {sum(g == 0 for g in gaps)}, behind on {sum(g < 0 for g in gaps)} of {len(gaps)}")
+                          f"tied on {sum(g == 0 for g in gaps)}, behind on {sum(g < 0 for g in gaps)} of {len(gaps)}; "
+                          f"median {100 * statistics.median(gaps):+.2f}; the same student (policy) in "
+                          f"{sum(first[(seed, 'bf16')]['policy'] == first[(seed, 'fp32')]['policy'] for seed in seeds)}")
             shutil.rmtree(folder, ignore_errors=True)
             return
         if args.rank_study:

@@ -222,9 +222,6 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     """The ``--quantized`` comparison (module docstring): one row per variant and budget."""
     rows = []
     variants = [v.strip() for v in args.variants.split(",")]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     out.mkdir(parents=True, exist_ok=True)
     teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -241,8 +238,8 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
                 if pruned is not None and pruned.exists():
                     rows.append(quantized_run(args, out, ratio, state, "prune then quantize", "int8", pruned, seed=seed))
                 else:
-                    rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"] if rows else "",
-                                 "refused": "no prune-only student to quantize (it needs the prune only variant)"})
+                    rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"],
+                                 "refused": "no prune-only student to quantize"})
             searches = [v for v in ("int8 + search", "mixed") if v in variants]
             for variant in (searches if index % 2 == 0 else searches[::-1]):  # the two searches alternate in order
                 rows.append(quantized_run(args, out, ratio, state, variant, "int8" if variant == "int8 + search" else "mixed",
@@ -321,6 +318,13 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
     parser.add_argument("--train-teacher", type=int, default=2, help="--model: the teacher's training epochs")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",")]
+    if sorted(set(variants) - set(VARIANTS)):
+        parser.error(f"--variants: unknown {', '.join(sorted(set(variants) - set(VARIANTS)))} (choose from {', '.join(VARIANTS)})")
+    if "prune then quantize" in variants and "prune only" not in variants:
+        parser.error("--variants: prune then quantize quantizes the prune only student; name prune only too")
+    if args.variants != ",".join(VARIANTS) and not args.no_docs:
+        parser.error("--variants: a subset of the rows would replace the whole table in docs/benchmarks.md; add --no-docs")
     from hwcompress.cli.search_cmd import parse_agent_options
 
     out = Path(args.out)

@@ -103,7 +103,7 @@ def cases(root: str) -> list[dict]:
         [*S, "--macs", "1e7", "--finetune-epochs", "nan"], [*S, "--macs", "1e7", "--bn-calibration", "-5"],
         [*S, "--macs", "1e7", "--lbound", "0"], [*S, "--macs", "1e7", "--lbound", "1"], [*S, "--macs", "1e7", "--lbound", "1.5"],
         [*S, "--macs", "1e7", "--anchors", "4"], [*S, "--macs", "1e7", "--anchors", "1"], [*S, "--macs", "1e7", "--runs", "0"],
-        [*S, "--latency-ms", "1", "--verdict-rounds", "4"], [*S, "--latency-ms", "1", "--verdict-rounds", "3"],
+        [*S, "--latency-ms", "1", "--verdict-rounds", "6"], [*S, "--latency-ms", "1", "--verdict-rounds", "3"],
         [*S, "--macs", "1e7", "--threads", "0"], [*S, "--macs", "1e7", "--torch-threads", "0"],
         [*S, "--macs", "1e7", "--val-limit", "0"], [*S, "--macs", "1e7", "--reward", "speed"],
         [*S, "--macs", "1e7", "--no-such-flag"], ["search", "--macs", "1e7", "--threads", "1000", "-m", TINY, "--data", "digits"],

@@ -155,6 +155,61 @@ def test_fake_quant_agrees_with_onnx_runtime(tmp_path, trained_resnet20, reduce_
     assert np.abs(fake - ort_logits).max() < np.abs(ort_logits).max()
 
 
+def _zero_points(path):
+    """Every Q/DQ zero point of an ONNX model, as arrays."""
+    model = onnx.load(str(path))
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [constants[n.input[2]] for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in constants]
+
+
+def test_symmetric_qdq_for_a_runtime_that_reads_only_that(tmp_path, trained_resnet20):
+    """TensorRT's explicit quantization takes symmetric int8 only (zero point 0, signed activations). The
+    quantizer writes that when the device's facts say so; every convolution still runs in int8 by the graph,
+    ONNX Runtime runs the same file, and its predictions stay those of the float model's int8 twin."""
+    from hwcompress.slim.quantize import layer_nodes, qdq_layers_of, symmetric_int8
+
+    assert symmetric_int8({"int8_symmetric": True}) and not symmetric_int8({}) and not symmetric_int8({"int8_symmetric": None})
+    model, splits = trained_resnet20
+    calibration = calibration_inputs(splits.train, 64, SHAPE)
+    _, plain = quantize_module(model, SHAPE, tmp_path / "plain", calibration)
+    _, symmetric = quantize_module(model, SHAPE, tmp_path / "symmetric", calibration, symmetric=True)
+    points = _zero_points(symmetric.path)
+    assert points and all(z.dtype == np.int8 or z.dtype == np.int32 for z in points) and not any(np.any(z != 0) for z in points)
+    assert any(z.dtype == np.uint8 for z in _zero_points(plain.path))  # ONNX Runtime's CPU default: uint8 activations
+    layers = sorted(layer_nodes(onnx.load(str(symmetric.path))))
+    assert symmetric.int8_layers == layers and not symmetric.float_layers  # read off the Q/DQ graph
+    assert qdq_layers_of(symmetric.path) == (layers, {})
+    a, _ = onnx_logits(plain.path, splits.val, limit=128)
+    b, _ = onnx_logits(symmetric.path, splits.val, limit=128)
+    assert float((a.argmax(1) == b.argmax(1)).mean()) >= 0.9
+
+
+def test_a_device_with_symmetric_int8_gets_it_in_the_search_and_the_lut(tmp_path, int8_lut, monkeypatch):
+    """The device's facts decide (a TensorRT device's profiler reports ``int8_symmetric``): the search's
+    students and the LUT's int8 units are then symmetric Q/DQ. Patched onto ONNX Runtime's facts here, as no
+    TensorRT runs on this machine."""
+    import hwcompress_profiler_onnxruntime as ort_plugin
+
+    from hwcompress.lut.recorder import Recorder
+    from hwcompress.search.prepare import prepare
+
+    real_facts = ort_plugin.OnnxRuntimeProfiler.facts
+    monkeypatch.setattr(ort_plugin.OnnxRuntimeProfiler, "facts", lambda self, settings: {**real_facts(self, settings), "int8_symmetric": True})
+    prepared = prepare(_config(tmp_path, int8_lut, "int8", budget=Budget.latency_ratio(0.5)), search=False, log=lambda m: None)
+    assert prepared.quantized.symmetric and any("symmetric int8" in note for note in prepared.notes)
+    _, result = prepared.quantized.quantize(prepared.teacher, "teacher")
+    assert not any(np.any(z != 0) for z in _zero_points(result.path)) and result.path.exists()
+
+    table = LatencyTable.load(int8_lut)
+    table.provenance["facts"] = {**(table.provenance.get("facts") or {}), "int8_symmetric": True}
+    entry = next(e for e in table.entries.values() if e.config.precision == "int8")
+    recorder = Recorder(table, ort_profiler(), SETTINGS)  # its files live as long as it does
+    artifact = recorder.unit_artifact(entry.config, None)
+    points = _zero_points(artifact.onnx_path)
+    assert points and not any(np.any(z != 0) for z in points)
+
+
 # -- LUT entries per precision ---------------------------------------------------------------------
 
 def _entry(cin, cout, ms, precision=None):

@@ -54,7 +54,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
                    "student (default), 3 = also a uniform student at the budget (docs/search.md).")
 @click.option("--verdict-rounds", type=int, metavar="N",
-              help="Most rounds of the final latency measurement: 5 interleaved with the teacher, then 2 more at a time "
+              help="Latency budgets: most rounds of the final measurement: 5 interleaved with the teacher, then 2 more at a time "
                    "while the median's confidence interval still holds the budget, up to N (odd; 5: never more; default 15).")
 @click.option("--lut", type=click.Path(dir_okay=False), help="Latency LUT for the cost model (default: the device's, or measured here and cached).")
 @click.option("--runs", type=int, help="Timed iterations per measurement on the device (default: the device's).")

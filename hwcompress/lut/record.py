@@ -38,7 +38,7 @@ from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 from hwcompress.model.analysis import analyze
 from hwcompress.model.export import export_onnx
 from hwcompress.slim import pruning
-from hwcompress.slim.quantize import INT8, quantize_onnx, quantize_unit
+from hwcompress.slim.quantize import INT8, quantize_onnx, quantize_unit, symmetric_int8
 
 
 def record_lut(
@@ -141,7 +141,8 @@ def record_lut(
                 calibration = {
                     "name": name, "input_shape": input_shape, "fingerprint": fingerprint,
                     "configs": [u.config.with_precision(at) for u in units],
-                    "points": [point_at_precision(point, at) for point in exported],
+                    "points": [point_at_precision(point, at, symmetric_int8(table.provenance.get("facts") or {}))
+                               for point in exported],
                 }
             record_with_calibration(table, recorder, profiler, replace(settings, precision=precision),
                                     [(config.with_precision(at), template) for config, template in configs], passes, calibration)
@@ -212,10 +213,11 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
         return
     inputs = [np.random.default_rng(0).standard_normal(artifact.input_shape).astype(np.float32) for _ in range(4)]
     mixed_path = artifact.onnx_path.with_suffix(".mixed.onnx")
-    int8 = set(quantize_onnx(artifact.onnx_path, mixed_path, inputs, floating).int8_layers)
+    symmetric = symmetric_int8(table.provenance.get("facts") or {})
+    int8 = set(quantize_onnx(artifact.onnx_path, mixed_path, inputs, floating, symmetric=symmetric).int8_layers)
     specs = [at_precision(spec, INT8) if spec.name in int8 else spec for spec in point["specs"]]
     whole = replace(settings, per_layer=False)
-    references = {None: point, INT8: point_at_precision(point, INT8)}
+    references = {None: point, INT8: point_at_precision(point, INT8, symmetric)}
     calibrated = {p: next((m for m in reversed(table.models) if m.get("fingerprint") == fingerprint
                            and (None if m.get("precision", table.precision) == table.precision else m.get("precision")) == p), None)
                   for p in references}
@@ -253,15 +255,15 @@ def valid_conversion_rates(rates: Any) -> bool:
     return isinstance(rates, dict) and all(fit_ok(rates.get(direction)) for direction in ("to_plain", "to_blocked"))
 
 
-def point_at_precision(point: dict[str, Any], precision: str | None) -> dict[str, Any]:
+def point_at_precision(point: dict[str, Any], precision: str | None, symmetric: bool = False) -> dict[str, Any]:
     """A calibration point in another precision: its model quantized (random ranges: only its time
-    counts), its layers priced in that precision."""
+    counts; ``symmetric`` Q/DQ for a runtime that reads only that), its layers priced in that precision."""
     if precision is None:
         return point
     artifact = point["artifact"]
     quantized = artifact.onnx_path.with_suffix(f".{precision}.onnx")
     if precision == INT8 and not quantized.exists():
-        quantize_unit(artifact.onnx_path, quantized, artifact.input_shape)
+        quantize_unit(artifact.onnx_path, quantized, artifact.input_shape, symmetric=symmetric)
     return {**point, "artifact": dataclasses.replace(artifact, onnx_path=quantized),
             "specs": [at_precision(spec, precision) for spec in point["specs"]]}
 

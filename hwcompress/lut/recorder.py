@@ -48,7 +48,7 @@ from hwcompress.lut.table import LatencyTable, _now
 from hwcompress.lut.units import PlannedUnit, UnitTemplate, build_unit
 from hwcompress.measure.contract import LatencyStats, ModelArtifact, ProfileSettings
 from hwcompress.model.export import export_onnx
-from hwcompress.slim.quantize import INT8, quantize_unit
+from hwcompress.slim.quantize import INT8, quantize_unit, symmetric_int8
 
 
 @dataclass
@@ -275,7 +275,8 @@ class Recorder:
         if config.precision == INT8:
             # The layer as a Q/DQ model, as ONNX Runtime's quantizer writes the network's (ONNX Runtime
             # fuses DQ-Conv-Q into QLinearConv; TensorRT reads explicit Q/DQ).
-            onnx_path = quantize_unit(onnx_path, onnx_path.with_suffix(".int8.onnx"), shape)
+            onnx_path = quantize_unit(onnx_path, onnx_path.with_suffix(".int8.onnx"), shape,
+                                      symmetric=symmetric_int8(self.table.provenance.get("facts") or {}))
         return ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=module, name=config.key())
 
     @property

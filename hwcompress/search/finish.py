@@ -210,9 +210,11 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         for row in policy_rows:
             row["precision"] = groups.get(row["group"], "fp32")
         quantization = {"quantization": {
-            "mode": config.quantize, "format": "ONNX Q/DQ, opset 17, uint8 activations, int8 per-channel weights"
+            "mode": config.quantize, "format": "ONNX Q/DQ, opset 17, "
+            + ("symmetric int8 activations (zero point 0)" if quantized.symmetric else "uint8 activations")
+            + ", int8 per-channel weights"
             + (" in 7 bits (reduce_range: no VNNI on this x86-64 CPU)" if quantized.reduce_range else ""),
-            "reduce_range": quantized.reduce_range,
+            "reduce_range": quantized.reduce_range, "symmetric": quantized.symmetric,
             "calibration_images": deployed.calibration_images, "int8_layers": len(deployed.int8_layers),
             "float_layers": deployed.float_layers, "scoring": SCORING_NOTE},
             "layers": quantized.layer_rows(cost_model, candidate.keep, precision, deployed)}

@@ -46,7 +46,7 @@ from hwcompress.search.precision import ALL_FLOAT, LOW, check_int8_path
 from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents, measured_int8_teacher
 from hwcompress.search.scoring import resolve_scoring_precision
 from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
-from hwcompress.slim.quantize import reduced_weight_range
+from hwcompress.slim.quantize import reduced_weight_range, symmetric_int8
 
 PRECISION_AGENTS = ("amc", "random")  # the agents that choose a precision per group under --quantize mixed
 
@@ -284,12 +284,16 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         elif timing is not None and timing.table is not None:
             facts = timing.table.provenance.get("facts") or {}
         quantized = QuantizedStudents.for_teacher(config.quantize, module, input_shape, splits.train, groups,
-                                                  reduce_range=reduced_weight_range(facts))
+                                                  reduce_range=reduced_weight_range(facts), symmetric=symmetric_int8(facts))
         if quantized.reduce_range:
             notes.append("int8 weights kept to 7 bits: this x86-64 CPU has no VNNI, so ONNX Runtime's 16-bit "
                          "intermediate sums could saturate (its quantization guide's reduce_range)")
+        if quantized.symmetric:
+            notes.append(f"symmetric int8 Q/DQ (signed activations, zero point 0): {descriptor.name}'s runtime reads "
+                         "only that (TensorRT's explicit quantization); the accuracies are ONNX Runtime's run of the same file")
         plan = quantized.plan
-        log(f"--quantize {config.quantize}: ONNX Runtime runs {len(plan.int8_layers)} layers of the teacher in int8"
+        runs = "the device's runtime (explicit Q/DQ) runs" if quantized.symmetric else "ONNX Runtime runs"
+        log(f"--quantize {config.quantize}: {runs} {len(plan.int8_layers)} layers of the teacher in int8"
             + (f"; {len(plan.choosable)} groups choose their precision" if plan.choosable else ""))
         if plan.float_layers:
             notes.append("kept in float (the quantizer or the runtime has no int8 path for them): " + ", ".join(

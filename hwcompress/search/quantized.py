@@ -93,10 +93,13 @@ class QuantizedStudents:
     """
 
     def __init__(self, plan: PrecisionPlan, input_shape: Sequence[int], calibration: Sequence[Any],
-                 reduce_range: bool = False) -> None:
+                 reduce_range: bool = False, symmetric: bool = False) -> None:
         self.plan = plan
         #: 7-bit weights (:func:`~hwcompress.slim.quantize.reduced_weight_range`: an x86-64 device without VNNI).
         self.reduce_range = reduce_range
+        #: Symmetric Q/DQ, signed activations with zero point 0 (:func:`~hwcompress.slim.quantize.symmetric_int8`:
+        #: TensorRT); the int8 layers are then read off the Q/DQ graph, not off ONNX Runtime's CPU kernels.
+        self.symmetric = symmetric
         self.input_shape = tuple(int(d) for d in input_shape)
         self.calibration = list(calibration)
         self.precision: dict[str, str] = {}
@@ -105,19 +108,20 @@ class QuantizedStudents:
 
     @classmethod
     def for_teacher(cls, mode: str, teacher: Any, input_shape: Sequence[int], train_set: Any, groups: Sequence[Any],
-                    images: int = CALIBRATION_IMAGES, reduce_range: bool = False) -> "QuantizedStudents":
+                    images: int = CALIBRATION_IMAGES, reduce_range: bool = False,
+                    symmetric: bool = False) -> "QuantizedStudents":
         """Quantize the teacher once to learn which of its layers the runtime runs in int8.
 
         Raises:
             UserError: no layer of the model runs in int8 here.
         """
         calibration = calibration_inputs(train_set, images, input_shape)
-        students = cls(PrecisionPlan(mode, []), input_shape, calibration, reduce_range)
+        students = cls(PrecisionPlan(mode, []), input_shape, calibration, reduce_range, symmetric)
         _, result = students.quantize(teacher, "teacher", {}, check=True)
         if not result.int8_layers:
             listed = ", ".join(f"{k} ({v})" for k, v in list(result.float_layers.items())[:3])
-            raise UserError(f"--quantize {mode}: ONNX Runtime runs none of this model's layers in int8 ({listed}); "
-                            "drop --quantize")
+            who = "the quantizer quantized" if symmetric else "ONNX Runtime runs"
+            raise UserError(f"--quantize {mode}: {who} none of this model's layers in int8 ({listed}); drop --quantize")
         graph = QdqGraph(onnx.load(str(students.folder / "teacher_fp32.onnx")))
         students.plan = PrecisionPlan.build(mode, groups, result.int8_layers, result.float_layers, graph.realized)
         students.teacher_result = result
@@ -134,7 +138,7 @@ class QuantizedStudents:
         precision = self.precision if precision is None else precision
         floating = self.plan.float_layers_for(precision) if self.plan.int8_layers else []
         return quantize_module(module, self.input_shape, folder or self.folder, self.calibration, floating,
-                               name=name, check=check, reduce_range=self.reduce_range)
+                               name=name, check=check, reduce_range=self.reduce_range, symmetric=self.symmetric)
 
     def accuracy(self, module: Any, dataset: Any, precision: Mapping[str, str] | None = None,
                  limit: int | None = None) -> float:

@@ -33,8 +33,9 @@ from hwcompress.search.scoring import policy_scorer, torch_threads
 
 __all__ = ["BudgetAlreadyMet", "SearchResult", "apply_policy", "resume_search", "run_search"]
 
-#: Settings a resumed run may change without ``--resume-override``: more episodes extend the run.
-RESUMABLE_CHANGES = ("episodes",)
+#: Settings a resumed run may change without ``--resume-override``: more episodes extend the run; the
+#: verdict's most rounds only decide how long the final measurement may take.
+RESUMABLE_CHANGES = ("episodes", "verdict_rounds")
 
 
 @dataclass
@@ -198,7 +199,8 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         repairs = fit_to_budget(prepared, best, log, score)
         repair_seconds = time.perf_counter() - repair_started
         if repairs:
-            best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, best.accuracy,
+            # The repaired or grown student's own score (memoised: the repair scored it on its way there).
+            best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, score(repairs[-1]["keep"]),
                              prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None,
                              {k: v for k, v in best.extra.items() if k != "whole_int8"})
         extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs],

@@ -249,6 +249,28 @@ def int8_layers_of(quantized_path: str | os.PathLike[str]) -> tuple[list[str], d
     return sorted(int8), {k: v for k, v in sorted(floating.items()) if k not in int8}
 
 
+def qdq_layers_of(quantized_path: str | os.PathLike[str]) -> tuple[list[str], dict[str, str]]:
+    """Which layers of a Q/DQ model a runtime that honours explicit quantization (TensorRT) runs in int8:
+    those whose data and weight inputs both come out of a DequantizeLinear. Read off the graph itself,
+    not off ONNX Runtime's CPU kernels (which fuse fewer symmetric patterns than TensorRT does).
+
+    Returns:
+        ``(int8 layers, {float layer: its operator})``.
+    """
+    import onnx
+
+    model = onnx.load(str(quantized_path))
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    int8: set[str] = set()
+    floating: dict[str, str] = {}
+    for path, nodes in layer_nodes(model).items():
+        if all(len(node.input) > 1 and node.input[0] in dequantized and node.input[1] in dequantized for node in nodes):
+            int8.add(path)
+        else:
+            floating[path] = nodes[0].op_type
+    return sorted(int8), dict(sorted(floating.items()))
+
+
 def without_shared_initializers(model: Any) -> Any:
     """``model`` with every Identity of an initializer replaced by a copy of that initializer.
 
@@ -312,9 +334,17 @@ def reduced_weight_range(facts: Mapping[str, Any]) -> bool:
     return facts.get("int8_vnni") is False
 
 
+def symmetric_int8(facts: Mapping[str, Any]) -> bool:
+    """Whether the device's runtime takes only symmetric int8 Q/DQ (signed int8 activations with zero point
+    0, weights in -127..127): TensorRT's explicit quantization does (its guide: symmetric quantization
+    only), and its profiler says so in the ``int8_symmetric`` fact. ONNX Runtime takes either; its CPU
+    kernels prefer uint8 activations, which stay the default."""
+    return facts.get("int8_symmetric") is True
+
+
 def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], calibration: Sequence[np.ndarray],
                   float_layers: Iterable[str] = (), *, per_channel: bool = True, check: bool = True,
-                  reduce_range: bool = False) -> QuantizeResult:
+                  reduce_range: bool = False, symmetric: bool = False) -> QuantizeResult:
     """Quantize an exported float model statically to Q/DQ int8, leaving ``float_layers`` in float.
 
     Args:
@@ -325,6 +355,8 @@ def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
         per_channel: one weight scale per output channel (ONNX Runtime's and TensorRT's advice for convs).
         check: read back which layers run in int8 (:func:`int8_layers_of`; about 0.1 s).
         reduce_range: 7-bit weights (:func:`reduced_weight_range`).
+        symmetric: signed int8 activations with zero point 0 and symmetric weights (:func:`symmetric_int8`:
+            what TensorRT reads); else uint8 activations with a zero point (ONNX Runtime's CPU default).
 
     Raises:
         UserError: the quantizer failed on this model (the message names its error).
@@ -349,21 +381,24 @@ def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
         try:
             with _quiet_quantizer():
                 quantize_static(str(source), str(target), _Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
-                                per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
+                                per_channel=per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                                reduce_range=reduce_range,
+                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None)
         except Exception as error:  # the quantizer's own failures are many and unnamed
             raise UserError(f"ONNX Runtime's quantizer failed on {fp32_path}: {type(error).__name__}: {error}") from None
         write_atomic(out_path, target.read_bytes())
     result = QuantizeResult(out_path, calibration_images=len(calibration) * int(calibration[0].shape[0]) if calibration else 0,
                             requantized=sorted(requested - set(asked)))
     if check:
-        int8, floating = int8_layers_of(out_path)
+        int8, floating = qdq_layers_of(out_path) if symmetric else int8_layers_of(out_path)
         result.int8_layers = int8
         for layer in asked:
             if layer not in int8:
                 result.float_layers[layer] = "kept in float (mixed precision)"
+        why = "the quantizer put no Q/DQ around it" if symmetric else "ONNX Runtime has no int8 kernel for it here"
         for layer, op in floating.items():
-            result.float_layers.setdefault(layer, f"{op}: ONNX Runtime has no int8 kernel for it here; kept in float")
+            result.float_layers.setdefault(layer, f"{op}: {why}; kept in float")
     else:
         result.int8_layers = sorted(set(layer_nodes(model)) - set(asked))
         result.float_layers = {layer: "kept in float (mixed precision)" for layer in asked}
@@ -373,7 +408,7 @@ def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
 
 def quantize_module(module: Any, input_shape: Sequence[int], folder: str | os.PathLike[str], calibration: Sequence[np.ndarray],
                     float_layers: Iterable[str] = (), *, name: str = "student", check: bool = True,
-                    reduce_range: bool = False) -> tuple[Path, QuantizeResult]:
+                    reduce_range: bool = False, symmetric: bool = False) -> tuple[Path, QuantizeResult]:
     """Export ``module`` to ``folder/{name}_fp32.onnx`` and quantize it to ``folder/{name}.onnx``.
 
     Returns:
@@ -382,7 +417,8 @@ def quantize_module(module: Any, input_shape: Sequence[int], folder: str | os.Pa
     folder = Path(folder)
     fp32 = folder / f"{name}_fp32.onnx"
     export_onnx(module, tuple(input_shape), fp32, verify=False)
-    return fp32, quantize_onnx(fp32, folder / f"{name}.onnx", calibration, float_layers, check=check, reduce_range=reduce_range)
+    return fp32, quantize_onnx(fp32, folder / f"{name}.onnx", calibration, float_layers, check=check, reduce_range=reduce_range,
+                               symmetric=symmetric)
 
 
 def _session(path: str | os.PathLike[str], threads: int = 1) -> Any:
@@ -436,14 +472,15 @@ def onnx_accuracy(path: str | os.PathLike[str], dataset: Any, limit: int | None 
 
 
 def quantize_unit(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], input_shape: Sequence[int],
-                  samples: int = 4, seed: int = 0) -> Path:
+                  samples: int = 4, seed: int = 0, symmetric: bool = False) -> Path:
     """Quantize a one-layer LUT unit for timing: ranges from a few random inputs (an int8 kernel's speed
-    does not depend on its scales), no read-back.
+    does not depend on its scales), no read-back; ``symmetric`` for a runtime that reads only symmetric
+    Q/DQ (:func:`symmetric_int8`).
 
     Returns:
         ``out_path``.
     """
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal(tuple(input_shape)).astype(np.float32) for _ in range(max(1, samples))]
-    quantize_onnx(fp32_path, out_path, inputs, check=False)
+    quantize_onnx(fp32_path, out_path, inputs, check=False, symmetric=symmetric)
     return Path(out_path)

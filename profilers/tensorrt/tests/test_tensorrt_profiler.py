@@ -839,6 +839,39 @@ def test_int8_calibration_cache_is_replayed(tmp_path):
     assert config.int8_calibrator.get_batch(["input"]) is None
 
 
+def test_a_qdq_student_at_a_float_precision_builds_with_int8_too(tmp_path):
+    """An int8 student (``--quantize``) is measured at the device's float precision: TensorRT before 11
+    quantizes nothing without the INT8 flag, so a Q/DQ model gets it beside FP16 (its float layers in fp16)."""
+    for version in ("10.3.0", "8.6.2.3"):
+        trt = fake_tensorrt(version)
+        options = parse_options(ProfileSettings(precision="fp16", options={"engine_cache": False}))
+        _, facts, _, _ = _build(trt, conv_onnx(tmp_path / f"q{version}.onnx", qdq=True), options, explicit_quantization=True)
+        config = [c for c in trt.calls if c[0] == "build"][0][1]
+        assert sorted(config.flags) == ["FP16", "INT8"] and config.int8_calibrator is None
+        assert facts["precision_route"] == "fp16 builder flag, int8 from Q/DQ nodes"
+    trt = fake_tensorrt()  # a float model keeps its one flag
+    _build(trt, conv_onnx(tmp_path / "f.onnx"), parse_options(ProfileSettings(precision="fp16", options={"engine_cache": False})))
+    assert [c for c in trt.calls if c[0] == "build"][0][1].flags == ["FP16"]
+
+
+def test_the_profiler_offers_symmetric_int8_to_the_search():
+    """``--quantize`` needs a profiler with an int8 path; TensorRT's takes only symmetric Q/DQ, and says so in its
+    facts, which a LUT recorded there keeps (hwcompress.slim.quantize.symmetric_int8)."""
+    from types import SimpleNamespace
+
+    from hwcompress.search.precision import check_int8_path
+    from hwcompress.slim.quantize import symmetric_int8
+
+    profiler = plugin.TensorRTProfiler()
+    assert "int8" in profiler.precisions and profiler.int8_symmetric
+    facts = profiler.facts(ProfileSettings())  # never raises, GPU or not
+    assert facts["int8_symmetric"] is True and symmetric_int8(facts)
+    device = SimpleNamespace(name="nvidia-gpu")
+    check_int8_path("int8", device, SimpleNamespace(measured=True, profiler=profiler))  # accepted
+    with pytest.raises(UserError, match="no int8 path"):
+        check_int8_path("int8", device, SimpleNamespace(measured=True, profiler=plugin.CudaProfiler()))
+
+
 def test_tensorrt_11_fp16_without_modelopt_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "modelopt", None)
     trt = fake_tensorrt("11.4.0.106")

@@ -82,6 +82,9 @@ class TensorRTProfiler:
 
     name = "tensorrt"
     description = "NVIDIA GPU latency with TensorRT (engine from the ONNX file, CUDA events)"
+    #: int8 through explicit quantization: Q/DQ models (``--quantize``), symmetric only (zero point 0).
+    precisions = ("fp32", "fp16", "int8")
+    int8_symmetric = True
 
     def available(self) -> tuple[bool, str]:
         problems = [p for p in (tensorrt_problem(), gpu_problem()) if p]
@@ -91,6 +94,7 @@ class TensorRTProfiler:
         """GPU, driver and TensorRT facts now (no engine is built). Never raises."""
         facts = _current_gpu_facts(settings, profiler=self.name)
         facts["runtime"] = "tensorrt"
+        facts["int8_symmetric"] = True  # its Q/DQ must be symmetric (hwcompress.slim.quantize.symmetric_int8)
         if _module_present("tensorrt"):
             try:
                 import tensorrt as trt
@@ -127,7 +131,9 @@ class TensorRTProfiler:
 
         # Settings are refused before anything touches the GPU, so mistakes surface in a second.
         options = parse_options(settings)
-        explicit = options.precision == "int8" and has_explicit_quantization(artifact.onnx_path)
+        # Q/DQ nodes in any precision: an int8 student is measured at the device's float precision, its
+        # quantized layers in int8 (the engine then needs the INT8 flag too).
+        explicit = has_explicit_quantization(artifact.onnx_path)
         check_precision(options, profiler=self.name, explicit_quantization=explicit)
         ok, reason = self.available()
         if not ok:

@@ -121,10 +121,13 @@ def resolve_input_shapes(
 
 def precision_route(precision: str, tensorrt_major: int, explicit_quantization: bool) -> str:
     """How the requested precision is obtained with this TensorRT (recorded in the facts and the key)."""
+    # A float precision with Q/DQ nodes: the quantized layers run in int8, the rest in that precision
+    # (an int8 student with float layers, --quantize mixed).
+    qdq = ", int8 from Q/DQ nodes" if explicit_quantization else ""
     if precision == "fp32":
-        return "fp32 (TF32 allowed on Ampere and later)"
+        return "fp32 (TF32 allowed on Ampere and later)" + qdq
     if precision == "fp16":
-        return "fp16 builder flag" if tensorrt_major < 11 else "fp16 ONNX by ModelOpt AutoCast (strong typing)"
+        return ("fp16 builder flag" if tensorrt_major < 11 else "fp16 ONNX by ModelOpt AutoCast (strong typing)") + qdq
     return "int8 from Q/DQ nodes" if explicit_quantization else "int8 with calibration cache"
 
 
@@ -264,6 +267,9 @@ def build_engine(
                 profile.set_shape(name, shape, shape, shape)
             config.add_optimization_profile(profile)
         if major < 11:
+            if explicit_quantization and options.precision != "int8":
+                # TensorRT before 11 quantizes nothing, Q/DQ nodes included, without the INT8 flag.
+                config.set_flag(trt.BuilderFlag.INT8)
             if options.precision == "fp16":
                 config.set_flag(trt.BuilderFlag.FP16)
             elif options.precision == "int8":
