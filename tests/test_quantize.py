@@ -202,9 +202,13 @@ def test_a_device_with_symmetric_int8_gets_it_in_the_search_and_the_lut(tmp_path
     assert not any(np.any(z != 0) for z in _zero_points(result.path)) and result.path.exists()
 
     table = LatencyTable.load(int8_lut)
+    entry = next(e for e in table.entries.values() if e.config.precision == "int8")
+    assert Recorder(table, ort_profiler(), SETTINGS).settings_for(entry.config).precision == "int8"  # ONNX Runtime's
     table.provenance["facts"] = {**(table.provenance.get("facts") or {}), "int8_symmetric": True}
     entry = next(e for e in table.entries.values() if e.config.precision == "int8")
     recorder = Recorder(table, ort_profiler(), SETTINGS)  # its files live as long as it does
+    # Timed at the table's float precision, its Q/DQ nodes making it int8: as TensorRT builds the students.
+    assert recorder.settings_for(entry.config).precision == table.precision
     artifact = recorder.unit_artifact(entry.config, None)
     points = _zero_points(artifact.onnx_path)
     assert points and not any(np.any(z != 0) for z in points)

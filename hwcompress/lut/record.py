@@ -31,7 +31,15 @@ from hwcompress.lut.calibration import CALIBRATION_WIDTHS, ratio_digits, record_
 from hwcompress.lut.keys import TRANSITIONS, at_precision
 from hwcompress.lut.plan import PLAN_SCHEMA
 from hwcompress.lut.predict import transition_elements
-from hwcompress.lut.recorder import ProgressCallback, Recorder, new_provenance, open_table, quantum_probe_configs, unit_timer
+from hwcompress.lut.recorder import (
+    ProgressCallback,
+    Recorder,
+    new_provenance,
+    open_table,
+    quantum_probe_configs,
+    timing_precision,
+    unit_timer,
+)
 from hwcompress.lut.table import LatencyTable, _now
 from hwcompress.lut.units import build_unit, grid_configs, model_fingerprint, model_units
 from hwcompress.measure.contract import ModelArtifact, ProfileSettings
@@ -144,7 +152,7 @@ def record_lut(
                     "points": [point_at_precision(point, at, symmetric_int8(table.provenance.get("facts") or {}))
                                for point in exported],
                 }
-            record_with_calibration(table, recorder, profiler, replace(settings, precision=precision),
+            record_with_calibration(table, recorder, profiler, replace(settings, precision=timing_precision(table, precision)),
                                     [(config.with_precision(at), template) for config, template in configs], passes, calibration)
             if calibration is not None and at is not None:
                 table.models[-1]["precision"] = precision

@@ -197,6 +197,16 @@ def new_provenance(descriptor: Any, profiler: Any, settings: ProfileSettings, ba
     }
 
 
+def timing_precision(table: LatencyTable, precision: str) -> str:
+    """The precision an entry of ``precision`` is timed at. A runtime that reads only symmetric Q/DQ
+    (TensorRT, :func:`~hwcompress.slim.quantize.symmetric_int8`) times an int8 unit at the table's float
+    precision, its Q/DQ nodes making it int8: that is how it builds the search's int8 students (their
+    other layers in that float precision), so units and students are priced alike."""
+    if precision == INT8 and symmetric_int8(table.provenance.get("facts") or {"runtime": table.provenance.get("runtime")}):
+        return table.precision
+    return precision
+
+
 ProgressCallback = Callable[[int, int, str], None]
 
 class Recorder:
@@ -258,7 +268,7 @@ class Recorder:
     def settings_for(self, config: LayerConfig) -> ProfileSettings:
         """The measurement settings of ``config``: its own precision (an int8 unit is timed as int8); a
         float layer off the runtime's blocked path without the cache flush (:data:`OFF_PATH_CACHE_FLUSH_MB`)."""
-        precision = config.precision or self.table.precision
+        precision = timing_precision(self.table, config.precision or self.table.precision)
         if precision != self.settings.precision:
             return replace(self.settings, precision=precision)
         if self._off_path_settings is not None and self.table.predictor.off_path(config):

@@ -337,9 +337,10 @@ def reduced_weight_range(facts: Mapping[str, Any]) -> bool:
 def symmetric_int8(facts: Mapping[str, Any]) -> bool:
     """Whether the device's runtime takes only symmetric int8 Q/DQ (signed int8 activations with zero point
     0, weights in -127..127): TensorRT's explicit quantization does (its guide: symmetric quantization
-    only), and its profiler says so in the ``int8_symmetric`` fact. ONNX Runtime takes either; its CPU
-    kernels prefer uint8 activations, which stay the default."""
-    return facts.get("int8_symmetric") is True
+    only), and its profiler says so in the ``int8_symmetric`` fact; a LUT recorded with TensorRT before
+    that fact existed still names its runtime. ONNX Runtime takes either; its CPU kernels prefer uint8
+    activations, which stay the default."""
+    return facts.get("int8_symmetric") is True or facts.get("runtime") == "tensorrt"
 
 
 def quantize_onnx(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], calibration: Sequence[np.ndarray],

@@ -863,9 +863,10 @@ def test_the_profiler_offers_symmetric_int8_to_the_search():
     from hwcompress.slim.quantize import symmetric_int8
 
     profiler = plugin.TensorRTProfiler()
-    assert "int8" in profiler.precisions and profiler.int8_symmetric
+    assert "int8" in profiler.precisions
     facts = profiler.facts(ProfileSettings())  # never raises, GPU or not
     assert facts["int8_symmetric"] is True and symmetric_int8(facts)
+    assert symmetric_int8({"runtime": "tensorrt"})  # a LUT recorded before the fact existed
     device = SimpleNamespace(name="nvidia-gpu")
     check_int8_path("int8", device, SimpleNamespace(measured=True, profiler=profiler))  # accepted
     with pytest.raises(UserError, match="no int8 path"):

@@ -82,9 +82,9 @@ class TensorRTProfiler:
 
     name = "tensorrt"
     description = "NVIDIA GPU latency with TensorRT (engine from the ONNX file, CUDA events)"
-    #: int8 through explicit quantization: Q/DQ models (``--quantize``), symmetric only (zero point 0).
+    #: int8 through explicit quantization: Q/DQ models (``--quantize``), symmetric only (zero point 0,
+    #: the ``int8_symmetric`` fact).
     precisions = ("fp32", "fp16", "int8")
-    int8_symmetric = True
 
     def available(self) -> tuple[bool, str]:
         problems = [p for p in (tensorrt_problem(), gpu_problem()) if p]
