@@ -226,6 +226,8 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         state: dict = {"teacher": teacher, "data": data, "teacher_accuracy": accuracy}
+        if args.budget_ms:  # one absolute budget for every run, across sessions too (the ratio only labels it)
+            state["budget_ms"] = args.budget_ms
         for index, seed in enumerate(int(s) for s in args.seeds.split(",")):  # the same absolute budget for every seed
             if "prune only" in variants:
                 rows.append(quantized_run(args, out, ratio, state, "prune only", None, seed=seed))
@@ -310,6 +312,9 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--quantized", action="store_true", help="prune vs quantize vs both (module docstring)")
     parser.add_argument("--lbound", type=float, default=0.2, help="--quantized: the searches' smallest preserve ratio")
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="--quantized: this absolute budget for every run instead of --ratios of the first run's teacher "
+                             "(give one ratio, as its label), so that seeds run in different sessions share it")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="--quantized: which rows to run, comma-separated (prune then quantize needs prune only); "
                              "int8 + search and mixed alternate in order from seed to seed")
