@@ -74,12 +74,14 @@ def _digest(folder: Path) -> str:
     return hashlib.sha256((folder / "policy.json").read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("kills_at, extra", [
-    # the default suite: the longest phase, resumed mid-way; without fine-tuning, which it does not kill
-    pytest.param(KILLS[2:3], ["--finetune-epochs", "0"], id="episodes"),
-    pytest.param(KILLS, [], id="every-phase", marks=pytest.mark.slow),  # all five (about 160 s on 2 cores)
+@pytest.mark.parametrize("kills_at, extra, pause", [
+    # the default suite: the longest phase, resumed mid-way; without fine-tuning, which it does not kill,
+    # and without the steady board's pauses, which only serve kills inside the other phases
+    pytest.param(KILLS[2:3], ["--finetune-epochs", "0"], "0", id="episodes"),
+    pytest.param(KILLS, [], "0.25", id="every-phase", marks=pytest.mark.slow),  # all five (about 160 s on 2 cores)
 ])
-def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kills_at, extra):
+def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kills_at, extra, pause, monkeypatch):
+    monkeypatch.setenv("HWCOMPRESS_STEADY_PAUSE", pause)  # the subprocesses' steady board (_env copies os.environ)
     straight = tmp_path / "straight"
     done = subprocess.run(_command(*SEARCH, *extra, "-o", str(straight), "--quiet"), env=_env(tmp_path / "a"),
                           capture_output=True, text=True, timeout=300)
@@ -95,7 +97,8 @@ def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kil
         kills += _run_until(args, env, marker, delay) == -9
         assert (killed / "checkpoint.pt").exists(), f"no checkpoint after a kill at {marker!r}"
         args = ["--resume", str(killed)]
-    assert kills >= len(kills_at) - 1, f"only {kills} of the {len(kills_at)} kills caught the search running"
+    # Every phase but one must be caught running (a short one may finish first); a single kill must land.
+    assert kills >= max(1, len(kills_at) - 1), f"only {kills} of the {len(kills_at)} kills caught the search running"
     resumed = subprocess.run(_command("--resume", str(killed), "--quiet"), env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
