@@ -29,7 +29,7 @@ PLUGINS = REPO / "tests" / "plugins"
 TINY = "hwcompress.model.embedded:resnet20"
 SEARCH = ["--device", "steady-board", "-m", TINY, "--data", "digits", "--latency-ratio", "0.7", "--episodes", "6",
           "--warmup-episodes", "2", "--agent-option", "hidden=32", "--agent-option", "batch_size=8", "--val-limit", "64",
-          "--bn-calibration", "32", "--finetune-epochs", "1", "--seed", "3"]
+          "--bn-calibration", "32", "--finetune-epochs", "1", "--seed", "3", "--no-plots"]
 # The line each kill waits for (stderr, one line per phase when not a terminal), and then how long.
 KILLS = [("measuring the teacher", 0.1), ("recording the latency LUT", 1.0), ("ep    2", 0.0),
          ("fine-tuning the student", 0.5), ("measuring the student", 0.6)]
@@ -138,9 +138,10 @@ def test_a_lock_left_by_a_killed_search_is_taken_over(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
-def test_resume_refuses_changed_settings_in_one_line(tmp_path):
+def test_resume_refuses_changed_settings_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HWCOMPRESS_STEADY_PAUSE", "0")  # nothing here is killed: no time needed in the phases
     out = tmp_path / "out"
-    base = [*SEARCH[:6], "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "32"]
+    base = [*SEARCH[:6], "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "32", "--no-plots"]
     done = subprocess.run(_command(*base, "-o", str(out), "--quiet"), env=_env(tmp_path), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr

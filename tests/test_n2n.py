@@ -32,7 +32,8 @@ OPTIONS = {"removal_epochs": 2, "shrink_epochs": 2, "rollouts": 3, "student_step
 
 def _config(out, **overrides):
     base = dict(budget=Budget.macs(12e6), agent="n2n", model=TINY, data="digits", episodes=12, seed=0,
-                finetune_epochs=0.02, out=str(out), runs=3, val_limit=64, bn_calibration=32, agent_options=dict(OPTIONS))
+                finetune_epochs=0.02, out=str(out), runs=3, val_limit=64, bn_calibration=32, agent_options=dict(OPTIONS),
+                plots=False)
     base.update(overrides)
     return SearchConfig(**base)
 

@@ -459,7 +459,7 @@ def _config(tmp_path, lut, quantize, **overrides):
         overrides = {**overrides, "budget": Budget.latency_ratio(_search_ratio())}
     base = dict(agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=48, lut=str(lut),
-                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize, verdict_rounds=5)
+                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize, verdict_rounds=5, plots=False)
     base.update(overrides)
     return SearchConfig(**base)
 
@@ -528,7 +528,8 @@ def test_compress_api_takes_quantize(tmp_path, int8_lut):
     # mixed through the API (the mixed CLI search is in the slow set): uniform searches it at all-int8,
     # priced through the per-precision anchored lines
     result = hwcompress.compress(TINY, "digits", budget=Budget.latency_ratio(_search_ratio()), quantize="mixed", agent="uniform",
-                                 finetune_epochs=0, out=str(tmp_path / "api"), lut=str(int8_lut), runs=5, val_limit=32)
+                                 finetune_epochs=0, out=str(tmp_path / "api"), lut=str(int8_lut), runs=5, val_limit=32,
+                                 plots=False)
     assert result.report["quantization"]["mode"] == "mixed" and (tmp_path / "api" / "student.onnx").exists()
     assert {a["name"].rsplit(" ", 1)[-1] for a in result.report["cost_model_anchors"]} >= {"int8", "fp32"}
 

@@ -427,7 +427,7 @@ def test_search_measures_on_the_ssh_device(cli, lab, box, tmp_path):
     device = write_device(tmp_path, "lab-board", ssh_transport(lab, box, tmp_path / "remote"), settings={"runs": 3, "warmup": 2})
     out = tmp_path / "search"
     result = cli("search", "--device-file", str(device), "-m", TINY_RESNET, "--data", "digits", "--episodes", "2",
-                 "--runs", "3", "--val-limit", "64", "--finetune-epochs", "0", "--latency-ratio", "0.8", "--verdict-rounds", "5", "-o",
+                 "--runs", "3", "--val-limit", "64", "--finetune-epochs", "0", "--latency-ratio", "0.8", "--verdict-rounds", "5", "--no-plots", "-o",
                  str(out), "-q", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads((out / "result.json").read_text())

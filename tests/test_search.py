@@ -59,9 +59,10 @@ def test_every_episode_meets_the_budget_under_the_clamp(seed):
 
 
 def _config(tmp_path, **overrides):
+    # No PNG plots (about 1 s a search): the result contract test draws them.
     base = dict(budget=Budget.macs(12e6), agent="amc", model=TINY, data="digits", episodes=6, warmup_episodes=2,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=64,
-                agent_options={"hidden": 32, "batch_size": 8})
+                agent_options={"hidden": 32, "batch_size": 8}, plots=False)
     base.update(overrides)
     if base["agent"] != "amc" and "agent_options" not in overrides:
         base["agent_options"] = {}  # the DDPG settings belong to AMC; other agents refuse them
@@ -73,7 +74,7 @@ def _search(config):
 
 
 def test_search_writes_the_result_contract(tmp_path):
-    result = run_search(_config(tmp_path), progress=False)
+    result = run_search(_config(tmp_path, plots=True), progress=False)
     doc = result.report
     out = tmp_path / "out"
     saved = json.loads((out / "result.json").read_text())
@@ -270,6 +271,8 @@ def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PairedMeasurement, "__call__", spy)
     doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10, verdict_rounds=5))
+    assert doc["artifacts"]["plots"] == [] and not list((tmp_path / "out").glob("*.png"))  # plots=False (--no-plots)
+    assert "plots not written (--no-plots)" in doc["notes"]
     assert asked == [5] and doc["student"]["latency"]["rounds"] == 5 and doc["student"]["latency"]["extra_rounds"] == 0
     grown = [r for r in doc["budget_repairs"] if r.get("grown")]
     assert grown, ("the pessimistic cost model should have left budget to grow into", doc["budget_repairs"],

@@ -57,7 +57,7 @@ def test_search_runs_with_a_plugin_agent(cli, plugin_site, tmp_path):
     out = tmp_path / "greedy"
     result = cli("search", "--agent", "example-greedy", "--agent-option", "candidates=2", "--macs", "2.5e7",
                  "-m", "hwcompress.model.embedded:resnet20", "--data", "digits", "--episodes", "3", "--runs", "3",
-                 "--val-limit", "64", "--bn-calibration", "32", "--finetune-epochs", "0", "-o", str(out), "--quiet",
+                 "--val-limit", "64", "--bn-calibration", "32", "--finetune-epochs", "0", "--no-plots", "-o", str(out), "--quiet",
                  "--json", "-", env=_env(plugin_site))
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)

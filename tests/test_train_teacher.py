@@ -34,7 +34,7 @@ def test_the_trained_teacher_is_kept_and_reused(tmp_path):
 def test_search_trains_a_torchvision_teacher_first(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "hwcompress", "search", "-m", "resnet18", "--train-teacher", "2",
-               "--data", "digits", "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "64",
+               "--data", "digits", "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "64", "--no-plots",
                "-o", str(out), "--quiet", "--json", "-"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -68,6 +68,7 @@ class SearchConfig:
         verdict_rounds: the most rounds the final latency verdict may take: 5 interleaved rounds with the
             teacher, then 2 more at a time while the median's confidence interval still holds the budget, up
             to this many (5: never more; odd, so that the median is one round).
+        plots: write the PNG plots beside result.json (about 1 s a search; False: none, and a note says so).
     """
 
     budget: Budget
@@ -99,6 +100,7 @@ class SearchConfig:
     skip_bad_images: bool = False
     train_teacher: int = 0
     verdict_rounds: int = VERDICT_MAX_ROUNDS
+    plots: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, Budget):
@@ -128,6 +130,8 @@ class SearchConfig:
             raise UserError(f"--scoring-precision must be one of {', '.join(SCORING_PRECISIONS)} (got {self.scoring_precision!r})")
         whole(self.torch_threads, "--torch-threads", 1)
         whole(self.train_teacher, "--train-teacher", 0)
+        if not isinstance(self.plots, bool):
+            raise UserError(f"plots must be True or False (got {self.plots!r})")
         whole(self.verdict_rounds, "--verdict-rounds", VERDICT_ROUNDS)
         if self.verdict_rounds % 2 == 0:
             raise UserError(f"--verdict-rounds must be odd, so that the median is one round (got {self.verdict_rounds}); "

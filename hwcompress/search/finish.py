@@ -276,7 +276,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         **(extra or {}),
     }
     if out is not None:
-        write_report(document, history, out)
+        write_report(document, history, out, plots=config.plots)
     return Finished(student, document)
 
 

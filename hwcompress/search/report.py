@@ -64,13 +64,15 @@ def write_plots(document: dict[str, Any], history: list[dict[str, Any]], out: Pa
     return search_plots(document, history, out)
 
 
-def write_report(document: dict[str, Any], history: list[dict[str, Any]], out: Path) -> None:
-    """history.json, the plots, summary.md, and result.json last: a result.json in the folder means
-    everything beside it is complete."""
+def write_report(document: dict[str, Any], history: list[dict[str, Any]], out: Path, plots: bool = True) -> None:
+    """history.json, the plots (unless ``plots`` is False: ``--no-plots``), summary.md, and result.json
+    last: a result.json in the folder means everything beside it is complete."""
     artifacts = document["artifacts"]
     write_json(history, out / "history.json")
     artifacts["history"] = "history.json"
-    artifacts["plots"] = write_plots(document, history, out)
+    artifacts["plots"] = write_plots(document, history, out) if plots else []
+    if not plots:
+        document["notes"].append("plots not written (--no-plots)")
     artifacts["summary"] = "summary.md"
     write_atomic(out / "summary.md", summary_markdown(document))
     write_json(document, out / "result.json")

@@ -34,8 +34,8 @@ from hwcompress.search.scoring import policy_scorer, torch_threads
 __all__ = ["BudgetAlreadyMet", "SearchResult", "apply_policy", "resume_search", "run_search"]
 
 #: Settings a resumed run may change without ``--resume-override``: more episodes extend the run; the
-#: verdict's most rounds only decide how long the final measurement may take.
-RESUMABLE_CHANGES = ("episodes", "verdict_rounds")
+#: verdict's most rounds only decide how long the final measurement may take, and plots what is drawn.
+RESUMABLE_CHANGES = ("episodes", "verdict_rounds", "plots")
 
 
 @dataclass
