@@ -177,5 +177,6 @@ def print_summary(doc: dict[str, Any], console: Any, out: Path | None) -> None:
     if doc["verdict"]["source"] == "predicted" and out is not None:
         line += f"; on the device run `hwcompress profile --device {doc['device']['name']} -m {out}/student.onnx`"
     if out is not None:
-        line += f"; results in {out}/ (result.json, summary.md, student.onnx, student.pt, plots)"
+        plots = ", plots" if doc["artifacts"].get("plots") else ""
+        line += f"; results in {out}/ (result.json, summary.md, student.onnx, student.pt{plots})"
     console.print(line)
