@@ -16,12 +16,12 @@ from hwcompress.model.data import digits_splits
 
 
 def test_the_trained_teacher_is_kept_and_reused(tmp_path):
-    splits = digits_splits()
+    splits = digits_splits(size=16)  # a quarter of the work of 32 px
     lines: list[str] = []
     module, report = scratch.trained_teacher("resnet18", splits, 2, 0, tmp_path, lines.append)
     assert not report["from_cache"] and (tmp_path / "teacher.pt").is_file()
     assert module.fc.out_features == splits.num_classes  # the head is sized to the data
-    assert report["val_accuracy"] > 0.3  # it learned (78% here after two epochs; chance is 10%)
+    assert report["val_accuracy"] > 0.3  # it learned (85% here after two epochs at 16 px; chance is 10%)
     again, second = scratch.trained_teacher("resnet18", splits, 2, 0, tmp_path, lines.append)
     assert second["from_cache"] and second["val_accuracy"] == report["val_accuracy"]
     for (name, mine), theirs in zip(module.state_dict().items(), again.state_dict().values(), strict=True):
@@ -33,8 +33,9 @@ def test_the_trained_teacher_is_kept_and_reused(tmp_path):
 
 def test_search_trains_a_torchvision_teacher_first(tmp_path):
     out = tmp_path / "out"
+    # digits at 16 px: a quarter of the work of 32 px, and still 85% after two epochs (chance is 10%)
     command = [sys.executable, "-m", "hwcompress", "search", "-m", "resnet18", "--train-teacher", "2",
-               "--data", "digits", "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "64", "--no-plots",
+               "--data", "digits", "--input-shape", "1,3,16,16", "--macs", "5e6", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "64", "--no-plots",
                "-o", str(out), "--quiet", "--json", "-"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
