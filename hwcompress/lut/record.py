@@ -37,6 +37,7 @@ from hwcompress.lut.recorder import (
     new_provenance,
     open_table,
     quantum_probe_configs,
+    symmetric_table,
     timing_precision,
     unit_timer,
 )
@@ -46,7 +47,7 @@ from hwcompress.measure.contract import ModelArtifact, ProfileSettings
 from hwcompress.model.analysis import analyze
 from hwcompress.model.export import export_onnx
 from hwcompress.slim import pruning
-from hwcompress.slim.quantize import INT8, quantize_onnx, quantize_unit, symmetric_int8
+from hwcompress.slim.quantize import INT8, quantize_onnx, quantize_unit
 
 
 def record_lut(
@@ -149,8 +150,7 @@ def record_lut(
                 calibration = {
                     "name": name, "input_shape": input_shape, "fingerprint": fingerprint,
                     "configs": [u.config.with_precision(at) for u in units],
-                    "points": [point_at_precision(point, at, symmetric_int8(table.provenance.get("facts") or {}))
-                               for point in exported],
+                    "points": [point_at_precision(point, at, symmetric_table(table)) for point in exported],
                 }
             record_with_calibration(table, recorder, profiler, replace(settings, precision=timing_precision(table, precision)),
                                     [(config.with_precision(at), template) for config, template in configs], passes, calibration)
@@ -221,7 +221,7 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
         return
     inputs = [np.random.default_rng(0).standard_normal(artifact.input_shape).astype(np.float32) for _ in range(4)]
     mixed_path = artifact.onnx_path.with_suffix(".mixed.onnx")
-    symmetric = symmetric_int8(table.provenance.get("facts") or {})
+    symmetric = symmetric_table(table)
     int8 = set(quantize_onnx(artifact.onnx_path, mixed_path, inputs, floating, symmetric=symmetric).int8_layers)
     specs = [at_precision(spec, INT8) if spec.name in int8 else spec for spec in point["specs"]]
     whole = replace(settings, per_layer=False)

@@ -197,12 +197,18 @@ def new_provenance(descriptor: Any, profiler: Any, settings: ProfileSettings, ba
     }
 
 
+def symmetric_table(table: LatencyTable) -> bool:
+    """Whether the device ``table`` was recorded on reads only symmetric int8 Q/DQ
+    (:func:`~hwcompress.slim.quantize.symmetric_int8` of its recording's facts and runtime)."""
+    return symmetric_int8({"runtime": table.provenance.get("runtime"), **(table.provenance.get("facts") or {})})
+
+
 def timing_precision(table: LatencyTable, precision: str) -> str:
     """The precision an entry of ``precision`` is timed at. A runtime that reads only symmetric Q/DQ
-    (TensorRT, :func:`~hwcompress.slim.quantize.symmetric_int8`) times an int8 unit at the table's float
-    precision, its Q/DQ nodes making it int8: that is how it builds the search's int8 students (their
-    other layers in that float precision), so units and students are priced alike."""
-    if precision == INT8 and symmetric_int8(table.provenance.get("facts") or {"runtime": table.provenance.get("runtime")}):
+    (TensorRT, :func:`symmetric_table`) times an int8 unit at the table's float precision, its Q/DQ nodes
+    making it int8: that is how it builds the search's int8 students (their other layers in that float
+    precision), so units and students are priced alike."""
+    if precision == INT8 and symmetric_table(table):
         return table.precision
     return precision
 
@@ -285,8 +291,7 @@ class Recorder:
         if config.precision == INT8:
             # The layer as a Q/DQ model, as ONNX Runtime's quantizer writes the network's (ONNX Runtime
             # fuses DQ-Conv-Q into QLinearConv; TensorRT reads explicit Q/DQ).
-            onnx_path = quantize_unit(onnx_path, onnx_path.with_suffix(".int8.onnx"), shape,
-                                      symmetric=symmetric_int8(self.table.provenance.get("facts") or {}))
+            onnx_path = quantize_unit(onnx_path, onnx_path.with_suffix(".int8.onnx"), shape, symmetric=symmetric_table(self.table))
         return ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=module, name=config.key())
 
     @property

@@ -127,6 +127,10 @@ class CostModel:
     def full_policy(self) -> dict[str, int]:
         return {g.name: g.channels for g in self.groups}
 
+    def complete(self, keep: Mapping[str, int]) -> dict[str, int]:
+        """``keep`` with every group named: those it leaves out keep all their channels."""
+        return {g.name: keep.get(g.name, g.channels) for g in self.groups}
+
     def round(self, group: ChannelGroup, ratio: float) -> int:
         """AMC's rounding of a preserve ratio for ``group``, in this model's multiple and quantum."""
         return round_channels(group.channels, ratio, self.multiple, self.quantum)
@@ -314,7 +318,7 @@ class CostModel:
         group shrinking together (:meth:`scaled_policy`), which with counts rounded to the channel
         multiple moves in coarse jumps. Stops at every group's minimum if the target cannot be reached.
         """
-        policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
+        policy = self.complete(keep)
         current = self.cost(policy)
         current_score = score(policy) if score is not None and current > target else None
         losses: dict[tuple[str, int, int], float] = {}
@@ -353,7 +357,7 @@ class CostModel:
         added is taken (without ``score``: the cheapest); ``incremental`` reuses a step's measured gain
         while its group keeps its count, as :meth:`trimmed_policy` does.
         """
-        policy = {g.name: keep.get(g.name, g.channels) for g in self.groups}
+        policy = self.complete(keep)
         current = self.cost(policy)
         current_score = score(policy) if score is not None else None
         gains: dict[tuple[str, int, int], float] = {}

@@ -157,7 +157,7 @@ def _grow(prepared: Prepared, keep: dict[str, int], measured: float, log: Callab
           score: Callable[[dict[str, int]], float] | None, attempts: int) -> list[dict[str, Any]]:
     """The grow step (module docstring): records with ``"grown": True``, the last ``keep`` kept."""
     budget = prepared.budget
-    keep = {g.name: keep.get(g.name, g.channels) for g in prepared.cost_model.groups}  # as grown_policy returns it
+    keep = prepared.cost_model.complete(keep)  # as grown_policy returns it
     grown: list[dict[str, Any]] = []
     ceiling = math.inf  # after an overshoot, the next try grows at most half as far (in predicted cost)
     for attempt in range(attempts):
@@ -190,7 +190,7 @@ def _grow_predicted(prepared: Prepared, keep: dict[str, int], log: Callable[[str
                     score: Callable[[dict[str, int]], float] | None) -> list[dict[str, Any]]:
     """The grow step on the cost model's prediction, for a device predicted from its LUT (module docstring)."""
     budget = prepared.budget
-    keep = {g.name: keep.get(g.name, g.channels) for g in prepared.cost_model.groups}  # as grown_policy returns it
+    keep = prepared.cost_model.complete(keep)  # as grown_policy returns it
     predicted = prepared.cost_model.cost(keep)
     if predicted >= GROW_BELOW * budget.limit:
         return []

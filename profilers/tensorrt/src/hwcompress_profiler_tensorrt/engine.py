@@ -14,6 +14,7 @@ pycuda: one CUDA runtime in the process, and tensors that own their memory.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -59,10 +60,17 @@ def version_major(version: str) -> int:
 
 
 def has_explicit_quantization(onnx_path: str | Path) -> bool:
-    """Whether the ONNX graph carries Q/DQ nodes (its INT8 scales are then in the model itself)."""
+    """Whether the ONNX graph carries Q/DQ nodes (its INT8 scales are then in the model itself). Asked of
+    every measurement, so a file is read once while it stays the same (path, size, modification time)."""
+    stat = Path(onnx_path).stat()
+    return _has_qdq(str(onnx_path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _has_qdq(path: str, _size: int, _mtime_ns: int) -> bool:
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = onnx.load(path, load_external_data=False)
     return any(node.op_type in QDQ_OPS for node in model.graph.node)
 
 
