@@ -501,6 +501,10 @@ def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, m
         assert "precision" in json.loads((out / "policy.json").read_text())
         history = json.loads((out / "history.json").read_text())
         assert all("precision" in record for record in history)
+        summary = (out / "summary.md").read_text()
+        for move in doc["precision_exchanges"]:  # each move is in the kept policy and in summary.md
+            assert {row["group"]: row["precision"] for row in doc["policy"]}[move["group"]] == "int8"
+            assert f"Precision exchange: `{move['group']}` went from float to int8" in summary
 
 
 def test_weights_keep_to_7_bits_on_a_device_without_vnni(tmp_path, int8_lut, monkeypatch):
@@ -531,6 +535,7 @@ def test_compress_api_takes_quantize(tmp_path, int8_lut):
                                  finetune_epochs=0, out=str(tmp_path / "api"), lut=str(int8_lut), runs=5, val_limit=32,
                                  plots=False)
     assert result.report["quantization"]["mode"] == "mixed" and (tmp_path / "api" / "student.onnx").exists()
+    assert result.report["precision_exchanges"] == []  # uniform searches at all-int8: no float group to exchange
     assert {a["name"].rsplit(" ", 1)[-1] for a in result.report["cost_model_anchors"]} >= {"int8", "fp32"}
 
 
@@ -591,6 +596,47 @@ def test_the_whole_int8_teacher_is_kept_when_it_fits_and_scores_higher(int8_lut)
     assert prefer_whole_int8(over, searched, score, lambda _m: None) is searched  # over the acceptance line
     better = Candidate(cost.min_policy(), accuracy=0.99)
     assert prefer_whole_int8(fits, better, score, lambda _m: None) is better
+
+
+def test_the_precision_exchange_trades_a_float_group_for_channels_where_that_scores_higher(int8_lut):
+    """--quantize mixed: a float group of the searched student goes to int8, with channels grown back up
+    to the student's predicted cost, when that scores higher; a float group the score needs stays float,
+    and a student whose trials all score lower is returned as it was."""
+    from hwcompress.search.agent import Candidate
+    from hwcompress.search.quantized import exchange_precisions
+
+    plan, cost, groups, _ = _plan_and_cost(int8_lut)
+    # int8 a third of float's time per MAC, plus a fixed cost: channels are cheaper in int8
+    cost.set_latency(lambda rows: 0.1 + sum(r.macs * (0.3 if getattr(r, "precision", None) == "int8" else 1.0) for r in rows) / 1e7)
+    needed, spare = plan.choosable[0], plan.choosable[-1]
+    searched = {name: "int8" for name in plan.choosable} | {needed: "fp32", spare: "fp32"}
+    half = {g.name: cost.round(g, 0.5) for g in groups}
+    prepared = _prepared(cost, plan, budget_ms=cost.at_precision(searched).cost(half) * 1.2, mode="mixed")
+    before = cost.at_precision(searched).cost(half)
+    scored = []
+
+    def score(keep, precision):
+        scored.append(dict(precision))
+        channels = sum(keep.values()) / sum(g.channels for g in groups)
+        return round(channels + (0.5 if precision.get(needed) == "fp32" else 0.0), 6)  # the needed group's float is worth more
+
+    best = Candidate(half, episode=7, accuracy=0.9, cost=before, extra={"precision": searched})
+    exchanged, moves = exchange_precisions(prepared, best, score, lambda _m: None)
+    assert [m["group"] for m in moves] == [spare] and moves[0]["to"] == "int8" and moves[0]["channels_added"] > 0
+    assert exchanged.extra["precision"][spare] == "int8" and exchanged.extra["precision"][needed] == "fp32"
+    assert sum(exchanged.keep.values()) > sum(half.values()) and exchanged.accuracy > score(half, searched)
+    assert exchanged.cost == pytest.approx(moves[0]["predicted_after_ms"], abs=1e-4) and exchanged.cost <= before * (1 + 1e-9)
+    assert exchanged.episode == 7
+
+    def prefers_float(keep, precision):
+        return 1.0 - sum(p == "int8" for p in precision.values()) / 100  # every move to int8 scores lower
+
+    unchanged, none = exchange_precisions(prepared, best, prefers_float, lambda _m: None)
+    assert unchanged is best and none == []
+    all_int8 = Candidate(half, extra={"precision": {name: "int8" for name in plan.choosable}})
+    assert exchange_precisions(prepared, all_int8, score, lambda _m: None) == (all_int8, [])
+    plan.mode = "int8"  # nothing to choose: nothing to exchange
+    assert exchange_precisions(prepared, best, score, lambda _m: None) == (best, [])
 
 
 def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):
