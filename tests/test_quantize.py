@@ -628,6 +628,19 @@ def test_the_precision_exchange_trades_a_float_group_for_channels_where_that_sco
     assert exchanged.cost == pytest.approx(moves[0]["predicted_after_ms"], abs=1e-4) and exchanged.cost <= before * (1 + 1e-9)
     assert exchanged.episode == 7
 
+    three = plan.choosable[:3]
+    floating3 = {name: "int8" for name in plan.choosable} | {name: "fp32" for name in three}
+    calls = []
+
+    def likes_int8(keep, precision):  # every group in int8 and every channel helps: all three move
+        calls.append(1)
+        return round(sum(keep.values()) / 1e4 + sum(p == "int8" for p in precision.values()) / 10, 6)
+
+    all_moved, moves3 = exchange_precisions(prepared, Candidate(half, extra={"precision": floating3}), likes_int8, lambda _m: None)
+    assert sorted(m["group"] for m in moves3) == sorted(three) and all(all_moved.extra["precision"][g] == "int8" for g in three)
+    assert [m["accuracy_after"] for m in moves3] == sorted(m["accuracy_after"] for m in moves3)
+    assert len(calls) <= 1 + len(three) + 2 * len(three)  # lazy: a stale trial is scored again only when it would win
+
     def prefers_float(keep, precision):
         return 1.0 - sum(p == "int8" for p in precision.values()) / 100  # every move to int8 scores lower
 

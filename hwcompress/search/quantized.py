@@ -91,8 +91,10 @@ def exchange_precisions(prepared: Any, best: Any, score: Callable[..., float],
     teacher nearly meets. Each round tries every group still in float: in int8, with channels grown back
     up to the student's predicted cost (:meth:`~hwcompress.search.cost.CostModel.grown_policy`, the
     cheapest channels first; a group whose int8 layers cost more than its float ones at these widths is
-    not tried), scored as the runtime runs it. The best trial replaces the student when it
-    scores higher; groups whose trial did not gain are not tried again. One record per move is returned.
+    not tried), scored as the runtime runs it. The best trial replaces the student when it scores
+    higher; groups whose trial did not gain are not tried again, and a trial scored before the last move
+    is scored again only when it would win (lazy greedy: about one scored student per float group, not
+    one per group and round). One record per move is returned.
     """
     quantized = prepared.quantized
     if (quantized is None or not quantized.plan.choosable or not prepared.budget.is_latency or best.removed_units
@@ -106,29 +108,41 @@ def exchange_precisions(prepared: Any, best: Any, score: Callable[..., float],
     keep = prepared.cost_model.complete(best.keep)
     current = score(keep, precision)
     moves: list[dict[str, Any]] = []
-    while floating:
-        view = prepared.cost_model.at_precision(precision)
-        target = min(view.cost(keep), prepared.budget.target)
-        trials = []
-        for group in floating:
-            changed = {**precision, group: LOW}
-            moved = prepared.cost_model.at_precision(changed)
-            grown = moved.grown_policy(keep, target)
-            if moved.cost(grown) <= target * (1 + 1e-9):  # int8 is not always the cheaper (a few channels)
-                trials.append((score(grown, changed), group, changed, grown))
+
+    def trial(group: str) -> tuple[float, dict[str, str], dict[str, int]] | None:
+        """``group`` in int8 with channels grown back to the student's predicted cost, scored (None: no cheaper)."""
+        target = min(prepared.cost_model.at_precision(precision).cost(keep), prepared.budget.target)
+        changed = {**precision, group: LOW}
+        moved = prepared.cost_model.at_precision(changed)
+        grown = moved.grown_policy(keep, target)
+        if moved.cost(grown) > target * (1 + 1e-9):  # int8 is not always the cheaper (a few channels)
+            return None
+        return score(grown, changed), changed, grown
+
+    # Lazy greedy: a trial scored at an earlier student is scored again only when it would win.
+    trials = {group: trial(group) for group in floating}
+    fresh = set(trials)
+    while True:
+        trials = {g: t for g, t in trials.items() if t is not None}
         if not trials:
             break
-        accuracy, group, changed, grown = max(trials, key=lambda trial: trial[0])  # the first on ties
+        group = max(trials, key=lambda g: trials[g][0])  # the first on ties
+        if group not in fresh:
+            trials[group] = trial(group)
+            fresh.add(group)
+            continue
+        accuracy, changed, grown = trials.pop(group)
         if accuracy <= current:
             break
-        predicted = prepared.cost_model.at_precision(changed).cost(grown)
+        before, predicted = prepared.cost_model.at_precision(precision).cost(keep), prepared.cost_model.at_precision(changed).cost(grown)
         moves.append({"group": group, "to": LOW, "accuracy_before": round(current, 6), "accuracy_after": round(accuracy, 6),
-                      "predicted_before_ms": round(view.cost(keep), 4), "predicted_after_ms": round(predicted, 4),
+                      "predicted_before_ms": round(before, 4), "predicted_after_ms": round(predicted, 4),
                       "channels_added": sum(grown[g] - keep[g] for g in grown)})
         log(f"precision exchange: {group} to int8 with {moves[-1]['channels_added']} channels given back, validation "
             f"accuracy {current:.2%} -> {accuracy:.2%} at {predicted:.3f} ms predicted")
-        floating = [g for gained, g, _, _ in trials if g != group and gained > current]
-        precision, keep, current = changed, grown, accuracy
+        # a trial scored at this student that did not gain is done; one scored earlier is scored again when it would win
+        trials = {g: t for g, t in trials.items() if t is not None and (g not in fresh or t[0] > current)}
+        precision, keep, current, fresh = changed, grown, accuracy, set()
     if not moves:
         return best, []
     extra = {**best.extra, "precision": dict(precision)}
