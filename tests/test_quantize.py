@@ -466,11 +466,11 @@ def _config(tmp_path, lut, quantize, **overrides):
 
 @pytest.mark.parametrize("quantize", ["int8", pytest.param("mixed", marks=pytest.mark.slow)])  # mixed: ~80 s on 2 cores
 def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, monkeypatch):
-    from hwcompress.search import run as run_module
+    from hwcompress.search import quantized as quantized_module
     from hwcompress.slim.quantize import onnx_accuracy
 
     if quantize == "mixed":  # the whole int8 teacher fits the budget and would be kept: the searched student is the subject
-        monkeypatch.setattr(run_module, "prefer_whole_int8", lambda prepared, best, score, log: best)
+        monkeypatch.setattr(quantized_module, "prefer_whole_int8", lambda prepared, best, score, log: best)
     result = run_search(_config(tmp_path, int8_lut, quantize), progress=False)
     out = tmp_path / "out"
     doc = json.loads((out / "result.json").read_text())
@@ -639,7 +639,9 @@ def test_the_precision_exchange_trades_a_float_group_for_channels_where_that_sco
     all_moved, moves3 = exchange_precisions(prepared, Candidate(half, extra={"precision": floating3}), likes_int8, lambda _m: None)
     assert sorted(m["group"] for m in moves3) == sorted(three) and all(all_moved.extra["precision"][g] == "int8" for g in three)
     assert [m["accuracy_after"] for m in moves3] == sorted(m["accuracy_after"] for m in moves3)
-    assert len(calls) <= 1 + len(three) + 2 * len(three)  # lazy: a stale trial is scored again only when it would win
+    # lazy: the student, three trials, then after each move only the stale winner is scored again (a plain
+    # greedy scores every remaining group at every student: 1 + 3 + 2 + 1 = 7)
+    assert len(calls) == 1 + 3 + 1 + 1
 
     def prefers_float(keep, precision):
         return 1.0 - sum(p == "int8" for p in precision.values()) / 100  # every move to int8 scores lower
@@ -650,6 +652,42 @@ def test_the_precision_exchange_trades_a_float_group_for_channels_where_that_sco
     assert exchange_precisions(prepared, all_int8, score, lambda _m: None) == (all_int8, [])
     plan.mode = "int8"  # nothing to choose: nothing to exchange
     assert exchange_precisions(prepared, best, score, lambda _m: None) == (best, [])
+
+
+def test_the_precision_exchange_rescores_stale_trials_skips_dearer_int8_and_yields_to_the_whole_int8_teacher(int8_lut):
+    """After a move every other trial is stale: one that no longer gains is dropped and the next is scored
+    again (its gain may have grown); a group whose int8 layers cost more than its float ones is never
+    tried; and when the whole int8 teacher is kept instead, no exchange is reported."""
+    from hwcompress.search.agent import Candidate
+    from hwcompress.search.quantized import exchange_precisions, settle_precision
+
+    plan, cost, groups, _ = _plan_and_cost(int8_lut)
+    a, b, c, dear = plan.choosable[:4]
+    dear_layers = set(plan.group_layers[dear])
+    # int8 a third of float's time, except the dear group's layers, which cost three times more in int8
+    cost.set_latency(lambda rows: 0.1 + sum(r.macs * ((3.0 if r.name in dear_layers else 0.3) if getattr(r, "precision", None) == "int8"
+                                                      else 1.0) for r in rows) / 1e7)
+    table = {(): 0.90, (a,): 0.95, (b,): 0.93, (c,): 0.92, (dear,): 0.99, (a, b): 0.94, (a, c): 0.97, (a, b, c): 0.96}
+
+    def score(keep, precision):  # accuracy by which of the four groups run in int8
+        return table.get(tuple(g for g in (a, b, c, dear) if precision.get(g) == "int8"), 0.5)
+
+    searched = {name: "int8" for name in plan.choosable} | {g: "fp32" for g in (a, b, c, dear)}
+    half = {g.name: cost.round(g, 0.5) for g in groups}
+    prepared = _prepared(cost, plan, budget_ms=cost.at_precision(searched).cost(half) * 1.2, mode="mixed")
+    best = Candidate(half, accuracy=0.9, extra={"precision": searched})
+    exchanged, moves = exchange_precisions(prepared, best, score, lambda _m: None)
+    assert [m["group"] for m in moves] == [a, c] and exchanged.accuracy == 0.97  # b dropped at .94, then c scored again
+    assert exchanged.extra["precision"][b] == "fp32" and exchanged.extra["precision"][dear] == "fp32"  # dear: never cheaper
+
+    fits = _prepared(cost, plan, budget_ms=cost.cost(cost.full_policy()) * 1.1, mode="mixed",
+                     anchors=[{"name": "teacher int8", "measured_ms": cost.cost(cost.full_policy())}])
+    kept, reported = settle_precision(fits, best, lambda keep, precision=None: 0.99 if keep == cost.full_policy() else score(keep, precision),
+                                      lambda _m: None)
+    assert kept.extra == {"whole_int8": True} and reported == []  # the exchanged student was not kept
+    kept, reported = settle_precision(prepared, best, score, lambda _m: None)
+    assert kept.accuracy == 0.97 and [m["group"] for m in reported] == [a, c]
+    assert settle_precision(prepared, best, score, lambda _m: None, interrupted=True) == (best, [])
 
 
 def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):

@@ -86,15 +86,20 @@ def exchange_precisions(prepared: Any, best: Any, score: Callable[..., float],
 
     A search that keeps a few groups in float pays for them with channels elsewhere (the clamp holds the
     joint cost), and in 30 episodes the agent has tried few of the 2^groups precision maps: on resnet18 at
-    64 px, where int8 runs a layer in a third of its float time, mixed students kept 3-4 groups in float
+    64 px, where int8 runs a layer in a third of its float time, mixed students kept 3-4 layers in float
     at 2.5-2.7x fewer parameters and lost to the all-int8 search by 5 points at a budget the int8
-    teacher nearly meets. Each round tries every group still in float: in int8, with channels grown back
-    up to the student's predicted cost (:meth:`~hwcompress.search.cost.CostModel.grown_policy`, the
-    cheapest channels first; a group whose int8 layers cost more than its float ones at these widths is
-    not tried), scored as the runtime runs it. The best trial replaces the student when it scores
-    higher; groups whose trial did not gain are not tried again, and a trial scored before the last move
-    is scored again only when it would win (lazy greedy: about one scored student per float group, not
-    one per group and round). One record per move is returned.
+    teacher nearly meets. A trial puts one float group in int8 and grows channels back up to the
+    student's predicted cost, capped at the search target (:meth:`~hwcompress.search.cost.CostModel.grown_policy`,
+    the cheapest channels first; a group whose int8 layers cost more than its float ones at these widths
+    is not tried), and is scored as the runtime runs it. The best trial replaces the student when it
+    scores higher. Lazy greedy: after a move, the trials scored at the earlier student are scored again,
+    best first, and a trial scored at the current student that does not gain is dropped; the exchange
+    ends when none is left. That is at most one score per remaining group per move, usually about one
+    per float group. One record per move is returned.
+
+    The trials are compared at equal *predicted* cost, and int8 students are predicted less well than
+    float ones (docs/benchmarks.md): the repair that follows measures the exchanged student and trims it
+    if it runs over.
     """
     quantized = prepared.quantized
     if (quantized is None or not quantized.plan.choosable or not prepared.budget.is_latency or best.removed_units
@@ -133,21 +138,30 @@ def exchange_precisions(prepared: Any, best: Any, score: Callable[..., float],
             continue
         accuracy, changed, grown = trials.pop(group)
         if accuracy <= current:
-            break
+            continue  # scored at this student and no gain: dropped; the stale ones may still gain
         before, predicted = prepared.cost_model.at_precision(precision).cost(keep), prepared.cost_model.at_precision(changed).cost(grown)
         moves.append({"group": group, "to": LOW, "accuracy_before": round(current, 6), "accuracy_after": round(accuracy, 6),
                       "predicted_before_ms": round(before, 4), "predicted_after_ms": round(predicted, 4),
                       "channels_added": sum(grown[g] - keep[g] for g in grown)})
         log(f"precision exchange: {group} to int8 with {moves[-1]['channels_added']} channels given back, validation "
             f"accuracy {current:.2%} -> {accuracy:.2%} at {predicted:.3f} ms predicted")
-        # a trial scored at this student that did not gain is done; one scored earlier is scored again when it would win
-        trials = {g: t for g, t in trials.items() if t is not None and (g not in fresh or t[0] > current)}
+        trials = {g: t for g, t in trials.items() if t is not None}  # all stale now: scored again when they would win
         precision, keep, current, fresh = changed, grown, accuracy, set()
     if not moves:
         return best, []
     extra = {**best.extra, "precision": dict(precision)}
     return type(best)(keep, [], best.episode, current, prepared.cost_model.at_precision(precision).cost(keep),
                       best.reward, None, extra), moves
+
+
+def settle_precision(prepared: Any, best: Any, score: Callable[..., float], log: Callable[[str], None],
+                     interrupted: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+    """After the search: the precision exchange (:func:`exchange_precisions`; skipped after an interrupt,
+    as fine-tuning is), then the whole int8 teacher where it fits and scores higher
+    (:func:`prefer_whole_int8`). The exchange's records are returned only when its student is kept."""
+    exchanged, moves = (best, []) if interrupted else exchange_precisions(prepared, best, score, log)
+    kept = prefer_whole_int8(prepared, exchanged, score, log)
+    return kept, (moves if kept is exchanged else [])
 
 
 class QuantizedStudents:

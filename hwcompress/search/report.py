@@ -130,9 +130,10 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     if files:
         lines += ["", "Files: " + ", ".join(files) + ", plots: " + ", ".join(f"`{p}`" for p in doc["artifacts"].get("plots", []))]
     for move in doc.get("precision_exchanges") or []:
-        lines.append(f"\nPrecision exchange: `{move['group']}` went from float to int8 and the time it freed came back as "
-                     f"{move['channels_added']} channels; validation accuracy {move['accuracy_before']:.2%} -> "
-                     f"{move['accuracy_after']:.2%} at {move['predicted_after_ms']:.3f} ms predicted.")
+        back = (f"the time it freed came back as {move['channels_added']} channels" if move["channels_added"]
+                else "no channels fitted in the time it freed")
+        lines.append(f"\nPrecision exchange: `{move['group']}` went from float to int8 and {back}; validation accuracy "
+                     f"{move['accuracy_before']:.2%} -> {move['accuracy_after']:.2%} at {move['predicted_after_ms']:.3f} ms predicted.")
     for number, repair in enumerate(doc.get("budget_repairs") or [], 1):
         if repair.get("grown") and repair.get("source") == "predicted":
             lines.append(f"\nGrow step {number}: the student was predicted at {repair['predicted_ms']:.3f} ms, under 95% of "

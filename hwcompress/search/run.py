@@ -26,7 +26,7 @@ from hwcompress.search.checkpoint import CHECKPOINT, OutputLock, check_fresh, lo
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.finish import finish
 from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
-from hwcompress.search.quantized import candidate_precision, exchange_precisions, prefer_whole_int8
+from hwcompress.search.quantized import candidate_precision, settle_precision
 from hwcompress.search.repair import fit_to_budget
 from hwcompress.search.report import load_policy, print_summary
 from hwcompress.search.scoring import policy_scorer, torch_threads
@@ -193,8 +193,9 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         if best is None:
             raise UserError("interrupted before the first student was scored; nothing to write" if interrupted
                             else f"agent {config.agent!r} reported no student; nothing to write")
-        best, exchanges = exchange_precisions(prepared, best, score, log)
-        best = prefer_whole_int8(prepared, best, score, log)
+        exchange_started = time.perf_counter()
+        best, exchanges = settle_precision(prepared, best, score, log, interrupted)
+        exchange_seconds = time.perf_counter() - exchange_started
         prepared.use_precision(candidate_precision(best))  # a mixed-precision student is priced and measured as chosen
         repair_started = time.perf_counter()
         repairs = fit_to_budget(prepared, best, log, score)
@@ -205,7 +206,8 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                              prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None,
                              {k: v for k, v in best.extra.items() if k != "whole_int8"})
         extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs],
-                                 **({"precision_exchanges": exchanges} if prepared.quantized is not None else {}),
+                                 **({"precision_exchanges": exchanges, "exchange_seconds": round(exchange_seconds, 2)}
+                                    if prepared.quantized is not None else {}),
                                  "repair_seconds": round(repair_seconds, 2)}
         summary = getattr(agent, "summary", None)
         if callable(summary):
