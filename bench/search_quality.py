@@ -197,7 +197,7 @@ def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict
     objects = {"model": PYTHON_OBJECT, "data": PYTHON_OBJECT} if given["teacher"] is not None else {}
     config = SearchConfig(budget=budget, agent="amc", episodes=args.episodes, seed=seed,
                           finetune_epochs=args.finetune_epochs, out=str(folder), quantize=quantize, lbound=args.lbound,
-                          **objects)
+                          anchors=args.anchors, **objects)
     try:
         doc = (apply_policy(config, policy, progress=False, **given) if policy else
                run_search(config, progress=False, **given)).report
@@ -321,6 +321,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="--quantized: a torchvision architecture trained here on digits "
                         "(default: the embedded ResNet-56)")
     parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
+    parser.add_argument("--anchors", type=int, default=2, choices=(2, 3),
+                        help="--quantized: students measured to anchor each search's cost model (3: also one at the budget)")
     parser.add_argument("--train-teacher", type=int, default=2, help="--model: the teacher's training epochs")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",")]
