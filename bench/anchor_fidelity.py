@@ -18,13 +18,19 @@ Both curves are built from the same measurements of one run and their students a
 alternately in one loop, so a machine that slows down mid-run slows both.
 
     python bench/anchor_fidelity.py [--ratios 0.5,0.6,0.7] [--students 8] [--seed 0] [--runs 50]
+
+``--quantize int8`` does the same for int8 students (the curves anchored on int8 students, every student
+measured as its Q/DQ model); ``--model resnet18 --input-size 64`` uses that architecture trained on
+digits (as ``bench/search_quality.py --model`` does, kept under ``--out``) instead of the embedded default.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -33,9 +39,12 @@ from hwcompress.search.amc.agents import RandomAgent
 from hwcompress.search.amc.walker import EpisodeWalker
 from hwcompress.search.anchors import Anchor, AnchoredLatency
 from hwcompress.search.config import SearchConfig
-from hwcompress.search.prepare import prepare
+from hwcompress.search.prepare import PYTHON_OBJECT, prepare
 from hwcompress.search.scoring import torch_threads
 from hwcompress.slim.pruning import prune_channels
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_quality import bench_teacher  # noqa: E402  (the same trained teacher as the quantized comparison)
 
 
 def main() -> None:
@@ -44,13 +53,21 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=8, help="students searched per budget and curve")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=None, help="timed iterations per measurement (device default)")
+    parser.add_argument("--quantize", choices=("int8",), default=None, help="int8 students (the int8-anchored curves)")
+    parser.add_argument("--model", default=None, help="a torchvision architecture trained here on digits (default: the embedded ResNet-56)")
+    parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
+    parser.add_argument("--train-teacher", type=int, default=2, help="--model: the teacher's training epochs")
+    parser.add_argument("--out", default="bench-out", help="--model: where the trained teacher is kept")
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
 
     with torch_threads(1):
         started = time.perf_counter()
-        config = SearchConfig(budget=Budget.latency_ratio(ratios[0]), anchors=2, runs=args.runs, seed=args.seed)
-        prepared = prepare(config, log=lambda m: print(f"  {m}"))
+        teacher, splits, _ = bench_teacher(args, Path(args.out))
+        objects = {"model": PYTHON_OBJECT, "data": PYTHON_OBJECT} if teacher is not None else {}
+        config = SearchConfig(budget=Budget.latency_ratio(ratios[0]), anchors=2, runs=args.runs, seed=args.seed,
+                              quantize=args.quantize, **objects)
+        prepared = prepare(config, teacher=teacher, splits=splits, log=lambda m: print(f"  {m}"))
         cost_model = prepared.cost_model
         curve2 = cost_model.latency_of
         raw = curve2.raw

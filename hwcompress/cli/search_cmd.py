@@ -52,7 +52,8 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--reconstruct", is_flag=True, default=None, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--anchors", type=int,
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
-                   "student (default), 3 = also a uniform student at the budget (docs/search.md).")
+                   "student (the default), 3 = also a uniform student at the budget (the default with --quantize: int8 "
+                   "students bend away from the two-anchor line; docs/search.md).")
 @click.option("--verdict-rounds", type=int, metavar="N",
               help="Latency budgets: most rounds of the final measurement: 5 interleaved with the teacher, then 2 more at a time "
                    "while the median's confidence interval still holds the budget, up to N (odd; 5: never more; default 15).")

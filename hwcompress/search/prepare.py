@@ -355,11 +355,11 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
             log(note)
         elif quantized is not None:
             used, note = quantized.anchor(cost_model, measure, module, example,
-                                          budget.target if config.anchors >= 3 else None, log, table)
+                                          budget.target if config.anchor_count >= 3 else None, log, table)
         else:
             used, note = anchor_latency(
                 cost_model, lambda keep, name: measure(prune_channels(module, example, keep), name)["median"],
-                measure.teacher_ms, budget.target if config.anchors >= 3 else None, log)
+                measure.teacher_ms, budget.target if config.anchor_count >= 3 else None, log)
         anchors = [a.to_dict() for a in used]
         notes.append(note)
     prepared = Prepared(config, budget, descriptor, timing, settings, module, meta, splits, example, layers, groups,
