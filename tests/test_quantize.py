@@ -408,6 +408,19 @@ def test_quantize_refuses_a_device_without_an_int8_path():
         SearchConfig(budget=Budget.latency_ratio(0.5), quantize="int4")
 
 
+def test_quantized_searches_anchor_on_three_students_unless_told():
+    """Int8 students bend away from the two-anchor line: --quantize measures a third anchor by default;
+    float searches keep two, and --anchors decides either way (a resumed run keeps what it saved)."""
+    budget = Budget.latency_ratio(0.5)
+    assert SearchConfig(budget=budget).anchor_count == 2
+    assert SearchConfig(budget=budget, quantize="int8").anchor_count == 3
+    assert SearchConfig(budget=budget, quantize="mixed", anchors=2).anchor_count == 2
+    assert SearchConfig(budget=budget, anchors=3).anchor_count == 3
+    assert SearchConfig.from_dict(SearchConfig(budget=budget, quantize="int8", anchors=2).to_dict()).anchor_count == 2
+    with pytest.raises(UserError, match="--anchors"):
+        SearchConfig(budget=budget, anchors=4)
+
+
 def test_search_refuses_quantize_on_a_runtime_without_int8(tmp_path, monkeypatch):
     from hwcompress_profiler_onnxruntime import OnnxRuntimeProfiler
 
