@@ -321,8 +321,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="--quantized: a torchvision architecture trained here on digits "
                         "(default: the embedded ResNet-56)")
     parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
-    parser.add_argument("--anchors", type=int, default=2, choices=(2, 3),
-                        help="--quantized: students measured to anchor each search's cost model (3: also one at the budget)")
+    parser.add_argument("--anchors", type=int, default=None, choices=(2, 3),
+                        help="--quantized: students measured to anchor each search's cost model (3: also one at the budget; "
+                             "default: the search's, 3 under --quantize)")
     parser.add_argument("--train-teacher", type=int, default=2, help="--model: the teacher's training epochs")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",")]
