@@ -344,6 +344,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         measure = QuantizedMeasurement(measure, quantized)  # anchors, repair and verdict time int8 students
     if budget.is_latency and measure is not None:
         raw = cost_model.latency_of
+        third_anchor_at = budget.target if config.anchor_count >= 3 else None  # a uniform student at the search target
         if saved and saved.get("anchors"):
             used = [Anchor(a["name"], a["predicted_ms"], a["measured_ms"]) for a in saved["anchors"]]
             if quantized is not None:
@@ -354,12 +355,11 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
                 f"{a.name} {a.measured_ms:.3f} ms" for a in used)
             log(note)
         elif quantized is not None:
-            used, note = quantized.anchor(cost_model, measure, module, example,
-                                          budget.target if config.anchor_count >= 3 else None, log, table)
+            used, note = quantized.anchor(cost_model, measure, module, example, third_anchor_at, log, table)
         else:
             used, note = anchor_latency(
                 cost_model, lambda keep, name: measure(prune_channels(module, example, keep), name)["median"],
-                measure.teacher_ms, budget.target if config.anchor_count >= 3 else None, log)
+                measure.teacher_ms, third_anchor_at, log)
         anchors = [a.to_dict() for a in used]
         notes.append(note)
     prepared = Prepared(config, budget, descriptor, timing, settings, module, meta, splits, example, layers, groups,

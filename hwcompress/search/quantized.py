@@ -145,8 +145,7 @@ def exchange_precisions(prepared: Any, best: Any, score: Callable[..., float],
                       "channels_added": sum(grown[g] - keep[g] for g in grown)})
         log(f"precision exchange: {group} to int8 with {moves[-1]['channels_added']} channels given back, validation "
             f"accuracy {current:.2%} -> {accuracy:.2%} at {predicted:.3f} ms predicted")
-        trials = {g: t for g, t in trials.items() if t is not None}  # all stale now: scored again when they would win
-        precision, keep, current, fresh = changed, grown, accuracy, set()
+        precision, keep, current, fresh = changed, grown, accuracy, set()  # the other trials are stale now
     if not moves:
         return best, []
     extra = {**best.extra, "precision": dict(precision)}
