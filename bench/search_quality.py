@@ -183,7 +183,7 @@ def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
 
 
 def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict, variant: str, quantize: str | None,
-                  policy: Path | None = None, seed: int = 0) -> dict:
+                  policy: Path | None = None, seed: int = 0, context: int | None = None) -> dict:
     """One row of the ``--quantized`` comparison; ``state["budget_ms"]`` carries the absolute budget. A
     budget no student of the variant can reach is a row too, with the smallest latency it could."""
     from hwcompress.errors import UserError
@@ -197,7 +197,7 @@ def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict
     objects = {"model": PYTHON_OBJECT, "data": PYTHON_OBJECT} if given["teacher"] is not None else {}
     config = SearchConfig(budget=budget, agent="amc", episodes=args.episodes, seed=seed,
                           finetune_epochs=args.finetune_epochs, out=str(folder), quantize=quantize, lbound=args.lbound,
-                          anchors=args.anchors, **objects)
+                          anchors=args.anchors, context_students=context, **objects)
     try:
         doc = (apply_policy(config, policy, progress=False, **given) if policy else
                run_search(config, progress=False, **given)).report
@@ -222,6 +222,7 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     """The ``--quantized`` comparison (module docstring): one row per variant and budget."""
     rows = []
     variants = [v.strip() for v in args.variants.split(",")]
+    contexts = [int(c) for c in args.context_students.split(",")] if args.context_students else [None]
     out.mkdir(parents=True, exist_ok=True)
     teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -242,10 +243,11 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
                 else:
                     rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"],
                                  "refused": "no prune-only student to quantize"})
-            searches = [v for v in ("int8 + search", "mixed") if v in variants]
-            for variant in (searches if index % 2 == 0 else searches[::-1]):  # the two searches alternate in order
-                rows.append(quantized_run(args, out, ratio, state, variant, "int8" if variant == "int8 + search" else "mixed",
-                                          seed=seed))
+            searches = [(v, c) for v in ("int8 + search", "mixed") if v in variants for c in contexts]
+            for variant, context in (searches if index % 2 == 0 else searches[::-1]):  # the searches alternate in order
+                label = variant if context is None else f"{variant} ({'LUT' if context == 0 else f'context {context}'})"
+                rows.append(quantized_run(args, out, ratio, state, label, "int8" if variant == "int8 + search" else "mixed",
+                                          seed=seed, context=context))
     return rows
 
 
@@ -325,6 +327,10 @@ def main() -> None:
                         help="--quantized: students measured to anchor each search's cost model (3: also one at the budget; "
                              "default: the search's, 3 under --quantize)")
     parser.add_argument("--train-teacher", type=int, default=2, help="--model: the teacher's training epochs")
+    parser.add_argument("--context-students", default=None, metavar="N[,N]",
+                        help="--quantized: students each search profiles to fit its cost model in context (0: the LUT alone; "
+                             "default: the search's, 8 under --quantize); several values run each search once per value, "
+                             "alternating, labelled '(LUT)' or '(context N)'")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",")]
     if sorted(set(variants) - set(VARIANTS)):

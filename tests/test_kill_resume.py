@@ -4,11 +4,12 @@ searches never share an output folder.
 The searches run in real subprocesses (`hwcompress search`) under a latency budget on the
 `steady-board` device, whose profiler is a test double for measurement noise (tests/plugins/README.md):
 the same model always measures the same, so "the same policy" is a property the run can have. One run
-is killed five times, each at a different phase (measuring the teacher, recording the LUT, the
-episodes, fine-tuning, the final measurement), and resumed after each kill; its policy and student must
-equal those of a run that was never interrupted. The default suite kills it during the episodes (the
-longest phase, resumed mid-way; the suite must stay under 10 minutes on 2 cores); `--runslow` kills it
-in all five, the LUT recording included.
+is killed six times, each at a different phase (measuring the teacher, recording the LUT, profiling
+the students the cost model is fitted on, the episodes, fine-tuning, the final measurement), and
+resumed after each kill; its policy, student and fitted cost model must equal those of a run that was
+never interrupted. The default suite kills it during the episodes (the longest phase, resumed mid-way;
+the suite must stay under 10 minutes on 2 cores); `--runslow` kills it in all six, the LUT recording
+included.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SEARCH = ["--device", "steady-board", "-m", TINY, "--data", "digits", "--latency
           "--warmup-episodes", "2", "--agent-option", "hidden=32", "--agent-option", "batch_size=8", "--val-limit", "64",
           "--bn-calibration", "32", "--finetune-epochs", "1", "--seed", "3", "--no-plots"]
 # The line each kill waits for (stderr, one line per phase when not a terminal), and then how long.
-KILLS = [("measuring the teacher", 0.1), ("recording the latency LUT", 1.0), ("ep    2", 0.0),
+KILLS = [("measuring the teacher", 0.1), ("recording the latency LUT", 1.0), ("cost model: profiling", 1.0), ("ep    2", 0.0),
          ("fine-tuning the student", 0.5), ("measuring the student", 0.6)]
 
 
@@ -77,8 +78,8 @@ def _digest(folder: Path) -> str:
 @pytest.mark.parametrize("kills_at, extra, pause", [
     # the default suite: the longest phase, resumed mid-way; without fine-tuning, which it does not kill,
     # and without the steady board's pauses, which only serve kills inside the other phases
-    pytest.param(KILLS[2:3], ["--finetune-epochs", "0"], "0", id="episodes"),
-    pytest.param(KILLS, [], "0.25", id="every-phase", marks=pytest.mark.slow),  # all five (about 160 s on 2 cores)
+    pytest.param(KILLS[3:4], ["--finetune-epochs", "0"], "0", id="episodes"),
+    pytest.param(KILLS, [], "0.25", id="every-phase", marks=pytest.mark.slow),  # all six (about 3 min on 2 cores)
 ])
 def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kills_at, extra, pause, monkeypatch):
     monkeypatch.setenv("HWCOMPRESS_STEADY_PAUSE", pause)  # the subprocesses' steady board (_env copies os.environ)
@@ -107,6 +108,8 @@ def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kil
     b = json.loads((killed / "result.json").read_text())
     assert b["student"]["params"] == a["student"]["params"] and b["budget"] == a["budget"]
     assert b["episodes"] == a["episodes"] == 6 and b["cost_model_anchors"] == a["cost_model_anchors"]
+    fit = {k: v for k, v in a["cost_model_context"].items() if k != "seconds"}  # the same fit, resumed or not
+    assert fit == {k: v for k, v in b["cost_model_context"].items() if k != "seconds"} and fit["students"] == 6
 
 
 def test_two_searches_never_share_an_output_folder(tmp_path):

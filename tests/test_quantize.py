@@ -421,6 +421,40 @@ def test_quantized_searches_anchor_on_three_students_unless_told():
         SearchConfig(budget=budget, anchors=4)
 
 
+def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_the_fit(tmp_path, int8_lut, monkeypatch):
+    """--quantize profiles students layer by layer with ONNX Runtime's node profiler and fits each layer's
+    int8 time; the anchors map that fit onto measured students; a resumed run reads the fit back and
+    profiles nothing."""
+    from hwcompress.search import context as context_module
+    from hwcompress.search import prepare as prepare_module
+    from hwcompress.search.anchors import AnchoredLatency
+    from hwcompress.search.prepare import prepare
+
+    profiled = []
+    real = context_module.profile_student
+    monkeypatch.setattr(context_module, "profile_student", lambda *a, **k: profiled.append(a[-1]) or real(*a, **k))
+    config = _config(tmp_path, int8_lut, "int8", budget=Budget.latency_ratio(0.9), context_students=4, anchors=2)
+    notes: list[str] = []
+    prepared = prepare(config, search=False, log=notes.append)
+    fitted = prepared.context
+    assert len(profiled) == 4 * context_module.PASSES and fitted.students == 4
+    int8 = set(prepared.quantized.plan.int8_layers)
+    assert int8 and {(name, "int8") for name in int8} <= set(fitted.lines)
+    assert all(a >= 0 and b >= 0 for a, b in fitted.lines.values()) and fitted.other_ms["int8"] > 0
+    curve = prepared.cost_model.latency_of
+    assert isinstance(curve, AnchoredLatency) and curve.raw is fitted
+    teacher_rows = prepared.cost_model.layers_for(prepared.cost_model.full_policy(), priced=True)
+    assert {a["name"]: a["predicted_ms"] for a in prepared.anchors}["teacher int8"] == pytest.approx(fitted(teacher_rows), rel=1e-4)
+    assert any("fitted in context" in n for n in notes) and any("fitted in context" in n for n in prepared.notes)
+    saved = prepared.saved()
+    assert saved["context"]["students"] == 4
+
+    monkeypatch.setattr(prepare_module, "fit_in_context", lambda *a, **k: pytest.fail("a resumed run profiled again"))
+    resumed = prepare(config, saved=saved, search=False, log=lambda m: None)
+    policy = prepared.cost_model.min_policy()
+    assert resumed.cost_model.cost(policy) == pytest.approx(prepared.cost_model.cost(policy), rel=1e-4)
+
+
 def test_search_refuses_quantize_on_a_runtime_without_int8(tmp_path, monkeypatch):
     from hwcompress_profiler_onnxruntime import OnnxRuntimeProfiler
 

@@ -435,6 +435,9 @@ def test_search_measures_on_the_ssh_device(cli, lab, box, tmp_path):
     assert doc["verdict"]["source"] == "measured" and doc["verdict"]["host"] == host
     assert doc["device"]["facts"]["host"] == host and doc["device"]["facts"]["ssh_connection"].endswith(str(box.port))
     assert doc["teacher"]["latency"]["source"] == "measured" and doc["student"]["latency_ms"] > 0
+    # The cost model was fitted on students profiled layer by layer on the board, over ssh (the default).
+    assert doc["cost_model_context"]["students"] == 6 and doc["cost_model_context"]["layers"] > 0
+    assert any("fitted in context" in note for note in doc["notes"])
 
 
 # -- faults: one line, exit code 2 ------------------------------------------------------------------

@@ -60,10 +60,12 @@ def test_every_episode_meets_the_budget_under_the_clamp(seed):
 
 
 def _config(tmp_path, **overrides):
-    # No PNG plots (about 1 s a search): the result contract test draws them.
+    # No PNG plots (about 1 s a search): the result contract test draws them. The latency searches here
+    # test the anchors, the repair and the grow step on the LUT's prediction; the fit in context (on by
+    # default) is tested in tests/test_quantize.py, tests/test_kill_resume.py and tests/test_remote.py.
     base = dict(budget=Budget.macs(12e6), agent="amc", model=TINY, data="digits", episodes=6, warmup_episodes=2,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=64,
-                agent_options={"hidden": 32, "batch_size": 8}, plots=False)
+                agent_options={"hidden": 32, "batch_size": 8}, plots=False, context_students=0)
     base.update(overrides)
     if base["agent"] != "amc" and "agent_options" not in overrides:
         base["agent_options"] = {}  # the DDPG settings belong to AMC; other agents refuse them

@@ -54,6 +54,10 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
                    "student (the default), 3 = also a uniform student at the budget (the default with --quantize: int8 "
                    "students bend away from the two-anchor line; docs/search.md).")
+@click.option("--context-students", type=int, metavar="N",
+              help="Before a latency search, profile N students layer by layer on the device and fit the cost model on "
+                   "their in-network layer times (the LUT times each layer alone, which misleads inside a network); "
+                   "0 = the LUT's prediction alone (default 6; docs/search.md).")
 @click.option("--verdict-rounds", type=int, metavar="N",
               help="Latency budgets: most rounds of the final measurement: 5 interleaved with the teacher, then 2 more at a time "
                    "while the median's confidence interval still holds the budget, up to N (odd; 5: never more; default 15).")
@@ -81,7 +85,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
            train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration,
            scoring_precision, reconstruct,
-           anchors, verdict_rounds, no_plots, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
+           anchors, context_students, verdict_rounds, no_plots, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
     The budget is measured latency by default (--latency-ms or --latency-ratio); --macs or --params are
@@ -110,7 +114,8 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "device_file": device_file, "model": model, "weights": weights, "data": data,
         "input_shape": parse_input_shape(input_shape), "episodes": episodes, "warmup_episodes": warmup_episodes,
         "seed": seed, "reward": reward, "lbound": lbound, "finetune_epochs": finetune_epochs,
-        "bn_calibration": bn_calibration, "scoring_precision": scoring_precision, "reconstruct": reconstruct, "anchors": anchors, "lut": lut, "runs": runs,
+        "bn_calibration": bn_calibration, "scoring_precision": scoring_precision, "reconstruct": reconstruct, "anchors": anchors,
+        "context_students": context_students, "lut": lut, "runs": runs,
         "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit, "skip_bad_images": skip_bad_images,
         "quantize": quantize, "train_teacher": train_teacher, "verdict_rounds": verdict_rounds,
         "plots": False if no_plots else None,

@@ -130,10 +130,10 @@ def anchor_latency(
         dropped += more_dropped
         cost_model.set_latency(AnchoredLatency(raw, kept))
     kept = sorted(kept, key=lambda a: a.predicted_ms)
-    parts = [f"{a.name} {a.measured_ms:.3f} ms (LUT {a.predicted_ms:.3f})" for a in reversed(kept)]
+    parts = [f"{a.name} {a.measured_ms:.3f} ms (predicted {a.predicted_ms:.3f})" for a in reversed(kept)]
     note = f"cost model anchored on {len(kept)} students measured in this run: " + ", ".join(parts)
     if dropped:
         note += "; left out as out of order (measurement noise): " + ", ".join(
-            f"{a.name} {a.measured_ms:.3f} ms (LUT {a.predicted_ms:.3f})" for a in dropped)
+            f"{a.name} {a.measured_ms:.3f} ms (predicted {a.predicted_ms:.3f})" for a in dropped)
     log(note)
     return kept, note

@@ -53,6 +53,9 @@ class SearchConfig:
         val_limit: score each episode on at most this many validation images (None: all).
         anchors: students measured to anchor the latency cost model: 2 or 3 (None: 3 under ``quantize``,
             else 2; :attr:`anchor_count`).
+        context_students: students profiled layer by layer on the device before the search, on which the
+            latency cost model is fitted in context (:mod:`hwcompress.search.context`); 0: the LUT's prediction
+            alone; None: :attr:`context_count` (6).
         bn_calibration: train images to re-estimate BatchNorm statistics on before scoring (0: off).
         scoring_precision: the precision float students are evaluated in while the search scores them:
             ``fp32`` (the default), ``auto`` (bfloat16 where the CPU computes it natively, else fp32) or
@@ -94,6 +97,7 @@ class SearchConfig:
     threads: int | None = None
     val_limit: int | None = None
     anchors: int | None = None
+    context_students: int | None = None
     bn_calibration: int = 64
     scoring_precision: str = "fp32"
     torch_threads: int = 1
@@ -127,6 +131,9 @@ class SearchConfig:
             whole(self.val_limit, "--val-limit", 1)
         if self.anchors is not None:
             whole(self.anchors, "--anchors", 2, 3)
+        if self.context_students is not None and whole(self.context_students, "--context-students", 0) in (1, 2):
+            raise UserError(f"--context-students must be 0 (the LUT's prediction alone) or at least 3, to fit each layer's "
+                            f"time on several widths (got {self.context_students})")
         whole(self.bn_calibration, "--bn-calibration", 0)
         if self.scoring_precision not in SCORING_PRECISIONS:
             raise UserError(f"--scoring-precision must be one of {', '.join(SCORING_PRECISIONS)} (got {self.scoring_precision!r})")
@@ -165,6 +172,24 @@ class SearchConfig:
         if self.anchors is not None:
             return int(self.anchors)
         return 3 if self.quantize else 2
+
+    @property
+    def context_count(self) -> int:
+        """Students profiled to fit the latency cost model in context: ``context_students``, else
+        :data:`~hwcompress.search.context.DEFAULT_STUDENTS` (0: the LUT's prediction alone).
+
+        LUT units timed alone mislead inside a network: on 28 held-out students per network, the fit on six
+        profiled students ranked them better on each of four (Kendall tau 0.49-0.75 against 0.24-0.59) and
+        cut the anchored prediction's mean error on three (the embedded ResNet-56 6.1% -> 3.4%, int8 resnet18
+        at 64 px 20.3% -> 6.6%, float mobilenet_v2 at 64 px 18.3% -> 12.2%); on int8 mobilenet_v2 at 64 px
+        the anchors' measurement noise decided the level (``bench/context_fidelity.py``, docs/benchmarks.md).
+        It costs seconds to a minute before the search.
+        """
+        if self.context_students is not None:
+            return int(self.context_students)
+        from hwcompress.search.context import DEFAULT_STUDENTS
+
+        return DEFAULT_STUDENTS
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

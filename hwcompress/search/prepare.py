@@ -3,8 +3,9 @@
 The chain: load the teacher and its data; decide how the device's latency is obtained here
 (:func:`~hwcompress.measure.resolve.resolve_timing`); measure the teacher on the device in interleaved
 rounds; resolve the budget against that measurement; build the cost model from the device's latency
-LUT (loaded, or recorded here on demand and cached) and anchor it on students measured in this run;
-refuse a budget no student can meet, and report one the teacher already meets.
+LUT (loaded, or recorded here on demand and cached), or fit it on students profiled layer by layer in
+this run (``--context-students``, :mod:`hwcompress.search.context`; the default with ``--quantize``),
+and anchor it on students measured in this run; refuse a budget no student can meet, and report one the teacher already meets.
 
 With ``--quantize`` the students are int8 (:mod:`hwcompress.search.quantized`): the teacher is
 quantized once to learn which layers the runtime runs in int8, the LUT holds int8 entries beside the
@@ -13,7 +14,7 @@ and every measurement after the teacher's (anchors, repair, verdict) times the Q
 stays the float teacher's.
 
 A resumed search passes what it saved (the resolved budget, the teacher's reference measurement, the
-anchors and the LUT it used): nothing is measured again, so the cost model, and with it the policy,
+anchors, the LUT it used and the fit in context): nothing is measured again, so the cost model, and with it the policy,
 is the one the interrupted run had.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -41,6 +43,7 @@ from hwcompress.model.training import evaluate
 from hwcompress.search.amc.mixed import CHOICES
 from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency
 from hwcompress.search.config import SearchConfig
+from hwcompress.search.context import ContextLatency, NoNodeTimes, fit_in_context, fit_summary
 from hwcompress.search.cost import CostModel
 from hwcompress.search.precision import ALL_FLOAT, LOW, check_int8_path
 from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents, measured_int8_teacher
@@ -84,6 +87,8 @@ class Prepared:
     quantized: QuantizedStudents | None = None
     #: What the search evaluates float students in (:func:`~hwcompress.search.scoring.resolve_scoring_precision`), and why.
     scoring_precision: tuple[str, str] = ("fp32", "")
+    #: The cost model fitted on students profiled in context (:mod:`hwcompress.search.context`); None: the LUT's.
+    context: ContextLatency | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -99,6 +104,7 @@ class Prepared:
         """What a resumed run reuses instead of measuring again."""
         return {"budget": self.budget.to_dict(), "teacher_reference": self.teacher_measured,
                 "anchors": self.anchors, "lut": self.lut_path,
+                "context": self.context.to_dict() if self.context is not None else None,
                 "scoring_precision": [*self.scoring_precision, self.config.scoring_precision]}
 
 
@@ -342,6 +348,24 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
     anchors: list[dict[str, Any]] = []
     if quantized is not None and measure is not None:
         measure = QuantizedMeasurement(measure, quantized)  # anchors, repair and verdict time int8 students
+    context = None
+    if budget.is_latency and config.context_count and measure is None and config.context_students:
+        notes.append("--context-students: nothing measures on this device here, so the cost model is the LUT's prediction")
+    if budget.is_latency and measure is not None and config.context_count:
+        try:
+            context = ContextLatency.from_dict(saved["context"]) if saved and saved.get("context") else fit_in_context(
+                SimpleNamespace(cost_model=cost_model, teacher=module, example=example, measure=measure, quantized=quantized),
+                config.context_count, config.seed, log)
+        except NoNodeTimes:
+            if config.context_students:  # asked for: refuse; the default falls back to the LUT and says so
+                raise
+            notes.append(f"the {measure.profiler.name} profiler reports no per-node times, so the latency cost model is the "
+                         "LUT's prediction, not fitted in context")
+        if context is not None:
+            cost_model.set_latency(context)
+            table = context  # a mixed student's prediction is split by precision off the fitted sum, as off a LUT's
+            notes.append(fit_summary(context))
+            log(notes[-1])
     if budget.is_latency and measure is not None:
         raw = cost_model.latency_of
         third_anchor_at = budget.target if config.anchor_count >= 3 else None  # a uniform student at the search target
@@ -364,7 +388,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         notes.append(note)
     prepared = Prepared(config, budget, descriptor, timing, settings, module, meta, splits, example, layers, groups,
                         val_set, cost_model, measure, teacher_measured, lut_path, anchors, notes=notes, quantized=quantized,
-                        scoring_precision=scoring_precision)
+                        scoring_precision=scoring_precision, context=context)
     prepared.bounds = check_budget(prepared, refuse_infeasible=search)
     return prepared
 

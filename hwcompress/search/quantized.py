@@ -274,7 +274,7 @@ class QuantizedStudents:
                                  float(smallest))]
             used = self.install_anchors(cost_model, table, [*used, *candidates])
             note += (f"; float part on the fp32 teacher {measure.teacher_ms:.3f} ms and smallest student {smallest:.3f} ms "
-                     f"(LUT {candidates[0].predicted_ms:.3f}, {candidates[1].predicted_ms:.3f})")
+                     f"(predicted {candidates[0].predicted_ms:.3f}, {candidates[1].predicted_ms:.3f})")
         return used, note + " (students quantized to int8)"
 
     def install_anchors(self, cost_model: Any, table: Any, anchors: Sequence[Anchor]) -> list[Anchor]:

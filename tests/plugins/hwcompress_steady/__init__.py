@@ -33,7 +33,11 @@ class SteadyProfiler:
     def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         time.sleep(WHOLE_PAUSE)
         ms = _latency(artifact)
-        return Measurement(LatencyStats.from_samples([ms] * settings.runs), facts=self.facts(settings))
+        node_ms = None
+        if settings.per_layer:  # each layer's share, keyed /module.path/Op as the contract allows; 0.05 ms is the rest
+            node_ms = {f"/{layer.name}/{layer.op}": 2e-8 * layer.macs
+                       for layer in analyze(artifact.module, tuple(artifact.input_shape)).layers if layer.macs}
+        return Measurement(LatencyStats.from_samples([ms] * settings.runs), node_ms=node_ms, facts=self.facts(settings))
 
     def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         time.sleep(UNIT_PAUSE)
