@@ -453,6 +453,9 @@ def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_t
     resumed = prepare(config, saved=saved, search=False, log=lambda m: None)
     policy = prepared.cost_model.min_policy()
     assert resumed.cost_model.cost(policy) == pytest.approx(prepared.cost_model.cost(policy), rel=1e-4)
+    # A run interrupted before the fit existed anchored the LUT's prediction: resumed, it keeps pricing with it.
+    older = prepare(config, saved={k: v for k, v in saved.items() if k != "context"}, search=False, log=lambda m: None)
+    assert older.context is None and not isinstance(older.cost_model.latency_of.raw, context_module.ContextLatency)
 
 
 def test_search_refuses_quantize_on_a_runtime_without_int8(tmp_path, monkeypatch):

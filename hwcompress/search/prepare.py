@@ -3,9 +3,9 @@
 The chain: load the teacher and its data; decide how the device's latency is obtained here
 (:func:`~hwcompress.measure.resolve.resolve_timing`); measure the teacher on the device in interleaved
 rounds; resolve the budget against that measurement; build the cost model from the device's latency
-LUT (loaded, or recorded here on demand and cached), or fit it on students profiled layer by layer in
-this run (``--context-students``, :mod:`hwcompress.search.context`; the default with ``--quantize``),
-and anchor it on students measured in this run; refuse a budget no student can meet, and report one the teacher already meets.
+LUT (loaded, or recorded here on demand and cached), fit it on students profiled layer by layer in this
+run (``--context-students``, :mod:`hwcompress.search.context`; on by default), and anchor it on students
+measured in this run; refuse a budget no student can meet, and report one the teacher already meets.
 
 With ``--quantize`` the students are int8 (:mod:`hwcompress.search.quantized`): the teacher is
 quantized once to learn which layers the runtime runs in int8, the LUT holds int8 entries beside the
@@ -14,8 +14,8 @@ and every measurement after the teacher's (anchors, repair, verdict) times the Q
 stays the float teacher's.
 
 A resumed search passes what it saved (the resolved budget, the teacher's reference measurement, the
-anchors, the LUT it used and the fit in context): nothing is measured again, so the cost model, and with it the policy,
-is the one the interrupted run had.
+anchors, the LUT it used and the fit in context): nothing is measured again, so the cost model, and with
+it the policy, is the one the interrupted run had.
 """
 
 from __future__ import annotations
@@ -352,15 +352,17 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
     if budget.is_latency and config.context_count and measure is None and config.context_students:
         notes.append("--context-students: nothing measures on this device here, so the cost model is the LUT's prediction")
     if budget.is_latency and measure is not None and config.context_count:
-        try:
-            context = ContextLatency.from_dict(saved["context"]) if saved and saved.get("context") else fit_in_context(
-                SimpleNamespace(cost_model=cost_model, teacher=module, example=example, measure=measure, quantized=quantized),
-                config.context_count, config.seed, log)
-        except NoNodeTimes:
-            if config.context_students:  # asked for: refuse; the default falls back to the LUT and says so
-                raise
-            notes.append(f"the {measure.profiler.name} profiler reports no per-node times, so the latency cost model is the "
-                         "LUT's prediction, not fitted in context")
+        if saved and saved.get("anchors"):  # resumed: price as the interrupted run did (its anchors are on that prediction)
+            context = ContextLatency.from_dict(saved["context"]) if saved.get("context") else None
+        else:
+            try:
+                context = fit_in_context(SimpleNamespace(cost_model=cost_model, teacher=module, example=example, measure=measure,
+                                                         quantized=quantized), config.context_count, config.seed, log)
+            except NoNodeTimes:
+                if config.context_students:  # asked for: refuse; the default falls back to the LUT and says so
+                    raise
+                notes.append(f"the {measure.profiler.name} profiler reports no per-node times, so the latency cost model is "
+                             "the LUT's prediction, not fitted in context")
         if context is not None:
             cost_model.set_latency(context)
             table = context  # a mixed student's prediction is split by precision off the fitted sum, as off a LUT's

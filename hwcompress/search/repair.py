@@ -85,8 +85,7 @@ def _reanchor(prepared: Prepared, keep: dict[str, int], measured_ms: float, labe
             {**a.to_dict(), "maps": "the per-precision anchored prediction"} for a in kept if a.name.startswith("repair")]
     else:
         prepared.anchors = [a.to_dict() for a in sorted(kept, key=lambda a: a.predicted_ms)]
-    return (f"cost model re-anchored on the repaired student: {measured_ms:.3f} ms measured "
-            f"({'predicted' if wraps else 'LUT'} {predicted_raw:.3f})")
+    return f"cost model re-anchored on the repaired student: {measured_ms:.3f} ms measured (predicted {predicted_raw:.3f})"
 
 
 def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str], None],
