@@ -507,9 +507,12 @@ def _search_ratio() -> float:
 def _config(tmp_path, lut, quantize, **overrides):
     if "budget" not in overrides:
         overrides = {**overrides, "budget": Budget.latency_ratio(_search_ratio())}
+    # The fit in context (on by default) is tested by the deployable-student search and its own test below;
+    # the rest price with the LUT, which keeps the suite under its 10 minutes.
     base = dict(agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
                 seed=0, finetune_epochs=0.05, out=str(tmp_path / "out"), runs=5, val_limit=48, lut=str(lut),
-                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize, verdict_rounds=5, plots=False)
+                agent_options={"hidden": 16, "batch_size": 4}, quantize=quantize, verdict_rounds=5, plots=False,
+                context_students=0)
     base.update(overrides)
     return SearchConfig(**base)
 
@@ -521,7 +524,8 @@ def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, m
 
     if quantize == "mixed":  # the whole int8 teacher fits the budget and would be kept: the searched student is the subject
         monkeypatch.setattr(quantized_module, "prefer_whole_int8", lambda prepared, best, score, log: best)
-    result = run_search(_config(tmp_path, int8_lut, quantize), progress=False)
+    result = run_search(_config(tmp_path, int8_lut, quantize, context_students=None), progress=False)  # the default fit
+    assert result.report["cost_model_context"]["students"] == 6
     out = tmp_path / "out"
     doc = json.loads((out / "result.json").read_text())
     assert doc["artifacts"]["onnx"] == "student.onnx" and doc["artifacts"]["onnx_fp32"] == "student_fp32.onnx"
@@ -587,6 +591,9 @@ def test_compress_api_takes_quantize(tmp_path, int8_lut):
     assert result.report["quantization"]["mode"] == "mixed" and (tmp_path / "api" / "student.onnx").exists()
     assert result.report["precision_exchanges"] == []  # uniform searches at all-int8: no float group to exchange
     assert {a["name"].rsplit(" ", 1)[-1] for a in result.report["cost_model_anchors"]} >= {"int8", "fp32"}
+    # The default fit in context, for mixed: six widths in int8 and in float, three with random precisions.
+    assert result.report["cost_model_context"]["students"] == 15
+    assert set(result.report["cost_model_context"]["other_ms"]) == {"int8", "fp32"}
 
 
 
