@@ -453,6 +453,8 @@ def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_t
     resumed = prepare(config, saved=saved, search=False, log=lambda m: None)
     policy = prepared.cost_model.min_policy()
     assert resumed.cost_model.cost(policy) == pytest.approx(prepared.cost_model.cost(policy), rel=1e-4)
+    overridden = prepare(config.replace(context_students=0), saved=saved, search=False, log=lambda m: None)
+    assert overridden.context is not None  # its anchors are on the fit: a resume keeps it whatever the setting says now
     # A run interrupted before the fit existed anchored the LUT's prediction: resumed, it keeps pricing with it.
     older = prepare(config, saved={k: v for k, v in saved.items() if k != "context"}, search=False, log=lambda m: None)
     assert older.context is None and not isinstance(older.cost_model.latency_of.raw, context_module.ContextLatency)

@@ -351,23 +351,23 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
     context = None
     if budget.is_latency and config.context_count and measure is None and config.context_students:
         notes.append("--context-students: nothing measures on this device here, so the cost model is the LUT's prediction")
-    if budget.is_latency and measure is not None and config.context_count:
-        if saved and saved.get("anchors"):  # resumed: price as the interrupted run did (its anchors are on that prediction)
-            context = ContextLatency.from_dict(saved["context"]) if saved.get("context") else None
-        else:
-            try:
-                context = fit_in_context(SimpleNamespace(cost_model=cost_model, teacher=module, example=example, measure=measure,
-                                                         quantized=quantized), config.context_count, config.seed, log)
-            except NoNodeTimes:
-                if config.context_students:  # asked for: refuse; the default falls back to the LUT and says so
-                    raise
-                notes.append(f"the {measure.profiler.name} profiler reports no per-node times, so the latency cost model is "
-                             "the LUT's prediction, not fitted in context")
-        if context is not None:
-            cost_model.set_latency(context)
-            table = context  # a mixed student's prediction is split by precision off the fitted sum, as off a LUT's
-            notes.append(fit_summary(context))
-            log(notes[-1])
+    if budget.is_latency and measure is not None and saved and saved.get("anchors"):
+        # resumed: price as the interrupted run did, whatever --context-students says now (its anchors are on that prediction)
+        context = ContextLatency.from_dict(saved["context"]) if saved.get("context") else None
+    elif budget.is_latency and measure is not None and config.context_count:
+        try:
+            context = fit_in_context(SimpleNamespace(cost_model=cost_model, teacher=module, example=example, measure=measure,
+                                                     quantized=quantized), config.context_count, config.seed, log)
+        except NoNodeTimes:
+            if config.context_students:  # asked for: refuse; the default falls back to the LUT and says so
+                raise
+            notes.append(f"the {measure.profiler.name} profiler reports no per-node times, so the latency cost model is "
+                         "the LUT's prediction, not fitted in context")
+    if context is not None:
+        cost_model.set_latency(context)
+        table = context  # a mixed student's prediction is split by precision off the fitted sum, as off a LUT's
+        notes.append(fit_summary(context))
+        log(notes[-1])
     if budget.is_latency and measure is not None:
         raw = cost_model.latency_of
         third_anchor_at = budget.target if config.anchor_count >= 3 else None  # a uniform student at the search target
