@@ -39,13 +39,11 @@ from pathlib import Path
 
 from hwcompress.budget import Budget
 from hwcompress.lut.table import LatencyTable
-from hwcompress.model.export import export_onnx
 from hwcompress.search.anchors import Anchor, AnchoredLatency
 from hwcompress.search.config import SearchConfig
-from hwcompress.search.context import context_policies, fit_context, profile_student
+from hwcompress.search.context import build_students, context_policies, fit_context, profile_student
 from hwcompress.search.prepare import PYTHON_OBJECT, prepare
 from hwcompress.search.scoring import torch_threads
-from hwcompress.slim.pruning import prune_channels
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lut_fidelity import kendall_tau  # noqa: E402
@@ -82,16 +80,7 @@ def main() -> None:
         table = LatencyTable.load(prepared.lut_path)
         policies = context_policies(cost_model, args.students, args.seed)
         with tempfile.TemporaryDirectory(prefix="hwcompress-bench-") as folder:
-            files = []
-            for index, keep in enumerate(policies):
-                module = prune_channels(prepared.teacher, prepared.example, keep)
-                name = f"student-{index}"
-                if prepared.quantized is not None:
-                    path = Path(prepared.quantized.quantize(module, name, {}, folder=folder)[1].path)
-                else:
-                    path = Path(folder) / f"{name}.onnx"
-                    export_onnx(module, prepared.input_shape, path)
-                files.append((path, module, cost_model.layers_for(keep, priced=True), name))
+            files = build_students(prepared, [(keep, None) for keep in policies], folder)
             profiles: list[list] = [[] for _ in files]
             for _ in range(args.passes):
                 for index, (path, module, rows, name) in enumerate(files):

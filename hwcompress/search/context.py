@@ -151,6 +151,11 @@ class ContextLatency:
     def __call__(self, rows: Sequence[LayerSpec]) -> float:
         return float(self.predict_detail(rows).total_ms)
 
+    @property
+    def layers(self) -> int:
+        """How many layers have a fitted line (in any precision)."""
+        return len(self._names)
+
     def to_dict(self) -> dict[str, Any]:
         return {"lines": [[name, key, round(a, 7), b] for (name, key), (a, b) in sorted(self.lines.items())],
                 "other_ms": {k: round(v, 7) for k, v in self.other_ms.items()},
@@ -173,9 +178,8 @@ class Profiled:
     layer_ms: dict[str, float]
     other_ms: float
     mixed: bool = False
-    #: The same measurement's whole-model median (the profiler session, not profiled) and its node count.
+    #: The same measurement's whole-model median (the profiler session, not profiled).
     whole_ms: float | None = None
-    nodes: int = 0
 
     @property
     def total_ms(self) -> float:
@@ -215,24 +219,20 @@ def fit_context(profiled: Sequence[Profiled]) -> ContextLatency:
 def profile_student(profiler: Any, settings: Any, onnx_path: Path, input_shape: Sequence[int], module: Any,
                     rows: Sequence[LayerSpec], name: str, mixed: bool = False) -> Profiled:
     """Profile one student file on the device and split its per-node times into its layer rows."""
-    from hwcompress.measure.contract import ModelArtifact
-    from hwcompress.measure.profile import _producers, layer_of
+    from types import SimpleNamespace
 
-    measured = profiler.measure(ModelArtifact(onnx_path, tuple(input_shape), module, name), replace(settings, per_layer=True, runs=min(int(settings.runs), PROFILED_RUNS)))
+    from hwcompress.measure.contract import ModelArtifact
+    from hwcompress.measure.profile import map_node_times
+    from hwcompress.model.analysis import OTHER
+
+    measured = profiler.measure(ModelArtifact(onnx_path, tuple(input_shape), module, name),
+                                replace(settings, per_layer=True, runs=min(int(settings.runs), PROFILED_RUNS)))
     if not measured.node_ms:
         raise NoNodeTimes(f"--context-students: the {profiler.name} profiler reports no per-node times to fit the cost model "
                           "on; use --context-students 0 (the LUT's prediction)")
-    names = {row.name for row in rows}
-    producers = _producers(onnx_path)
-    layer_ms: dict[str, float] = {}
-    other = 0.0
-    for node, ms in measured.node_ms.items():
-        layer = layer_of(node, names, producers)
-        if layer in names:
-            layer_ms[layer] = layer_ms.get(layer, 0.0) + float(ms)
-        else:
-            other += float(ms)
-    return Profiled(list(rows), layer_ms, other, mixed, float(measured.latency.median), len(measured.node_ms))
+    layer_ms = map_node_times(measured.node_ms, SimpleNamespace(layers=list(rows)), onnx_path)  # (other): what names no layer
+    other = layer_ms.pop(OTHER, 0.0)
+    return Profiled(list(rows), layer_ms, other, mixed, float(measured.latency.median))
 
 
 def context_policies(cost_model: Any, count: int, seed: int) -> list[dict[str, int]]:
@@ -252,6 +252,29 @@ def context_policies(cost_model: Any, count: int, seed: int) -> list[dict[str, i
     return policies
 
 
+def build_students(prepared_like: Any, plans: Sequence[tuple[dict[str, int], dict[str, str] | None]],
+                   folder: str | Path) -> list[tuple[Path, Any, list[LayerSpec], str]]:
+    """Each ``(keep, precision)`` plan pruned from the teacher and written as the file the device runs (the
+    Q/DQ model with ``--quantize``; precision None: the cost model's own), with its priced rows:
+    ``(path, module, rows, name)`` per plan. ``prepared_like`` as :func:`fit_in_context` takes it."""
+    from hwcompress.model.export import export_onnx
+    from hwcompress.slim.pruning import prune_channels
+
+    cost_model, quantized = prepared_like.cost_model, prepared_like.quantized
+    files = []
+    for index, (keep, precision) in enumerate(plans):
+        module = prune_channels(prepared_like.teacher, prepared_like.example, keep)
+        view = cost_model if precision is None else cost_model.at_precision(precision)
+        name = f"context-{index}"
+        if quantized is not None:
+            path = Path(quantized.quantize(module, name, {} if precision is None else precision, folder=folder)[1].path)
+        else:
+            path = Path(folder) / f"{name}.onnx"
+            export_onnx(module, tuple(prepared_like.example.shape), path)
+        files.append((path, module, view.layers_for(keep, priced=True), name))
+    return files
+
+
 def fit_in_context(prepared_like: Any, count: int, seed: int, log: Callable[[str], None] = print) -> ContextLatency:
     """Profile ``count`` students of the search being prepared and fit the cost model on them.
 
@@ -260,9 +283,7 @@ def fit_in_context(prepared_like: Any, count: int, seed: int, log: Callable[[str
     Mixed-precision searches profile each width all in int8 and all in float, and ``count // 2`` students
     with a random precision per group for the cost of changing precision.
     """
-    from hwcompress.model.export import export_onnx
     from hwcompress.search.precision import ALL_FLOAT, FLOAT, LOW
-    from hwcompress.slim.pruning import prune_channels
 
     started = time.perf_counter()
     cost_model, quantized = prepared_like.cost_model, prepared_like.quantized
@@ -280,19 +301,8 @@ def fit_in_context(prepared_like: Any, count: int, seed: int, log: Callable[[str
     log(f"cost model: profiling {len(plans)} students layer by layer on the device, {PASSES} passes "
         f"(--context-students {count})")
     with tempfile.TemporaryDirectory(prefix="hwcompress-context-") as folder:
-        files = []
-        for index, (keep, precision) in enumerate(plans):
-            module = prune_channels(prepared_like.teacher, prepared_like.example, keep)
-            view = cost_model if precision is None else cost_model.at_precision(precision)
-            name = f"context-{index}"
-            if quantized is not None:
-                _, result = quantized.quantize(module, name, {} if precision is None else precision, folder=folder)
-                path = Path(result.path)
-            else:
-                path = Path(folder) / f"{name}.onnx"
-                export_onnx(module, input_shape, path)
-            mixed = precision is not None and precision != ALL_FLOAT
-            files.append((path, module, view.layers_for(keep, priced=True), name, mixed))
+        files = [(*built, precision is not None and precision != ALL_FLOAT)
+                 for built, (_, precision) in zip(build_students(prepared_like, plans, folder), plans)]
         best: list[Profiled | None] = [None] * len(files)
         for _ in range(PASSES):  # whole passes, so that a slow spell of the machine spoils one pass of a student, not both
             for index, (path, module, rows, name, mixed) in enumerate(files):
@@ -305,8 +315,7 @@ def fit_in_context(prepared_like: Any, count: int, seed: int, log: Callable[[str
 
 
 def fit_summary(fitted: ContextLatency) -> str:
-    layers = len({name for name, _ in fitted.lines})
-    text = (f"latency cost model fitted in context: {layers} layers' times on {fitted.students} students profiled on the "
+    text = (f"latency cost model fitted in context: {fitted.layers} layers' times on {fitted.students} students profiled on the "
             f"device ({fitted.seconds:.0f} s)")
     if fitted.transition_ms_per_element:
         text += f", {1e6 * fitted.transition_ms_per_element:.2f} ns per element at a change of precision"

@@ -253,7 +253,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "reachable": {"teacher": prepared.bounds.get("teacher"), "smallest_student": prepared.bounds.get("smallest")},
         "cost_model_anchors": prepared.anchors,
         "cost_model_context": ({k: v for k, v in prepared.context.to_dict().items() if k != "lines"}
-                               | {"layers": len({name for name, _ in prepared.context.lines})}
+                               | {"layers": prepared.context.layers}
                                if prepared.context is not None else None),
         "lut": prepared.lut_path,  # the table the latency cost model predicted from (None: MACs or parameters)
         "budget_margin": {"value": verdict["value"], "source": verdict["source"],
