@@ -41,7 +41,7 @@ from hwcompress.budget import Budget
 from hwcompress.lut.table import LatencyTable
 from hwcompress.search.anchors import Anchor, AnchoredLatency
 from hwcompress.search.config import SearchConfig
-from hwcompress.search.context import build_students, context_policies, fit_context, profile_student
+from hwcompress.search.context import build_students, context_policies, fit_context, fit_summary, profile_student, work
 from hwcompress.search.prepare import PYTHON_OBJECT, prepare
 from hwcompress.search.scoring import torch_threads
 
@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3, help="profiles per student, in whole passes (the fastest is kept)")
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds of each whole-model measurement")
     parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--quantize", choices=("int8",), default=None, help="int8 students (Q/DQ models)")
+    parser.add_argument("--quantize", choices=("int8", "mixed"), default=None,
+                        help="int8 students (Q/DQ models); mixed: the search's own fit and anchors (--context-students the "
+                        "largest --fit) scored on held-out students with a random precision per group, beside all-int8 and "
+                        "all-float ones, with each student's profile split into layers, the rest and the changes of precision")
     parser.add_argument("--model", default=None, help="a torchvision architecture trained here on digits (default: the embedded ResNet-56)")
     parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
     parser.add_argument("--train-teacher", type=int, default=1, help="--model: the teacher's training epochs (latency only: 1 is enough)")
@@ -69,6 +72,8 @@ def main() -> None:
     if not 4 <= min(fits) <= max(fits) < args.students:
         parser.error("--fit must be at least 4 (the teacher, the smallest and the two uniform students) and below --students")
 
+    if args.quantize == "mixed":
+        return mixed_main(args, max(fits))
     with torch_threads(1):
         started = time.perf_counter()
         teacher, splits, _ = bench_teacher(args, Path(args.out))
@@ -119,6 +124,68 @@ def main() -> None:
                       f"{kendall_tau(predicted, [truth[i] for i in held]):.3f} |")
         print()
     print(f"\n({len(held)} held-out students; {time.perf_counter() - started:.0f} s)")
+
+
+def mixed_main(args: argparse.Namespace, count: int) -> None:
+    """``--quantize mixed``: prepare a mixed search as ``hwcompress search`` does (the fit in context on
+    ``count`` widths, anchored per precision), then price and measure held-out students in three kinds."""
+    from hwcompress.lut.predict import transition_elements
+    from hwcompress.search.precision import ALL_FLOAT, FLOAT, LOW
+
+    with torch_threads(1):
+        started = time.perf_counter()
+        teacher, splits, _ = bench_teacher(args, Path(args.out))
+        objects = {"model": PYTHON_OBJECT, "data": PYTHON_OBJECT} if teacher is not None else {}
+        config = SearchConfig(budget=Budget.latency_ratio(0.9), anchors=2, seed=0, quantize="mixed",
+                              context_students=count, **objects)
+        prepared = prepare(config, teacher=teacher, splits=splits, log=lambda m: print(f"  {m}"), search=False)
+        cost_model, measure, fitted = prepared.cost_model, prepared.measure, prepared.context
+        choosable = prepared.quantized.plan.choosable
+        rng = __import__("numpy").random.default_rng(args.seed)
+        widths = context_policies(cost_model, args.students + 4, args.seed)[4:]
+        kinds = ["mixed", "int8", "fp32"]
+        plans = []
+        for index, keep in enumerate(widths):
+            kind = kinds[index % 3]
+            precision = ({g: (LOW if rng.random() < 0.5 else FLOAT) for g in choosable} if kind == "mixed"
+                         else {} if kind == "int8" else dict(ALL_FLOAT))
+            plans.append((kind, keep, precision))
+        rows_out = []
+        with tempfile.TemporaryDirectory(prefix="hwcompress-bench-") as folder:
+            files = build_students(prepared, [(keep, precision) for _, keep, precision in plans], folder)
+            for (kind, keep, precision), (path, module, rows, name) in zip(plans, files):
+                profiled = min((profile_student(measure.profiler, measure.settings, path, prepared.input_shape, module, rows, name)
+                                for _ in range(args.passes)), key=lambda q: q.total_ms)
+                whole = measure.paired(module, name, rounds=args.rounds, onnx_path=path)["median"]
+                detail = fitted.predict_detail(rows)
+                layers_fit = sum(fitted.line(r)[0] + fitted.line(r)[1] * work(r) for r in rows if fitted.line(r))
+                elements = transition_elements(rows, {r.name: getattr(r, "precision", None) for r in rows})
+                rows_out.append({"kind": kind, "measured": whole, "predicted": cost_model.at_precision(precision).cost(keep),
+                                 "profile_ms": profiled.total_ms, "profile_whole_ms": profiled.whole_ms,
+                                 "layers_profiled": sum(profiled.layer_ms.values()), "layers_fit": layers_fit,
+                                 "other_profiled": profiled.other_ms, "fit_total": detail.total_ms,
+                                 "transition_elements": elements})
+        if args.pickle:
+            import pickle
+
+            Path(args.pickle).write_bytes(pickle.dumps({"rows": rows_out, "context": fitted.to_dict(), "anchors": prepared.anchors}))
+
+    print(f"\n{fit_summary(fitted)}; anchors: " + ", ".join(f"{a['name']} {a['measured_ms']:.3f}" for a in prepared.anchors))
+    print("\n| students | n | mean error (search's prediction vs paired) | within +-10% | tau | profiled/fit: layers | "
+          "profiled/fit: rest incl. changes | profile whole/paired |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        chosen = [r for r in rows_out if r["kind"] == kind]
+        if not chosen:
+            continue
+        errors = [(r["predicted"] - r["measured"]) / r["measured"] for r in chosen]
+        rest = [(r["profile_ms"] - r["layers_profiled"]) / max(r["fit_total"] - r["layers_fit"], 1e-9) for r in chosen]
+        print(f"| {kind} | {len(chosen)} | {100 * statistics.mean(errors):+.1f}% (abs {100 * statistics.mean(map(abs, errors)):.1f}%) | "
+              f"{100 * sum(abs(e) <= 0.1 for e in errors) / len(errors):.0f}% | "
+              f"{kendall_tau([r['predicted'] for r in chosen], [r['measured'] for r in chosen]):.3f} | "
+              f"x{statistics.median(r['layers_profiled'] / r['layers_fit'] for r in chosen):.2f} | x{statistics.median(rest):.2f} | "
+              f"x{statistics.median(r['profile_whole_ms'] / r['measured'] for r in chosen):.2f} |")
+    print(f"\n({len(rows_out)} held-out students; {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from hwcompress.lut.keys import at_precision
 from hwcompress.lut.predict import transition_elements
 from hwcompress.model.analysis import LayerSpec
 from hwcompress.search.config import SearchConfig
-from hwcompress.search.context import ContextLatency, Profiled, fit_context, fit_line, work
+from hwcompress.search.context import ContextLatency, Profiled, fit_context, fit_line, without_profiler_overhead, work
 
 
 def conv(name, cin, cout, groups=1, size=8, sources=None):
@@ -86,6 +86,23 @@ def test_a_fit_reads_back_as_it_was_saved():
     again = ContextLatency.from_dict(fitted.to_dict())
     rows = network(24, 24)
     assert again(rows) == pytest.approx(fitted(rows), rel=1e-5) and again.students == 3
+
+
+def test_the_node_profilers_own_cost_is_taken_out_evenly_down_to_the_whole_model_time():
+    # 0.015 ms of nodes for a 0.009 ms model: 0.002 off each, the node that cannot give it stops at zero and
+    # the other two share what it could not give.
+    times, overhead = without_profiler_overhead({"a": 0.010, "b": 0.004, "c": 0.001}, 0.009)
+    assert times == {"a": pytest.approx(0.0075), "b": pytest.approx(0.0015), "c": 0.0}
+    assert sum(times.values()) == pytest.approx(0.009) and overhead == pytest.approx(0.002)
+    # Nodes that sum to the whole or less (a profiler without overhead, or one that times part of the model): as they are.
+    assert without_profiler_overhead({"a": 0.004, "b": 0.003}, 0.009) == ({"a": 0.004, "b": 0.003}, 0.0)
+    # The fit keeps the median overhead of its students, and it reads back.
+    students = [timed(network(a, b)) for a, b in ((8, 16), (32, 64), (16, 40))]
+    for student, cost in zip(students, (0.001, 0.003, 0.002)):
+        student.overhead_ms_per_node = cost
+    fitted = fit_context(students)
+    assert fitted.profiler_overhead_ms_per_node == 0.002
+    assert ContextLatency.from_dict(fitted.to_dict()).profiler_overhead_ms_per_node == 0.002
 
 
 def test_context_students_is_on_by_default_and_checked():

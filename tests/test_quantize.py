@@ -432,12 +432,16 @@ def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_t
 
     profiled = []
     real = context_module.profile_student
-    monkeypatch.setattr(context_module, "profile_student", lambda *a, **k: profiled.append(a[-1]) or real(*a, **k))
+    results: list = []
+    monkeypatch.setattr(context_module, "profile_student",
+                        lambda *a, **k: profiled.append(a[-1]) or results.append(real(*a, **k)) or results[-1])
     config = _config(tmp_path, int8_lut, "int8", budget=Budget.latency_ratio(0.9), context_students=4, anchors=2)
     notes: list[str] = []
     prepared = prepare(config, search=False, log=notes.append)
     fitted = prepared.context
     assert len(profiled) == 4 * context_module.PASSES and fitted.students == 4
+    # The node profiler's own cost is taken out: each profile's nodes sum to its whole-model median at most.
+    assert all(r.total_ms <= r.whole_ms * (1 + 1e-9) for r in results) and fitted.profiler_overhead_ms_per_node > 0
     int8 = set(prepared.quantized.plan.int8_layers)
     assert int8 and {(name, "int8") for name in int8} <= set(fitted.lines)
     assert all(a >= 0 and b >= 0 for a, b in fitted.lines.values()) and fitted.other_ms["int8"] > 0

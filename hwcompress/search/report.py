@@ -123,6 +123,10 @@ def summary_markdown(doc: dict[str, Any]) -> str:
                           f"is {low:.3f}-{high:.3f} ms")
             if latency.get("extra_rounds"):
                 lines[-1] += f"; {latency['extra_rounds']} rounds were added because the interval held the budget"
+            if latency.get("slow_spell"):
+                spell = latency["slow_spell"]
+                lines[-1] += (f"; the machine had a slow spell (the teacher ran x{spell['teacher_slowdowns'][0]:.2f} its reference), so "
+                              f"it was measured {spell['tries']} times, a pause apart, and the try whose teacher ran fastest kept")
             if latency.get("decided") is False:
                 lines[-1] += ": the verdict is inside this machine's noise, and another measurement may say otherwise"
             lines[-1] += "."
