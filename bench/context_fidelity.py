@@ -22,6 +22,13 @@ For one teacher on this device (ONNX Runtime, one thread), this script
    which can catch one paired measurement of an anchor and tilt every anchored line).
 
     python bench/context_fidelity.py --model mobilenet_v2 --input-size 64 --quantize int8
+    python bench/context_fidelity.py --model mobilenet_v2 --input-size 64 --quantize mixed --students 30 --fit 6
+
+With ``--quantize mixed`` it prepares a mixed search exactly as ``hwcompress search`` does (the fit in
+context on the largest ``--fit``, anchored per precision) and prices and measures held-out students, a
+third each with a random precision per group, all in int8 and all in float; per kind it prints the
+mean error, the share within +-10% and Kendall tau, and how each student's profile compares with the
+fit's layers and with the rest (other nodes and the changes of precision).
     python bench/context_fidelity.py                      # the embedded ResNet-56, float
 
 Both predictors are scored on the same measurements of the same students, so the machine's noise is

@@ -11,9 +11,10 @@ from hwcompress.budget import Budget
 from hwcompress.errors import UserError
 from hwcompress.lut.keys import at_precision
 from hwcompress.lut.predict import transition_elements
+from hwcompress.measure.profile import without_profiler_overhead
 from hwcompress.model.analysis import LayerSpec
 from hwcompress.search.config import SearchConfig
-from hwcompress.search.context import ContextLatency, Profiled, fit_context, fit_line, without_profiler_overhead, work
+from hwcompress.search.context import ContextLatency, Profiled, fit_context, fit_line, work
 
 
 def conv(name, cin, cout, groups=1, size=8, sources=None):

@@ -21,7 +21,7 @@ So before the search, a few students are profiled on the device with the runtime
    plus a rate per element crossing a change of precision, fitted on the mixed students.
 
 Each student's node times are first cleared of the node profiler's own cost (a few microseconds a
-node, :func:`without_profiler_overhead`): they are brought down evenly until they sum to the student's
+node, :func:`hwcompress.measure.profile.without_profiler_overhead`): they are brought down evenly until they sum to the student's
 whole-model median. Left in, it priced every node that a change of precision adds at several times
 its cost, and mixed students came out 27-43% too expensive; taken out, held-out mixed students of
 mobilenet_v2 at 64 px were priced within 3% on average (``bench/context_fidelity.py --quantize mixed``).
@@ -188,7 +188,7 @@ class Profiled:
     mixed: bool = False
     #: The same measurement's whole-model median (the profiler session, not profiled).
     whole_ms: float | None = None
-    #: The node profiler's own cost per node, taken out of the node times (:func:`without_profiler_overhead`).
+    #: The node profiler's own cost per node, taken out of the node times (:func:`~hwcompress.measure.profile.without_profiler_overhead`).
     overhead_ms_per_node: float = 0.0
 
     @property
@@ -233,7 +233,7 @@ def profile_student(profiler: Any, settings: Any, onnx_path: Path, input_shape: 
     from types import SimpleNamespace
 
     from hwcompress.measure.contract import ModelArtifact
-    from hwcompress.measure.profile import map_node_times
+    from hwcompress.measure.profile import map_node_times, without_profiler_overhead
     from hwcompress.model.analysis import OTHER
 
     measured = profiler.measure(ModelArtifact(onnx_path, tuple(input_shape), module, name),
@@ -245,29 +245,6 @@ def profile_student(profiler: Any, settings: Any, onnx_path: Path, input_shape: 
     layer_ms = map_node_times(node_ms, SimpleNamespace(layers=list(rows)), onnx_path)  # (other): what names no layer
     other = layer_ms.pop(OTHER, 0.0)
     return Profiled(list(rows), layer_ms, other, mixed, float(measured.latency.median), overhead)
-
-
-def without_profiler_overhead(node_ms: Mapping[str, float], whole_ms: float) -> tuple[dict[str, float], float]:
-    """Per-node times with the node profiler's own cost taken out, and that cost per node (ms).
-
-    A runtime's node profiler adds a fixed cost to every node it times (ONNX Runtime's: 1-4 us; int8
-    mobilenet_v2 at 64 px, 0.20 ms whole, summed to 0.40 ms). Left in, it priced each node a student adds
-    (the Q/DQ and layout nodes at a change of precision) at several times its cost: mixed students came
-    out 27-43% too expensive after anchoring. So when the nodes sum to more than the model's whole-model
-    median, the excess is taken out evenly, node by node, none below zero (what a node cannot give is
-    shared by the rest), until they sum to the whole; a sum at or under the whole is left as it is.
-    """
-    times = {name: float(ms) for name, ms in node_ms.items()}
-    before = sum(times.values())
-    for _ in range(64):
-        excess = sum(times.values()) - whole_ms
-        live = [name for name, ms in times.items() if ms > 0]
-        if excess <= 1e-12 * max(before, 1.0) or not live:
-            break
-        cut = excess / len(live)
-        for name in live:
-            times[name] = max(0.0, times[name] - cut)
-    return times, (before - sum(times.values())) / len(times) if times else 0.0
 
 
 def context_policies(cost_model: Any, count: int, seed: int) -> list[dict[str, int]]:
