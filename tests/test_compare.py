@@ -148,11 +148,15 @@ def test_a_measurement_in_a_slow_spell_is_taken_again_after_a_pause(monkeypatch)
     settings = ProfileSettings(runs=1, warmup=0, threads=1)
     # The spell covers the whole first try (5 rounds = 10 calls): tried again after a 3 s pause, and the
     # quiet try is kept, chosen by the teacher's time; the spoiled one is reported.
-    profiler = SpellProfiler(spell=10)
+    profiler, logged = SpellProfiler(spell=10), []
     paired = PairedMeasurement(resnet20().eval(), (1, 3, 32, 32), SimpleNamespace(profiler=profiler), settings,
-                               reference={"median": 1.0})
+                               reference={"median": 1.0}, log=logged.append)
     measured = paired(resnet20().eval(), "student", rounds=5)
     assert slept == [3.0] and profiler.calls == 20
+    # The run keeps a record of it and says so in its log.
+    assert paired.spells == [{"name": "student", **measured["slow_spell"]}]
+    assert logged == ["student: the teacher ran x1.50 its reference (a slow spell of the machine); measured 2 times, "
+                      "a pause apart, keeping the try whose teacher ran fastest (x1.00)"]
     assert measured["median"] == pytest.approx(0.5) and measured["teacher_now_ms"] == pytest.approx(1.0)
     assert measured["slow_spell"] == {"tries": 2, "teacher_slowdowns": [1.5, 1.0],
                                       "paired_medians_ms": [pytest.approx(0.95 / 1.5), pytest.approx(0.5)]}

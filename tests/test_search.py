@@ -238,6 +238,8 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert "Repair 1: the student measured" in (tmp_path / "out" / "summary.md").read_text()
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
     assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio_to_teacher"] > 0
+    # Measurements taken again after a slow spell of the machine, if any: named, with every try.
+    assert isinstance(doc["slow_spells"], list) and all(s["tries"] >= 2 and s["name"] for s in doc["slow_spells"])
     latency = doc["student"]["latency"]  # one scale: the spread is on the verdict's scale
     assert latency["min"] <= latency["median"] <= latency["max"] and latency["p90"] >= latency["min"]
     # The verdict's interval: more rounds only while it held the budget, and it says whether it still does.

@@ -126,7 +126,11 @@ class PairedMeasurement:
     """
 
     def __init__(self, teacher: Any, input_shape: tuple[int, ...], timing: Timing, settings: ProfileSettings,
-                 rounds: int = 3, reference: dict[str, Any] | None = None, reference_rounds: int = 3) -> None:
+                 rounds: int = 3, reference: dict[str, Any] | None = None, reference_rounds: int = 3,
+                 log: Any = None) -> None:
+        #: Every measurement taken again after a slow spell: its name and its ``slow_spell`` record.
+        self.spells: list[dict[str, Any]] = []
+        self.log = log
         self.folder = tempfile.TemporaryDirectory(prefix="hwcompress-")
         self.teacher = teacher
         self.teacher_onnx = Path(self.folder.name) / "teacher.onnx"
@@ -188,6 +192,15 @@ class PairedMeasurement:
             tries.append(self._paired_rounds(pair, asked, limit, max_rounds))
         student, teacher, ratios = min(tries, key=lambda t: _slowdown(t[1], self.teacher_ms))
         rounds = len(ratios)
+        spell = None
+        if len(tries) > 1:
+            slowdowns = [round(_slowdown(t[1], self.teacher_ms), 3) for t in tries]
+            spell = {"tries": len(tries), "teacher_slowdowns": slowdowns,
+                     "paired_medians_ms": [statistics.median(t[2]) * self.teacher_ms for t in tries]}
+            self.spells.append({"name": name, **spell})
+            if self.log is not None:
+                self.log(f"{name}: the teacher ran x{slowdowns[0]:.2f} its reference (a slow spell of the machine); "
+                         f"measured {len(tries)} times, a pause apart, keeping the try whose teacher ran fastest (x{min(slowdowns):.2f})")
         low, high, coverage = median_interval(ratios)
         ratio = statistics.median(ratios)
         middle = sorted(student, key=lambda m: m.latency.median)[len(student) // 2]
@@ -204,9 +217,7 @@ class PairedMeasurement:
             "interval_ms": [low * self.teacher_ms, high * self.teacher_ms],
             "interval_coverage": round(coverage, 4),
             **({} if limit is None else {"decided": not low <= limit <= high, "extra_rounds": rounds - asked}),
-            **({} if len(tries) == 1 else {"slow_spell": {
-                "tries": len(tries), "teacher_slowdowns": [round(_slowdown(t[1], self.teacher_ms), 3) for t in tries],
-                "paired_medians_ms": [statistics.median(t[2]) * self.teacher_ms for t in tries]}}),
+            **({} if spell is None else {"slow_spell": spell}),
             "raw_median": statistics.median(m.latency.median for m in student),
             "teacher_reference_ms": self.teacher_ms,
             "teacher_now_ms": statistics.median(m.latency.median for m in teacher),

@@ -252,6 +252,8 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "verdict": verdict,
         "reachable": {"teacher": prepared.bounds.get("teacher"), "smallest_student": prepared.bounds.get("smallest")},
         "cost_model_anchors": prepared.anchors,
+        # Every paired measurement of the run taken again after a slow spell of the machine (anchors, repairs, verdict).
+        "slow_spells": list(getattr(prepared.measure, "spells", None) or []),
         "cost_model_context": ({k: v for k, v in prepared.context.to_dict().items() if k != "lines"}
                                | {"layers": prepared.context.layers}
                                if prepared.context is not None else None),

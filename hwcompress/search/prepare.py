@@ -315,7 +315,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         else:
             log(f"reusing the teacher's reference measurement of the interrupted run ({reference['median']:.3f} ms)"
                 + (f" and its budget, {Budget.from_dict(saved['budget'])}" if saved.get("budget") else ""))
-        measure = PairedMeasurement(module, input_shape, timing, settings, reference=reference)
+        measure = PairedMeasurement(module, input_shape, timing, settings, reference=reference, log=log)
         teacher_measured = measure.teacher_measured
         if budget.is_latency and not (saved or {}).get("budget"):
             budget = budget.resolve(teacher_measured["median"])
