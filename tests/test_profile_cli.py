@@ -29,8 +29,10 @@ def test_profile_json_document(cli, tmp_path):
     # The rows are checked against the whole: where the node profiler's times summed to more than the
     # median, its own cost per node is taken out and the rows (with (other)) sum to the median exactly.
     total = sum(row["latency_ms"] for row in timed)
+    assert doc["per_layer"]["node_sum_ms"] > 0
     if any("the node profiler's kernel times summed to" in note for note in doc["notes"]):
-        assert total == pytest.approx(lat["median"], rel=1e-6)
+        assert total == pytest.approx(lat["median"], rel=1e-6) and doc["per_layer"]["node_sum_ms"] > lat["median"]
+        assert doc["per_layer"]["profiler_overhead_ms_per_node"] > 0
     else:
         assert any(f"per-layer times sum to {total:.3f} ms" in note for note in doc["notes"]) and total <= lat["median"] * 1.001
     assert "Examples" not in result.stdout and "resnet18 on cpu" in result.stdout

@@ -158,7 +158,7 @@ def profile_model(
             model_info["onnx"] = {"path": str(onnx_path), "opset": onnx_opset(onnx_path), "exporter": "user-supplied"}
         artifact = ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=loaded.module, name=loaded.name)
         measurement = timing.profiler.measure(artifact, settings)
-        overhead = None
+        overhead, raw_total = None, None
         if measurement.layer_ms is not None:
             layer_ms = dict(measurement.layer_ms)
         elif measurement.node_ms:  # while the exported file is still there: fused nodes are mapped through its graph
@@ -193,4 +193,5 @@ def profile_model(
         notes=notes + list(measurement.notes),
         coverage=measurement.coverage,
         profiler=timing.profiler.name,
+        per_layer=None if raw_total is None else {"node_sum_ms": raw_total, "profiler_overhead_ms_per_node": overhead or 0.0},
     )

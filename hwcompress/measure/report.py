@@ -26,6 +26,9 @@ class ProfileReport:
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None
     profiler: str = ""
+    #: How the per-layer rows relate to the whole: the node times' sum as profiled and the profiler's own
+    #: cost per node taken out of them (``node_sum_ms``, ``profiler_overhead_ms_per_node``); None without rows.
+    per_layer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         latency = None
@@ -56,4 +59,6 @@ class ProfileReport:
         }
         if self.coverage is not None:
             document["coverage"] = self.coverage
+        if self.per_layer is not None:
+            document["per_layer"] = self.per_layer
         return document
