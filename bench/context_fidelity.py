@@ -23,13 +23,13 @@ For one teacher on this device (ONNX Runtime, one thread), this script
 
     python bench/context_fidelity.py --model mobilenet_v2 --input-size 64 --quantize int8
     python bench/context_fidelity.py --model mobilenet_v2 --input-size 64 --quantize mixed --students 30 --fit 6
+    python bench/context_fidelity.py                      # the embedded ResNet-56, float
 
 With ``--quantize mixed`` it prepares a mixed search exactly as ``hwcompress search`` does (the fit in
 context on the largest ``--fit``, anchored per precision) and prices and measures held-out students, a
 third each with a random precision per group, all in int8 and all in float; per kind it prints the
 mean error, the share within +-10% and Kendall tau, and how each student's profile compares with the
 fit's layers and with the rest (other nodes and the changes of precision).
-    python bench/context_fidelity.py                      # the embedded ResNet-56, float
 
 Both predictors are scored on the same measurements of the same students, so the machine's noise is
 the same for both.
@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from hwcompress.budget import Budget
 from hwcompress.lut.table import LatencyTable
@@ -148,7 +150,7 @@ def mixed_main(args: argparse.Namespace, count: int) -> None:
         prepared = prepare(config, teacher=teacher, splits=splits, log=lambda m: print(f"  {m}"), search=False)
         cost_model, measure, fitted = prepared.cost_model, prepared.measure, prepared.context
         choosable = prepared.quantized.plan.choosable
-        rng = __import__("numpy").random.default_rng(args.seed)
+        rng = np.random.default_rng(args.seed)
         widths = context_policies(cost_model, args.students + 4, args.seed)[4:]
         kinds = ["mixed", "int8", "fp32"]
         plans = []
@@ -164,13 +166,13 @@ def mixed_main(args: argparse.Namespace, count: int) -> None:
                 profiled = min((profile_student(measure.profiler, measure.settings, path, prepared.input_shape, module, rows, name)
                                 for _ in range(args.passes)), key=lambda q: q.total_ms)
                 whole = measure.paired(module, name, rounds=args.rounds, onnx_path=path)["median"]
-                detail = fitted.predict_detail(rows)
-                layers_fit = sum(fitted.line(r)[0] + fitted.line(r)[1] * work(r) for r in rows if fitted.line(r))
+                lines = [(fitted.line(r), r) for r in rows]
+                layers_fit = sum(line[0] + line[1] * work(r) for line, r in lines if line)
                 elements = transition_elements(rows, {r.name: getattr(r, "precision", None) for r in rows})
                 rows_out.append({"kind": kind, "measured": whole, "predicted": cost_model.at_precision(precision).cost(keep),
                                  "profile_ms": profiled.total_ms, "profile_whole_ms": profiled.whole_ms,
                                  "layers_profiled": sum(profiled.layer_ms.values()), "layers_fit": layers_fit,
-                                 "other_profiled": profiled.other_ms, "fit_total": detail.total_ms,
+                                 "other_profiled": profiled.other_ms, "fit_total": fitted(rows),
                                  "transition_elements": elements})
         if args.pickle:
             import pickle

@@ -148,13 +148,12 @@ class PairedMeasurement:
     def _measure_reference(self, rounds: int, max_abs_diff: float | None) -> dict[str, Any]:
         """The teacher's reference: ``rounds`` rounds, and as many again after a pause; when the two halves'
         medians disagree by more than :data:`SPELL`, the slower half fell in a slow spell and is left out."""
-        halves = []
-        for pause in (0.0, SPELL_PAUSES[0]):
-            _pause(pause)
-            halves.append(measure_interleaved(self.profiler, [self._teacher_artifact()], self.settings, rounds)[0])
-        slow, fast = sorted(halves, key=lambda runs: statistics.median(m.latency.median for m in runs), reverse=True)
-        spell = statistics.median(m.latency.median for m in slow) > SPELL * statistics.median(m.latency.median for m in fast)
-        runs = fast if spell else halves[0] + halves[1]
+        first = measure_interleaved(self.profiler, [self._teacher_artifact()], self.settings, rounds)[0]
+        _pause(SPELL_PAUSES[0])
+        second = measure_interleaved(self.profiler, [self._teacher_artifact()], self.settings, rounds)[0]
+        fast, slow = sorted((first, second), key=_median_ms)
+        spell = _median_ms(slow) > SPELL * _median_ms(fast)
+        runs = fast if spell else first + second
         medians = [m.latency.median for m in runs]
         middle = sorted(runs, key=lambda m: m.latency.median)[len(runs) // 2]
         reference = {**middle.latency.to_dict(), "median": statistics.median(medians),
@@ -185,16 +184,18 @@ class PairedMeasurement:
         pair = [ModelArtifact(path, self.input_shape, module, name), self._teacher_artifact()]
         limit = None if decide_ms is None else decide_ms / self.teacher_ms
         tries = [self._paired_rounds(pair, asked, limit, max_rounds)]
+        slowdowns = [self._slowdown(tries[0][1])]
         for pause in SPELL_PAUSES:  # a try whose teacher ran slow fell in a spell: pause and try again
-            if _slowdown(tries[-1][1], self.teacher_ms) <= SPELL:
+            if slowdowns[-1] <= SPELL:
                 break
             _pause(pause)
             tries.append(self._paired_rounds(pair, asked, limit, max_rounds))
-        student, teacher, ratios = min(tries, key=lambda t: _slowdown(t[1], self.teacher_ms))
+            slowdowns.append(self._slowdown(tries[-1][1]))
+        student, teacher, ratios = tries[slowdowns.index(min(slowdowns))]
         rounds = len(ratios)
         spell = None
         if len(tries) > 1:
-            slowdowns = [round(_slowdown(t[1], self.teacher_ms), 3) for t in tries]
+            slowdowns = [round(x, 3) for x in slowdowns]
             spell = {"tries": len(tries), "teacher_slowdowns": slowdowns,
                      "paired_medians_ms": [statistics.median(t[2]) * self.teacher_ms for t in tries]}
             self.spells.append({"name": name, **spell})
@@ -230,6 +231,9 @@ class PairedMeasurement:
             "facts": middle.facts,
         }
 
+    def _slowdown(self, teacher: Sequence[Measurement]) -> float:
+        """How many times slower than its reference the teacher ran in a paired measurement (its rounds' median)."""
+        return _median_ms(teacher) / self.teacher_ms if self.teacher_ms > 0 else 1.0
 
     def _paired_rounds(self, pair: list[ModelArtifact], rounds: int, limit: float | None,
                        max_rounds: int | None) -> tuple[list[Measurement], list[Measurement], list[float]]:
@@ -243,9 +247,9 @@ class PairedMeasurement:
         return student, teacher, ratios
 
 
-def _slowdown(teacher: Sequence[Measurement], reference_ms: float) -> float:
-    """How many times slower than its reference the teacher ran in a paired measurement (its rounds' median)."""
-    return statistics.median(m.latency.median for m in teacher) / reference_ms if reference_ms > 0 else 1.0
+def _median_ms(runs: Sequence[Measurement]) -> float:
+    """The median of a model's round medians."""
+    return statistics.median(m.latency.median for m in runs)
 
 
 def undecided(ratios: Sequence[float], limit: float) -> bool:

@@ -162,7 +162,7 @@ def profile_model(
         if measurement.layer_ms is not None:
             layer_ms = dict(measurement.layer_ms)
         elif measurement.node_ms:  # while the exported file is still there: fused nodes are mapped through its graph
-            node_ms = dict(measurement.node_ms)
+            node_ms = measurement.node_ms
             raw_total = sum(node_ms.values())
             if measurement.source == "measured" and measurement.latency.median > 0:
                 node_ms, overhead = without_profiler_overhead(node_ms, measurement.latency.median)
