@@ -206,6 +206,16 @@ def test_layout_conversions_follow_the_graph():
 # Recording and prediction
 
 
+def test_calibration_points_priced_alike_are_the_first_recorded():
+    # The full model and its half-width copy at one layer sum (their channels fill the same blocks): the
+    # full model's ratio stands for both, whichever measured faster; distinct sums still interpolate.
+    model = {"scale": 0.8, "points": [{"width": 1.0, "layer_sum_ms": 1.0, "ratio": 0.8},
+                                      {"width": 0.5, "layer_sum_ms": 1.0, "ratio": 0.6}]}
+    assert [calibration_ratio(model, x) for x in (0.5, 1.0, 2.0)] == [0.8, 0.8, 0.8]
+    model["points"].append({"width": 0.25, "layer_sum_ms": 0.5, "ratio": 0.4})
+    assert calibration_ratio(model, 0.75) == pytest.approx(0.6) and calibration_ratio(model, 1.0) == 0.8
+
+
 def test_prediction_coverage_and_calibration(recorded):
     table = LatencyTable.load(recorded)
     assert table.provenance["device"] == "cpu" and table.provenance["timing"] == TIMING_KERNELS
