@@ -183,7 +183,7 @@ def quantize_only(args: argparse.Namespace, ratio: float, state: dict) -> dict:
 
 
 def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict, variant: str, quantize: str | None,
-                  policy: Path | None = None, seed: int = 0, context: int | None = None) -> dict:
+                  policy: Path | None = None, seed: int = 0, context: int | None = None, finetune_steps: int = 0) -> dict:
     """One row of the ``--quantized`` comparison; ``state["budget_ms"]`` carries the absolute budget. A
     budget no student of the variant can reach is a row too, with the smallest latency it could."""
     from hwcompress.errors import UserError
@@ -197,7 +197,7 @@ def quantized_run(args: argparse.Namespace, out: Path, ratio: float, state: dict
     objects = {"model": PYTHON_OBJECT, "data": PYTHON_OBJECT} if given["teacher"] is not None else {}
     config = SearchConfig(budget=budget, agent="amc", episodes=args.episodes, seed=seed,
                           finetune_epochs=args.finetune_epochs, out=str(folder), quantize=quantize, lbound=args.lbound,
-                          anchors=args.anchors, context_students=context, **objects)
+                          anchors=args.anchors, context_students=context, reward_finetune_steps=finetune_steps, **objects)
     try:
         doc = (apply_policy(config, policy, progress=False, **given) if policy else
                run_search(config, progress=False, **given)).report
@@ -223,6 +223,7 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     rows = []
     variants = [v.strip() for v in args.variants.split(",")]
     contexts = [int(c) for c in args.context_students.split(",")] if args.context_students else [None]
+    steps = [int(n) for n in str(args.reward_finetune_steps).split(",")]
     out.mkdir(parents=True, exist_ok=True)
     teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -231,7 +232,7 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
             state["budget_ms"] = args.budget_ms
         for index, seed in enumerate(int(s) for s in args.seeds.split(",")):  # the same absolute budget for every seed
             if "prune only" in variants:
-                rows.append(quantized_run(args, out, ratio, state, "prune only", None, seed=seed))
+                rows.append(quantized_run(args, out, ratio, state, "prune only", None, seed=seed, finetune_steps=steps[0]))
             pruned = Path(rows[-1]["folder"]) / "policy.json" if "prune only" in variants else None
             if "quantize only" in variants and index == 0:  # no search: one row per budget
                 rows.append(quantize_only(args, ratio, state))
@@ -243,11 +244,12 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
                 else:
                     rows.append({"agent": "prune then quantize", "seed": seed, "budget": rows[-1]["budget"],
                                  "refused": "no prune-only student to quantize"})
-            searches = [(v, c) for v in ("int8 + search", "mixed") if v in variants for c in contexts]
-            for variant, context in (searches if index % 2 == 0 else searches[::-1]):  # the searches alternate in order
+            searches = [(v, c, n) for v in ("int8 + search", "mixed") if v in variants for c in contexts for n in steps]
+            for variant, context, n in (searches if index % 2 == 0 else searches[::-1]):  # the searches alternate in order
                 label = variant if context is None else f"{variant} ({'LUT' if context == 0 else f'context {context}'})"
+                label += f" (ft {n})" if len(steps) > 1 else ""
                 rows.append(quantized_run(args, out, ratio, state, label, "int8" if variant == "int8 + search" else "mixed",
-                                          seed=seed, context=context))
+                                          seed=seed, context=context, finetune_steps=n))
     return rows
 
 
@@ -256,7 +258,8 @@ def quantized_markdown(rows: list[dict], args: argparse.Namespace) -> str:
         quantized_section(args),
         "",
         f"`python bench/search_quality.py --quantized --ratios {args.ratios} --episodes {args.episodes} "
-        f"--finetune-epochs {args.finetune_epochs} --lbound {args.lbound} --seeds {args.seeds}{teacher_flags(args)}` on {platform.processor() or platform.machine()}, "
+        f"--finetune-epochs {args.finetune_epochs} --lbound {args.lbound} --seeds {args.seeds}{teacher_flags(args)}"
+        f"{f' --reward-finetune-steps {args.reward_finetune_steps}' if args.reward_finetune_steps != '0' else ''}` on {platform.processor() or platform.machine()}, "
         f"{__import__('os').cpu_count()} cores, ONNX Runtime CPU, 1 thread, AMC for every search. Same absolute budget per "
         "ratio (the first run turns the ratio into milliseconds), same fine-tuning (distillation in float, then static "
         "int8 quantization where the row quantizes). Latencies are measured medians (paired with the teacher) of the "
@@ -331,6 +334,9 @@ def main() -> None:
                         help="--quantized: students each search profiles to fit its cost model in context (0: the LUT alone; "
                              "default: the search's, 8 under --quantize); several values run each search once per value, "
                              "alternating, labelled '(LUT)' or '(context N)'")
+    parser.add_argument("--reward-finetune-steps", default="0", metavar="N[,N]",
+                        help="--quantized: each search's --reward-finetune-steps (prune only takes the first); several values "
+                             "run each search once per value, alternating, labelled '(ft N)'")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",")]
     if sorted(set(variants) - set(VARIANTS)):

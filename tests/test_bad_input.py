@@ -106,6 +106,7 @@ def cases(root: str) -> list[dict]:
         [*S, "--latency-ms", "1", "--verdict-rounds", "6"], [*S, "--latency-ms", "1", "--verdict-rounds", "3"],
         [*S, "--macs", "1e7", "--threads", "0"], [*S, "--macs", "1e7", "--torch-threads", "0"],
         [*S, "--macs", "1e7", "--val-limit", "0"], [*S, "--macs", "1e7", "--reward", "speed"],
+        [*S, "--macs", "1e7", "--reward-finetune-steps", "-1"], [*S, "--macs", "1e7", "--agent", "n2n", "--reward-finetune-steps", "5"],
         [*S, "--macs", "1e7", "--no-such-flag"], ["search", "--macs", "1e7", "--threads", "1000", "-m", TINY, "--data", "digits"],
         # --- search: agents
         [*S, "--macs", "1e7", "--agent", "nosuch"], [*S, "--macs", "1e7", "--agent-option", "bogus"],

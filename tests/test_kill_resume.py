@@ -148,10 +148,13 @@ def test_a_lock_left_by_a_killed_search_is_taken_over(tmp_path):
 def test_resume_refuses_changed_settings_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HWCOMPRESS_STEADY_PAUSE", "0")  # nothing here is killed: no time needed in the phases
     out = tmp_path / "out"
-    base = [*SEARCH[:6], "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "32", "--no-plots"]
+    base = [*SEARCH[:6], "--macs", "2e7", "--episodes", "2", "--finetune-epochs", "0", "--val-limit", "32", "--no-plots",
+            "--reward-finetune-steps", "1"]
     done = subprocess.run(_command(*base, "-o", str(out), "--quiet"), env=_env(tmp_path), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    assert json.loads((out / "result.json").read_text())["scoring"]["finetune_steps"] == 1
+    assert "distilled from the teacher for 1 step before" in (out / "summary.md").read_text()
     refused = subprocess.run(_command("--resume", str(out), "--agent", "uniform", "--seed", "7"), env=_env(tmp_path),
                              capture_output=True, text=True, timeout=60)
     lines = refused.stderr.strip().splitlines()

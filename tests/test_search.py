@@ -606,3 +606,38 @@ def test_a_device_predicted_from_its_lut_grows_on_the_prediction(tmp_path):
     assert predicted < prepared.cost_model.cost(grown) <= prepared.budget.target
     assert records[0]["predicted_after_ms"] == pytest.approx(prepared.cost_model.cost(grown), abs=1e-4)
     assert all(grown[g] >= smallest[g] for g in smallest) and grown != smallest
+
+
+def test_reward_finetune_steps_distil_each_scored_student_deterministically():
+    """``--reward-finetune-steps``: each scored student is distilled from the teacher first: the same
+    policy scores the same under the same seed, the teacher is left untouched, and the steps bring the
+    student closer to the teacher (lower KD loss) than the pruned copy it starts from."""
+    from torch.utils.data import TensorDataset
+
+    from hwcompress.search import scoring
+    from hwcompress.slim.distill import KDLoss
+    from hwcompress.slim.pruning import prune_channels
+
+    model, x, _, groups, cost = _model_and_cost()
+    images = torch.randn(128, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        targets = model(images)
+    data = TensorDataset(images, targets.argmax(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = {g.name: min(cost.allowed_counts(g)) for g in groups}
+    first = scoring.policy_scorer(model, x, groups, data, data, 32, finetune_steps=6, seed=3)(keep)
+    again = scoring.policy_scorer(model, x, groups, data, data, 32, finetune_steps=6, seed=3)(keep)
+    assert first == again
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    kd = KDLoss()
+    losses = []
+    for steps in (0, 6):
+        student = prune_channels(model, x, keep)
+        scoring.short_finetune(student, model, data, steps, seed=3)
+        student.eval()
+        with torch.no_grad():
+            losses.append(float(kd(student(images), targets, targets.argmax(1))))
+    assert losses[1] < losses[0], losses
+    with pytest.raises(UserError, match="--reward-finetune-steps"):
+        SearchConfig(budget=Budget.latency_ratio(0.5), reward_finetune_steps=-1)

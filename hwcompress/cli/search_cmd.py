@@ -45,6 +45,10 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--finetune-epochs", type=float, help="Distillation epochs for the final student (default 8).")
 @click.option("--bn-calibration", type=int,
               help="Re-estimate BatchNorm statistics of each candidate on this many train images before scoring it (0: AMC's original, none; default 64).")
+@click.option("--reward-finetune-steps", type=int, metavar="N",
+              help="Distil each candidate from the teacher for N SGD steps (batch 64) before scoring it, so that the reward "
+                   "ranks what fine-tuning will make of it at hard budgets, where pruned students score near chance "
+                   "(Distiller's AMC, HAQ); costs N training steps per episode (default 0: AMC's reward, no training).")
 @click.option("--scoring-precision", type=click.Choice(["auto", "fp32", "bf16"]),
               help="What float candidates are evaluated in while the search scores them: fp32 (default); auto = bfloat16 where "
                    "the CPU has a bfloat16 unit (AMX, AVX-512 BF16, Arm BF16), about 2.5x faster there; as accurate on resnet18, "
@@ -84,7 +88,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
            train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration,
-           scoring_precision, reconstruct,
+           reward_finetune_steps, scoring_precision, reconstruct,
            anchors, context_students, verdict_rounds, no_plots, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
@@ -114,7 +118,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "device_file": device_file, "model": model, "weights": weights, "data": data,
         "input_shape": parse_input_shape(input_shape), "episodes": episodes, "warmup_episodes": warmup_episodes,
         "seed": seed, "reward": reward, "lbound": lbound, "finetune_epochs": finetune_epochs,
-        "bn_calibration": bn_calibration, "scoring_precision": scoring_precision, "reconstruct": reconstruct, "anchors": anchors,
+        "bn_calibration": bn_calibration, "reward_finetune_steps": reward_finetune_steps, "scoring_precision": scoring_precision, "reconstruct": reconstruct, "anchors": anchors,
         "context_students": context_students, "lut": lut, "runs": runs,
         "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit, "skip_bad_images": skip_bad_images,
         "quantize": quantize, "train_teacher": train_teacher, "verdict_rounds": verdict_rounds,

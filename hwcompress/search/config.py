@@ -57,6 +57,9 @@ class SearchConfig:
             latency cost model is fitted in context (:mod:`hwcompress.search.context`); 0: the LUT's prediction
             alone; None: :attr:`context_count` (6).
         bn_calibration: train images to re-estimate BatchNorm statistics on before scoring (0: off).
+        reward_finetune_steps: distil each student the search scores from the teacher for this many SGD
+            steps before its accuracy counts (:func:`~hwcompress.search.scoring.short_finetune`; Distiller's AMC
+            ``--amc-ft-epochs``, HAQ's short-term retraining); 0 (the default): AMC's reward, no training.
         scoring_precision: the precision float students are evaluated in while the search scores them:
             ``fp32`` (the default), ``auto`` (bfloat16 where the CPU computes it natively, else fp32) or
             ``bf16``; bfloat16 scores 2.5x faster on an AMX CPU; over 8 seeds its searches ended as accurate
@@ -99,6 +102,7 @@ class SearchConfig:
     anchors: int | None = None
     context_students: int | None = None
     bn_calibration: int = 64
+    reward_finetune_steps: int = 0
     scoring_precision: str = "fp32"
     torch_threads: int = 1
     quantize: str | None = None
@@ -135,6 +139,7 @@ class SearchConfig:
             raise UserError(f"--context-students must be 0 (the LUT's prediction alone) or at least 3, to fit each layer's "
                             f"time on several widths (got {self.context_students})")
         whole(self.bn_calibration, "--bn-calibration", 0)
+        whole(self.reward_finetune_steps, "--reward-finetune-steps", 0)
         if self.scoring_precision not in SCORING_PRECISIONS:
             raise UserError(f"--scoring-precision must be one of {', '.join(SCORING_PRECISIONS)} (got {self.scoring_precision!r})")
         whole(self.torch_threads, "--torch-threads", 1)
@@ -147,6 +152,9 @@ class SearchConfig:
                             f"try {self.verdict_rounds + 1}")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (got {self.quantize!r})")
+        if self.reward_finetune_steps and self.agent == "n2n":
+            raise UserError("--agent n2n trains every student it scores itself (--agent-option student_steps=N); "
+                            "drop --reward-finetune-steps")
         if self.quantize is not None and self.budget.metric != "latency_ms":
             raise UserError(f"--quantize applies to a latency budget (int8 changes the time, not the {self.budget.metric}); "
                             "use --latency-ms or --latency-ratio")

@@ -27,7 +27,7 @@ import onnx
 from hwcompress.errors import UserError
 from hwcompress.search.anchors import Anchor, AnchoredLatency, anchor_latency, monotone_anchors
 from hwcompress.search.precision import ALL_FLOAT, FLOAT, LOW, PrecisionPlan
-from hwcompress.search.scoring import recalibrate_batchnorm
+from hwcompress.search.scoring import recalibrate_batchnorm, short_finetune
 from hwcompress.slim.pruning import prune_channels
 from hwcompress.slim.quantize import (
     CALIBRATION_IMAGES,
@@ -232,10 +232,10 @@ class QuantizedStudents:
         return onnx_accuracy(result.path, dataset, limit)
 
     def scorer(self, teacher: Any, example: Any, groups: Sequence[Any], train_set: Any, val_set: Any,
-               bn_calibration: int) -> Callable[..., float]:
+               bn_calibration: int, finetune_steps: int = 0, seed: int = 0) -> Callable[..., float]:
         """The search's accuracy of a policy for quantized students, memoised: the teacher pruned to
-        ``keep``, BatchNorm re-estimated, quantized with ``precision`` (default :attr:`precision`) and
-        scored by ONNX Runtime on ``val_set``; no training."""
+        ``keep``, distilled in float for ``finetune_steps`` (0: no training), BatchNorm re-estimated,
+        quantized with ``precision`` (default :attr:`precision`) and scored by ONNX Runtime on ``val_set``."""
         cache: dict[tuple, float] = {}
 
         def score(keep: dict[str, int], precision: Mapping[str, str] | None = None) -> float:
@@ -243,6 +243,7 @@ class QuantizedStudents:
             key = (*(keep.get(g.name, g.channels) for g in groups), *sorted(chosen.items()))
             if key not in cache:
                 student = prune_channels(teacher, example, keep)
+                short_finetune(student, teacher, train_set, finetune_steps, seed)
                 recalibrate_batchnorm(student, train_set, bn_calibration)
                 cache[key] = self.accuracy(student, val_set, chosen)
             return cache[key]

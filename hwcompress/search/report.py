@@ -110,7 +110,9 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         f"| parameters | {t['params']:,} | {s['params']:,} |",
         "",
         f"{doc['episodes']} episodes in {doc['search_seconds']:.0f} s (best: episode {doc['best_episode']}); total {doc['total_seconds']:.0f} s."
-        + (" **Interrupted**: this is the best student so far, not fine-tuned." if doc["interrupted"] else ""),
+        + (" **Interrupted**: this is the best student so far, not fine-tuned." if doc["interrupted"] else "")
+        + (f" Each scored student was distilled from the teacher for {steps} step{'s' * (steps != 1)} before its accuracy counted "
+           "(`--reward-finetune-steps`)." if (steps := (doc.get("scoring") or {}).get("finetune_steps")) else ""),
     ]
     if s.get("latency"):
         latency = s["latency"]

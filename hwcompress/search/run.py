@@ -139,10 +139,12 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             raise
         if prepared.quantized is not None:  # int8: ONNX Runtime scores
             score = prepared.quantized.scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
-                                              prepared.val_set, config.bn_calibration)
+                                              prepared.val_set, config.bn_calibration,
+                                              finetune_steps=config.reward_finetune_steps, seed=config.seed)
         else:
             score = policy_scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
-                                  prepared.val_set, config.bn_calibration, precision=prepared.scoring_precision[0])
+                                  prepared.val_set, config.bn_calibration, precision=prepared.scoring_precision[0],
+                                  finetune_steps=config.reward_finetune_steps, seed=config.seed)
         context = SearchContext(
             teacher=prepared.teacher, example=prepared.example, layers=prepared.layers, groups=prepared.groups,
             cost_model=prepared.cost_model, budget=prepared.budget, episodes=config.episodes, seed=config.seed,

@@ -2,6 +2,8 @@
 
 Scoring follows AMC: the teacher pruned to the policy, its BatchNorm statistics re-estimated on a few
 training images (``--bn-calibration``), accuracy on the reward-validation split (never the test split).
+With ``--reward-finetune-steps N`` each student is first distilled from the teacher for N steps
+(:func:`short_finetune`; Distiller's AMC ``--amc-ft-epochs``, HAQ's short-term retraining).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from hwcompress.measure.runner import cpu_flags
 from hwcompress.model.training import evaluate
+from hwcompress.slim.distill import distill
 from hwcompress.slim.pruning import prune_channels
 from hwcompress.slim.units import remove_units
 
@@ -166,10 +169,30 @@ def resolve_scoring_precision(requested: str) -> tuple[str, str]:
     return "bf16", f"this CPU computes bfloat16 natively ({', '.join(native)})"
 
 
+#: Batch size and initial learning rate of the per-student distillation before scoring
+#: (``--reward-finetune-steps``): N2N's per-student training settings.
+SHORT_FINETUNE_BATCH = 64
+SHORT_FINETUNE_LR = 0.05
+
+
+def short_finetune(student: Any, teacher: Any, train_set: Any, steps: int, seed: int) -> None:
+    """Distil ``student`` from ``teacher`` for ``steps`` SGD steps (KD loss, cosine decay from
+    :data:`SHORT_FINETUNE_LR`, batches of :data:`SHORT_FINETUNE_BATCH`), in place; nothing for 0 steps.
+
+    Far below chance, a pruned student's accuracy says little about what fine-tuning will make of it
+    (mobilenet_v2 at 64 px, 0.35x of the teacher's latency: 9-20% before fine-tuning, 25-87% after, two
+    seeds of one search 40 points apart; docs/benchmarks.md); a few steps of distillation give the reward
+    a signal there. Deterministic under ``seed`` (the same student, the same weights)."""
+    if steps > 0:
+        distill(student, teacher, train_set, steps=steps, batch_size=SHORT_FINETUNE_BATCH, lr=SHORT_FINETUNE_LR, seed=seed)
+
+
 def policy_scorer(teacher: Any, example: Any, groups: list[Any], train_set: Any, val_set: Any,
-                  bn_calibration: int, precision: str = "fp32") -> Callable[[dict[str, int]], float]:
-    """The search's accuracy of a channel policy, memoised: the teacher pruned to it, its BatchNorm
-    statistics re-estimated, scored on ``val_set`` (evaluated in ``precision``); no training."""
+                  bn_calibration: int, precision: str = "fp32", finetune_steps: int = 0,
+                  seed: int = 0) -> Callable[[dict[str, int]], float]:
+    """The search's accuracy of a channel policy, memoised: the teacher pruned to it, distilled for
+    ``finetune_steps`` (:func:`short_finetune`; 0: no training), its BatchNorm statistics re-estimated,
+    scored on ``val_set`` (evaluated in ``precision``)."""
     cache: dict[tuple, float] = {}
     pairs = conv_norm_pairs(teacher, example) if FOLD_NORMS else []
 
@@ -179,6 +202,7 @@ def policy_scorer(teacher: Any, example: Any, groups: list[Any], train_set: Any,
             student = prune_channels(teacher, example, keep)
             if CHANNELS_LAST and example.dim() == 4:
                 student = student.to(memory_format=torch.channels_last)
+            short_finetune(student, teacher, train_set, finetune_steps, seed)
             cache[key] = score_student(student, train_set, val_set, bn_calibration, pairs if FOLD_NORMS else None,
                                        precision=precision)
         return cache[key]
