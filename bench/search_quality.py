@@ -223,7 +223,7 @@ def quantized_side_by_side(args: argparse.Namespace, out: Path) -> list[dict]:
     rows = []
     variants = [v.strip() for v in args.variants.split(",")]
     contexts = [int(c) for c in args.context_students.split(",")] if args.context_students else [None]
-    steps = [int(n) for n in str(args.reward_finetune_steps).split(",")]
+    steps = [int(n) for n in args.reward_finetune_steps.split(",")]
     out.mkdir(parents=True, exist_ok=True)
     teacher, data, accuracy = bench_teacher(args, out)
     for ratio in [float(r) for r in args.ratios.split(",")]:

@@ -170,7 +170,8 @@ def resolve_scoring_precision(requested: str) -> tuple[str, str]:
 
 
 #: Batch size and initial learning rate of the per-student distillation before scoring
-#: (``--reward-finetune-steps``): N2N's per-student training settings.
+#: (``--reward-finetune-steps``), and the defaults of N2N's per-student training
+#: (``student_batch``, ``student_lr``), which read them from here.
 SHORT_FINETUNE_BATCH = 64
 SHORT_FINETUNE_LR = 0.05
 

@@ -17,6 +17,7 @@ from hwcompress.errors import UserError
 from hwcompress.search.agent import SearchContext
 from hwcompress.search.n2n.policy import EPSILON_HORIZON, Reinforce
 from hwcompress.search.n2n.search import N2NSearch
+from hwcompress.search.scoring import SHORT_FINETUNE_BATCH, SHORT_FINETUNE_LR
 
 __all__ = ["N2NAgent", "N2NSettings"]
 
@@ -70,9 +71,9 @@ class N2NSettings:
     baseline_decay: float = 0.9
     entropy_coef: float = 0.0
     student_steps: int = 10
-    student_batch: int = 64
+    student_batch: int = SHORT_FINETUNE_BATCH
     student_subset: int | None = None
-    student_lr: float = 0.05
+    student_lr: float = SHORT_FINETUNE_LR
     student_loss: str = "kd"
     base_steps: int = 30
     epsilon_horizon: float = EPSILON_HORIZON
