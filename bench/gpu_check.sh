@@ -15,6 +15,8 @@
 #   search     hwcompress search --device nvidia-gpu --latency-ratio 0.9 --episodes 30 (the embedded default; on an
 #              H100 its smallest channel-pruned student measures 0.85x the teacher: kernel count, not width, bounds it)
 #   lut        bench/lut_fidelity.py --device nvidia-gpu: a resnet18 LUT recorded on the GPU against measured variants
+#   int8       hwcompress search --device nvidia-gpu --quantize int8: where the GPU is measured by the cuda profiler
+#              (no TensorRT), one line naming the missing int8 path and exit code 2, nothing written
 # STEPS is a comma-separated subset (default: all). Everything lands in OUT: summary.txt (one line per
 # step: exit code and seconds), log.txt (every step's output) and the JSON documents. A trained default
 # teacher in .gpu-cache/ (HWCOMPRESS_CACHE_DIR) saves the search its two minutes of training.
@@ -30,7 +32,7 @@ if [ "${1:-}" = "--build" ]; then
 fi
 
 OUT=${1:-${OUT:-gpu-check-out}}
-STEPS=${2:-env,tests,agreement,profile,compare,search,lut}
+STEPS=${2:-env,tests,agreement,profile,compare,search,lut,int8}
 mkdir -p "$OUT"
 SITE=/tmp/hwcompress-site
 rm -rf "$SITE"
@@ -62,4 +64,7 @@ step compare 40 $HW compare resnet18 mobilenet_v2 --device nvidia-gpu --rounds 5
 rm -rf /tmp/hwcompress-gpu-search
 step search 220 $HW search --device nvidia-gpu --latency-ratio 0.9 --episodes 30 --finetune-epochs 1 -o /tmp/hwcompress-gpu-search --json "$OUT/search.json"
 step lut 120 python3 bench/lut_fidelity.py --device nvidia-gpu --models resnet18 --points 3 --variants 10 --passes 1 --runs 30 --rounds 3 --json "$OUT/lut_fidelity.json"
+rm -rf /tmp/hwcompress-gpu-int8
+step int8 60 bash -c "$HW search --device nvidia-gpu --quantize int8 --latency-ratio 0.5 -o /tmp/hwcompress-gpu-int8; \
+    echo \"exit code \$?; written: \$(ls /tmp/hwcompress-gpu-int8 2>&1 | head -3)\""
 cat "$OUT/summary.txt"

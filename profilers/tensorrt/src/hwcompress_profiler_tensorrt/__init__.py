@@ -148,6 +148,8 @@ class CudaProfiler:
 
     name = "cuda"
     description = "NVIDIA GPU latency of the PyTorch model (CUDA graph replays timed with CUDA events)"
+    #: What it times: PyTorch has no int8 path on the GPU, so ``--quantize`` is refused on this profiler.
+    precisions = ("fp32", "fp16")
 
     def available(self) -> tuple[bool, str]:
         problem = gpu_problem()
