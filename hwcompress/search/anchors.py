@@ -137,3 +137,29 @@ def anchor_latency(
             f"{a.name} {a.measured_ms:.3f} ms (predicted {a.predicted_ms:.3f})" for a in dropped)
     log(note)
     return kept, note
+
+
+class MedianOf:
+    """A paired measurement (``measure(module, name, ...)``) taken ``times`` times; the measurement with
+    the middle median is returned, so that one slow moment does not set an anchor.
+
+    A quantized measurement's ``paired`` (its float students) is repeated the same way; every other
+    attribute (``teacher_ms``, the profiler) is the wrapped measurement's.
+    """
+
+    def __init__(self, measure: Any, times: int) -> None:
+        self.measure = measure
+        self.times = max(1, int(times))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        taken = sorted((self.measure(*args, **kwargs) for _ in range(self.times)), key=lambda m: m["median"])
+        middle = dict(taken[len(taken) // 2])
+        middle["repeated"] = [m["median"] for m in taken]
+        return middle
+
+    @property
+    def paired(self) -> "MedianOf":
+        return MedianOf(self.measure.paired, self.times)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.measure, attribute)

@@ -156,6 +156,11 @@ def summary_markdown(doc: dict[str, Any]) -> str:
                      + ("; the cost model was re-anchored on that measurement" if repair.get("reanchored") else "")
                      + f"; trimmed where it loses the least validation accuracy to {repair['predicted_after_ms']:.3f} ms "
                      "predicted, and measured again.")
+    undone = doc.get("grow_undone")
+    if undone:
+        lines.append(f"\nGrow undone: the grown student measured {undone['grown_verdict_ms']:.3f} ms at the verdict, over the "
+                     f"budget, so the student from before the grow step ({undone['start_measured_ms']:.3f} ms when the grow "
+                     "step measured it) was fine-tuned and measured instead; the numbers above are that student's.")
     for note in doc.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"

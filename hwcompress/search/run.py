@@ -27,7 +27,7 @@ from hwcompress.search.config import SearchConfig
 from hwcompress.search.finish import finish
 from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
 from hwcompress.search.quantized import candidate_precision, settle_precision
-from hwcompress.search.repair import fit_to_budget
+from hwcompress.search.repair import fit_to_budget, undo_grow
 from hwcompress.search.report import load_policy, print_summary
 from hwcompress.search.scoring import policy_scorer, torch_threads
 
@@ -200,6 +200,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         exchange_seconds = time.perf_counter() - exchange_started
         prepared.use_precision(candidate_precision(best))  # a mixed-precision student is priced and measured as chosen
         repair_started = time.perf_counter()
+        before_repairs = best
         repairs = fit_to_budget(prepared, best, log, score)
         repair_seconds = time.perf_counter() - repair_started
         if repairs:
@@ -214,8 +215,20 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         summary = getattr(agent, "summary", None)
         if callable(summary):
             extra[config.agent] = summary()
+        notes_before = list(prepared.notes)
         finished = finish(prepared, best, context.history, out=out, started=started, search_seconds=search_seconds,
                           interrupted=interrupted, log=log, progress=progress, extra=extra)
+        undone = undo_grow(finished.document, repairs)
+        if undone is not None:
+            # A grow step must not cost the budget: finish the student it started from, which measured with room.
+            log(undone["note"])
+            prepared.notes[:] = [*notes_before, undone["note"]]
+            extra["grow_undone"] = {k: v for k, v in undone.items() if k != "note"}
+            if out is not None:  # the grown student's report goes first: the folder is not complete until result.json is back
+                for name in ("result.json", "summary.md", "student.ts"):
+                    (out / name).unlink(missing_ok=True)
+            finished = finish(prepared, before_repairs, context.history, out=out, started=started,
+                              search_seconds=search_seconds, interrupted=interrupted, log=log, progress=progress, extra=extra)
         if console.console is not None:
             print_summary(finished.document, console.console, out)
         return SearchResult(finished.student, finished.document, out)
