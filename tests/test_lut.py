@@ -200,6 +200,14 @@ def test_layout_conversions_follow_the_graph():
     assert predictor.layout_conversion_ms(specs) == pytest.approx({"b": 0.002 + 1e-6 * 30 * 64, "c": 0.003 + 2e-6 * 32 * 64})
     forward = predictor.layout_conversion_ms([dataclasses.replace(s, sources=None) for s in specs])
     assert set(forward) == {"b", "se"}
+    # Around a grouped convolution (RegNet's, 8 channels per group) nothing is charged, either way: charging
+    # it put torch-pruned regnet_x_400mf variants 17.5% over their measurement, 9.8% without.
+    grouped = dataclasses.replace(specs[1], name="g", groups=2, macs=specs[1].macs // 2)  # 30 in, 15 per group
+    assert predictor._config_of(grouped)[0].grouped and predictor.off_path(predictor._config_of(grouped)[0])
+    around = [specs[0], grouped, dataclasses.replace(specs[3], sources=("g",))]
+    assert predictor.layout_conversion_ms(around) == {}
+    plain = [specs[0], specs[1], dataclasses.replace(specs[3], sources=("b",))]  # the same chain ungrouped pays both
+    assert set(predictor.layout_conversion_ms(plain)) == {"b", "c"}
 
 
 # --------------------------------------------------------------------------------------------------
