@@ -31,15 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lut_fidelity as lf  # noqa: E402
 
 from hwcompress.devices import resolve_device  # noqa: E402
-from hwcompress.lut.predict import TablePredictor  # noqa: E402
 from hwcompress.lut.table import LatencyTable  # noqa: E402
 from hwcompress.model.analysis import analyze  # noqa: E402
-
-
-def kendall(a: list[float], b: list[float]) -> float:
-    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
-    sign = [((a[i] - a[j]) * (b[i] - b[j]) > 0) - ((a[i] - a[j]) * (b[i] - b[j]) < 0) for i, j in pairs]
-    return sum(sign) / len(pairs) if pairs else 0.0
 
 
 def main() -> int:
@@ -57,8 +50,8 @@ def main() -> int:
     kind_rngs = {kind: random.Random(f"{seed}:{kind}") for kind in lf.KINDS if kind != "project"}
     rules = {"graph": True, "grouped too": False, "none": None}
     scored: dict[str, list[tuple[str, str, float, float, float, float]]] = {rule: [] for rule in rules}
+    kinds = run["settings"].get("kinds", ",".join(lf.KINDS)).split(",")
     for name, result in run["results"].items():
-        kinds = run["settings"].get("kinds", ",".join(lf.KINDS)).split(",")
         for kind in kinds:
             kind_rng = rng if kind == "project" else kind_rngs[kind]
             for index in range(variants):
@@ -67,25 +60,20 @@ def main() -> int:
                 specs = analyze(model, shape).layers
                 row = next(r for r in result["rows"] if r["kind"] == kind and r["variant"] == index)
                 for rule, spare in rules.items():
-                    TablePredictor.spare_grouped_conversions = bool(spare)
+                    table.predictor.spare_grouped_conversions = bool(spare)
                     detail = table.predict_detail(specs)
                     predicted = detail.total_ms - (detail.layout_conversion_ms if spare is None else 0.0)
                     scored[rule].append((name, kind, predicted, row["measured_ms"], row["measured_corrected_ms"],
                                          row["predicted_ms"]))
-        TablePredictor.spare_grouped_conversions = True
     for name in run["results"]:
         print(name)
         for rule in rules:
             rows = [r for r in scored[rule] if r[0] == name]
             parts = []
             for label, column in (("as measured", 3), ("drift-corrected", 4)):
-                errors = [r[2] / r[column] - 1 for r in rows]
-                within = sum(abs(e) <= 0.10 for e in errors) / len(rows)
-                mape = sum(abs(e) for e in errors) / len(rows)
-                tau = kendall([r[2] for r in rows], [r[column] for r in rows])
-                parts.append(f"{label} {100 * within:5.1f}% / {100 * mape:4.1f}% / {tau:.3f}")
-            kinds = sorted({r[1] for r in rows}, key=list(lf.KINDS).index)
-            means = ", ".join(f"{k} {100 * sum(r[2] / r[3] - 1 for r in rows if r[1] == k) / sum(r[1] == k for r in rows):+.1f}%"
+                got = lf.scores([r[2] for r in rows], [r[column] for r in rows])
+                parts.append(f"{label} {100 * got['within_10pct']:5.1f}% / {100 * got['mape']:4.1f}% / {got['kendall_tau']:.3f}")
+            means = ", ".join(f"{k} {100 * lf.scores([r[2] for r in rows if r[1] == k], [r[3] for r in rows if r[1] == k])['mean_err']:+.1f}%"
                               for k in kinds)
             print(f"  {rule:12s} {'; '.join(parts)}  (mean error: {means})")
             if rule == "graph":

@@ -124,7 +124,7 @@ class TablePredictor:
     """
 
     #: No layout conversion is charged around grouped convolutions (:meth:`layout_conversion_ms`);
-    #: ``bench/conversion_rules.py`` turns it off to score the rule that charged them.
+    #: ``bench/conversion_rules.py`` turns it off on its table's predictor to score the rule that charged them.
     spare_grouped_conversions = True
 
     def __init__(self, table: Any) -> None:

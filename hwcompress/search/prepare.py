@@ -418,8 +418,9 @@ def second_look(prepared: Prepared, anchor: Callable[[Any], tuple[list[Anchor], 
     """Before refusing a budget just out of reach, measure the anchors again (:data:`SECOND_LOOK`).
 
     ``anchor(measure)`` anchors the cost model with the measurements ``measure`` takes (its note is
-    ``prepared.notes[note_at]``, which the new one replaces); here each anchor student is measured :data:`SECOND_LOOK_MEASUREMENTS` times (:class:`~hwcompress.search.anchors.MedianOf`)
-    and those medians replace the first anchors, whether they make the budget reachable or not.
+    ``prepared.notes[note_at]``, which the new one replaces); here each anchor student is measured
+    :data:`SECOND_LOOK_MEASUREMENTS` times (:class:`~hwcompress.search.anchors.MedianOf`) and those
+    medians replace the first anchors, whether they make the budget reachable or not.
     """
     budget = prepared.budget
     first, what = cheapest_student(prepared)
