@@ -373,6 +373,62 @@ def test_a_budget_still_out_of_reach_after_the_second_look_is_refused_naming_it(
         assert len(far) == 1
 
 
+def _slow_when_pruned(monkeypatch, names: set[str]) -> dict:
+    """The students named in ``names`` measure 1.2x the teacher (fewer channels stopped paying); the others
+    are measured for real. Returns the medians given, by name, in order."""
+    from hwcompress.measure.compare import PairedMeasurement
+
+    given: dict = {}
+    real_measure = PairedMeasurement.__call__
+
+    def spy(self, module, name, *args, **kwargs):
+        measured = real_measure(self, module, name, *args, **kwargs)
+        if name in names:
+            measured = {**measured, "median": 1.2 * self.teacher_ms}
+        given.setdefault(name, []).append(measured["median"])
+        given["teacher"] = [self.teacher_ms]
+        return measured
+
+    monkeypatch.setattr(PairedMeasurement, "__call__", spy)
+    return given
+
+
+def test_a_smallest_student_slower_than_the_teacher_holds_the_price_at_a_measured_one(tmp_path, monkeypatch):
+    """The smallest student measured slower than the teacher: a uniform student at the target is measured
+    (two anchors were asked for), and no student is priced under it, where the teacher's scale alone
+    priced the smallest at a fraction of the teacher."""
+    from hwcompress.search.prepare import prepare
+
+    given = _slow_when_pruned(monkeypatch, {"smallest"})
+    prepared = prepare(_config(tmp_path, budget=Budget.latency_ratio(0.8), out=None), log=lambda _: None)
+    floor = [a for a in prepared.anchors if a.get("floor")]
+    assert [a["name"] for a in floor] == ["uniform at the budget"]
+    held = floor[0]["measured_ms"]  # the uniform student's measurement (the middle one, after a second look)
+    assert min(abs(held - m) for m in given["uniform"]) < 1e-5 and held < 1.2 * prepared.teacher_measured["median"]
+    model = prepared.cost_model
+    assert model.cost(model.min_policy()) == pytest.approx(held, abs=1e-5)
+    assert prepared.bounds["smallest"] == pytest.approx(held, abs=1e-4)
+    assert any("measured slower: smallest" in n for n in prepared.notes)
+
+
+def test_pruned_students_no_faster_than_the_teacher_refuse_the_budget_naming_the_teacher(tmp_path, monkeypatch):
+    from hwcompress.search.prepare import prepare
+
+    given = _slow_when_pruned(monkeypatch, {"smallest", "uniform"})
+    with pytest.raises(UserError, match=r"the cheapest allowed student \(teacher, measured; smaller students measured no faster\)"
+                                        r".*fewer channels stopped paying on this device"):
+        prepare(_config(tmp_path, budget=Budget.latency_ratio(0.6), out=None), log=lambda _: None)
+    assert {name: len(times) for name, times in given.items()} == {"smallest": 1, "uniform": 1, "teacher": 1}
+    assert not (tmp_path / "out").exists()
+    # A budget the teacher meets is reported as met, without measuring the anchors again first (the
+    # cheapest student, the teacher, is within the second look's reach of the target).
+    teacher = given["teacher"][0]
+    given.clear()
+    with pytest.raises(BudgetAlreadyMet):
+        prepare(_config(tmp_path, budget=Budget.latency_ms(1.3 * teacher, margin=0.25), out=None), log=lambda _: None)
+    assert {name: len(times) for name, times in given.items()} == {"smallest": 1, "uniform": 1, "teacher": 1}
+
+
 def test_ctrl_c_leaves_the_best_student_so_far(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = rewards.reward

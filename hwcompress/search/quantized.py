@@ -19,6 +19,7 @@ Kendall tau 0.941 over the 13 models: a fair stand-in, but the runtime is exact 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -251,7 +252,8 @@ class QuantizedStudents:
         return score
 
     def anchor(self, cost_model: Any, measure: "QuantizedMeasurement", teacher: Any, example: Any,
-               target_ms: float | None, log: Callable[[str], None], table: Any = None) -> tuple[list[Anchor], str]:
+               target_ms: float | None, log: Callable[[str], None], table: Any = None,
+               middle: bool = True) -> tuple[list[Anchor], str]:
         """Anchor the latency cost model on quantized students measured now: the int8 teacher and the
         smallest int8 student (what the cost model's base view prices). For ``mixed`` also the float
         teacher and the smallest float student, and each precision's part of a prediction follows its
@@ -261,10 +263,10 @@ class QuantizedStudents:
         try:
             int8_teacher = measure(teacher, "teacher-int8")["median"]
             used, note = anchor_latency(cost_model, lambda keep, name: measure(prune_channels(teacher, example, keep), name)["median"],
-                                        int8_teacher, target_ms, log)
+                                        int8_teacher, target_ms, log, middle)
         finally:
             self.precision = saved
-        used = [Anchor(f"{a.name} int8", a.predicted_ms, a.measured_ms) for a in used]
+        used = [replace(a, name=f"{a.name} int8") for a in used]
         if self.plan.choosable and table is not None:
             raw = getattr(cost_model.latency_of, "raw", cost_model.latency_of)
             floating = cost_model.at_precision(ALL_FLOAT)
