@@ -4,13 +4,20 @@ The run's variants are rebuilt from its seed (the same draws, so the same networ
 LUT under each rule, and scored against the measurements its ``--json`` holds (within +-10%, MAPE,
 Kendall tau, as measured and drift-corrected; mean signed error per kind). Rules:
 
-* ``graph``: the predictor as it is (conversions placed by the graph, none around grouped convolutions);
-* ``grouped too``: the same, charging conversions around grouped convolutions as well (the rule before);
+* ``graph``: the predictor as it is (conversions placed by the graph, none around grouped convolutions,
+  those of squeeze-excitation blocks off the path credited: :mod:`hwcompress.lut.conversions`);
+* ``squeeze charged``: the same, charging squeeze-excitation paths as any other (the rule before);
+* ``grouped too``: charging conversions around grouped convolutions as well (the rule before that);
 * ``none``: no layout conversions.
 
     python bench/lut_fidelity.py --models mobilenet_v3_small,efficientnet_b0,regnet_x_400mf --input-size 96 \\
         --variants 8 --off-path --passes 2 --lut run.lut.json --json run.json
     python bench/conversion_rules.py run.json run.lut.json
+
+``--in-situ`` also checks the conversion model itself, apart from every other term of a prediction: each
+variant is exported and run under ONNX Runtime's node profiler (one thread), its ``ReorderInput`` and
+``ReorderOutput`` kernel times are summed, and for each variant off the blocked path (``tpnone``) the
+change against the mean of the aligned ``tp8`` variants is printed beside the change each rule predicts.
 
 The first line of each architecture checks that ``graph`` reproduces the run's own predictions (it does
 unless the predictor changed since the run).
@@ -40,6 +47,8 @@ def main() -> int:
     parser.add_argument("run", type=Path, help="the lut_fidelity.py --json document")
     parser.add_argument("lut", type=Path, help="the LUT that run recorded (its --lut, or the temporary file it names)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--in-situ", action="store_true",
+                        help="also time each variant's layout conversions under the node profiler (a minute or two)")
     args = parser.parse_args()
     run = json.loads(args.run.read_text())
     seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
@@ -48,8 +57,9 @@ def main() -> int:
     shape = tuple(run["input_shape"])
     rng = random.Random(seed)  # drawn in the run's order: the project's variants share one generator
     kind_rngs = {kind: random.Random(f"{seed}:{kind}") for kind in lf.KINDS if kind != "project"}
-    rules = {"graph": True, "grouped too": False, "none": None}
+    rules = {"graph": (True, True), "squeeze charged": (True, False), "grouped too": (False, True), "none": None}
     scored: dict[str, list[tuple[str, str, float, float, float, float]]] = {rule: [] for rule in rules}
+    reorders: list[tuple[str, str, float, dict[str, float]]] = []  # (model, kind, timed ms, predicted ms per rule)
     kinds = run["settings"].get("kinds", ",".join(lf.KINDS)).split(",")
     for name, result in run["results"].items():
         for kind in kinds:
@@ -59,12 +69,16 @@ def main() -> int:
                 model, _ = lf.build_variant(name, kind, shape, kind_rng, device.channel_multiple)
                 specs = analyze(model, shape).layers
                 row = next(r for r in result["rows"] if r["kind"] == kind and r["variant"] == index)
+                predicted_conversions = {}
                 for rule, spare in rules.items():
-                    table.predictor.spare_grouped_conversions = bool(spare)
+                    table.predictor.spare_grouped_conversions, table.predictor.squeeze_credit = spare or (True, True)
                     detail = table.predict_detail(specs)
+                    predicted_conversions[rule] = 0.0 if spare is None else detail.layout_conversion_ms
                     predicted = detail.total_ms - (detail.layout_conversion_ms if spare is None else 0.0)
                     scored[rule].append((name, kind, predicted, row["measured_ms"], row["measured_corrected_ms"],
                                          row["predicted_ms"]))
+                if args.in_situ and kind in ("tp8", "tpnone"):
+                    reorders.append((name, kind, timed_reorders(model, shape), predicted_conversions))
     for name in run["results"]:
         print(name)
         for rule in rules:
@@ -79,7 +93,50 @@ def main() -> int:
             if rule == "graph":
                 drift = max(abs(r[2] / r[5] - 1) for r in rows)
                 print(f"  {'':12s} the run's own predictions reproduced within {100 * drift:.2f}%")
+    if reorders:
+        print_in_situ(reorders, list(rules))
     return 0
+
+
+def timed_reorders(model: torch.nn.Module, shape: tuple[int, ...], runs: int = 20) -> float:
+    """The summed median kernel times (ms) of the layout conversions ONNX Runtime runs in ``model``."""
+    import statistics
+    import tempfile
+
+    from hwcompress_profiler_onnxruntime import _kernel_events
+
+    from hwcompress.measure.contract import ProfileSettings
+    from hwcompress.model.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="conversion-rules-") as folder:
+        path = Path(folder) / "variant.onnx"
+        export_onnx(model, shape, path, verify=False)
+        events = _kernel_events(path, shape, ProfileSettings(threads=1), runs + 5)
+    per_node: dict[str, list[float]] = {}
+    for node, event_args, ms in events:
+        if event_args.get("op_name") in ("ReorderInput", "ReorderOutput"):
+            per_node.setdefault(node, []).append(ms)
+    return sum(statistics.median(times[-runs:]) for times in per_node.values())
+
+
+def print_in_situ(reorders: list[tuple[str, str, float, dict[str, float]]], rules: list[str]) -> None:
+    """Per architecture: each misaligned variant's timed change in conversion time against the aligned
+    variants' mean, beside each rule's predicted change, and each rule's mean absolute error."""
+    print("\nlayout conversions in situ (ms; change against the aligned tp8 variants' mean)")
+    for name in dict.fromkeys(r[0] for r in reorders):
+        aligned = [r[2] for r in reorders if r[0] == name and r[1] == "tp8"]
+        off = [r for r in reorders if r[0] == name and r[1] == "tpnone"]
+        if not aligned or not off:
+            continue
+        baseline = sum(aligned) / len(aligned)
+        print(f"{name}: aligned variants {baseline:.3f} ms of conversions")
+        errors: dict[str, list[float]] = {rule: [] for rule in rules}
+        for index, (_, _, timed, predicted) in enumerate(off):
+            change = timed - baseline
+            print(f"  tpnone {index}: timed {change:+.3f}; " + ", ".join(f"{rule} {predicted[rule]:+.3f}" for rule in rules))
+            for rule in rules:
+                errors[rule].append(abs(predicted[rule] - change))
+        print("  mean absolute error: " + ", ".join(f"{rule} {sum(e) / len(e):.3f}" for rule, e in errors.items()))
 
 
 if __name__ == "__main__":

@@ -176,9 +176,9 @@ def test_analysis_reads_which_layers_feed_which():
 def test_layout_conversions_follow_the_graph():
     """A conversion is charged where a layer feeds a convolution in the other layout (one of the two
     off the blocked path), once per converted source, by the reader's input: here the off-path ``b``
-    converts ``a``'s blocked output and ``c`` converts ``b``'s plain output back, while ``se`` (a side
+    converts ``a``'s blocked output and ``c`` converts ``b``'s plain output back, while ``side`` (a
     branch reading ``a``) converts nothing. Forward order (rows without sources, as ONNX analyses
-    give) charged ``se`` instead of ``c``."""
+    give) charged ``side`` instead of ``c``."""
     import dataclasses
 
     from hwcompress.model.analysis import LayerSpec
@@ -191,7 +191,7 @@ def test_layout_conversions_follow_the_graph():
              "to_blocked": {"intercept_ms": 0.003, "ms_per_element": 2e-6}}
     table = LatencyTable({"device": "cpu", "quantum": 8, "facts": {"channel_block": 16, "channel_alignment": 4},
                           "cache_flush_mb": 16, "off_path_cache_flush_mb": 0, "layout_conversions": rates})
-    specs = [conv("a", 32, 8, ()), conv("b", 30, 8, ("a",)), conv("se", 32, 1, ("a",)), conv("c", 32, 8, ("b", "se")),
+    specs = [conv("a", 32, 8, ()), conv("b", 30, 8, ("a",)), conv("side", 32, 8, ("a",)), conv("c", 32, 8, ("b", "side")),
              conv("d", 32, 8, ("b", "c"))]
     predictor = table.predictor
     assert [predictor.off_path(predictor._config_of(s)[0]) for s in specs] == [False, True, False, False, False]
@@ -199,7 +199,7 @@ def test_layout_conversions_follow_the_graph():
     # runtime reordered b's output once, for c.
     assert predictor.layout_conversion_ms(specs) == pytest.approx({"b": 0.002 + 1e-6 * 30 * 64, "c": 0.003 + 2e-6 * 32 * 64})
     forward = predictor.layout_conversion_ms([dataclasses.replace(s, sources=None) for s in specs])
-    assert set(forward) == {"b", "se"}
+    assert set(forward) == {"b", "side"}
     # Around a grouped convolution (RegNet's, 8 channels per group) nothing is charged, either way: charging
     # it put torch-pruned regnet_x_400mf variants 17.5% over their measurement, 9.8% without.
     grouped = dataclasses.replace(specs[1], name="g", groups=2, macs=specs[1].macs // 2)  # 30 in, 15 per group
@@ -208,6 +208,47 @@ def test_layout_conversions_follow_the_graph():
     assert predictor.layout_conversion_ms(around) == {}
     plain = [specs[0], specs[1], dataclasses.replace(specs[3], sources=("b",))]  # the same chain ungrouped pays both
     assert set(predictor.layout_conversion_ms(plain)) == {"b", "c"}
+
+
+def test_a_squeeze_excitation_block_off_the_path_is_credited_the_conversions_it_no_longer_pays():
+    """The broadcast multiply of a squeeze-excitation block runs in plain NCHW, so on the blocked path the
+    runtime converts the depthwise output out of NCHWc and the multiply's output back in for the
+    projection (ONNX Runtime's optimised mobilenet_v3_small: three reorders per block). The calibration
+    has those; a block whose depthwise convolution and projection run off the path pays neither, and is
+    credited them. Nothing is charged on the squeeze path itself (the pooled 1x1 tensors)."""
+    import dataclasses
+
+    from hwcompress.model.analysis import LayerSpec
+
+    def se_block(c: int) -> list[LayerSpec]:
+        def conv(name, cin, cout, hw, sources, groups=1, kernel=1):
+            return LayerSpec(name, "Conv2d", (1, cin, hw, hw), (1, cout, hw, hw), cin=cin, cout=cout, kernel=(kernel, kernel),
+                             stride=(1, 1), padding=(kernel // 2,) * 2, groups=groups,
+                             macs=cin // groups * cout * hw * hw * kernel * kernel, sources=sources)
+        return [conv("expand", 32, c, 8, ()), conv("dw", c, c, 8, ("expand",), groups=c, kernel=3),
+                conv("fc1", c, 8, 1, ("dw",)), conv("fc2", 8, c, 1, ("fc1",)), conv("project", c, 32, 8, ("dw", "fc2"))]
+
+    rates = {"to_plain": {"intercept_ms": 0.002, "ms_per_element": 1e-6},
+             "to_blocked": {"intercept_ms": 0.003, "ms_per_element": 2e-6}}
+    table = LatencyTable({"device": "cpu", "quantum": 8, "facts": {"channel_block": 16, "channel_alignment": 4},
+                          "cache_flush_mb": 16, "off_path_cache_flush_mb": 0, "layout_conversions": rates})
+    predictor = table.predictor
+    aligned, narrowed = se_block(32), se_block(30)
+    assert predictor.layout_conversion_ms(aligned) == {}
+    off = [predictor.off_path(predictor._config_of(s)[0]) for s in narrowed]
+    assert off == [False, True, True, False, True]  # fc2 reads 8 channels: under a block, on the path
+    got = predictor.layout_conversion_ms(narrowed)
+    # dw pays converting expand's blocked output and is credited the conversion of its own output it no
+    # longer needs (the two cancel here); project is credited its input's conversion back in.
+    assert got == pytest.approx({"dw": 0.0, "project": -(0.003 + 2e-6 * 30 * 64)})
+    predictor.squeeze_credit = False  # the rule before: the projection charged like any reader
+    try:
+        assert predictor.layout_conversion_ms(narrowed)["project"] > 0
+    finally:
+        predictor.squeeze_credit = True
+    # Without sources (ONNX analyses) the projection follows fc2 in row order: still on the squeeze path.
+    forward = predictor.layout_conversion_ms([dataclasses.replace(s, sources=None) for s in narrowed])
+    assert forward["project"] < 0
 
 
 # --------------------------------------------------------------------------------------------------

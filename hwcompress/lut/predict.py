@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
 from hwcompress.errors import UserError
+from hwcompress.lut.conversions import layout_conversions
 from hwcompress.lut.keys import (
     CONV_OPS,
     EXACT,
@@ -123,9 +124,11 @@ class TablePredictor:
     lookups: the search asks for the same configurations thousands of times.
     """
 
-    #: No layout conversion is charged around grouped convolutions (:meth:`layout_conversion_ms`);
-    #: ``bench/conversion_rules.py`` turns it off on its table's predictor to score the rule that charged them.
+    #: Switches of :func:`hwcompress.lut.conversions.layout_conversions` (no conversion charged around
+    #: grouped convolutions; squeeze-excitation paths credited instead of charged); ``bench/conversion_rules.py``
+    #: turns them off on its table's predictor to score the rules they replaced.
     spare_grouped_conversions = True
+    squeeze_credit = True
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -415,6 +418,8 @@ class TablePredictor:
             scale = calibration_ratio(model, layer_sum - unscaled)
         elif model is not None and calibration == "offset":
             offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
+        # A credit (conversions a layer off the path no longer causes) is at most the layer's own time.
+        converting = {name: max(ms, -(raw.get(name, 0.0) * (1.0 if name in as_timed else scale))) for name, ms in converting.items()}
         per_layer = {name: (ms if name in as_timed else ms * scale) + converting.get(name, 0.0) for name, ms in raw.items()}
         total = max((layer_sum - unscaled) * scale + unscaled + sum(converting.values()) + offset, 0.0)
         return PredictionDetail(
@@ -432,62 +437,9 @@ class TablePredictor:
         )
 
     def layout_conversion_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
-        """Per convolution, what converting the tensor it reads between the runtime's blocked layout and
-        plain NCHW costs (the table's ``layout_conversions``): a convolution on the blocked path reads
-        blocked input from one block of channels up (below, it reads NCHW directly) and writes blocked
-        output; one off the path (:func:`between_blocks`) reads and writes NCHW. A convolution whose
-        input comes from a convolution in the other layout, one of the two off the path, pays one
-        conversion of its input (the runtime reorders right before the reader, after any pooling or add
-        in between), and a source converted for one reader is not converted again for the next. Which convolutions feed which are the
-        rows' ``sources`` (the autograd graph of :func:`~hwcompress.model.analysis.analyze`: a projection
-        after a squeeze-excitation block is fed by the depthwise convolution and the excitation); rows
-        without them (ONNX analyses), or whose sources are all gone from ``specs`` (a unit a student
-        removed), are compared with the convolution before them in row order. Nothing is charged where a
-        grouped convolution (not depthwise) reads or is read: around regnet_x_400mf's grouped convolutions
-        at 8 channels per group, charging them put torch-pruned variants 17.5% over their measurement (25%
-        within +-10%), and leaving them out 9.8% (62.5%), with no change on the architectures without
-        grouped convolutions (docs/benchmarks.md, "On a quiet machine"). Empty without a
-        ``layout_conversions`` record."""
-        rates = self._conversions or {}
-        block = self.layout[0]
-        convs: list[tuple[LayerSpec, str, str, bool]] = []  # (row, input layout, output layout, off the path)
-        grouped: set[str] = set()  # grouped (not depthwise) convolutions: no conversion is charged around them
-        for spec in specs:
-            config, _ = self._config_of(spec)
-            if config is None or config.op not in CONV_OPS or not spec.in_shape:
-                continue
-            if config.grouped and self.spare_grouped_conversions:
-                grouped.add(spec.name)
-            off = self.off_path(config)
-            if off:
-                layout_in = layout_out = "plain"
-            else:
-                layout_in = "blocked" if config.cin >= block else "plain"
-                layout_out = "blocked" if config.cin >= block or not (config.depthwise or config.grouped) else "plain"
-            convs.append((spec, layout_in, layout_out, off))
-        # Every convolution's output layout first: a row may name a source defined after it.
-        written = {spec.name: (layout_out, off) for spec, _, layout_out, off in convs}
-        present = {spec.name for spec in specs}
-        costs: dict[str, float] = {}
-        converted: set[tuple[str, str]] = set()  # (source, the layout it was converted to)
-        previous: str | None = None
-        for spec, layout_in, _, off in convs:
-            graph = spec.sources is not None and (not spec.sources or any(s in present for s in spec.sources))
-            sources = spec.sources if graph else (previous,) if previous is not None else ()
-            previous = spec.name
-            # Only the changes an off-path layer causes: the others happen in the blocked-path models the
-            # calibration was fitted on, and its scale has them.
-            if spec.name in grouped:
-                continue
-            crossing = {(s, layout_in) for s in sources
-                        if s in written and s not in grouped and written[s][0] != layout_in and (off or written[s][1])}
-            if not crossing - converted:
-                continue  # nothing crosses, or the runtime already reordered it for an earlier reader
-            converted |= crossing
-            fit = rates.get("to_plain" if layout_in == "plain" else "to_blocked") or {}
-            elements = math.prod(int(d) for d in spec.in_shape)
-            costs[spec.name] = float(fit.get("intercept_ms", 0.0)) + float(fit.get("ms_per_element", 0.0)) * elements
-        return costs
+        """Per convolution, what the layout conversions that its being off the blocked path adds or
+        removes cost (:func:`hwcompress.lut.conversions.layout_conversions`)."""
+        return layout_conversions(self, specs)
 
     def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:
         """``(total_ms, per_layer_ms, coverage)`` for a model's analysed layers (calibrated)."""
