@@ -372,7 +372,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         log(notes[-1])
     if budget.is_latency and measure is not None:
         raw = cost_model.latency_of
-        third_anchor = config.anchor_count >= 3  # a uniform student at the search target (also when int8 stops paying)
+        third_anchor = config.anchor_count >= 3  # the uniform student at the target (measured anyway when int8 stops paying)
         if saved and saved.get("anchors"):
             used = [Anchor.from_dict(a) for a in saved["anchors"]]
             if quantized is not None:
@@ -455,8 +455,7 @@ def cheapest_student(prepared: Prepared) -> tuple[float, str]:
     always get cheaper with fewer channels); with ``--quantize`` the whole teacher in int8 counts as a
     student; with ``--quantize mixed`` and an agent that chooses precisions, each width is priced all in
     int8 and all in float. A quantized student measured while anchoring (the int8 teacher) counts at its
-    measured latency, and so does the anchor under which the curve is held flat (smaller students measured
-    no faster, :mod:`hwcompress.search.anchors`).
+    measured latency.
     """
     model, config, quantized = prepared.cost_model, prepared.config, prepared.quantized
     views = [(model, " in int8" if quantized is not None else "")]
@@ -473,9 +472,6 @@ def cheapest_student(prepared: Prepared) -> tuple[float, str]:
     measured = measured_int8_teacher(prepared.anchors) if quantized is not None and prepared.budget.is_latency else None
     if measured is not None and measured < best:
         best, what = measured, "the whole teacher in int8, measured"
-    floor = next((a for a in prepared.anchors if a.get("floor")), None) if prepared.budget.is_latency else None
-    if floor is not None and best <= float(floor["measured_ms"]) + 1e-5:  # the curve is held there (saved to 5 decimals)
-        best, what = float(floor["measured_ms"]), f"{floor['name']}, measured; smaller students measured no faster"
     return best, what
 
 
@@ -505,12 +501,9 @@ def check_budget(prepared: Prepared, refuse_infeasible: bool = True) -> dict[str
             if prepared.second_look:
                 detail += f", the middle of {prepared.second_look['measurements']} measurements"
         reachable = smallest / (1 - budget.margin) if budget.is_latency else smallest
-        remedy = "or lower --lbound"
-        if "smaller students measured no faster" in what:  # lbound cannot help: fewer channels stopped paying
-            remedy = ("or keep layers in float where pruning still pays (--quantize mixed, or none)" if prepared.quantized
-                      is not None else "(fewer channels stopped paying on this device)")
         raise UserError(
             f"budget {budget.format(budget.limit)} is infeasible: the cheapest allowed student ({what}) reaches "
-            f"{budget.format(smallest)} ({detail}); raise the budget to at least {budget.format(reachable)} {remedy}"
+            f"{budget.format(smallest)} ({detail}); raise the budget to at least {budget.format(reachable)} or "
+            "lower --lbound"
         )
     return {"teacher": teacher_cost, "smallest": smallest}
