@@ -7,7 +7,8 @@ Kendall tau, as measured and drift-corrected; mean signed error per kind). Rules
 * ``graph``: the predictor as it is (conversions placed by the graph, none around grouped convolutions,
   those of squeeze-excitation blocks off the path credited: :mod:`hwcompress.lut.conversions`);
 * ``squeeze charged``: the same, charging squeeze-excitation paths as any other (the rule before);
-* ``grouped too``: charging conversions around grouped convolutions as well (the rule before that);
+* ``grouped too``: charging conversions around grouped convolutions as well (the rule before that, with
+  the squeeze credit kept);
 * ``none``: no layout conversions.
 
     python bench/lut_fidelity.py --models mobilenet_v3_small,efficientnet_b0,regnet_x_400mf --input-size 96 \\

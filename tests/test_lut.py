@@ -249,6 +249,16 @@ def test_a_squeeze_excitation_block_off_the_path_is_credited_the_conversions_it_
     # Without sources (ONNX analyses) the projection follows fc2 in row order: still on the squeeze path.
     forward = predictor.layout_conversion_ms([dataclasses.replace(s, sources=None) for s in narrowed])
     assert forward["project"] < 0
+    # A credit larger than the layer's own time is cut at it: no layer priced below zero, and the layers
+    # still add up to the whole.
+    from hwcompress.lut.keys import LayerConfig, LutEntry
+
+    for spec in narrowed:
+        table.add(LutEntry(LayerConfig.from_spec(spec), 0.001, 0.0011, 0.0, 10))
+    detail = table.predict_detail(narrowed)
+    assert detail.per_layer_ms["project"] == pytest.approx(0.0) and min(detail.per_layer_ms.values()) >= 0
+    assert detail.layout_conversion_ms == pytest.approx(-0.001)
+    assert sum(detail.per_layer_ms.values()) == pytest.approx(detail.total_ms)
 
 
 # --------------------------------------------------------------------------------------------------

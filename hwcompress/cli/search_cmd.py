@@ -57,7 +57,8 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--anchors", type=int,
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
                    "student (the default), 3 = also a uniform student at the budget (the default with --quantize: int8 "
-                   "students bend away from the two-anchor line; docs/search.md).")
+                   "students bend away from the two-anchor line; docs/search.md). The uniform one is measured anyway when "
+                   "the smallest measures no faster than the teacher.")
 @click.option("--context-students", type=int, metavar="N",
               help="Before a latency search, profile N students layer by layer on the device and fit the cost model on "
                    "their in-network layer times (the LUT times each layer alone, which misleads inside a network); "

@@ -14,7 +14,8 @@ do not take, :func:`hwcompress.lut.predict.between_blocks`) makes:
   plain NCHW, so on the blocked path the block pays a conversion out of each convolution feeding the
   multiply (the depthwise convolution and the excitation) and one back into the projection after it.
   Read off ONNX Runtime's optimised graphs of torch-pruned mobilenet_v3_small variants: every such block
-  of an aligned variant held these three reorders (34 in all, 0.07 ms of a 0.2 ms network at 96 px); a
+  of an aligned variant held these three reorders (of the 34 in the network, 0.07 ms of a 0.2 ms network
+  at 96 px); a
   variant whose blocks went off the path kept them only where a convolution stayed on it, and the LUT,
   which had them in its scale, put those variants 8-12% over their measurement. Off the path, the
   conversions disappear, and their cost is credited;
@@ -22,6 +23,9 @@ do not take, :func:`hwcompress.lut.predict.between_blocks`) makes:
   at 8 channels per group, charging them put torch-pruned variants 17.5% over their measurement (25%
   within +-10%), and leaving them out 9.8% (62.5%), with no change on the architectures without grouped
   convolutions (docs/benchmarks.md, "On a quiet machine").
+
+A tensor whose every spatial extent is 1 is taken for the squeeze path; at inputs so small that an
+ordinary stage runs at 1x1, its conversions go uncharged too (a few microseconds each).
 
 Which convolutions feed which are the rows' ``sources`` (the autograd graph of
 :func:`~hwcompress.model.analysis.analyze`: a projection after a squeeze-excitation block is fed by the
@@ -93,7 +97,7 @@ def layout_conversions(predictor: Any, specs: Sequence[LayerSpec]) -> dict[str, 
             # On a squeeze-excitation path the runtime leaves its blocked layout whatever the channels.
             if not _pooled(spec.in_shape):  # the projection, read through the multiply
                 for source in sources:  # each credited at the convolution whose output is no longer converted
-                    if source in written and written[source][1] and source not in credited:
+                    if source in written and written[source][1] and source not in credited and source not in grouped:
                         credited.add(source)
                         costs[source] = costs.get(source, 0.0) - price("to_plain", shapes.get(source))
                 if off:

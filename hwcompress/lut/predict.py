@@ -74,8 +74,9 @@ class PredictionDetail:
         precision_ms: calibrated milliseconds per precision, for a model with layers in several.
         between_blocks: convolutions whose channels fall between the table's channel blocks
             (:func:`between_blocks`): priced as the next block, which the runtime may not give them.
-        layout_conversion_ms: what the layout conversions around layers off the blocked path add
-            (:meth:`TablePredictor.layout_conversion_ms`; included in ``total_ms`` and ``per_layer_ms``).
+        layout_conversion_ms: what the layout conversions around layers off the blocked path add, net of
+            those they remove (negative where squeeze-excitation blocks leave the path:
+            :mod:`hwcompress.lut.conversions`; included in ``total_ms`` and ``per_layer_ms``).
     """
 
     total_ms: float
@@ -654,7 +655,10 @@ class LutPredictor:
             )
         if detail.layout_conversion_ms > 0:
             notes.append(f"includes {detail.layout_conversion_ms:.3f} ms of layout conversions around the layers off the "
-                         "runtime's blocked path (timed when the LUT was recorded with --off-path)")
+                         "runtime's blocked path, net (timed when the LUT was recorded with --off-path)")
+        elif detail.layout_conversion_ms < 0:
+            notes.append(f"credits {-detail.layout_conversion_ms:.3f} ms, net, of layout conversions that squeeze-excitation "
+                         "blocks off the runtime's blocked path no longer pay (timed when the LUT was recorded with --off-path)")
         notes.append(
             "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
             "spread on the device; runs = 0 (nothing timed here)"

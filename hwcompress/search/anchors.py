@@ -120,7 +120,7 @@ def anchor_latency(
             argument names the student.
         teacher_ms: the teacher's measured latency.
         target_ms: the latency the search aims at (the budget less its margin), where the third anchor
-            goes; None for two anchors only.
+            goes; None: no third anchor, whatever ``middle`` says.
         log: where the one-line summary goes.
         middle: measure the third anchor whenever ``target_ms`` is in range (``--anchors 3``); False: only
             when the smallest student measured no faster than the teacher.
@@ -139,8 +139,9 @@ def anchor_latency(
     no_faster = smallest.predicted_ms < teacher.predicted_ms and smallest.measured_ms >= teacher.measured_ms
     cost_model.set_latency(AnchoredLatency(raw, kept))
     in_range = target_ms is not None and target_ms < teacher_ms
-    if in_range and (middle and len(kept) == 2 and smallest.measured_ms < target_ms or no_faster):
-        middle_policy = cost_model.scaled_policy(full_policy, target_ms)
+    wanted = in_range and ((middle and len(kept) == 2 and smallest.measured_ms < target_ms) or no_faster)
+    middle_policy = cost_model.scaled_policy(full_policy, target_ms) if wanted else min_policy
+    if middle_policy != min_policy:  # (the smallest itself is not measured again)
         cost_model.set_latency(raw)
         uniform = Anchor("uniform at the budget", cost_model.cost(middle_policy), measure_policy(middle_policy, "uniform"))
         kept, dropped = monotone_anchors([teacher, smallest, uniform])
@@ -148,7 +149,8 @@ def anchor_latency(
     kept = sorted(kept, key=lambda a: a.predicted_ms)
     parts = [f"{a.name} {a.measured_ms:.3f} ms (predicted {a.predicted_ms:.3f})" for a in reversed(kept)]
     note = f"cost model anchored on {len(kept)} students measured in this run: " + ", ".join(parts)
-    slower = [a for a in dropped if a.predicted_ms < teacher.predicted_ms and a.measured_ms >= teacher.measured_ms]
+    # Slower, not noise: predicted under every anchor kept and measured no faster than the teacher.
+    slower = [a for a in dropped if a.predicted_ms < kept[0].predicted_ms and a.measured_ms >= teacher.measured_ms]
     noise = [a for a in dropped if a not in slower]
     if noise:
         note += "; left out as out of order (measurement noise): " + ", ".join(

@@ -257,7 +257,8 @@ class QuantizedStudents:
         """Anchor the latency cost model on quantized students measured now: the int8 teacher and the
         smallest int8 student (what the cost model's base view prices). For ``mixed`` also the float
         teacher and the smallest float student, and each precision's part of a prediction follows its
-        own anchored line (:class:`PrecisionAnchoredLatency`)."""
+        own anchored line (:class:`PrecisionAnchoredLatency`). ``middle``: as
+        :func:`~hwcompress.search.anchors.anchor_latency`'s (a uniform int8 student at ``target_ms``)."""
         saved = self.precision
         self.precision = {}
         try:
