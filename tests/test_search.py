@@ -305,6 +305,34 @@ def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
         == verdicts[1] and policy
 
 
+def test_a_grown_student_whose_verdict_meets_the_budget_is_kept(tmp_path, monkeypatch):
+    """The same grow, with the grown student's measured verdict under the budget: it is the student
+    reported and saved, one verdict, nothing undone."""
+    _skew_cost_model(monkeypatch, 1.6, feasible_at=0.9 * (1 - 0.03))
+    from hwcompress.measure.compare import PairedMeasurement
+
+    verdicts: list = []
+    real_measure = PairedMeasurement.__call__
+
+    def spy(self, module, name, *args, **kwargs):
+        measured = real_measure(self, module, name, *args, **kwargs)
+        if name == "student":  # the verdict lands under the budget whatever this VM's noise says
+            verdicts.append(sum(p.numel() for p in module.parameters()))
+            measured = {**measured, "median": 0.95 * kwargs["decide_ms"], "decided": True}
+        return measured
+
+    monkeypatch.setattr(PairedMeasurement, "__call__", spy)
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10, verdict_rounds=5))
+    grown = [r for r in doc["budget_repairs"] if r.get("grown")]
+    assert grown and len(verdicts) == 1 and doc["budget_met"] and "grow_undone" not in doc
+    assert doc["student"]["params"] == verdicts[0]
+    assert grown[-1]["predicted_after_ms"] > grown[0]["predicted_ms"]  # the channels given back are the ones kept
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Grow step 1: the student measured" in summary and "Grow undone" not in summary
+    assert sum(p.numel() for p in torch.load(tmp_path / "out" / "student.pt", weights_only=False)["model"].parameters()) \
+        == verdicts[0]
+
+
 def test_a_grow_is_undone_only_when_its_measured_verdict_misses():
     from hwcompress.search.repair import undo_grow
 
