@@ -104,7 +104,7 @@ def timed_reorders(model: torch.nn.Module, shape: tuple[int, ...], runs: int = 2
     import statistics
     import tempfile
 
-    from hwcompress_profiler_onnxruntime import _kernel_events
+    from hwcompress_profiler_onnxruntime import BOUNDARY_OPS, _kernel_events
 
     from hwcompress.measure.contract import ProfileSettings
     from hwcompress.model.export import export_onnx
@@ -115,7 +115,7 @@ def timed_reorders(model: torch.nn.Module, shape: tuple[int, ...], runs: int = 2
         events = _kernel_events(path, shape, ProfileSettings(threads=1), runs + 5)
     per_node: dict[str, list[float]] = {}
     for node, event_args, ms in events:
-        if event_args.get("op_name") in ("ReorderInput", "ReorderOutput"):
+        if event_args.get("op_name") in BOUNDARY_OPS:  # ReorderInput, ReorderOutput
             per_node.setdefault(node, []).append(ms)
     return sum(statistics.median(times[-runs:]) for times in per_node.values())
 

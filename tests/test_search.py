@@ -401,9 +401,10 @@ def test_a_budget_still_out_of_reach_after_the_second_look_is_refused_naming_it(
         assert len(far) == 1
 
 
-def _slow_when_pruned(monkeypatch, names: set[str]) -> dict:
-    """The students named in ``names`` measure 1.2x the teacher (fewer channels stopped paying); the others
-    are measured for real. Returns the medians given, by name, in order."""
+def _measured_as(monkeypatch, fractions: dict[str, float]) -> dict:
+    """The students named in ``fractions`` measure that fraction of the teacher (1.2: fewer channels stopped
+    paying); the others are measured for real. Returns the medians given, by name, in order, and the
+    teacher's reference under ``"teacher"``."""
     from hwcompress.measure.compare import PairedMeasurement
 
     given: dict = {}
@@ -411,8 +412,8 @@ def _slow_when_pruned(monkeypatch, names: set[str]) -> dict:
 
     def spy(self, module, name, *args, **kwargs):
         measured = real_measure(self, module, name, *args, **kwargs)
-        if name in names:
-            measured = {**measured, "median": 1.2 * self.teacher_ms}
+        if name in fractions:
+            measured = {**measured, "median": fractions[name] * self.teacher_ms}
         given.setdefault(name, []).append(measured["median"])
         given["teacher"] = [self.teacher_ms]
         return measured
@@ -427,7 +428,7 @@ def test_a_smallest_student_slower_than_the_teacher_gets_the_uniform_one_measure
     faster; nothing is refused on that account."""
     from hwcompress.search.prepare import prepare
 
-    given = _slow_when_pruned(monkeypatch, {"smallest"})
+    given = _measured_as(monkeypatch, {"smallest": 1.2})
     prepared = prepare(_config(tmp_path, budget=Budget.latency_ratio(0.8), out=None), log=lambda _: None)
     assert [a["name"] for a in prepared.anchors] == ["uniform at the budget", "teacher"]
     assert prepared.anchors[0]["measured_ms"] == pytest.approx(given["uniform"][-1], abs=1e-5)
@@ -440,20 +441,7 @@ def test_a_budget_the_teacher_meets_is_reported_without_a_second_look(tmp_path, 
     reported, without measuring the anchors three times more first."""
     from hwcompress.search.prepare import prepare
 
-    given = _slow_when_pruned(monkeypatch, set())
-
-    def smallest_at(fraction):
-        from hwcompress.measure.compare import PairedMeasurement
-
-        spied = PairedMeasurement.__call__
-
-        def at(self, module, name, *args, **kwargs):
-            measured = spied(self, module, name, *args, **kwargs)
-            return {**measured, "median": fraction * self.teacher_ms} if name == "smallest" else measured
-
-        monkeypatch.setattr(PairedMeasurement, "__call__", at)
-
-    smallest_at(0.7)
+    given = _measured_as(monkeypatch, {"smallest": 0.7})
     prepare(_config(tmp_path, budget=Budget.latency_ratio(0.9), out=None), log=lambda _: None)
     teacher = given["teacher"][0]
     given.clear()

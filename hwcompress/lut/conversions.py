@@ -15,10 +15,9 @@ do not take, :func:`hwcompress.lut.predict.between_blocks`) makes:
   multiply (the depthwise convolution and the excitation) and one back into the projection after it.
   Read off ONNX Runtime's optimised graphs of torch-pruned mobilenet_v3_small variants: every such block
   of an aligned variant held these three reorders (of the 34 in the network, 0.07 ms of a 0.2 ms network
-  at 96 px); a
-  variant whose blocks went off the path kept them only where a convolution stayed on it, and the LUT,
-  which had them in its scale, put those variants 8-12% over their measurement. Off the path, the
-  conversions disappear, and their cost is credited;
+  at 96 px); a variant whose blocks went off the path kept them only where a convolution stayed on it,
+  and the LUT, which had them in its scale, put those variants 8-12% over their measurement. Off the
+  path, the conversions disappear, and their cost is credited;
 - **neither** around grouped convolutions (not depthwise): around regnet_x_400mf's grouped convolutions
   at 8 channels per group, charging them put torch-pruned variants 17.5% over their measurement (25%
   within +-10%), and leaving them out 9.8% (62.5%), with no change on the architectures without grouped
@@ -93,9 +92,10 @@ def layout_conversions(predictor: Any, specs: Sequence[LayerSpec]) -> dict[str, 
         previous = spec.name
         if spec.name in grouped:
             continue
-        if predictor.squeeze_credit and (_pooled(spec.in_shape) or any(_pooled(shapes.get(s)) for s in sources)):
+        pooled_input = _pooled(spec.in_shape)
+        if predictor.squeeze_credit and (pooled_input or any(_pooled(shapes.get(s)) for s in sources)):
             # On a squeeze-excitation path the runtime leaves its blocked layout whatever the channels.
-            if not _pooled(spec.in_shape):  # the projection, read through the multiply
+            if not pooled_input:  # the projection, read through the multiply
                 for source in sources:  # each credited at the convolution whose output is no longer converted
                     if source in written and written[source][1] and source not in credited and source not in grouped:
                         credited.add(source)

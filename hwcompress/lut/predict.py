@@ -419,9 +419,10 @@ class TablePredictor:
             scale = calibration_ratio(model, layer_sum - unscaled)
         elif model is not None and calibration == "offset":
             offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
+        own = {name: ms if name in as_timed else ms * scale for name, ms in raw.items()}
         # A credit (conversions a layer off the path no longer causes) is at most the layer's own time.
-        converting = {name: max(ms, -(raw.get(name, 0.0) * (1.0 if name in as_timed else scale))) for name, ms in converting.items()}
-        per_layer = {name: (ms if name in as_timed else ms * scale) + converting.get(name, 0.0) for name, ms in raw.items()}
+        converting = {name: max(ms, -own.get(name, 0.0)) for name, ms in converting.items()}
+        per_layer = {name: ms + converting.get(name, 0.0) for name, ms in own.items()}
         total = max((layer_sum - unscaled) * scale + unscaled + sum(converting.values()) + offset, 0.0)
         return PredictionDetail(
             total_ms=total,

@@ -140,8 +140,8 @@ def anchor_latency(
     cost_model.set_latency(AnchoredLatency(raw, kept))
     in_range = target_ms is not None and target_ms < teacher_ms
     wanted = in_range and ((middle and len(kept) == 2 and smallest.measured_ms < target_ms) or no_faster)
-    middle_policy = cost_model.scaled_policy(full_policy, target_ms) if wanted else min_policy
-    if middle_policy != min_policy:  # (the smallest itself is not measured again)
+    middle_policy = cost_model.scaled_policy(full_policy, target_ms) if wanted else None
+    if middle_policy is not None and middle_policy != min_policy:  # the smallest is not measured again as the uniform one
         cost_model.set_latency(raw)
         uniform = Anchor("uniform at the budget", cost_model.cost(middle_policy), measure_policy(middle_policy, "uniform"))
         kept, dropped = monotone_anchors([teacher, smallest, uniform])

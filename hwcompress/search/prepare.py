@@ -423,8 +423,7 @@ def second_look(prepared: Prepared, anchor: Callable[[Any], tuple[list[Anchor], 
     medians replace the first anchors, whether they make the budget reachable or not.
     """
     budget = prepared.budget
-    teacher = prepared.teacher_measured["median"] if prepared.teacher_measured is not None else None
-    if teacher is not None and budget.met_by(teacher):
+    if budget.met_by(teacher_cost(prepared)[0]):
         return  # the budget check reports that the teacher already meets it; nothing to look at again
     first, what = cheapest_student(prepared)
     if not budget.target < first <= SECOND_LOOK * budget.target:
@@ -475,6 +474,13 @@ def cheapest_student(prepared: Prepared) -> tuple[float, str]:
     return best, what
 
 
+def teacher_cost(prepared: Prepared) -> tuple[float, bool]:
+    """The teacher's cost against the budget, and whether it was measured (a latency budget with the
+    teacher measured on the device) rather than predicted."""
+    measured = prepared.budget.is_latency and prepared.teacher_measured is not None
+    return (prepared.teacher_measured["median"] if measured else prepared.cost_model.teacher_cost()), measured
+
+
 def check_budget(prepared: Prepared, refuse_infeasible: bool = True) -> dict[str, float]:
     """Refuse a budget the cheapest student cannot meet (:func:`cheapest_student`); report a budget the
     teacher already meets.
@@ -485,13 +491,10 @@ def check_budget(prepared: Prepared, refuse_infeasible: bool = True) -> dict[str
     Returns:
         ``{"teacher": cost, "smallest": cost}``, the reachable range (``smallest``: the cheapest student).
     """
-    budget, model = prepared.budget, prepared.cost_model
-    teacher_cost = model.teacher_cost()
-    measured = budget.is_latency and prepared.teacher_measured is not None
-    if measured:
-        teacher_cost = prepared.teacher_measured["median"]
-    if budget.met_by(teacher_cost):
-        raise BudgetAlreadyMet(f"the teacher already meets the budget: {budget.format(teacher_cost)} <= "
+    budget = prepared.budget
+    teacher, measured = teacher_cost(prepared)
+    if budget.met_by(teacher):
+        raise BudgetAlreadyMet(f"the teacher already meets the budget: {budget.format(teacher)} <= "
                                f"{budget.format(budget.limit)}" + (" (measured)" if measured else ""))
     smallest, what = cheapest_student(prepared)
     if smallest > budget.target and refuse_infeasible:
@@ -506,4 +509,4 @@ def check_budget(prepared: Prepared, refuse_infeasible: bool = True) -> dict[str
             f"{budget.format(smallest)} ({detail}); raise the budget to at least {budget.format(reachable)} or "
             "lower --lbound"
         )
-    return {"teacher": teacher_cost, "smallest": smallest}
+    return {"teacher": teacher, "smallest": smallest}

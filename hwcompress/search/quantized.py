@@ -19,7 +19,6 @@ Kendall tau 0.941 over the 13 models: a fair stand-in, but the runtime is exact 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -267,7 +266,7 @@ class QuantizedStudents:
                                         int8_teacher, target_ms, log, middle)
         finally:
             self.precision = saved
-        used = [replace(a, name=f"{a.name} int8") for a in used]
+        used = [Anchor(f"{a.name} int8", a.predicted_ms, a.measured_ms) for a in used]
         if self.plan.choosable and table is not None:
             raw = getattr(cost_model.latency_of, "raw", cost_model.latency_of)
             floating = cost_model.at_precision(ALL_FLOAT)
