@@ -51,6 +51,9 @@ def main() -> int:
     parser.add_argument("--in-situ", action="store_true",
                         help="also time each variant's layout conversions under the node profiler (a minute or two)")
     args = parser.parse_args()
+    missing = [str(path) for path in (args.run, args.lut) if not path.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)} (the lut_fidelity.py --json document and the LUT that run recorded)")
     run = json.loads(args.run.read_text())
     seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
     table = LatencyTable.load(args.lut)
