@@ -20,6 +20,12 @@ variant is exported and run under ONNX Runtime's node profiler (one thread), its
 ``ReorderOutput`` kernel times are summed, and for each variant off the blocked path (``tpnone``) the
 change against the mean of the aligned ``tp8`` variants is printed beside the change each rule predicts.
 
+``--steps`` scores the cost model's steps of 2026-11-28 one on top of the other: the run's LUT without its
+entries of grouped convolutions narrowed apart (``--off-path`` records every pair of group widths), then
+with them, then with the node profiler's own cost taken off what is priced as timed, then with the
+calibration's ratio read at the model's width (docs/benchmarks.md). A LUT recorded before then lacks the
+entries and the cost: ``hwcompress lut record --off-path`` on it again adds both (seconds).
+
 The first line of each architecture checks that ``graph`` reproduces the run's own predictions (it does
 unless the predictor changed since the run).
 """
@@ -50,6 +56,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--in-situ", action="store_true",
                         help="also time each variant's layout conversions under the node profiler (a minute or two)")
+    parser.add_argument("--steps", action="store_true",
+                        help="also score the cost model's 2026-11-28 steps one by one (grouped widths apart, the node "
+                             "profiler's cost off, the ratio at the model's width)")
     args = parser.parse_args()
     missing = [str(path) for path in (args.run, args.lut) if not path.is_file()]
     if missing:
@@ -57,6 +66,8 @@ def main() -> int:
     run = json.loads(args.run.read_text())
     seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
     table = LatencyTable.load(args.lut)
+    steps = step_tables(args.lut) if args.steps else {}
+    stepped: dict[str, list[tuple[str, str, float, float, float, float]]] = {step: [] for step in steps}
     device = resolve_device(args.device, None)
     shape = tuple(run["input_shape"])
     rng = random.Random(seed)  # drawn in the run's order: the project's variants share one generator
@@ -81,6 +92,10 @@ def main() -> int:
                     predicted = detail.total_ms - (detail.layout_conversion_ms if spare is None else 0.0)
                     scored[rule].append((name, kind, predicted, row["measured_ms"], row["measured_corrected_ms"],
                                          row["predicted_ms"]))
+                table.predictor.spare_grouped_conversions, table.predictor.squeeze_credit = True, True
+                for step, stepped_table in steps.items():
+                    stepped[step].append((name, kind, stepped_table.predict_detail(specs).total_ms, row["measured_ms"],
+                                          row["measured_corrected_ms"], row["predicted_ms"]))
                 if args.in_situ and kind in ("tp8", "tpnone"):
                     reorders.append((name, kind, timed_reorders(model, shape), predicted_conversions))
     for name in run["results"]:
@@ -97,9 +112,43 @@ def main() -> int:
             if rule == "graph":
                 drift = max(abs(r[2] / r[5] - 1) for r in rows)
                 print(f"  {'':12s} the run's own predictions reproduced within {100 * drift:.2f}%")
+    if steps:
+        print("\ncost-model steps, each on top of the one before")
+        for name in run["results"]:
+            print(name)
+            for step, rows in stepped.items():
+                print_scores(step, [r for r in rows if r[0] == name], kinds)
     if reorders:
         print_in_situ(reorders, list(rules))
     return 0
+
+
+def step_tables(path: Path) -> dict[str, LatencyTable]:
+    """The run's LUT under each step of 2026-11-28, cumulatively: without its entries of grouped
+    convolutions narrowed apart (in and out widths unequal), without the node profiler's cost taken off
+    what is priced as timed, and with the calibration's ratio read at the blocked-path layers' sum."""
+    tables = {}
+    for index, step in enumerate(("before", "+ grouped widths apart", "+ node profiler's cost off", "+ ratio at the model's width")):
+        table = LatencyTable.load(path)
+        if index == 0:
+            for key in [k for k, e in table.entries.items() if e.config.grouped and e.config.cin != e.config.cout]:
+                del table.entries[key]
+            table.invalidate()
+        if index <= 1:
+            table.predictor.kernel_overhead_ms = 0.0
+        table.predictor.ratio_at_width = index >= 3
+        tables[step] = table
+    return tables
+
+
+def print_scores(label: str, rows: list[tuple[str, str, float, float, float, float]], kinds: list[str]) -> None:
+    parts = []
+    for name, column in (("as measured", 3), ("drift-corrected", 4)):
+        got = lf.scores([r[2] for r in rows], [r[column] for r in rows])
+        parts.append(f"{name} {100 * got['within_10pct']:5.1f}% / {100 * got['mape']:4.1f}% / {got['kendall_tau']:.3f}")
+    means = ", ".join(f"{k} {100 * lf.scores([r[2] for r in rows if r[1] == k], [r[4] for r in rows if r[1] == k])['mean_err']:+.1f}%"
+                      for k in kinds)
+    print(f"  {label:28s} {'; '.join(parts)}  (mean error, drift-corrected: {means})")
 
 
 def timed_reorders(model: torch.nn.Module, shape: tuple[int, ...], runs: int = 20) -> float:

@@ -126,7 +126,9 @@ class ThreadClockProfiler:
             start = time.thread_time_ns()
             session.run(None, feed)
             samples.append((time.thread_time_ns() - start) / 1e6)
-        return Measurement(latency=LatencyStats.from_samples(samples), facts=self.facts(settings))
+        # Per-node times are the node profiler's (the recording's kernel-overhead probe reads them).
+        node_ms = self.inner.measure(artifact, settings).node_ms if settings.per_layer else None
+        return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
 
 
 def round_channels(channels: int, ratio: float, multiple: int) -> int:

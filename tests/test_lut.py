@@ -340,6 +340,16 @@ def test_recording_resumes_without_re_measuring(tmp_path):
                    progress=lambda d, t, label: third.append(label) if label else None, **GRID)
     assert third == []
 
+    # The node profiler's own cost is measured on the whole model with its calibration, once per table
+    # (a table recorded before it was measured gets it when the next model is calibrated into it).
+    assert "kernel_overhead_ms" not in LatencyTable.load(path).provenance  # no whole model timed yet
+    calibrated = record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, widths=(), **GRID)
+    assert calibrated.models and calibrated.provenance["kernel_overhead_ms"] >= 0
+    calibrated.provenance["kernel_overhead_ms"] = 0.5  # kept as it is by a later recording
+    calibrated.save(path)
+    resumed = record_lut(tiny(16, 16), SHAPE, CPU, ort_profiler(), SETTINGS, path, widths=(), model_name="other", **GRID)
+    assert len(resumed.models) == 2 and resumed.provenance["kernel_overhead_ms"] == 0.5
+
 
 def test_resume_refuses_other_settings(tmp_path, recorded):
     path = tmp_path / "t.lut.json"
@@ -446,8 +456,14 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     families = table.predictor._families()
     assert any(name.endswith(OFF_PATH) for name in families)
     config = off[0].config
-    query = config.with_channels(config.cin, config.cout)  # exactly recorded: read as it was measured
-    assert table.lookup(query)[0] == pytest.approx(off[0].median)
+    # Exactly recorded: read as it was measured, less what the node profiler adds to each kernel it
+    # times (measured on the whole model before the calibration; a whole-model run does not pay it).
+    overhead = table.provenance["kernel_overhead_ms"]
+    assert 0 <= overhead < 0.05 and table.predictor.kernel_overhead_ms == overhead
+    query = config.with_channels(config.cin, config.cout)
+    assert table.lookup(query)[0] == pytest.approx(max(off[0].median - overhead, 0.5 * off[0].median))
+    on = next(e for e in table.entries.values() if e.config.op == "Conv2d" and not between_blocks(e.config, block, alignment))
+    assert table.lookup(on.config)[0] == on.median  # blocked-path entries keep it: the calibration's scale has it
     odd = block + 1
     model = tiny(odd, odd)
     onnx_path = tmp_path / "odd.onnx"
@@ -464,12 +480,23 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     off_rows = [n for n, c in configs.items() if c is not None and between_blocks(c, block, alignment)]
     on_rows = [n for n, c in configs.items() if c is not None and c.op == "Conv2d" and n not in off_rows]
     assert off_rows and on_rows and detail.scale != pytest.approx(1.0)
+    # The calibration's ratio is read at the model's width: its off-path layers counted at the blocked
+    # price of the counts above them, not left out (which read it as a narrower model).
+    from hwcompress.lut.predict import calibration_ratio
+
+    width = detail.layer_sum_ms - sum(table.lookup(configs[n])[0] for n in off_rows)
+    blocked = [table.predictor.blocked_price(configs[n], -1.0) for n in off_rows]
+    assert all(b > 0 for b in blocked)
+    assert detail.scale == pytest.approx(calibration_ratio(detail.calibration, width + sum(blocked)))
     # Leaving the blocked layout before the first off-path layer (and re-entering it after the last)
     # costs its network a conversion, timed warm at recording and added where the layout changes.
     conversions = table.provenance["layout_conversions"]
     assert conversions["to_plain"]["ms_per_element"] > 0 and conversions["to_blocked"]["ms_per_element"] > 0
     converting = table.predictor.layout_conversion_ms(specs)
     assert list(converting) == [off_rows[0]] and detail.layout_conversion_ms == pytest.approx(converting[off_rows[0]])
+    to_plain = conversions["to_plain"]  # its intercept was timed under the node profiler too
+    elements = math.prod(specs[[s.name for s in specs].index(off_rows[0])].in_shape)
+    assert converting[off_rows[0]] == pytest.approx(max(to_plain["intercept_ms"] - overhead, 0.0) + to_plain["ms_per_element"] * elements)
     for name in off_rows:
         assert detail.per_layer_ms[name] == pytest.approx(table.lookup(configs[name])[0] + converting.get(name, 0.0))
     for name in on_rows:
@@ -536,15 +563,17 @@ def test_grouped_convolutions_run_blocked_only_on_whole_blocks_per_group():
 
 def test_grouped_convolutions_are_recorded_over_group_widths(tmp_path):
     """A grouped convolution's grid keeps its groups and narrows each of them (what pruning it does), on
-    one axis; ``--off-path`` adds each group one channel narrower. A narrowed grouped layer is then
-    priced from those entries: not extrapolated, not named as unvouched."""
+    one axis; ``--off-path`` adds each group one channel narrower, and every pair of input and output
+    group widths (torch-pruning narrows a group's inputs and outputs apart). A narrowed grouped layer is
+    then priced from those entries: not extrapolated, not named as unvouched."""
     from hwcompress.model.export import export_onnx
 
     units = model_units(grouped_net(16, 4), SHAPE)
     grouped = [c for c, _ in grid_configs(units, 8, 16, points=3) if c.grouped]
     assert {(c.cin, c.cout, c.groups) for c in grouped} == {(32, 32, 4), (64, 64, 4)}
     added = [c for c, _ in grid_configs(units, 8, 16, points=3, off_path=(16, 4)) if c.grouped]
-    assert {c.cin // c.groups for c in added} == {7, 8, 15, 16} and all(c.cin == c.cout for c in added)
+    widths = {7, 8, 15, 16}
+    assert {(c.cin // c.groups, c.cout // c.groups) for c in added} == {(a, b) for a in widths for b in widths}
 
     path = tmp_path / "grouped.lut.json"
     table = record_lut(grouped_net(16, 4), SHAPE, CPU, ort_profiler(), SETTINGS, path, model_name="grouped", widths=(0.5,),
@@ -559,6 +588,9 @@ def test_grouped_convolutions_are_recorded_over_group_widths(tmp_path):
     recorded_narrow = next(e.config for e in table.entries.values() if e.config.grouped and e.config.cin == 32)
     assert table.lookup(recorded_narrow)[2:] == ("exact", False)
     assert table.lookup(recorded_narrow.with_channels(48, 48))[2:] == ("interpolated", False)  # 12 per group: between 8 and 15
+    # 8 in and 16 out per group (torch-pruning's regnet_x_400mf): recorded, not scaled from 8 -> 8 by its work
+    assert table.lookup(recorded_narrow.with_channels(32, 64))[2:] == ("exact", False)
+    assert table.lookup(recorded_narrow.with_channels(48, 60))[2:] == ("interpolated", False)  # 12 in, 15 out
     predictor = LutPredictor(table, CPU)
     measurement = predictor.measure(ModelArtifact(onnx_path, SHAPE, narrowed, "grouped"), SETTINGS)
     assert measurement.coverage["between_blocks_layers"] == []

@@ -6,6 +6,7 @@ the way its kind says.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 import sys
@@ -110,3 +111,24 @@ def test_project_variant_and_unknown_kind(bench, original):
     assert macs(model) < original_macs
     with pytest.raises(ValueError, match="unknown variant kind"):
         bench.build_variant("mobilenet_v3_small", "tp4", SHAPE, random.Random(0), 8)
+
+
+def test_thread_clock_profiler_hands_the_node_times_on(bench, tmp_path):
+    """The recording measures the node profiler's own cost from a whole model's per-node times
+    (``kernel_overhead_ms``, taken off what is priced as timed); the bench's thread-clock wrapper must
+    hand them on, as it hands on the layout-conversion probe, or its LUTs lack the term."""
+    from hwcompress_profiler_onnxruntime import OnnxRuntimeProfiler
+
+    from hwcompress.lut.recorder import kernel_overhead
+    from hwcompress.measure.contract import ModelArtifact, ProfileSettings
+    from hwcompress.model.export import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 1)).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, (1, 3, 16, 16), path, verify=False)
+    wrapped = bench.ThreadClockProfiler(OnnxRuntimeProfiler())
+    artifact = ModelArtifact(onnx_path=path, input_shape=(1, 3, 16, 16), module=model, name="m")
+    settings = ProfileSettings(threads=1, runs=5, warmup=1)
+    assert wrapped.measure(artifact, dataclasses.replace(settings, per_layer=False)).node_ms is None  # unprofiled
+    measured = kernel_overhead(wrapped, artifact, settings, rounds=1)
+    assert measured is not None and 0 <= measured < 0.1

@@ -298,6 +298,8 @@ def print_summary(summary: dict) -> None:
     if conversions.get("to_plain") and conversions.get("to_blocked"):
         head.add_row("layout conversions", "around layers off the blocked path, per million elements: to NCHW "
                      f"{1e6 * conversions['to_plain']['ms_per_element']:.3f} ms, back {1e6 * conversions['to_blocked']['ms_per_element']:.3f} ms")
+    if p.get("kernel_overhead_ms"):
+        head.add_row("node profiler", f"{1e3 * float(p['kernel_overhead_ms']):.2f} us per kernel timed (taken off what is priced as timed)")
     if p.get("merged_from"):
         head.add_row("merged from", ", ".join(map(str, p["merged_from"])))
     out.print(head)

@@ -13,8 +13,8 @@ import statistics
 from dataclasses import replace
 from typing import Any, Sequence
 
-from hwcompress.lut.keys import TIMING_SESSION, LayerConfig
-from hwcompress.lut.recorder import Recorder
+from hwcompress.lut.keys import TIMING_KERNELS, TIMING_SESSION, LayerConfig
+from hwcompress.lut.recorder import Recorder, kernel_overhead
 from hwcompress.lut.table import LatencyTable, _now
 from hwcompress.measure.contract import ProfileSettings
 
@@ -37,6 +37,12 @@ def record_with_calibration(
     if calibration is None:
         recorder.record(configs, passes=passes)
         return
+    if table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance:
+        # What the node profiler adds to each kernel timed: off-path entries are priced net of it.
+        overhead = kernel_overhead(profiler, calibration["points"][0]["artifact"], settings)
+        if overhead is not None:
+            table.provenance["kernel_overhead_ms"] = overhead
+            table.invalidate()
     whole_settings = replace(settings, per_layer=False)
     points = [dict(point, wholes=[]) for point in calibration["points"]]
 

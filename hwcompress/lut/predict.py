@@ -39,6 +39,7 @@ from hwcompress.lut.keys import (
     INTERPOLATED,
     MISSING,
     NORM_OPS,
+    TIMING_KERNELS,
     TIMING_SESSION,
     TRANSITIONS,
     LayerConfig,
@@ -130,6 +131,9 @@ class TablePredictor:
     #: turns them off on its table's predictor to score the rules they replaced.
     spare_grouped_conversions = True
     squeeze_credit = True
+    #: Read the calibration's ratio with the layers priced as timed counted at their blocked price (the
+    #: model's width); off, they are left out of the sum it is read at (the rule before 2026-11-28).
+    ratio_at_width = True
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -151,6 +155,15 @@ class TablePredictor:
         #: What leaving and re-entering the blocked layout costs around an off-path layer
         #: (``lut record --off-path``: the profiler's ``layout_conversions``), or None.
         self._conversions = table.provenance.get("layout_conversions") if self._warm_off_path else None
+        #: What the node profiler adds to every kernel it times (``kernel_overhead_ms``, measured on the
+        #: whole model at recording, :func:`hwcompress.lut.recorder.kernel_overhead`): a network run whole
+        #: does not pay it, so it comes off what is priced as timed (off-path entries, one kernel each, and
+        #: the layout conversions). The blocked-path entries keep it: the calibration's scale, fitted on
+        #: their sums, has it (taking it off them as well, calibrations re-summed, helped
+        #: mobilenet_v3_small and cost efficientnet_b0 as much over five runs: docs/benchmarks.md).
+        overhead = table.provenance.get("kernel_overhead_ms") if self._warm_off_path and table.timing == TIMING_KERNELS else None
+        self.kernel_overhead_ms = float(overhead) if isinstance(overhead, (int, float)) and math.isfinite(overhead) and overhead > 0 else 0.0
+        self._blocked_price: dict[str, float] = {}
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -187,6 +200,9 @@ class TablePredictor:
             overhead = float(self.table.provenance.get("session_overhead_ms", 0.0) or 0.0)
             # Never below a tenth of the timing: the overhead estimate is itself a measurement.
             return max(entry.median - overhead, 0.1 * entry.median)
+        if self.kernel_overhead_ms and self.off_path(entry.config):
+            # Never below half the timing: the overhead is an estimate, and a kernel costs something.
+            return max(entry.median - self.kernel_overhead_ms, 0.5 * entry.median)
         return entry.median
 
     def _families(self) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
@@ -211,7 +227,7 @@ class TablePredictor:
                 }
                 for family, points in grouped.items()
             }
-            self._cache = {}
+            self._cache, self._blocked_price = {}, {}
         return self._index
 
     def off_path(self, config: LayerConfig) -> bool:
@@ -377,6 +393,7 @@ class TablePredictor:
         # Layers priced from off-path entries timed warm: as timed, outside the calibration's scale.
         as_timed: set[str] = set()
         any_off_path = False
+        blocked: dict[str, float] = {}  # layers priced as timed: what they would cost on the blocked path
         previous: LayerSpec | None = None
         for spec in specs:
             if spec.name == OTHER:
@@ -403,6 +420,8 @@ class TablePredictor:
                         off_block.append(spec.name)
                     elif self._warm_off_path and state != MISSING:
                         as_timed.add(spec.name)
+                        if self.ratio_at_width:
+                            blocked[spec.name] = self.blocked_price(config, raw[spec.name]) * getattr(spec, "time_scale", 1.0)
             previous = spec
         layer_sum = sum(raw.values())
         used = sorted({p for p in precision_of.values() if p is not None})
@@ -416,7 +435,10 @@ class TablePredictor:
         converting = self.layout_conversion_ms(specs) if self._conversions and any_off_path and calibration != "none" else {}
         unscaled = sum(raw[name] for name in as_timed)
         if model is not None and calibration == "scale":
-            scale = calibration_ratio(model, layer_sum - unscaled)
+            # The ratio is read at how wide the model is: its layers off the path counted at their
+            # blocked price. Leaving them out read a network mostly off the path as a narrow one, and
+            # its wide layers on the path got a narrow model's ratio (0.68 for regnet_x_400mf's 0.97).
+            scale = calibration_ratio(model, layer_sum - unscaled + sum(blocked.values()))
         elif model is not None and calibration == "offset":
             offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
         own = {name: ms if name in as_timed else ms * scale for name, ms in raw.items()}
@@ -437,6 +459,18 @@ class TablePredictor:
             between_blocks=off_block,
             layout_conversion_ms=sum(converting.values()),
         )
+
+    def blocked_price(self, config: LayerConfig, default: float) -> float:
+        """What ``config`` (a layer off the blocked path) would cost at the blocked-path count above it
+        (uncalibrated): interpolated in its blocked family, ``default`` without one."""
+        config = self.table.normalised(config)
+        key = config.key()
+        hit = self._blocked_price.get(key)
+        if hit is None:
+            family = self._families().get(config.family())
+            hit = self._interpolate(config, family)[0] if family else -1.0
+            self._blocked_price[key] = hit
+        return default if hit < 0 else hit
 
     def layout_conversion_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
         """Per convolution, what the layout conversions that its being off the blocked path adds or
