@@ -596,6 +596,18 @@ def test_grouped_convolutions_are_recorded_over_group_widths(tmp_path):
     assert measurement.coverage["between_blocks_layers"] == []
     assert measurement.coverage["extrapolated"] == 0
 
+    # A grouped layer narrowed apart (8 in, 16 out per group) is exact here; a table without those widths
+    # (recorded before --off-path took every pair) scales it by work, and says how to record them.
+    apart = nn.Sequential(nn.Conv2d(3, 32, 1), nn.Conv2d(32, 64, 3, padding=1, groups=4), nn.Conv2d(64, 16, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    artifact = ModelArtifact(onnx_path, SHAPE, apart, "grouped")
+    assert not any("apart" in note for note in LutPredictor(table, CPU).measure(artifact, SETTINGS).notes)
+    for key in [k for k, e in table.entries.items() if e.config.grouped and e.config.cin != e.config.cout]:
+        del table.entries[key]
+    table.invalidate()
+    notes = LutPredictor(table, CPU).measure(artifact, SETTINGS).notes
+    assert any("1 grouped convolutions narrow" in note and "lut record --off-path" in note for note in notes), notes
+
 
 # --------------------------------------------------------------------------------------------------
 # Command line

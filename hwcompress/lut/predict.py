@@ -668,9 +668,18 @@ class LutPredictor:
             )
         batch = artifact.input_shape[0] if artifact.input_shape else None
         notes = self.table.check_request(self.descriptor, settings, batch, self.local_facts)
-        detail = self.table.predict_detail(analyze(artifact.module, tuple(artifact.input_shape)))
+        analysis = analyze(artifact.module, tuple(artifact.input_shape))
+        detail = self.table.predict_detail(analysis)
         coverage = detail.coverage()
         notes = calibration_notes(detail) + notes
+        apart = grouped_apart(analysis.layers, detail.extrapolated)
+        if apart:
+            notes.append(
+                f"{len(apart)} grouped convolutions narrow their groups' inputs and outputs apart ({', '.join(apart[:4])}"
+                f"{', ...' if len(apart) > 4 else ''}), and the LUT holds no such widths: each is scaled by its work from "
+                "the nearest one recorded, which priced torch-pruned regnet_x_400mf layers at twice their time; "
+                "hwcompress lut record --off-path (again, on this LUT) records every pair of group widths"
+            )
         notes.append(
             f"LUT coverage: {coverage[EXACT]} exact, {coverage[INTERPOLATED]} interpolated"
             f"{' (' + str(coverage['extrapolated']) + ' outside the grid)' if coverage['extrapolated'] else ''}, "
@@ -763,6 +772,18 @@ def predicted_stats(detail: PredictionDetail) -> LatencyStats:
         max=median + 2.3263 * std,
         runs=0,
     )
+
+
+def grouped_apart(specs: Sequence[LayerSpec], extrapolated: Sequence[str]) -> list[str]:
+    """The ``extrapolated`` rows that are grouped convolutions (not depthwise) with unequal input and
+    output widths per group: what ``lut record --off-path`` records and a table without it scales by work."""
+    names = set(extrapolated)
+    apart = []
+    for spec in specs:
+        config = LayerConfig.from_spec(spec) if spec.name in names else None
+        if config is not None and config.grouped and config.cin != config.cout:
+            apart.append(spec.name)
+    return apart
 
 
 def calibration_notes(detail: PredictionDetail) -> list[str]:
