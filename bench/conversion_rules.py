@@ -102,13 +102,7 @@ def main() -> int:
         print(name)
         for rule in rules:
             rows = [r for r in scored[rule] if r[0] == name]
-            parts = []
-            for label, column in (("as measured", 3), ("drift-corrected", 4)):
-                got = lf.scores([r[2] for r in rows], [r[column] for r in rows])
-                parts.append(f"{label} {100 * got['within_10pct']:5.1f}% / {100 * got['mape']:4.1f}% / {got['kendall_tau']:.3f}")
-            means = ", ".join(f"{k} {100 * lf.scores([r[2] for r in rows if r[1] == k], [r[3] for r in rows if r[1] == k])['mean_err']:+.1f}%"
-                              for k in kinds)
-            print(f"  {rule:12s} {'; '.join(parts)}  (mean error: {means})")
+            print_scores(rule, rows, kinds, width=12, mean_column=3, mean_label="mean error")
             if rule == "graph":
                 drift = max(abs(r[2] / r[5] - 1) for r in rows)
                 print(f"  {'':12s} the run's own predictions reproduced within {100 * drift:.2f}%")
@@ -141,14 +135,17 @@ def step_tables(path: Path) -> dict[str, LatencyTable]:
     return tables
 
 
-def print_scores(label: str, rows: list[tuple[str, str, float, float, float, float]], kinds: list[str]) -> None:
+def print_scores(label: str, rows: list[tuple[str, str, float, float, float, float]], kinds: list[str], width: int = 28,
+                 mean_column: int = 4, mean_label: str = "mean error, drift-corrected") -> None:
+    """One line: within +-10% / MAPE / Kendall tau as measured and drift-corrected, and each kind's mean
+    signed error against ``mean_column`` of the rows ``(model, kind, predicted, measured, corrected, run's)``."""
     parts = []
     for name, column in (("as measured", 3), ("drift-corrected", 4)):
         got = lf.scores([r[2] for r in rows], [r[column] for r in rows])
         parts.append(f"{name} {100 * got['within_10pct']:5.1f}% / {100 * got['mape']:4.1f}% / {got['kendall_tau']:.3f}")
-    means = ", ".join(f"{k} {100 * lf.scores([r[2] for r in rows if r[1] == k], [r[4] for r in rows if r[1] == k])['mean_err']:+.1f}%"
+    means = ", ".join(f"{k} {100 * lf.scores([r[2] for r in rows if r[1] == k], [r[mean_column] for r in rows if r[1] == k])['mean_err']:+.1f}%"
                       for k in kinds)
-    print(f"  {label:28s} {'; '.join(parts)}  (mean error, drift-corrected: {means})")
+    print(f"  {label:{width}s} {'; '.join(parts)}  ({mean_label}: {means})")
 
 
 def timed_reorders(model: torch.nn.Module, shape: tuple[int, ...], runs: int = 20) -> float:

@@ -117,6 +117,10 @@ class ThreadClockProfiler:
 
         if int(settings.threads) != 1:
             raise SystemExit("--clock thread needs --threads 1 (other threads' work would not be counted)")
+        if settings.per_layer:
+            # Per-node times (the recording's node-profiler probe sets them against the whole-model median):
+            # the inner profiler's, with its own median, so that both are on one clock.
+            return self.inner.measure(artifact, settings)
         session = make_session(artifact.onnx_path, settings)
         feed = random_feed(session, artifact.input_shape)
         for _ in range(int(settings.warmup)):
@@ -126,9 +130,7 @@ class ThreadClockProfiler:
             start = time.thread_time_ns()
             session.run(None, feed)
             samples.append((time.thread_time_ns() - start) / 1e6)
-        # Per-node times are the node profiler's (the recording's kernel-overhead probe reads them).
-        node_ms = self.inner.measure(artifact, settings).node_ms if settings.per_layer else None
-        return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
+        return Measurement(latency=LatencyStats.from_samples(samples), facts=self.facts(settings))
 
 
 def round_channels(channels: int, ratio: float, multiple: int) -> int:

@@ -16,7 +16,8 @@ from hwcompress.devices import descriptor_from_dict
 from hwcompress.errors import UserError
 from hwcompress.lut.calibration import ratio_digits
 from hwcompress.lut.keys import TIMING_KERNELS
-from hwcompress.lut.predict import LutPredictor, calibration_ratio
+from hwcompress.lut.predict import calibration_ratio
+from hwcompress.lut.profiler import LutPredictor
 from hwcompress.lut.record import ensure_lut, record_lut
 from hwcompress.lut.recorder import QUANTUM_PROBE_PASSES, Recorder, fit_quantum, new_provenance
 from hwcompress.lut.table import LatencyTable
@@ -340,15 +341,17 @@ def test_recording_resumes_without_re_measuring(tmp_path):
                    progress=lambda d, t, label: third.append(label) if label else None, **GRID)
     assert third == []
 
-    # The node profiler's own cost is measured on the whole model with its calibration, once per table
-    # (a table recorded before it was measured gets it when the next model is calibrated into it).
-    assert "kernel_overhead_ms" not in LatencyTable.load(path).provenance  # no whole model timed yet
-    calibrated = record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, widths=(), **GRID)
-    assert calibrated.models and calibrated.provenance["kernel_overhead_ms"] >= 0
-    calibrated.provenance["kernel_overhead_ms"] = 0.5  # kept as it is by a later recording
-    calibrated.save(path)
-    resumed = record_lut(tiny(16, 16), SHAPE, CPU, ort_profiler(), SETTINGS, path, widths=(), model_name="other", **GRID)
-    assert len(resumed.models) == 2 and resumed.provenance["kernel_overhead_ms"] == 0.5
+    # The node profiler's own cost is measured on the whole model once per table, whether or not a
+    # calibration is recorded: a table recorded before the probe existed gets it when recorded again.
+    table = LatencyTable.load(path)
+    assert isinstance(table.provenance["kernel_overhead_ms"], float)
+    del table.provenance["kernel_overhead_ms"]
+    table.save(path)
+    again = record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, calibrate=False, **GRID)
+    assert isinstance(again.provenance["kernel_overhead_ms"], float) and len(again) == 14
+    again.provenance["kernel_overhead_ms"] = 0.5  # one that has it keeps it
+    again.save(path)
+    assert record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, path, widths=(), **GRID).provenance["kernel_overhead_ms"] == 0.5
 
 
 def test_resume_refuses_other_settings(tmp_path, recorded):
@@ -591,6 +594,25 @@ def test_grouped_convolutions_are_recorded_over_group_widths(tmp_path):
     # 8 in and 16 out per group (torch-pruning's regnet_x_400mf): recorded, not scaled from 8 -> 8 by its work
     assert table.lookup(recorded_narrow.with_channels(32, 64))[2:] == ("exact", False)
     assert table.lookup(recorded_narrow.with_channels(48, 60))[2:] == ("interpolated", False)  # 12 in, 15 out
+    # On the blocked path every group is padded to a whole block: 8 or 15 channels per group run as 16.
+    whole_blocks = table.lookup(recorded_narrow.with_channels(64, 64))
+    assert whole_blocks[2] == "exact" and not table.predictor.off_path(recorded_narrow.with_channels(64, 64))
+    for cin, cout in ((32, 32), (32, 64), (60, 60)):
+        assert table.predictor.blocked_price(recorded_narrow.with_channels(cin, cout), -1.0) == pytest.approx(whole_blocks[0])
+    # A calibration model with a layer off the path (8 per group): its point is stored at the sum a
+    # prediction reads the ratio at, its ratio over the layers the scale multiplies.
+    from hwcompress.lut.calibration import calibration_record
+    from hwcompress.measure.contract import LatencyStats
+    from hwcompress.model.analysis import analyze
+
+    specs = analyze(grouped_net(8, 4), SHAPE).layers
+    detail = table.predict_detail(specs, calibration="none")
+    assert detail.as_timed_ms > 0 and detail.ratio_sum_ms > detail.layer_sum_ms - detail.as_timed_ms
+    whole = LatencyStats.from_samples([0.05, 0.05, 0.05])
+    record = calibration_record(table, SHAPE, "narrow", "f", [{"width": 1.0, "macs": 1, "specs": specs, "wholes": [whole]}], [])
+    point = record["points"][0]
+    assert point["layer_sum_ms"] == pytest.approx(detail.ratio_sum_ms, abs=1e-6)
+    assert point["ratio"] == pytest.approx((0.05 - detail.as_timed_ms) / (detail.layer_sum_ms - detail.as_timed_ms), rel=1e-3)
     predictor = LutPredictor(table, CPU)
     measurement = predictor.measure(ModelArtifact(onnx_path, SHAPE, narrowed, "grouped"), SETTINGS)
     assert measurement.coverage["between_blocks_layers"] == []
@@ -629,6 +651,13 @@ def test_show_and_merge(recorded, tmp_path, capsys):
     table = LatencyTable.load(merged)
     assert len(table) == 14 + len(LatencyTable.load(small)) - 1  # the Linear 32 -> 10 is in both
     assert [m["name"] for m in table.models] == ["tiny"]
+    # What the device measured (the node profiler's own cost) is adopted from the other table where
+    # this one lacks it (recorded before the probe existed), and kept where both have it.
+    lacking = json.loads(recorded.read_text())
+    del lacking["provenance"]["kernel_overhead_ms"]
+    (tmp_path / "lacking.lut.json").write_text(json.dumps(lacking))
+    theirs = LatencyTable.load(small).provenance["kernel_overhead_ms"]
+    assert LatencyTable.load(tmp_path / "lacking.lut.json").merge(LatencyTable.load(small)).provenance["kernel_overhead_ms"] == theirs
 
     document = json.loads(small.read_text())
     document["provenance"]["threads"] = 2

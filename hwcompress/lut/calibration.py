@@ -10,6 +10,7 @@ the widths by layer sum, :func:`hwcompress.lut.predict.calibration_ratio`). Need
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -37,12 +38,6 @@ def record_with_calibration(
     if calibration is None:
         recorder.record(configs, passes=passes)
         return
-    if table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance:
-        # What the node profiler adds to each kernel timed: off-path entries are priced net of it.
-        overhead = kernel_overhead(profiler, calibration["points"][0]["artifact"], settings)
-        if overhead is not None:
-            table.provenance["kernel_overhead_ms"] = overhead
-            table.invalidate()
     whole_settings = replace(settings, per_layer=False)
     points = [dict(point, wholes=[]) for point in calibration["points"]]
 
@@ -123,6 +118,25 @@ def ratio_digits(ratio: float) -> float:
     return float(f"{ratio:.10g}")
 
 
+def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: ProfileSettings, artifact: Any) -> None:
+    """Store what the node profiler adds to each kernel it times (``kernel_overhead_ms``,
+    :func:`hwcompress.lut.recorder.kernel_overhead`, on ``artifact``, the whole model) in a table of
+    kernel timings that lacks it: off-path entries, priced as timed, are priced net of it. Before the
+    calibration, whose points are summed with those prices. A probe that fails costs the table the
+    term, not the recording."""
+    if table.timing != TIMING_KERNELS or "kernel_overhead_ms" in table.provenance or artifact is None:
+        return
+    try:
+        overhead = kernel_overhead(profiler, artifact, replace(settings, precision=table.precision))
+    except Exception as error:  # noqa: BLE001 - an optional probe: the entries are recorded without it
+        warnings.warn(f"the node-profiler overhead probe failed ({type(error).__name__}: {error}); off-path entries "
+                      "keep it", stacklevel=2)
+        return
+    if overhead is not None:
+        table.provenance["kernel_overhead_ms"] = overhead
+        table.invalidate()
+
+
 def calibration_record(
     table: LatencyTable,
     input_shape: Sequence[int],
@@ -140,7 +154,10 @@ def calibration_record(
     """
     rows = []
     for point in points:
-        layer_sum = table.predict_detail(list(point["specs"]), calibration="none").layer_sum_ms
+        # Layers priced as timed (off-path entries) are outside the ratio, which is stored at the sum
+        # a prediction reads it at (PredictionDetail.ratio_sum_ms); without such layers, the layer sum.
+        detail = table.predict_detail(list(point["specs"]), calibration="none")
+        layer_sum, scaled = detail.ratio_sum_ms or detail.layer_sum_ms, detail.layer_sum_ms - detail.as_timed_ms
         medians = [w.median for w in point["wholes"]]
         measured = round(statistics.median(medians), 6)  # the ratio is of the time as stored
         rows.append({
@@ -149,7 +166,7 @@ def calibration_record(
             "layer_sum_ms": round(layer_sum, 6),
             "measured_ms": measured,
             "measurements_ms": [round(m, 6) for m in medians],
-            "ratio": ratio_digits(measured / layer_sum) if layer_sum > 0 else 1.0,
+            "ratio": ratio_digits((measured - detail.as_timed_ms) / scaled) if scaled > 0 else 1.0,
         })
     full = rows[0]
     closest = min(points[0]["wholes"], key=lambda w: abs(w.median - full["measured_ms"]))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.errors import UserError
-from hwcompress.lut.calibration import record_with_calibration
+from hwcompress.lut.calibration import measure_kernel_overhead, record_with_calibration
 from hwcompress.lut.keys import LayerConfig
 from hwcompress.lut.recorder import ProgressCallback, Recorder, open_table
 from hwcompress.lut.table import LatencyTable
@@ -92,6 +92,9 @@ def record_plan(
                 "name": source["name"], "input_shape": input_shape, "fingerprint": source["fingerprint"],
                 "configs": [LayerConfig.from_dict(c) for c in source["configs"]], "points": points,
             }
+        if source and source.get("points"):  # the whole model, for the node profiler's own cost
+            whole = ModelArtifact(onnx_path=folder / source["points"][0]["onnx"], input_shape=input_shape, name=source["name"])
+            measure_kernel_overhead(table, profiler, settings, whole)
         record_with_calibration(table, recorder, profiler, settings, configs, passes, calibration)
         table.provenance["plan"] = {"model": document.get("model"), "planner": document.get("planner"), "date": document.get("date")}
         if out_path is not None:

@@ -18,7 +18,7 @@ DequantizeLinear and a layout change of the tensor that crosses it. That costs p
 table's ``transitions`` record measured on a mixed model (:func:`transition_elements`); without one,
 nothing is added.
 
-:class:`LutPredictor` wraps a table in the profiler contract (``measure`` returns a prediction with
+:class:`hwcompress.lut.profiler.LutPredictor` wraps a table in the profiler contract (``measure`` returns a prediction with
 ``runs = 0``), which is what :func:`hwcompress.measure.resolve.resolve_timing` hands out for a device
 that is not this machine.
 """
@@ -30,7 +30,6 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from hwcompress.errors import UserError
 from hwcompress.lut.conversions import layout_conversions
 from hwcompress.lut.keys import (
     CONV_OPS,
@@ -46,8 +45,7 @@ from hwcompress.lut.keys import (
     LutEntry,
     _ceil_to,
 )
-from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
-from hwcompress.model.analysis import OTHER, LayerSpec, ModelAnalysis, analyze
+from hwcompress.model.analysis import OTHER, LayerSpec, ModelAnalysis
 
 
 class Prediction(NamedTuple):
@@ -75,6 +73,7 @@ class PredictionDetail:
         precision_ms: calibrated milliseconds per precision, for a model with layers in several.
         between_blocks: convolutions whose channels fall between the table's channel blocks
             (:func:`between_blocks`): priced as the next block, which the runtime may not give them.
+        as_timed_ms, ratio_sum_ms: see the fields (what a calibration record stores of its points).
         layout_conversion_ms: what the layout conversions around layers off the blocked path add, net of
             those they remove (negative where squeeze-excitation blocks leave the path:
             :mod:`hwcompress.lut.conversions`; included in ``total_ms`` and ``per_layer_ms``).
@@ -92,6 +91,10 @@ class PredictionDetail:
     precision_ms: dict[str, float] = field(default_factory=dict)
     between_blocks: list[str] = field(default_factory=list)
     layout_conversion_ms: float = 0.0
+    #: Of ``layer_sum_ms``, the layers priced as timed, outside the calibration's scale (off-path entries
+    #: timed warm), and the sum the calibration's ratio is read at (:meth:`TablePredictor.predict_detail`).
+    as_timed_ms: float = 0.0
+    ratio_sum_ms: float = 0.0
 
     def coverage(self) -> dict[str, Any]:
         counts = {EXACT: 0, INTERPOLATED: 0, MISSING: 0, FUSED: 0}
@@ -200,8 +203,10 @@ class TablePredictor:
             overhead = float(self.table.provenance.get("session_overhead_ms", 0.0) or 0.0)
             # Never below a tenth of the timing: the overhead estimate is itself a measurement.
             return max(entry.median - overhead, 0.1 * entry.median)
-        if self.kernel_overhead_ms and self.off_path(entry.config):
+        if self.kernel_overhead_ms and entry.config.precision is None and self.off_path(entry.config):
             # Never below half the timing: the overhead is an estimate, and a kernel costs something.
+            # Entries in another precision than the table's are priced by that precision's calibration
+            # (a mixed student), not as timed: they keep it.
             return max(entry.median - self.kernel_overhead_ms, 0.5 * entry.median)
         return entry.median
 
@@ -421,7 +426,7 @@ class TablePredictor:
                     elif self._warm_off_path and state != MISSING:
                         as_timed.add(spec.name)
                         if self.ratio_at_width:
-                            blocked[spec.name] = self.blocked_price(config, raw[spec.name]) * getattr(spec, "time_scale", 1.0)
+                            blocked[spec.name] = self.blocked_price(config, ms) * getattr(spec, "time_scale", 1.0)
             previous = spec
         layer_sum = sum(raw.values())
         used = sorted({p for p in precision_of.values() if p is not None})
@@ -434,11 +439,13 @@ class TablePredictor:
         # Conversions happen only at layers off the path: none, no second walk over the rows.
         converting = self.layout_conversion_ms(specs) if self._conversions and any_off_path and calibration != "none" else {}
         unscaled = sum(raw[name] for name in as_timed)
+        # The ratio is read at how wide the model is: its layers off the path counted at their blocked
+        # price. Leaving them out read a network mostly off the path as a narrow one, and its wide layers
+        # on the path got a narrow model's ratio (0.68 for regnet_x_400mf's 0.97). Calibration records
+        # store their points at the same sum (:func:`hwcompress.lut.calibration.calibration_record`).
+        ratio_sum = layer_sum - unscaled + sum(blocked.values())
         if model is not None and calibration == "scale":
-            # The ratio is read at how wide the model is: its layers off the path counted at their
-            # blocked price. Leaving them out read a network mostly off the path as a narrow one, and
-            # its wide layers on the path got a narrow model's ratio (0.68 for regnet_x_400mf's 0.97).
-            scale = calibration_ratio(model, layer_sum - unscaled + sum(blocked.values()))
+            scale = calibration_ratio(model, ratio_sum)
         elif model is not None and calibration == "offset":
             offset = float(model["measured_ms"]) - float(model["layer_sum_ms"])
         own = {name: ms if name in as_timed else ms * scale for name, ms in raw.items()}
@@ -458,6 +465,8 @@ class TablePredictor:
             extrapolated=extrapolated,
             between_blocks=off_block,
             layout_conversion_ms=sum(converting.values()),
+            as_timed_ms=unscaled,
+            ratio_sum_ms=ratio_sum,
         )
 
     def blocked_price(self, config: LayerConfig, default: float) -> float:
@@ -468,6 +477,10 @@ class TablePredictor:
         hit = self._blocked_price.get(key)
         if hit is None:
             family = self._families().get(config.family())
+            if config.grouped:  # every group padded to whole blocks: 8 channels per group run as 16
+                block, groups = self.layout[0], config.groups
+                config = config.with_channels(groups * _ceil_to(config.cin // groups, block),
+                                              groups * _ceil_to(config.cout // groups, block))
             hit = self._interpolate(config, family)[0] if family else -1.0
             self._blocked_price[key] = hit
         return default if hit < 0 else hit
@@ -630,175 +643,3 @@ def _is_fused_norm(spec: LayerSpec, previous: LayerSpec | None) -> bool:
         and previous.cout is not None
         and previous.cout == spec.cin
     )
-
-
-class LutPredictor:
-    """A recorded table behind the profiler contract: ``measure`` predicts instead of timing.
-
-    :func:`hwcompress.measure.resolve.resolve_timing` hands one out for a device that is not this
-    machine (or for ``--lut FILE``), so profile, compare and the search treat a prediction like a
-    measurement; the result says ``source: "lut"`` and ``runs = 0``.
-
-    Args:
-        table: the :class:`~hwcompress.lut.table.LatencyTable`.
-        descriptor: the device asked for; the table must describe it (checked on every request).
-        local_facts: the local profiler's facts when the device is this machine (checks the runtime
-            version the table was recorded with).
-    """
-
-    name = "lut"
-    description = "Predicted from a latency lookup table recorded on the device (hwcompress lut record)"
-
-    def __init__(self, table: Any, descriptor: Any, local_facts: dict[str, Any] | None = None) -> None:
-        self.table = table
-        self.descriptor = descriptor
-        self.local_facts = local_facts
-
-    def available(self) -> tuple[bool, str]:
-        return True, ""
-
-    def facts(self, _settings: ProfileSettings) -> dict[str, Any]:
-        return lut_facts(self.table)
-
-    def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
-        if artifact.module is None:
-            raise UserError(
-                f"predicting from LUT {self.table.where()} needs the model's layers; an .onnx model has none here, "
-                "pass the PyTorch model (torchvision name, pkg.module:factory or checkpoint)"
-            )
-        batch = artifact.input_shape[0] if artifact.input_shape else None
-        notes = self.table.check_request(self.descriptor, settings, batch, self.local_facts)
-        analysis = analyze(artifact.module, tuple(artifact.input_shape))
-        detail = self.table.predict_detail(analysis)
-        coverage = detail.coverage()
-        notes = calibration_notes(detail) + notes
-        apart = grouped_apart(analysis.layers, detail.extrapolated)
-        if apart:
-            notes.append(
-                f"{len(apart)} grouped convolutions narrow their groups' inputs and outputs apart ({', '.join(apart[:4])}"
-                f"{', ...' if len(apart) > 4 else ''}), and the LUT holds no such widths: each is scaled by its work from "
-                "the nearest one recorded, which priced torch-pruned regnet_x_400mf layers at twice their time; "
-                "hwcompress lut record --off-path (again, on this LUT) records every pair of group widths"
-            )
-        notes.append(
-            f"LUT coverage: {coverage[EXACT]} exact, {coverage[INTERPOLATED]} interpolated"
-            f"{' (' + str(coverage['extrapolated']) + ' outside the grid)' if coverage['extrapolated'] else ''}, "
-            f"{coverage[MISSING]} missing, {coverage[FUSED]} fused into the layer before"
-            + (f"; missing: {', '.join(coverage['missing_layers'][:5])}" if coverage["missing_layers"] else "")
-        )
-        if detail.between_blocks:
-            names = detail.between_blocks
-            alignment = (self.table.provenance.get("facts") or {}).get("channel_alignment")
-            notes.append(
-                f"{len(names)} convolutions have channel counts that are not multiples of {alignment} (or, grouped, "
-                f"groups that are not whole {self.table.predictor.layout[0]}-channel blocks) "
-                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {self.table.provenance.get('runtime')} on "
-                "the device runs such layers off its blocked path, with layout conversions around them, which the LUT "
-                "does not price, so this prediction cannot vouch for them (measure on the device, prune to "
-                f"multiples of {alignment}, or record the model's off-path entries: hwcompress lut record --off-path)"
-            )
-        if detail.layout_conversion_ms > 0:
-            notes.append(f"includes {detail.layout_conversion_ms:.3f} ms of layout conversions around the layers off the "
-                         "runtime's blocked path, net (timed when the LUT was recorded with --off-path)")
-        elif detail.layout_conversion_ms < 0:
-            notes.append(f"credits {-detail.layout_conversion_ms:.3f} ms, net, of layout conversions that squeeze-excitation "
-                         "blocks off the runtime's blocked path no longer pay (timed when the LUT was recorded with --off-path)")
-        notes.append(
-            "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
-            "spread on the device; runs = 0 (nothing timed here)"
-        )
-        return Measurement(
-            latency=predicted_stats(detail), facts=self.facts(settings), notes=notes, source="lut",
-            layer_ms={name: round(ms, 6) for name, ms in detail.per_layer_ms.items()}, coverage=coverage,
-        )
-
-
-def lut_facts(table: Any) -> dict[str, Any]:
-    """The recorded provenance as report facts."""
-    p = table.provenance
-    facts = {
-        "lut": table.where(),
-        "recorded_on": p.get("host"),
-        "recorded": p.get("date"),
-        "runtime": p.get("runtime"),
-        "runtime_version": p.get("runtime_version"),
-        "recorded_precision": p.get("precision"),
-        "recorded_threads": p.get("threads"),
-        "recorded_batch": p.get("batch"),
-        "governor": p.get("governor"),
-        "recorder": p.get("recorder"),
-        "timing": p.get("timing"),
-        "channel_quantum": p.get("channel_quantum"),
-    }
-    inner = p.get("facts") or {}
-    for key in ("cpu", "gpu", "logical_cores", "machine"):
-        if key in inner:
-            facts[f"recorded_{key}"] = inner[key]
-    return {k: v for k, v in facts.items() if v is not None}
-
-
-def predicted_stats(detail: PredictionDetail) -> LatencyStats:
-    """LatencyStats of a prediction (``runs = 0``: nothing was timed for it).
-
-    ``median`` and ``mean`` are the calibrated prediction. The spread is a whole-model property
-    (preemption, clock changes, the runtime's own jitter), so it is taken relative from the
-    calibration model's measured statistics on the device (p90/median, p99/median, min, max, std)
-    and applied to the prediction; without a calibration, the entries' robust spreads are combined
-    as independent and normal quantiles give p90 and p99.
-    """
-    median = detail.total_ms
-    measured = (detail.calibration or {}).get("measured") or {}
-    base = float(measured.get("median") or 0.0)
-    if base > 0 and all(isinstance(measured.get(k), (int, float)) for k in ("p90", "p99", "std", "min", "max")):
-        rel = {k: float(measured[k]) / base for k in ("p90", "p99", "std", "min", "max")}
-        return LatencyStats(
-            median=median,
-            mean=median,
-            p90=median * rel["p90"],
-            p99=median * rel["p99"],
-            std=median * rel["std"],
-            min=median * rel["min"],
-            max=median * rel["max"],
-            runs=0,
-        )
-    std = detail.std_ms
-    return LatencyStats(
-        median=median,
-        mean=median,
-        p90=median + 1.2816 * std,
-        p99=median + 2.3263 * std,
-        std=std,
-        min=max(0.0, median - 2.3263 * std),
-        max=median + 2.3263 * std,
-        runs=0,
-    )
-
-
-def grouped_apart(specs: Sequence[LayerSpec], extrapolated: Sequence[str]) -> list[str]:
-    """The ``extrapolated`` rows that are grouped convolutions (not depthwise) with unequal input and
-    output widths per group: what ``lut record --off-path`` records and a table without it scales by work."""
-    names = set(extrapolated)
-    apart = []
-    for spec in specs:
-        config = LayerConfig.from_spec(spec) if spec.name in names else None
-        if config is not None and config.grouped and config.cin != config.cout:
-            apart.append(spec.name)
-    return apart
-
-
-def calibration_notes(detail: PredictionDetail) -> list[str]:
-    model = detail.calibration
-    if model is None:
-        return ["uncalibrated: no whole-model measurement in this LUT shares this model's layer shapes; "
-                "the prediction is the plain sum of its layers"]
-    points = model.get("points") or []
-    widths = ", ".join(f"{p['width']:.2f}: x{p['ratio']:.3f}" for p in points) if len(points) > 1 else ""
-    return [
-        f"calibrated with {model['name']} measured whole on the device ({model['measured_ms']:.3f} ms vs "
-        f"{model['layer_sum_ms']:.3f} ms summed over its layers"
-        + (f"; measured/sum at widths {widths}" if widths else "")
-        + f"): layer sums scaled by {detail.scale:.3f}, which covers what separate layers miss "
-        "(residual adds, pooling, cache misses, per-run overhead)"
-    ]
-
-

@@ -27,8 +27,8 @@ from hwcompress import __version__
 from hwcompress.devices import user_data_dir
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
-from hwcompress.lut.calibration import CALIBRATION_WIDTHS, ratio_digits, record_with_calibration
-from hwcompress.lut.keys import TRANSITIONS, at_precision
+from hwcompress.lut.calibration import CALIBRATION_WIDTHS, measure_kernel_overhead, ratio_digits, record_with_calibration
+from hwcompress.lut.keys import TIMING_KERNELS, TRANSITIONS, at_precision
 from hwcompress.lut.plan import PLAN_SCHEMA
 from hwcompress.lut.predict import transition_elements
 from hwcompress.lut.recorder import (
@@ -140,6 +140,9 @@ def record_lut(
         name = model_name or type(model_module).__name__
         base = table.precision
         exported: list[dict[str, Any]] = []
+        if table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance:
+            whole = calibration_models(model_module, input_shape, (), multiple, Path(recorder._tmp.name), name)[0]
+            measure_kernel_overhead(table, profiler, settings, whole["artifact"])
         for precision in dict.fromkeys(precisions or [base]):
             at = None if precision == base else precision
             calibration = None

@@ -86,6 +86,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+#: Provenance that measures the device rather than the recording's settings (the node profiler's own
+#: cost, the layout conversions' rates): a merge adopts it from the other table where this one lacks it
+#: (one recorded before the probe existed), and keeps its own where both have it.
+MEASURED_PROVENANCE = ("kernel_overhead_ms", "layout_conversions")
+
+
 class LatencyTable:
     """A device's latency lookup table: load (validated), save (atomically), merge, predict.
 
@@ -394,6 +400,12 @@ class LatencyTable:
                 f"LUT {other.where()} detected channel quantum {other.quantum}, {self.where()} {self.quantum}; keeping {self.quantum}",
                 stacklevel=2,
             )
+        for key in MEASURED_PROVENANCE:  # the device's own measurements: adopted where this table lacks them
+            if key in other.provenance and key not in self.provenance:
+                self.provenance[key] = other.provenance[key]
+            elif key in other.provenance and other.provenance[key] != self.provenance[key]:
+                warnings.warn(f"LUT {other.where()} measured {key} = {other.provenance[key]!r}, {self.where()} "
+                              f"{self.provenance[key]!r}; keeping {self.where()}'s", stacklevel=2)
         sources = list(self.provenance.get("merged_from", [])) + [other.where()]
         self.provenance["merged_from"] = sources
         self.invalidate()

@@ -128,7 +128,7 @@ class Measurement:
             them back to PyTorch layers (see the module docstring).
         facts: plain JSON values describing the hardware and runtime at measurement time.
         notes: warnings a user should see (throttling, fallbacks, what per-node times include).
-        source: ``measured``, or ``lut`` for a prediction (:class:`hwcompress.lut.predict.LutPredictor`).
+        source: ``measured``, or ``lut`` for a prediction (:class:`hwcompress.lut.profiler.LutPredictor`).
         layer_ms: per PyTorch layer, for predictors that work on layers rather than nodes.
         coverage: for a prediction, what the table knew (exact, interpolated, missing layers).
     """

@@ -2,7 +2,7 @@
 
 :func:`resolve_timing` is the only place that asks "is this machine the device?". It returns a
 :class:`Timing` whose ``profiler`` follows the profiler contract either way: a measuring profiler from a
-plugin (wrapped so that its failures name it), or a :class:`~hwcompress.lut.predict.LutPredictor` over
+plugin (wrapped so that its failures name it), or a :class:`~hwcompress.lut.profiler.LutPredictor` over
 the device's recorded table. Profile, compare, LUT recording and the search all take their numbers
 from it, so they agree on what "on that device" means.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from hwcompress.devices import DeviceDescriptor
 from hwcompress.errors import PluginError, UserError
-from hwcompress.lut.predict import LutPredictor
+from hwcompress.lut.profiler import LutPredictor
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
 from hwcompress.measure.remote import remote_profiler

@@ -1,0 +1,195 @@
+"""A recorded LUT behind the profiler contract: :class:`LutPredictor` predicts where a profiler times.
+
+What ``hwcompress profile --lut`` and a device without a local runtime get: the prediction of
+:mod:`hwcompress.lut.predict` as a :class:`~hwcompress.measure.contract.Measurement` (``runs = 0``), with
+the notes that say what it rests on (calibration, coverage, layers it cannot vouch for).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from hwcompress.errors import UserError
+from hwcompress.lut.keys import EXACT, FUSED, INTERPOLATED, MISSING, LayerConfig
+from hwcompress.lut.predict import OFF_PATH, PredictionDetail, TablePredictor
+from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
+from hwcompress.model.analysis import LayerSpec, analyze
+
+
+class LutPredictor:
+    """A recorded table behind the profiler contract: ``measure`` predicts instead of timing.
+
+    :func:`hwcompress.measure.resolve.resolve_timing` hands one out for a device that is not this
+    machine (or for ``--lut FILE``), so profile, compare and the search treat a prediction like a
+    measurement; the result says ``source: "lut"`` and ``runs = 0``.
+
+    Args:
+        table: the :class:`~hwcompress.lut.table.LatencyTable`.
+        descriptor: the device asked for; the table must describe it (checked on every request).
+        local_facts: the local profiler's facts when the device is this machine (checks the runtime
+            version the table was recorded with).
+    """
+
+    name = "lut"
+    description = "Predicted from a latency lookup table recorded on the device (hwcompress lut record)"
+
+    def __init__(self, table: Any, descriptor: Any, local_facts: dict[str, Any] | None = None) -> None:
+        self.table = table
+        self.descriptor = descriptor
+        self.local_facts = local_facts
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def facts(self, _settings: ProfileSettings) -> dict[str, Any]:
+        return lut_facts(self.table)
+
+    def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
+        if artifact.module is None:
+            raise UserError(
+                f"predicting from LUT {self.table.where()} needs the model's layers; an .onnx model has none here, "
+                "pass the PyTorch model (torchvision name, pkg.module:factory or checkpoint)"
+            )
+        batch = artifact.input_shape[0] if artifact.input_shape else None
+        notes = self.table.check_request(self.descriptor, settings, batch, self.local_facts)
+        analysis = analyze(artifact.module, tuple(artifact.input_shape))
+        detail = self.table.predict_detail(analysis)
+        coverage = detail.coverage()
+        notes = calibration_notes(detail) + notes
+        apart = grouped_apart(self.table.predictor, analysis.layers, detail.extrapolated)
+        if apart:
+            notes.append(
+                f"{len(apart)} grouped convolutions narrow their groups' inputs and outputs apart ({', '.join(apart[:4])}"
+                f"{', ...' if len(apart) > 4 else ''}), and the LUT holds no such widths: each is scaled by its work from "
+                "the nearest one recorded, which priced torch-pruned regnet_x_400mf layers at twice their time; "
+                "hwcompress lut record --off-path (again, on this LUT) records every pair of group widths"
+            )
+        notes.append(
+            f"LUT coverage: {coverage[EXACT]} exact, {coverage[INTERPOLATED]} interpolated"
+            f"{' (' + str(coverage['extrapolated']) + ' outside the grid)' if coverage['extrapolated'] else ''}, "
+            f"{coverage[MISSING]} missing, {coverage[FUSED]} fused into the layer before"
+            + (f"; missing: {', '.join(coverage['missing_layers'][:5])}" if coverage["missing_layers"] else "")
+        )
+        if detail.between_blocks:
+            names = detail.between_blocks
+            alignment = (self.table.provenance.get("facts") or {}).get("channel_alignment")
+            notes.append(
+                f"{len(names)} convolutions have channel counts that are not multiples of {alignment} (or, grouped, "
+                f"groups that are not whole {self.table.predictor.layout[0]}-channel blocks) "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {self.table.provenance.get('runtime')} on "
+                "the device runs such layers off its blocked path, with layout conversions around them, which the LUT "
+                "does not price, so this prediction cannot vouch for them (measure on the device, prune to "
+                f"multiples of {alignment}, or record the model's off-path entries: hwcompress lut record --off-path)"
+            )
+        if detail.layout_conversion_ms > 0:
+            notes.append(f"includes {detail.layout_conversion_ms:.3f} ms of layout conversions around the layers off the "
+                         "runtime's blocked path, net (timed when the LUT was recorded with --off-path)")
+        elif detail.layout_conversion_ms < 0:
+            notes.append(f"credits {-detail.layout_conversion_ms:.3f} ms, net, of layout conversions that squeeze-excitation "
+                         "blocks off the runtime's blocked path no longer pay (timed when the LUT was recorded with --off-path)")
+        notes.append(
+            "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "
+            "spread on the device; runs = 0 (nothing timed here)"
+        )
+        return Measurement(
+            latency=predicted_stats(detail), facts=self.facts(settings), notes=notes, source="lut",
+            layer_ms={name: round(ms, 6) for name, ms in detail.per_layer_ms.items()}, coverage=coverage,
+        )
+
+
+def lut_facts(table: Any) -> dict[str, Any]:
+    """The recorded provenance as report facts."""
+    p = table.provenance
+    facts = {
+        "lut": table.where(),
+        "recorded_on": p.get("host"),
+        "recorded": p.get("date"),
+        "runtime": p.get("runtime"),
+        "runtime_version": p.get("runtime_version"),
+        "recorded_precision": p.get("precision"),
+        "recorded_threads": p.get("threads"),
+        "recorded_batch": p.get("batch"),
+        "governor": p.get("governor"),
+        "recorder": p.get("recorder"),
+        "timing": p.get("timing"),
+        "channel_quantum": p.get("channel_quantum"),
+    }
+    inner = p.get("facts") or {}
+    for key in ("cpu", "gpu", "logical_cores", "machine"):
+        if key in inner:
+            facts[f"recorded_{key}"] = inner[key]
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def predicted_stats(detail: PredictionDetail) -> LatencyStats:
+    """LatencyStats of a prediction (``runs = 0``: nothing was timed for it).
+
+    ``median`` and ``mean`` are the calibrated prediction. The spread is a whole-model property
+    (preemption, clock changes, the runtime's own jitter), so it is taken relative from the
+    calibration model's measured statistics on the device (p90/median, p99/median, min, max, std)
+    and applied to the prediction; without a calibration, the entries' robust spreads are combined
+    as independent and normal quantiles give p90 and p99.
+    """
+    median = detail.total_ms
+    measured = (detail.calibration or {}).get("measured") or {}
+    base = float(measured.get("median") or 0.0)
+    if base > 0 and all(isinstance(measured.get(k), (int, float)) for k in ("p90", "p99", "std", "min", "max")):
+        rel = {k: float(measured[k]) / base for k in ("p90", "p99", "std", "min", "max")}
+        return LatencyStats(
+            median=median,
+            mean=median,
+            p90=median * rel["p90"],
+            p99=median * rel["p99"],
+            std=median * rel["std"],
+            min=median * rel["min"],
+            max=median * rel["max"],
+            runs=0,
+        )
+    std = detail.std_ms
+    return LatencyStats(
+        median=median,
+        mean=median,
+        p90=median + 1.2816 * std,
+        p99=median + 2.3263 * std,
+        std=std,
+        min=max(0.0, median - 2.3263 * std),
+        max=median + 2.3263 * std,
+        runs=0,
+    )
+
+
+def grouped_apart(predictor: TablePredictor, specs: Sequence[LayerSpec], extrapolated: Sequence[str]) -> list[str]:
+    """The ``extrapolated`` rows that are grouped convolutions (not depthwise) with unequal input and
+    output widths per group, in a table that holds no such widths of their shape: what ``lut record
+    --off-path`` records and a table without it scales by work (a table that has them extrapolates a
+    layer only outside its grid, which recording again does not change)."""
+    names = set(extrapolated)
+    families = predictor._families()
+    apart = []
+    for spec in specs:
+        config = LayerConfig.from_spec(spec) if spec.name in names else None
+        if config is None or not config.grouped or config.cin == config.cout:
+            continue
+        family = predictor.table.normalised(config).family()
+        points = [*families.get(family, {}), *families.get(family + OFF_PATH, {})]
+        if all(x == y for x, y in points):
+            apart.append(spec.name)
+    return apart
+
+
+def calibration_notes(detail: PredictionDetail) -> list[str]:
+    model = detail.calibration
+    if model is None:
+        return ["uncalibrated: no whole-model measurement in this LUT shares this model's layer shapes; "
+                "the prediction is the plain sum of its layers"]
+    points = model.get("points") or []
+    widths = ", ".join(f"{p['width']:.2f}: x{p['ratio']:.3f}" for p in points) if len(points) > 1 else ""
+    return [
+        f"calibrated with {model['name']} measured whole on the device ({model['measured_ms']:.3f} ms vs "
+        f"{model['layer_sum_ms']:.3f} ms summed over its layers"
+        + (f"; measured/sum at widths {widths}" if widths else "")
+        + f"): layer sums scaled by {detail.scale:.3f}, which covers what separate layers miss "
+        "(residual adds, pooling, cache misses, per-run overhead)"
+    ]
+
+
