@@ -92,7 +92,8 @@ def record_plan(
                 "name": source["name"], "input_shape": input_shape, "fingerprint": source["fingerprint"],
                 "configs": [LayerConfig.from_dict(c) for c in source["configs"]], "points": points,
             }
-        if source and source.get("points"):  # the whole model, for the node profiler's own cost
+        if source and source.get("points") and any(table.predictor.off_path(config) for config, _ in configs):
+            # the whole model, for the node profiler's own cost (what off-path entries are priced net of)
             whole = ModelArtifact(onnx_path=folder / source["points"][0]["onnx"], input_shape=input_shape, name=source["name"])
             measure_kernel_overhead(table, profiler, settings, whole)
         record_with_calibration(table, recorder, profiler, settings, configs, passes, calibration)

@@ -140,7 +140,9 @@ def record_lut(
         name = model_name or type(model_module).__name__
         base = table.precision
         exported: list[dict[str, Any]] = []
-        if table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance:
+        if rule and table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance:
+            # Only off-path entries are priced net of it: a recording without them skips the probe (three
+            # more whole-model runs, long on a slow board).
             whole = calibration_models(model_module, input_shape, (), multiple, Path(recorder._tmp.name), name)[0]
             measure_kernel_overhead(table, profiler, settings, whole["artifact"])
         for precision in dict.fromkeys(precisions or [base]):
