@@ -423,7 +423,9 @@ class TablePredictor:
                     any_off_path = True
                     if not self.prices_off_path(config):
                         off_block.append(spec.name)
-                    elif self._warm_off_path and state != MISSING:
+                    elif self._warm_off_path and state != MISSING and precision_of[spec.name] is None:
+                        # (a layer in another precision belongs to a mixed student: its precision's
+                        # calibration prices it, and calibration points in that precision keep it scaled)
                         as_timed.add(spec.name)
                         if self.ratio_at_width:
                             blocked[spec.name] = self.blocked_price(config, ms) * getattr(spec, "time_scale", 1.0)
