@@ -469,6 +469,7 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     # times (measured on the whole model before the calibration; a whole-model run does not pay it).
     overhead = table.provenance["kernel_overhead_ms"]
     assert 0 <= overhead < 0.05 and table.predictor.kernel_overhead_ms == overhead
+    assert table.summary()["kernel_overhead_applied_ms"] == overhead  # lut show says it is taken off
     query = config.with_channels(config.cin, config.cout)
     assert table.lookup(query)[0] == pytest.approx(max(off[0].median - overhead, 0.5 * off[0].median))
     on = next(e for e in table.entries.values() if e.config.op == "Conv2d" and not between_blocks(e.config, block, alignment))

@@ -118,13 +118,18 @@ def ratio_digits(ratio: float) -> float:
     return float(f"{ratio:.10g}")
 
 
+def lacks_kernel_overhead(table: LatencyTable) -> bool:
+    """Whether ``table`` times kernels under the node profiler and has not measured its cost yet."""
+    return table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance
+
+
 def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: ProfileSettings, artifact: Any) -> None:
     """Store what the node profiler adds to each kernel it times (``kernel_overhead_ms``,
     :func:`hwcompress.lut.recorder.kernel_overhead`, on ``artifact``, the whole model) in a table of
     kernel timings that lacks it: off-path entries, priced as timed, are priced net of it. Before the
     calibration, whose points are summed with those prices. A probe that fails costs the table the
     term, not the recording."""
-    if table.timing != TIMING_KERNELS or "kernel_overhead_ms" in table.provenance or artifact is None:
+    if not lacks_kernel_overhead(table):
         return
     try:
         overhead = kernel_overhead(profiler, artifact, replace(settings, precision=table.precision))
@@ -157,7 +162,7 @@ def calibration_record(
         # Layers priced as timed (off-path entries) are outside the ratio, which is stored at the sum
         # a prediction reads it at (PredictionDetail.ratio_sum_ms); without such layers, the layer sum.
         detail = table.predict_detail(list(point["specs"]), calibration="none")
-        layer_sum, scaled = detail.ratio_sum_ms or detail.layer_sum_ms, detail.layer_sum_ms - detail.as_timed_ms
+        layer_sum, scaled = detail.ratio_sum_ms, detail.layer_sum_ms - detail.as_timed_ms
         medians = [w.median for w in point["wholes"]]
         measured = round(statistics.median(medians), 6)  # the ratio is of the time as stored
         rows.append({

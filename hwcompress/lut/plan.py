@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.errors import UserError
-from hwcompress.lut.calibration import measure_kernel_overhead, record_with_calibration
+from hwcompress.lut.calibration import lacks_kernel_overhead, measure_kernel_overhead, record_with_calibration
 from hwcompress.lut.keys import LayerConfig
 from hwcompress.lut.recorder import ProgressCallback, Recorder, open_table
 from hwcompress.lut.table import LatencyTable
@@ -92,7 +92,7 @@ def record_plan(
                 "name": source["name"], "input_shape": input_shape, "fingerprint": source["fingerprint"],
                 "configs": [LayerConfig.from_dict(c) for c in source["configs"]], "points": points,
             }
-        if source and source.get("points") and any(table.predictor.off_path(config) for config, _ in configs):
+        if source and source.get("points") and lacks_kernel_overhead(table) and any(table.predictor.off_path(c) for c, _ in configs):
             # the whole model, for the node profiler's own cost (what off-path entries are priced net of)
             whole = ModelArtifact(onnx_path=folder / source["points"][0]["onnx"], input_shape=input_shape, name=source["name"])
             measure_kernel_overhead(table, profiler, settings, whole)

@@ -27,8 +27,14 @@ from hwcompress import __version__
 from hwcompress.devices import user_data_dir
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
-from hwcompress.lut.calibration import CALIBRATION_WIDTHS, measure_kernel_overhead, ratio_digits, record_with_calibration
-from hwcompress.lut.keys import TIMING_KERNELS, TRANSITIONS, at_precision
+from hwcompress.lut.calibration import (
+    CALIBRATION_WIDTHS,
+    lacks_kernel_overhead,
+    measure_kernel_overhead,
+    ratio_digits,
+    record_with_calibration,
+)
+from hwcompress.lut.keys import TRANSITIONS, at_precision
 from hwcompress.lut.plan import PLAN_SCHEMA
 from hwcompress.lut.predict import transition_elements
 from hwcompress.lut.recorder import (
@@ -140,7 +146,7 @@ def record_lut(
         name = model_name or type(model_module).__name__
         base = table.precision
         exported: list[dict[str, Any]] = []
-        if rule and table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance:
+        if rule and lacks_kernel_overhead(table):
             # Only off-path entries are priced net of it: a recording without them skips the probe (three
             # more whole-model runs, long on a slow board).
             whole = calibration_models(model_module, input_shape, (), multiple, Path(recorder._tmp.name), name)[0]

@@ -78,21 +78,23 @@ def unit_timer(profiler: Any) -> UnitTimer:
 
 def kernel_overhead(profiler: Any, artifact: ModelArtifact, settings: ProfileSettings, rounds: int = 3) -> float | None:
     """What the node profiler adds to each kernel it times (ms), measured on a whole model: its kernel
-    times summed, less its whole-model median (a session without the profiler), per node; the median of
-    ``rounds`` tries, never below zero. None when the profiler reports no per-node times.
+    times summed, less its whole-model median (a session without the profiler), per node
+    (:func:`hwcompress.measure.profile.without_profiler_overhead`, what ``hwcompress profile`` takes off
+    its rows); the median of ``rounds`` tries. None when the profiler reports no per-node times.
 
     Units are timed under that profiler (``timing: kernels``), a whole model is not: on a 2-core EPYC with
     ONNX Runtime 1.32 the three held-out networks of ``bench/lut_fidelity.py`` at 96 px each measured
     1.2-1.8 us per node, and regnet_x_400mf's torch-pruned variants, about 70 layers priced as timed, came
     out 12-20% over their measurement.
     """
+    from hwcompress.measure.profile import without_profiler_overhead  # what `hwcompress profile` takes off its rows
+
     estimates = []
     for _ in range(max(1, rounds)):
         measured = profiler.measure(artifact, replace(settings, per_layer=True))
-        nodes = measured.node_ms or {}
-        if not nodes or measured.latency.median <= 0:
+        if not measured.node_ms or measured.latency.median <= 0:
             return None
-        estimates.append(max(0.0, (sum(nodes.values()) - measured.latency.median) / len(nodes)))
+        estimates.append(without_profiler_overhead(measured.node_ms, measured.latency.median)[1])
     return round(statistics.median(estimates), 6)
 
 

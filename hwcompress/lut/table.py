@@ -448,6 +448,8 @@ class LatencyTable:
             "file": self.where(),
             "schema": self.schema,
             "provenance": self.provenance,
+            # what the predictor takes off off-path entries (0 where it prices none as timed)
+            "kernel_overhead_applied_ms": self.predictor.kernel_overhead_ms,
             "entries": len(self.entries),
             "precisions": self.precisions,
             "families": len({e.config.family() for e in self.entries.values()}),
