@@ -13,12 +13,18 @@
 #   profile    hwcompress profile --device nvidia-gpu (resnet18, fp16)
 #   compare    hwcompress compare resnet18 mobilenet_v2 --device nvidia-gpu
 #   search     hwcompress search --device nvidia-gpu --latency-ratio 0.9 --episodes 30 (the embedded default; on an
-#              H100 its smallest channel-pruned student measures 0.85x the teacher: kernel count, not width, bounds it)
+#              H100 its smallest channel-pruned student measures 0.85x the teacher: kernel count, not width, bounds it;
+#              with the in-context fit, two repairs and fine-tuning at two learning rates it ran past 205 s there)
 #   lut        bench/lut_fidelity.py --device nvidia-gpu: a resnet18 LUT recorded on the GPU against measured variants
+#   align      bench/gpu_channel_alignment.py: one convolution at every channel count 48-72, fp16 and fp32
 #   int8       hwcompress search --device nvidia-gpu --quantize int8: where the GPU is measured by the cuda profiler
 #              (no TensorRT), one line naming the missing int8 path and exit code 2, nothing written
 # STEPS is a comma-separated subset (default: all). Everything lands in OUT: summary.txt (one line per
-# step: exit code and seconds), log.txt (every step's output) and the JSON documents. A trained default
+# step: exit code and seconds), log.txt (every step's output) and the JSON documents. On the device tool,
+# leave OUT out (the script then writes into $OUT itself) so that a run cut short still returns what it
+# wrote. All steps take about 10 minutes on an H100, more than one call may run: split them,
+#   bash bench/gpu_check.sh "" env,tests,agreement,profile,compare     # about 4 minutes
+#   bash bench/gpu_check.sh "" search,lut,align,int8                   # about 6 minutes A trained default
 # teacher in .gpu-cache/ (HWCOMPRESS_CACHE_DIR) saves the search its two minutes of training.
 set -u
 cd "$(dirname "$0")/.."
@@ -32,7 +38,7 @@ if [ "${1:-}" = "--build" ]; then
 fi
 
 OUT=${1:-${OUT:-gpu-check-out}}
-STEPS=${2:-env,tests,agreement,profile,compare,search,lut,int8}
+STEPS=${2:-env,tests,agreement,profile,compare,search,lut,align,int8}
 mkdir -p "$OUT"
 SITE=/tmp/hwcompress-site
 rm -rf "$SITE"
@@ -62,8 +68,9 @@ step agreement 75 python3 bench/gpu_agreement.py --models resnet18,mobilenet_v2 
 step profile 40 $HW profile --device nvidia-gpu -m resnet18 --json "$OUT/profile.json"
 step compare 40 $HW compare resnet18 mobilenet_v2 --device nvidia-gpu --rounds 5 --json "$OUT/compare.json"
 rm -rf /tmp/hwcompress-gpu-search
-step search 220 $HW search --device nvidia-gpu --latency-ratio 0.9 --episodes 30 --finetune-epochs 1 -o /tmp/hwcompress-gpu-search --json "$OUT/search.json"
+step search 330 $HW search --device nvidia-gpu --latency-ratio 0.9 --episodes 30 --finetune-epochs 1 -o /tmp/hwcompress-gpu-search --json "$OUT/search.json"
 step lut 120 python3 bench/lut_fidelity.py --device nvidia-gpu --models resnet18 --points 3 --variants 10 --passes 1 --runs 30 --rounds 3 --json "$OUT/lut_fidelity.json"
+step align 120 python3 bench/gpu_channel_alignment.py --json "$OUT/alignment.json"
 rm -rf /tmp/hwcompress-gpu-int8
 step int8 60 bash -c "$HW search --device nvidia-gpu --quantize int8 --latency-ratio 0.5 -o /tmp/hwcompress-gpu-int8; \
     echo \"exit code \$?; written: \$(ls /tmp/hwcompress-gpu-int8 2>&1 | head -3)\""

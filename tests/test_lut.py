@@ -317,6 +317,38 @@ def test_prediction_coverage_and_calibration(recorded):
     assert all(other_size.per_layer_ms[n] > 0 for n in ("0", "3", "6"))  # nearest configuration, scaled by MACs
 
 
+def test_entries_are_priced_net_of_the_node_profilers_cost_per_kernel(recorded, tmp_path):
+    """ONNX Runtime's node profiler adds a fixed cost to every kernel it times, which a network run whole
+    does not pay: the recorder stores how many kernels each unit ran, measures the cost on the full model
+    before the calibration, and entries are priced net of it once per kernel (never below a quarter of
+    their timing); a table whose entries count no kernels keeps its prices."""
+    from dataclasses import replace
+
+    from hwcompress.lut.predict import KERNEL_FLOOR
+
+    table = LatencyTable.load(recorded)
+    overhead = table.provenance["kernel_overhead_ms"]  # measured: the entries count their kernels
+    assert 0 < overhead < 0.05
+    entries = list(table.entries.values())
+    assert entries and all(isinstance(e.kernels, int) and e.kernels >= 1 for e in entries)
+    predictor = table.predictor
+    assert predictor.kernel_overhead_applied and table.summary()["entries_with_kernel_counts"] == len(entries)
+    for entry in entries:
+        assert predictor._entry_ms(entry) == pytest.approx(max(entry.median - entry.kernels * overhead, KERNEL_FLOOR * entry.median))
+    # The arithmetic, on an entry of three kernels (a hardswish unit: convolution, HardSigmoid, Mul).
+    predictor.kernel_overhead_ms = 0.0015
+    three = replace(entries[0], median=0.010, kernels=3)
+    assert predictor._entry_ms(three) == pytest.approx(0.010 - 3 * 0.0015)
+    assert predictor._entry_ms(replace(three, median=0.005)) == pytest.approx(KERNEL_FLOOR * 0.005)  # the floor
+    assert predictor._entry_ms(replace(three, kernels=None)) == 0.010  # recorded before counts: as timed
+    # An entry in another precision than the table's is priced by that precision's calibration: kept.
+    assert predictor._entry_ms(replace(three, config=three.config.with_precision("int8"))) == 0.010
+    # Saved and loaded, the counts stay.
+    path = tmp_path / "again.lut.json"
+    table.save(path)
+    assert [e.kernels for e in LatencyTable.load(path).entries.values()] == [e.kernels for e in entries]
+
+
 def test_recording_resumes_without_re_measuring(tmp_path):
     path = tmp_path / "resume.lut.json"
     first: list[str] = []
@@ -473,7 +505,12 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     query = config.with_channels(config.cin, config.cout)
     assert table.lookup(query)[0] == pytest.approx(max(off[0].median - overhead, 0.5 * off[0].median))
     on = next(e for e in table.entries.values() if e.config.op == "Conv2d" and not between_blocks(e.config, block, alignment))
-    assert table.lookup(on.config)[0] == on.median  # blocked-path entries keep it: the calibration's scale has it
+    # Blocked-path entries count their kernels (the recorder read them off the unit's nodes): the cost
+    # comes off each, and the calibration was summed with it off (its points were taken after the probe).
+    from hwcompress.lut.predict import KERNEL_FLOOR
+
+    assert on.kernels is not None and on.kernels >= 1
+    assert table.lookup(on.config)[0] == pytest.approx(max(on.median - on.kernels * overhead, KERNEL_FLOOR * on.median))
     odd = block + 1
     model = tiny(odd, odd)
     onnx_path = tmp_path / "odd.onnx"
@@ -661,7 +698,10 @@ def test_show_and_merge(recorded, tmp_path, capsys):
     # What the device measured (the node profiler's own cost) is adopted from the other table where
     # this one lacks it (recorded before the probe existed), and kept where both have it.
     lacking, having = LatencyTable.load(recorded), LatencyTable.load(small)
-    assert "kernel_overhead_ms" not in lacking.provenance  # recorded without off-path entries: no probe
+    # A calibrated recording measures it (its entries count their kernels; the calibration is summed net
+    # of it); the one without a calibration has no whole model to measure it on.
+    assert "kernel_overhead_ms" in lacking.provenance and "kernel_overhead_ms" not in having.provenance
+    del lacking.provenance["kernel_overhead_ms"]  # as a table recorded before the probe existed
     having.provenance["kernel_overhead_ms"] = 0.0015
     assert lacking.merge(having).provenance["kernel_overhead_ms"] == 0.0015
     having.provenance["kernel_overhead_ms"] = 0.002
@@ -701,6 +741,7 @@ def _mutations():
         "negative latency": (entry("median", -1.0), "median"),
         "NaN latency": (entry("p90", float("nan")), "p90"),
         "entry with bad cin": (entry("cin", "16"), "cin"),
+        "entry with no kernels": (entry("kernels", 0), "kernels"),
         "no entries": (lambda doc: doc.pop("entries"), "entries"),
         "another device": (provenance("device", "raspberry-pi-5"), "recorded for device 'raspberry-pi-5'"),
         "another runtime version": (provenance("runtime_version", "0.0.1"), "0.0.1"),

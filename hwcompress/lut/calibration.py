@@ -56,6 +56,10 @@ def record_with_calibration(
         if not _unsettled(points):
             break
         between()
+    if lacks_kernel_overhead(table) and any(entry.kernels for entry in table.entries.values()):
+        # Entries that count their kernels are priced net of the node profiler's cost, so the calibration
+        # must be summed with it known (the full model is the probe's whole model).
+        measure_kernel_overhead(table, profiler, settings, points[0]["artifact"])
     record = calibration_record(table, calibration["input_shape"], calibration["name"], calibration["fingerprint"], points,
                                 calibration["configs"])
     record["checks"] = calibration_checks(record)
@@ -126,15 +130,15 @@ def lacks_kernel_overhead(table: LatencyTable) -> bool:
 def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: ProfileSettings, artifact: Any) -> None:
     """Store what the node profiler adds to each kernel it times (``kernel_overhead_ms``,
     :func:`hwcompress.lut.recorder.kernel_overhead`, on ``artifact``, the whole model) in a table of
-    kernel timings that lacks it: off-path entries, priced as timed, are priced net of it. Before the
-    calibration, whose points are summed with those prices. A probe that fails costs the table the
-    term, not the recording."""
+    kernel timings that lacks it: entries that count their kernels are priced net of it, once per kernel,
+    and off-path entries (priced as timed) once. Before the calibration, whose points are summed with
+    those prices. A probe that fails costs the table the term, not the recording."""
     if not lacks_kernel_overhead(table):
         return
     try:
         overhead = kernel_overhead(profiler, artifact, replace(settings, precision=table.precision))
     except Exception as error:  # noqa: BLE001 - an optional probe: the entries are recorded without it
-        warnings.warn(f"the node-profiler overhead probe failed ({type(error).__name__}: {error}); off-path entries "
+        warnings.warn(f"the node-profiler overhead probe failed ({type(error).__name__}: {error}); the entries "
                       "keep it", stacklevel=2)
         return
     if overhead is not None:

@@ -225,6 +225,11 @@ class LutEntry:
     runs: int
     fused: tuple[str, ...] = ()
     passes: int = 1
+    #: How many kernels the unit ran (the runtime's nodes in its optimised graph, the layout reorders at
+    #: its edges left out), where the profiler reports them (ONNX Runtime's node profiler); None in
+    #: tables recorded before 2026-11-28 and from other profilers. The node profiler's cost comes off
+    #: once per kernel (:meth:`hwcompress.lut.predict.TablePredictor._entry_ms`).
+    kernels: int | None = None
 
     @property
     def spread(self) -> float:
@@ -240,6 +245,7 @@ class LutEntry:
             "std": round(self.std, 6),
             "runs": self.runs,
             "passes": self.passes,
+            **({"kernels": self.kernels} if self.kernels is not None else {}),
         }
 
 

@@ -122,6 +122,11 @@ class PredictionDetail:
 
 
 
+#: An entry priced net of the node profiler's cost keeps at least this share of its timing: small
+#: kernels run 2 us under the profiler at 96 px, of which its cost is 1.4-1.6 us.
+KERNEL_FLOOR = 0.25
+
+
 class TablePredictor:
     """Interpolating predictions over one :class:`~hwcompress.lut.table.LatencyTable`'s entries.
 
@@ -160,11 +165,12 @@ class TablePredictor:
         self._conversions = table.provenance.get("layout_conversions") if self._warm_off_path else None
         #: What the node profiler adds to every kernel it times (``kernel_overhead_ms``, measured on the
         #: whole model at recording, :func:`hwcompress.lut.recorder.kernel_overhead`): a network run whole
-        #: does not pay it, so it comes off what is priced as timed (off-path entries, one kernel each, and
-        #: the layout conversions). The blocked-path entries keep it: the calibration's scale, fitted on
-        #: their sums, has it (taking it off them as well, calibrations re-summed, helped
-        #: mobilenet_v3_small and cost efficientnet_b0 as much over five runs: docs/benchmarks.md).
-        overhead = table.provenance.get("kernel_overhead_ms") if self._warm_off_path and table.timing == TIMING_KERNELS else None
+        #: does not pay it. It comes off each kernel of an entry that counts them (``LutEntry.kernels``:
+        #: a hardswish unit runs three, conv, HardSigmoid and Mul), off what is priced as timed (off-path
+        #: entries, once each, and the layout conversions), and a table's calibration is summed with it
+        #: off. Left on, it is a fixed cost per entry that a narrower model does not shed: the
+        #: calibration's ratio then reads the layer sum as a width it is not (docs/benchmarks.md).
+        overhead = table.provenance.get("kernel_overhead_ms") if table.timing == TIMING_KERNELS else None
         self.kernel_overhead_ms = float(overhead) if isinstance(overhead, (int, float)) and math.isfinite(overhead) and overhead > 0 else 0.0
         self._blocked_price: dict[str, float] = {}
 
@@ -203,12 +209,23 @@ class TablePredictor:
             overhead = float(self.table.provenance.get("session_overhead_ms", 0.0) or 0.0)
             # Never below a tenth of the timing: the overhead estimate is itself a measurement.
             return max(entry.median - overhead, 0.1 * entry.median)
-        if self.kernel_overhead_ms and entry.config.precision is None and self.off_path(entry.config):
-            # Never below half the timing: the overhead is an estimate, and a kernel costs something.
+        if not self.kernel_overhead_ms or entry.config.precision is not None:
             # Entries in another precision than the table's are priced by that precision's calibration
             # (a mixed student), not as timed: they keep it.
+            return entry.median
+        if self._warm_off_path and self.off_path(entry.config):
+            # Once, whatever its kernel count: taken off every kernel, mobilenet_v3_small's torch-pruned
+            # variants without round_to came out 5-8% fast in five of six runs. Never below half the
+            # timing: the overhead is an estimate, and a kernel costs something.
             return max(entry.median - self.kernel_overhead_ms, 0.5 * entry.median)
+        if entry.kernels:
+            return max(entry.median - entry.kernels * self.kernel_overhead_ms, KERNEL_FLOOR * entry.median)
         return entry.median
+
+    @property
+    def kernel_overhead_applied(self) -> bool:
+        """Whether any entry is priced net of the node profiler's cost (:meth:`_entry_ms`)."""
+        return bool(self.kernel_overhead_ms) and (self._warm_off_path or any(e.kernels for e in self.table.entries.values()))
 
     def _families(self) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
         """Per family, ``(x(cin), x(cout)) -> (ms, std)`` on channel counts rounded up to the quantum

@@ -53,10 +53,14 @@ from hwcompress.slim.quantize import INT8, quantize_unit, symmetric_int8
 
 @dataclass
 class UnitTimer:
-    """How one tiny model is timed: ``time(artifact, settings) -> LatencyStats`` and what it measures."""
+    """How one tiny model is timed and what that measures: ``measure(artifact, settings)`` gives its
+    statistics and how many kernels it ran (None where the profiler does not say)."""
 
     timing: str
-    time: Callable[[ModelArtifact, ProfileSettings], LatencyStats]
+    measure: Callable[[ModelArtifact, ProfileSettings], tuple[LatencyStats, int | None]]
+
+    def time(self, artifact: ModelArtifact, settings: ProfileSettings) -> LatencyStats:
+        return self.measure(artifact, settings)[0]
 
 
 def unit_timer(profiler: Any) -> UnitTimer:
@@ -68,10 +72,16 @@ def unit_timer(profiler: Any) -> UnitTimer:
     """
     own = getattr(profiler, "measure_unit", None)
     if callable(own):
-        return UnitTimer(TIMING_KERNELS, lambda artifact, settings: own(artifact, settings).latency)
+        def kernels(artifact: ModelArtifact, settings: ProfileSettings) -> tuple[LatencyStats, int | None]:
+            # A profiler that reports the unit's nodes (ONNX Runtime's node profiler) says how many kernels
+            # its time adds up; each carries the node profiler's own cost (kernel_overhead).
+            measured = own(artifact, settings)
+            return measured.latency, (len(measured.node_ms) or None) if measured.node_ms else None
 
-    def session(artifact: ModelArtifact, settings: ProfileSettings) -> LatencyStats:
-        return profiler.measure(artifact, replace(settings, per_layer=False)).latency
+        return UnitTimer(TIMING_KERNELS, kernels)
+
+    def session(artifact: ModelArtifact, settings: ProfileSettings) -> tuple[LatencyStats, int | None]:
+        return profiler.measure(artifact, replace(settings, per_layer=False)).latency, None
 
     return UnitTimer(TIMING_SESSION, session)
 
@@ -293,6 +303,10 @@ class Recorder:
         :class:`PlannedUnit`, the ONNX file exported beforehand (no PyTorch needed on the device)."""
         return self.timer.time(self.unit_artifact(config, source), self.settings_for(config))
 
+    def _time_unit(self, config: LayerConfig, source: "UnitTemplate | PlannedUnit | None") -> tuple[LatencyStats, int | None]:
+        """:meth:`time_config` with the unit's kernel count (None where the profiler does not report it)."""
+        return self.timer.measure(self.unit_artifact(config, source), self.settings_for(config))
+
     def settings_for(self, config: LayerConfig) -> ProfileSettings:
         """The measurement settings of ``config``: its own precision (an int8 unit is timed as int8); a
         float layer off the runtime's blocked path without the cache flush (:data:`OFF_PATH_CACHE_FLUSH_MB`)."""
@@ -354,14 +368,18 @@ class Recorder:
         if self.progress:
             self.progress(done, total, "")
 
-        def store(config: LayerConfig, template: Any, stats: LatencyStats) -> None:
+        def store(config: LayerConfig, template: Any, timed: tuple[LatencyStats, int | None]) -> None:
             nonlocal done
+            stats, kernels = timed
             fused = template.fused if template is not None else ()
             old = self.table.entries.get(config.key())
             if old is None:
-                self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, fused))
+                self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, fused, kernels=kernels))
             elif stats.median < old.median:
-                self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, old.fused or fused, old.passes + 1))
+                # The first timing's kernel count stays: a table's calibration was summed with it (an entry
+                # recorded before counts existed keeps none).
+                self.table.add(LutEntry(config, stats.median, stats.p90, stats.std, stats.runs, old.fused or fused, old.passes + 1,
+                                        old.kernels))
             else:
                 old.passes += 1
             self.measured += 1
@@ -381,7 +399,7 @@ class Recorder:
                 for config, template in configs:
                     if have(config) >= current:
                         continue
-                    store(config, template, self.time_config(config, template))
+                    store(config, template, self._time_unit(config, template))
         finally:
             # Also on KeyboardInterrupt or an error: an interrupted recording keeps what it measured.
             if self.measured:
@@ -392,7 +410,7 @@ class Recorder:
         self,
         configs: Sequence[tuple[LayerConfig, Any]],
         recorded: Callable[[LayerConfig], bool],
-        store: Callable[[LayerConfig, Any, LatencyStats], None],
+        store: Callable[[LayerConfig, Any, tuple[LatencyStats, int | None]], None],
     ) -> None:
         """One pass over ``configs`` with up to :attr:`workers` timings in flight (a remote pool).
 
@@ -421,7 +439,7 @@ class Recorder:
                     except BaseException as error:
                         failure = error
                         break
-                    inflight[pool.submit(self.timer.time, artifact, self.settings_for(config))] = (config, template, artifact)
+                    inflight[pool.submit(self.timer.measure, artifact, self.settings_for(config))] = (config, template, artifact)
                 if not inflight:
                     break
                 finished, _ = wait(inflight, return_when=FIRST_COMPLETED)

@@ -270,7 +270,11 @@ class LatencyTable:
             passes = raw.get("passes", 1)
             if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
                 raise UserError(f"{label}: 'passes' must be a positive integer")
-            entries.append(LutEntry(config, float(raw["median"]), float(raw["p90"]), float(raw["std"]), int(raw["runs"]), tuple(fused), passes))
+            kernels = raw.get("kernels")
+            if kernels is not None and (isinstance(kernels, bool) or not isinstance(kernels, int) or kernels < 1):
+                raise UserError(f"{label}: 'kernels' must be a positive integer")
+            entries.append(LutEntry(config, float(raw["median"]), float(raw["p90"]), float(raw["std"]), int(raw["runs"]),
+                                    tuple(fused), passes, kernels))
         models = document.get("models", [])
         if not isinstance(models, list):
             raise UserError(f"{where}: 'models' must be a list")
@@ -448,8 +452,9 @@ class LatencyTable:
             "file": self.where(),
             "schema": self.schema,
             "provenance": self.provenance,
-            # what the predictor takes off off-path entries (0 where it prices none as timed)
-            "kernel_overhead_applied_ms": self.predictor.kernel_overhead_ms,
+            # what the predictor takes off per kernel (0 where it takes it off no entry)
+            "kernel_overhead_applied_ms": self.predictor.kernel_overhead_ms if self.predictor.kernel_overhead_applied else 0.0,
+            "entries_with_kernel_counts": sum(e.kernels is not None for e in self.entries.values()),
             "entries": len(self.entries),
             "precisions": self.precisions,
             "families": len({e.config.family() for e in self.entries.values()}),

@@ -213,7 +213,10 @@ class OnnxRuntimeProfiler:
             raise RuntimeError(f"ONNX Runtime reported no kernel times for {artifact.onnx_path}")
         count = min(runs, min(len(times) for times in per_node.values()))
         samples = [sum(times[len(times) - count + i] for times in per_node.values()) for i in range(count)]
-        return Measurement(latency=LatencyStats.from_samples(samples), facts=self.facts(settings))
+        # The unit's nodes too: the recorder counts its kernels, each of which carries the node profiler's
+        # own cost (a hardswish unit runs three: conv, HardSigmoid, Mul).
+        node_ms = {name: statistics.median(times[-count:]) for name, times in per_node.items()}
+        return Measurement(latency=LatencyStats.from_samples(samples), node_ms=node_ms, facts=self.facts(settings))
 
     def layout_conversions(self, settings: ProfileSettings) -> dict[str, Any] | None:
         """The cost of leaving and re-entering the blocked layout around a layer off its path
