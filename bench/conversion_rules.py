@@ -23,7 +23,9 @@ change against the mean of the aligned ``tp8`` variants is printed beside the ch
 ``--steps`` scores the cost model's steps of 2026-11-28 one on top of the other: the run's LUT without its
 entries of grouped convolutions narrowed apart (``--off-path`` records every pair of group widths), then
 with them, then with the node profiler's own cost taken off what is priced as timed, then with the
-calibration's ratio read at the model's width (docs/benchmarks.md). A LUT recorded before then lacks the
+calibration's ratio read at the model's width, then with the cost taken off every blocked-path entry once
+per kernel (tables recorded since; the steps before drop the counts and sum the calibration again;
+docs/benchmarks.md). A LUT recorded before then lacks the
 entries and the cost: ``hwcompress lut record --off-path`` on it again adds both (seconds).
 
 The first line of each architecture checks that ``graph`` reproduces the run's own predictions (it does
@@ -66,7 +68,7 @@ def main() -> int:
     run = json.loads(args.run.read_text())
     seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
     table = LatencyTable.load(args.lut)
-    steps = step_tables(args.lut) if args.steps else {}
+    steps = step_tables(args.lut, tuple(run["input_shape"]), resolve_device(args.device, None).channel_multiple) if args.steps else {}
     stepped: dict[str, list[tuple[str, str, float, float, float, float]]] = {step: [] for step in steps}
     device = resolve_device(args.device, None)
     shape = tuple(run["input_shape"])
@@ -117,19 +119,53 @@ def main() -> int:
     return 0
 
 
-def step_tables(path: Path) -> dict[str, LatencyTable]:
+def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: int) -> None:
+    """Sum each calibration point of ``table`` again under its predictor as it now prices entries (the
+    calibration models rebuilt from torchvision at their widths, as ``lut record`` exports them)."""
+    import torchvision
+
+    from hwcompress.lut.calibration import ratio_digits
+    from hwcompress.lut.record import uniform_variants
+
+    table.invalidate()
+    for model in table.models:
+        if "points" not in model or model.get("precision") not in (None, table.precision):
+            continue
+        base = torchvision.models.get_model(model["name"].split("@")[0], weights=None).eval()
+        widths = [p["width"] for p in model["points"] if p["width"] != 1.0]
+        copies = {1.0: base, **dict(uniform_variants(base, shape, widths, multiple))}
+        for point in model["points"]:
+            detail = table.predict_detail(analyze(copies[point["width"]], shape).layers, calibration="none")
+            scaled = detail.layer_sum_ms - detail.as_timed_ms
+            point["layer_sum_ms"] = detail.ratio_sum_ms
+            point["ratio"] = ratio_digits((point["measured_ms"] - detail.as_timed_ms) / scaled)
+        model["layer_sum_ms"], model["scale"] = model["points"][0]["layer_sum_ms"], model["points"][0]["ratio"]
+    table.invalidate()
+
+
+STEPS = ("before", "+ grouped widths apart", "+ node profiler's cost off", "+ ratio at the model's width",
+         "+ the cost off per kernel")
+
+
+def step_tables(path: Path, shape: tuple[int, ...], multiple: int) -> dict[str, LatencyTable]:
     """The run's LUT under each step of 2026-11-28, cumulatively: without its entries of grouped
     convolutions narrowed apart (in and out widths unequal), without the node profiler's cost taken off
-    what is priced as timed, and with the calibration's ratio read at the blocked-path layers' sum."""
+    what is priced as timed, with the calibration's ratio read at the blocked-path layers' sum, and with
+    the cost taken off blocked-path entries once per kernel (before it, the entries' kernel counts are
+    dropped and the calibration summed again; a table recorded without counts is the same either way)."""
     tables = {}
-    for index, step in enumerate(("before", "+ grouped widths apart", "+ node profiler's cost off", "+ ratio at the model's width")):
+    for index, step in enumerate(STEPS):
         table = LatencyTable.load(path)
+        if index < 4 and any(e.kernels for e in table.entries.values()):
+            for entry in table.entries.values():
+                entry.kernels = None
+            resum_calibrations(table, shape, multiple)
         if index == 0:
             for key in [k for k, e in table.entries.items() if e.config.grouped and e.config.cin != e.config.cout]:
                 del table.entries[key]
             table.invalidate()
         if index <= 1:
-            table.predictor.kernel_overhead_ms = 0.0
+            table.predictor.net_off_path = False  # per-kernel pricing, with which the calibration was summed, stays
         table.predictor.ratio_at_width = index >= 3
         tables[step] = table
     return tables

@@ -317,7 +317,7 @@ def test_prediction_coverage_and_calibration(recorded):
     assert all(other_size.per_layer_ms[n] > 0 for n in ("0", "3", "6"))  # nearest configuration, scaled by MACs
 
 
-def test_entries_are_priced_net_of_the_node_profilers_cost_per_kernel(recorded, tmp_path):
+def test_entries_are_priced_net_of_the_node_profilers_cost_per_kernel(recorded, tmp_path, capsys):
     """ONNX Runtime's node profiler adds a fixed cost to every kernel it times, which a network run whole
     does not pay: the recorder stores how many kernels each unit ran, measures the cost on the full model
     before the calibration, and entries are priced net of it once per kernel (never below a quarter of
@@ -332,8 +332,9 @@ def test_entries_are_priced_net_of_the_node_profilers_cost_per_kernel(recorded, 
     entries = list(table.entries.values())
     assert entries and all(isinstance(e.kernels, int) and e.kernels >= 1 for e in entries)
     predictor = table.predictor
-    assert predictor.kernel_overhead_applied and table.summary()["entries_with_kernel_counts"] == len(entries)
-    for entry in entries:
+    on_path = [e for e in entries if not predictor.off_path(e.config)]
+    assert predictor.kernel_overhead_applied and on_path and table.summary()["entries_priced_per_kernel"] == len(on_path)
+    for entry in on_path:
         assert predictor._entry_ms(entry) == pytest.approx(max(entry.median - entry.kernels * overhead, KERNEL_FLOOR * entry.median))
     # The arithmetic, on an entry of three kernels (a hardswish unit: convolution, HardSigmoid, Mul).
     predictor.kernel_overhead_ms = 0.0015
@@ -347,6 +348,33 @@ def test_entries_are_priced_net_of_the_node_profilers_cost_per_kernel(recorded, 
     path = tmp_path / "again.lut.json"
     table.save(path)
     assert [e.kernels for e in LatencyTable.load(path).entries.values()] == [e.kernels for e in entries]
+
+    # A table recorded before (no kernel_counts switch) prices every entry as timed, counts or not, and
+    # entries recorded into it later store none: one table never prices alike entries two ways.
+    from hwcompress.lut.calibration import may_measure_kernel_overhead
+
+    old = LatencyTable.load(recorded)
+    del old.provenance["kernel_counts"]
+    old.invalidate()
+    assert not old.predictor.kernel_overhead_applied
+    assert all(old.predictor._entry_ms(e) == e.median for e in old.entries.values())
+    older = tmp_path / "older.lut.json"
+    for key in list(old.entries)[:3]:
+        del old.entries[key]
+    for entry in old.entries.values():
+        entry.kernels = None  # as it was recorded
+    old.save(older)
+    resumed = record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, older, model_name="tiny", widths=(0.5,), **GRID)
+    assert len(resumed) == len(entries) and all(e.kernels is None for e in resumed.entries.values())
+    # ... and the two do not merge (one line, exit code 2), nor does a calibration summed as timed get
+    # repriced by a probe that succeeds later.
+    code, _, err = run_main(capsys, "lut", "merge", str(recorded), str(older), "--out", str(tmp_path / "m.lut.json"))
+    assert code == 2 and "net of the node profiler's cost per kernel" in error_line(err) and str(older) in err
+    failed = LatencyTable.load(recorded)
+    del failed.provenance["kernel_overhead_ms"]  # as if its probe had failed before the calibration
+    assert failed.models and not may_measure_kernel_overhead(failed)
+    failed.models = []
+    assert may_measure_kernel_overhead(failed)
 
 
 def test_recording_resumes_without_re_measuring(tmp_path):
@@ -375,7 +403,8 @@ def test_recording_resumes_without_re_measuring(tmp_path):
 
     # The node profiler's own cost is measured on the whole model once per table that records off-path
     # entries (priced net of it), whether or not a calibration is recorded: a table recorded before the
-    # probe existed gets it when recorded again; one without off-path entries never pays the probe.
+    # probe existed gets it when recorded again; one with neither off-path entries nor a calibration
+    # never pays the probe (a calibrated one does: the calibration is summed net of it).
     assert "kernel_overhead_ms" not in LatencyTable.load(path).provenance
     off = tmp_path / "off.lut.json"
     table = record_lut(tiny(), SHAPE, CPU, ort_profiler(), SETTINGS, off, calibrate=False, off_path=True, **GRID)
@@ -701,8 +730,13 @@ def test_show_and_merge(recorded, tmp_path, capsys):
     # A calibrated recording measures it (its entries count their kernels; the calibration is summed net
     # of it); the one without a calibration has no whole model to measure it on.
     assert "kernel_overhead_ms" in lacking.provenance and "kernel_overhead_ms" not in having.provenance
-    del lacking.provenance["kernel_overhead_ms"]  # as a table recorded before the probe existed
+    del lacking.provenance["kernel_overhead_ms"]
     having.provenance["kernel_overhead_ms"] = 0.0015
+    # A table that prices per kernel, whose calibration was summed without it (its probe failed), does
+    # not take it up: its entries would be priced two ways.
+    assert "kernel_overhead_ms" not in lacking.merge(having).provenance
+    for table_ in (lacking, having):  # as tables recorded before kernel counts (and the probe) existed
+        del table_.provenance["kernel_counts"]
     assert lacking.merge(having).provenance["kernel_overhead_ms"] == 0.0015
     having.provenance["kernel_overhead_ms"] = 0.002
     with pytest.warns(UserWarning, match="kernel_overhead_ms"):

@@ -299,9 +299,10 @@ def print_summary(summary: dict) -> None:
         head.add_row("layout conversions", "around layers off the blocked path, per million elements: to NCHW "
                      f"{1e6 * conversions['to_plain']['ms_per_element']:.3f} ms, back {1e6 * conversions['to_blocked']['ms_per_element']:.3f} ms")
     if p.get("kernel_overhead_ms"):
-        counted = summary.get("entries_with_kernel_counts") or 0
-        where = f"each kernel of the {counted} entries that count them; off-path entries once" if counted else "entries off the blocked path"
-        used = f" (taken off {where})" if summary.get("kernel_overhead_applied_ms") else ""
+        counted = summary.get("entries_priced_per_kernel") or 0
+        where = [f"each kernel of {counted} entries"] if counted else []
+        where += ["off-path entries once"] if summary.get("off_path_priced_net") else []
+        used = f" (taken off {'; '.join(where)})" if summary.get("kernel_overhead_applied_ms") and where else ""
         head.add_row("node profiler", f"{1e3 * float(p['kernel_overhead_ms']):.2f} us per kernel timed{used}")
     if p.get("merged_from"):
         head.add_row("merged from", ", ".join(map(str, p["merged_from"])))

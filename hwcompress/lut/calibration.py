@@ -56,9 +56,10 @@ def record_with_calibration(
         if not _unsettled(points):
             break
         between()
-    if lacks_kernel_overhead(table) and any(entry.kernels for entry in table.entries.values()):
+    if (all(config.precision is None for config in calibration["configs"])
+            and any(entry.kernels and entry.config.precision is None for entry in table.entries.values())):
         # Entries that count their kernels are priced net of the node profiler's cost, so the calibration
-        # must be summed with it known (the full model is the probe's whole model).
+        # must be summed with it known (the full model, in the table's precision, is the probe's model).
         measure_kernel_overhead(table, profiler, settings, points[0]["artifact"])
     record = calibration_record(table, calibration["input_shape"], calibration["name"], calibration["fingerprint"], points,
                                 calibration["configs"])
@@ -127,13 +128,20 @@ def lacks_kernel_overhead(table: LatencyTable) -> bool:
     return table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance
 
 
+def may_measure_kernel_overhead(table: LatencyTable) -> bool:
+    """:func:`lacks_kernel_overhead`, and measuring it now reprices no calibration: a table that prices
+    entries per kernel (``kernel_counts``) with a calibration already summed without the cost (its probe
+    failed) keeps its entries as timed."""
+    return lacks_kernel_overhead(table) and not (table.provenance.get("kernel_counts") and table.models)
+
+
 def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: ProfileSettings, artifact: Any) -> None:
     """Store what the node profiler adds to each kernel it times (``kernel_overhead_ms``,
     :func:`hwcompress.lut.recorder.kernel_overhead`, on ``artifact``, the whole model) in a table of
     kernel timings that lacks it: entries that count their kernels are priced net of it, once per kernel,
     and off-path entries (priced as timed) once. Before the calibration, whose points are summed with
     those prices. A probe that fails costs the table the term, not the recording."""
-    if not lacks_kernel_overhead(table):
+    if not may_measure_kernel_overhead(table):
         return
     try:
         overhead = kernel_overhead(profiler, artifact, replace(settings, precision=table.precision))

@@ -61,7 +61,8 @@ def layout_conversions(predictor: Any, specs: Sequence[LayerSpec]) -> dict[str, 
     def price(direction: str, shape: Sequence[int] | None) -> float:
         fit = rates.get(direction) or {}
         elements = math.prod(int(d) for d in shape) if shape else 0
-        intercept = max(float(fit.get("intercept_ms", 0.0)) - predictor.kernel_overhead_ms, 0.0)  # timed under the node profiler
+        netted = predictor.kernel_overhead_ms if predictor.net_off_path else 0.0
+        intercept = max(float(fit.get("intercept_ms", 0.0)) - netted, 0.0)  # timed under the node profiler
         return intercept + float(fit.get("ms_per_element", 0.0)) * elements
 
     convs: list[tuple[LayerSpec, str, str, bool]] = []  # (row, input layout, output layout, off the path)

@@ -142,6 +142,9 @@ class TablePredictor:
     #: Read the calibration's ratio with the layers priced as timed counted at their blocked price (the
     #: model's width); off, they are left out of the sum it is read at (the rule before 2026-11-28).
     ratio_at_width = True
+    #: Take the node profiler's cost off what is priced as timed (off-path entries, conversion
+    #: intercepts); off, the rule before 2026-11-28 (``bench/conversion_rules.py --steps``).
+    net_off_path = True
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -215,17 +218,31 @@ class TablePredictor:
             return entry.median
         if self._warm_off_path and self.off_path(entry.config):
             # Once, whatever its kernel count: taken off every kernel, mobilenet_v3_small's torch-pruned
-            # variants without round_to came out 5-8% fast in five of six runs. Never below half the
+            # variants without round_to came out 5-8% fast in all six runs scored. Never below half the
             # timing: the overhead is an estimate, and a kernel costs something.
+            if not self.net_off_path:
+                return entry.median
             return max(entry.median - self.kernel_overhead_ms, 0.5 * entry.median)
-        if entry.kernels:
+        if self.per_kernel(entry):
             return max(entry.median - entry.kernels * self.kernel_overhead_ms, KERNEL_FLOOR * entry.median)
         return entry.median
+
+    def per_kernel(self, entry: LutEntry) -> bool:
+        """Whether :meth:`_entry_ms` takes the node profiler's cost off ``entry`` once per kernel: a table
+        that counts kernels (``kernel_counts``, recorded since 2026-11-28) with the cost measured, an
+        entry in the table's precision that counts them, on the blocked path (or off it where off-path
+        entries are not timed warm)."""
+        return (bool(self.kernel_overhead_ms) and bool(entry.kernels) and entry.config.precision is None
+                and bool(self.table.provenance.get("kernel_counts"))
+                and not (self._warm_off_path and self.off_path(entry.config)))
 
     @property
     def kernel_overhead_applied(self) -> bool:
         """Whether any entry is priced net of the node profiler's cost (:meth:`_entry_ms`)."""
-        return bool(self.kernel_overhead_ms) and (self._warm_off_path or any(e.kernels for e in self.table.entries.values()))
+        netted = self._warm_off_path and self.net_off_path
+        return bool(self.kernel_overhead_ms) and any(
+            self.per_kernel(e) or (netted and e.config.precision is None and self.off_path(e.config))
+            for e in self.table.entries.values())
 
     def _families(self) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
         """Per family, ``(x(cin), x(cout)) -> (ms, std)`` on channel counts rounded up to the quantum

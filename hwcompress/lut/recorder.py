@@ -220,6 +220,11 @@ def new_provenance(descriptor: Any, profiler: Any, settings: ProfileSettings, ba
         "host": str(facts.get("host")) if remote else platform.node(),
         "machine": str(facts.get("machine", "?")) if remote else platform.machine(),
         "timing": timing,
+        # Entries of this table store how many kernels their unit ran, where the profiler reports it, and
+        # are priced net of the node profiler's cost per kernel (TablePredictor._entry_ms). A table
+        # recorded before has no such switch: entries added to it later store no counts either, so that
+        # one table never prices alike entries two ways.
+        "kernel_counts": True,
         "channel_multiple": int(getattr(descriptor, "channel_multiple", 8)),
         **quantum,
         "session_overhead_ms": 0.0,
@@ -371,6 +376,8 @@ class Recorder:
         def store(config: LayerConfig, template: Any, timed: tuple[LatencyStats, int | None]) -> None:
             nonlocal done
             stats, kernels = timed
+            if not self.table.provenance.get("kernel_counts"):
+                kernels = None  # a table recorded before counts existed: its calibrations were summed without
             fused = template.fused if template is not None else ()
             old = self.table.entries.get(config.key())
             if old is None:

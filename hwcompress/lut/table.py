@@ -384,6 +384,13 @@ class LatencyTable:
                     f"cannot merge LUT {other.where()} into {self.where()}: {name} differs ({theirs[name]!r} vs {value!r}); "
                     "only tables recorded on the same device with the same runtime and settings mix"
                 )
+        if bool(self.provenance.get("kernel_counts")) != bool(other.provenance.get("kernel_counts")):
+            older = self if not self.provenance.get("kernel_counts") else other
+            raise UserError(
+                f"cannot merge LUT {other.where()} into {self.where()}: one prices its entries net of the node "
+                f"profiler's cost per kernel and {older.where()} does not (recorded before 2026-11-28); record "
+                f"{older.where()} again with this hwcompress, into a new file"
+            )
 
     def merge(self, other: "LatencyTable") -> "LatencyTable":
         """Add ``other``'s entries and calibrations (in place); where both timed a configuration,
@@ -405,6 +412,10 @@ class LatencyTable:
                 stacklevel=2,
             )
         for key in MEASURED_PROVENANCE:  # the device's own measurements: adopted where this table lacks them
+            if key == "kernel_overhead_ms" and self.provenance.get("kernel_counts") and self.models and key not in self.provenance:
+                # Its calibrations were summed with its entries as timed: taking the cost off them now
+                # would price them two ways.
+                continue
             if key in other.provenance and key not in self.provenance:
                 self.provenance[key] = other.provenance[key]
             elif key in other.provenance and other.provenance[key] != self.provenance[key]:
@@ -454,7 +465,9 @@ class LatencyTable:
             "provenance": self.provenance,
             # what the predictor takes off per kernel (0 where it takes it off no entry)
             "kernel_overhead_applied_ms": self.predictor.kernel_overhead_ms if self.predictor.kernel_overhead_applied else 0.0,
-            "entries_with_kernel_counts": sum(e.kernels is not None for e in self.entries.values()),
+            "entries_priced_per_kernel": sum(self.predictor.per_kernel(e) for e in self.entries.values()),
+            "off_path_priced_net": bool(self.predictor.kernel_overhead_ms and self.predictor._warm_off_path
+                                        and any(self.predictor.off_path(e.config) for e in self.entries.values())),
             "entries": len(self.entries),
             "precisions": self.precisions,
             "families": len({e.config.family() for e in self.entries.values()}),

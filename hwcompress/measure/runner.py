@@ -366,7 +366,9 @@ class Standalone:
             raise Refusal("runtime", "ONNX Runtime reported no kernel times for the unit")
         count = min(runs, min(len(times) for times in per_node.values()))
         samples = [sum(times[len(times) - count + i] for times in per_node.values()) for i in range(count)]
-        return {"samples_ms": samples, "node_ms": None, "notes": []}
+        # The unit's nodes as well: the recorder counts its kernels (as the plugin's measure_unit does).
+        node_ms = {name: statistics.median(times[-count:]) for name, times in per_node.items()}
+        return {"samples_ms": samples, "node_ms": node_ms, "notes": []}
 
     def kernel_times(self, path, input_shape, settings, iterations, layout=True, flush=None, skip_ops=frozenset()):
         per_node = {}
