@@ -146,10 +146,16 @@ def record_lut(
         name = model_name or type(model_module).__name__
         base = table.precision
         exported: list[dict[str, Any]] = []
+        calibrated = {m.get("precision", base) for m in table.models if m.get("fingerprint") == fingerprint}
         if rule and lacks_kernel_overhead(table):
-            # Only off-path entries are priced net of it: a recording without them skips the probe (three
-            # more whole-model runs, long on a slow board).
-            whole = calibration_models(model_module, input_shape, (), multiple, Path(recorder._tmp.name), name)[0]
+            # Off-path entries are priced net of it whether or not a calibration is recorded (which also
+            # measures it, for entries that count their kernels). The full model is exported once: the
+            # calibration's own copy where one follows.
+            if calibrate and any(p not in calibrated for p in dict.fromkeys(precisions or [base])):
+                exported = calibration_models(model_module, input_shape, widths, multiple, Path(recorder._tmp.name), name)
+                whole = exported[0]
+            else:
+                whole = calibration_models(model_module, input_shape, (), multiple, Path(recorder._tmp.name), name)[0]
             measure_kernel_overhead(table, profiler, settings, whole["artifact"])
         for precision in dict.fromkeys(precisions or [base]):
             at = None if precision == base else precision
