@@ -124,7 +124,7 @@ def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: in
     calibration models rebuilt from torchvision at their widths, as ``lut record`` exports them)."""
     import torchvision
 
-    from hwcompress.lut.calibration import ratio_digits
+    from hwcompress.lut.calibration import point_sum_and_ratio
     from hwcompress.lut.record import uniform_variants
 
     table.invalidate()
@@ -135,10 +135,8 @@ def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: in
         widths = [p["width"] for p in model["points"] if p["width"] != 1.0]
         copies = {1.0: base, **dict(uniform_variants(base, shape, widths, multiple))}
         for point in model["points"]:
-            detail = table.predict_detail(analyze(copies[point["width"]], shape).layers, calibration="none")
-            scaled = detail.layer_sum_ms - detail.as_timed_ms
-            point["layer_sum_ms"] = detail.ratio_sum_ms
-            point["ratio"] = ratio_digits((point["measured_ms"] - detail.as_timed_ms) / scaled)
+            specs = analyze(copies[point["width"]], shape).layers
+            point["layer_sum_ms"], point["ratio"] = point_sum_and_ratio(table, specs, point["measured_ms"])
         model["layer_sum_ms"], model["scale"] = model["points"][0]["layer_sum_ms"], model["points"][0]["ratio"]
     table.invalidate()
 

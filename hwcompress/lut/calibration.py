@@ -154,6 +154,16 @@ def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: Profil
         table.invalidate()
 
 
+def point_sum_and_ratio(table: LatencyTable, specs: Sequence[Any], measured_ms: float) -> tuple[float, float]:
+    """A calibration point of a model whose layers are ``specs``, measured whole at ``measured_ms``: the
+    sum its ratio is read at and the ratio, as ``table`` now prices the layers. Layers priced as timed
+    (off-path entries) are outside the ratio, which is stored at the sum a prediction reads it at
+    (PredictionDetail.ratio_sum_ms); without such layers, the layer sum."""
+    detail = table.predict_detail(list(specs), calibration="none")
+    scaled = detail.layer_sum_ms - detail.as_timed_ms
+    return detail.ratio_sum_ms, ratio_digits((measured_ms - detail.as_timed_ms) / scaled) if scaled > 0 else 1.0
+
+
 def calibration_record(
     table: LatencyTable,
     input_shape: Sequence[int],
@@ -171,19 +181,16 @@ def calibration_record(
     """
     rows = []
     for point in points:
-        # Layers priced as timed (off-path entries) are outside the ratio, which is stored at the sum
-        # a prediction reads it at (PredictionDetail.ratio_sum_ms); without such layers, the layer sum.
-        detail = table.predict_detail(list(point["specs"]), calibration="none")
-        layer_sum, scaled = detail.ratio_sum_ms, detail.layer_sum_ms - detail.as_timed_ms
         medians = [w.median for w in point["wholes"]]
         measured = round(statistics.median(medians), 6)  # the ratio is of the time as stored
+        layer_sum, ratio = point_sum_and_ratio(table, point["specs"], measured)
         rows.append({
             "width": point["width"],
             "macs": point["macs"],
             "layer_sum_ms": round(layer_sum, 6),
             "measured_ms": measured,
             "measurements_ms": [round(m, 6) for m in medians],
-            "ratio": ratio_digits((measured - detail.as_timed_ms) / scaled) if scaled > 0 else 1.0,
+            "ratio": ratio,
         })
     full = rows[0]
     closest = min(points[0]["wholes"], key=lambda w: abs(w.median - full["measured_ms"]))

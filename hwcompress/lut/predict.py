@@ -125,6 +125,8 @@ class PredictionDetail:
 #: An entry priced net of the node profiler's cost keeps at least this share of its timing: small
 #: kernels run 2 us under the profiler at 96 px, of which its cost is 1.4-1.6 us.
 KERNEL_FLOOR = 0.25
+#: How :meth:`TablePredictor._netting` takes the node profiler's cost off an entry.
+OFF_PATH_ONCE, PER_KERNEL = "off-path, once", "per kernel"
 
 
 class TablePredictor:
@@ -212,37 +214,47 @@ class TablePredictor:
             overhead = float(self.table.provenance.get("session_overhead_ms", 0.0) or 0.0)
             # Never below a tenth of the timing: the overhead estimate is itself a measurement.
             return max(entry.median - overhead, 0.1 * entry.median)
-        if not self.kernel_overhead_ms or entry.config.precision is not None:
-            # Entries in another precision than the table's are priced by that precision's calibration
-            # (a mixed student), not as timed: they keep it.
+        netted = self._netting(entry)
+        if netted is None:
             return entry.median
+        _, times, floor = netted
+        return max(entry.median - times * self.kernel_overhead_ms, floor * entry.median)
+
+    def _netting(self, entry: LutEntry) -> tuple[str, int, float] | None:
+        """How the node profiler's cost comes off ``entry`` (:data:`OFF_PATH_ONCE` or :data:`PER_KERNEL`),
+        how often, and the share of its timing it keeps at least; None where it keeps the cost.
+
+        * None for an entry in another precision than the table's: that precision's calibration prices
+          it (a mixed student's int8 rows), not as timed.
+        * Once, at least half kept, for an off-path entry timed warm (priced as timed), whatever its
+          kernel count: taken off every kernel there, mobilenet_v3_small's torch-pruned variants without
+          round_to came out 5-8% fast in all six runs scored (and not at all with :attr:`net_off_path`
+          off).
+        * Once per kernel, a quarter kept (:data:`KERNEL_FLOOR`), for an entry that counts its kernels in
+          a table that prices per kernel (``kernel_counts``, recorded since 2026-11-28).
+        """
+        if not self.kernel_overhead_ms or entry.config.precision is not None:
+            return None
         if self._warm_off_path and self.off_path(entry.config):
-            # Once, whatever its kernel count: taken off every kernel, mobilenet_v3_small's torch-pruned
-            # variants without round_to came out 5-8% fast in all six runs scored. Never below half the
-            # timing: the overhead is an estimate, and a kernel costs something.
-            if not self.net_off_path:
-                return entry.median
-            return max(entry.median - self.kernel_overhead_ms, 0.5 * entry.median)
-        if self.per_kernel(entry):
-            return max(entry.median - entry.kernels * self.kernel_overhead_ms, KERNEL_FLOOR * entry.median)
-        return entry.median
+            return (OFF_PATH_ONCE, 1, 0.5) if self.net_off_path else None
+        if entry.kernels and self.table.provenance.get("kernel_counts"):
+            return PER_KERNEL, entry.kernels, KERNEL_FLOOR
+        return None
 
     def per_kernel(self, entry: LutEntry) -> bool:
-        """Whether :meth:`_entry_ms` takes the node profiler's cost off ``entry`` once per kernel: a table
-        that counts kernels (``kernel_counts``, recorded since 2026-11-28) with the cost measured, an
-        entry in the table's precision that counts them, on the blocked path (or off it where off-path
-        entries are not timed warm)."""
-        return (bool(self.kernel_overhead_ms) and bool(entry.kernels) and entry.config.precision is None
-                and bool(self.table.provenance.get("kernel_counts"))
-                and not (self._warm_off_path and self.off_path(entry.config)))
+        """Whether :meth:`_entry_ms` takes the node profiler's cost off ``entry`` once per kernel."""
+        netted = self._netting(entry)
+        return netted is not None and netted[0] == PER_KERNEL
+
+    def off_path_netted(self, entry: LutEntry) -> bool:
+        """Whether :meth:`_entry_ms` takes the node profiler's cost off ``entry`` once, as an off-path entry."""
+        netted = self._netting(entry)
+        return netted is not None and netted[0] == OFF_PATH_ONCE
 
     @property
     def kernel_overhead_applied(self) -> bool:
         """Whether any entry is priced net of the node profiler's cost (:meth:`_entry_ms`)."""
-        netted = self._warm_off_path and self.net_off_path
-        return bool(self.kernel_overhead_ms) and any(
-            self.per_kernel(e) or (netted and e.config.precision is None and self.off_path(e.config))
-            for e in self.table.entries.values())
+        return any(self._netting(e) is not None for e in self.table.entries.values())
 
     def _families(self) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
         """Per family, ``(x(cin), x(cout)) -> (ms, std)`` on channel counts rounded up to the quantum

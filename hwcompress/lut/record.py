@@ -160,8 +160,7 @@ def record_lut(
         for precision in dict.fromkeys(precisions or [base]):
             at = None if precision == base else precision
             calibration = None
-            if calibrate and not any(m.get("fingerprint") == fingerprint and m.get("precision", base) == precision
-                                     for m in table.models):
+            if calibrate and precision not in calibrated:
                 if not exported:
                     exported = calibration_models(model_module, input_shape, widths, multiple, Path(recorder._tmp.name), name)
                 calibration = {

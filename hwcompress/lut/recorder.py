@@ -306,7 +306,7 @@ class Recorder:
     def time_config(self, config: LayerConfig, source: "UnitTemplate | PlannedUnit | None" = None) -> LatencyStats:
         """Time one configuration (not stored): built from its template and exported here, or, for a
         :class:`PlannedUnit`, the ONNX file exported beforehand (no PyTorch needed on the device)."""
-        return self.timer.time(self.unit_artifact(config, source), self.settings_for(config))
+        return self._time_unit(config, source)[0]
 
     def _time_unit(self, config: LayerConfig, source: "UnitTemplate | PlannedUnit | None") -> tuple[LatencyStats, int | None]:
         """:meth:`time_config` with the unit's kernel count (None where the profiler does not report it)."""

@@ -466,8 +466,7 @@ class LatencyTable:
             # what the predictor takes off per kernel (0 where it takes it off no entry)
             "kernel_overhead_applied_ms": self.predictor.kernel_overhead_ms if self.predictor.kernel_overhead_applied else 0.0,
             "entries_priced_per_kernel": sum(self.predictor.per_kernel(e) for e in self.entries.values()),
-            "off_path_priced_net": bool(self.predictor.kernel_overhead_ms and self.predictor._warm_off_path
-                                        and any(self.predictor.off_path(e.config) for e in self.entries.values())),
+            "off_path_priced_net": any(self.predictor.off_path_netted(e) for e in self.entries.values()),
             "entries": len(self.entries),
             "precisions": self.precisions,
             "families": len({e.config.family() for e in self.entries.values()}),
