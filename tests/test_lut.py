@@ -14,9 +14,8 @@ from torch import nn
 
 from hwcompress.devices import descriptor_from_dict
 from hwcompress.errors import UserError
-from hwcompress.lut.calibration import ratio_digits
-from hwcompress.lut.keys import TIMING_KERNELS
-from hwcompress.lut.predict import calibration_ratio
+from hwcompress.lut.keys import TIMING_KERNELS, LayerConfig
+from hwcompress.lut.predict import calibration_ratio, ratio_digits
 from hwcompress.lut.profiler import LutPredictor
 from hwcompress.lut.record import ensure_lut, record_lut
 from hwcompress.lut.recorder import QUANTUM_PROBE_PASSES, Recorder, fit_quantum, new_provenance
@@ -274,6 +273,50 @@ def test_calibration_points_priced_alike_are_the_first_recorded():
     assert [calibration_ratio(model, x) for x in (0.5, 1.0, 2.0)] == [0.8, 0.8, 0.8]
     model["points"].append({"width": 0.25, "layer_sum_ms": 0.5, "ratio": 0.4})
     assert calibration_ratio(model, 0.75) == pytest.approx(0.6) and calibration_ratio(model, 1.0) == 0.8
+
+
+def test_calibration_is_summed_against_the_table_as_it_stands(recorded):
+    """A calibration point stores its layers, and predictions sum it against the entries as they stand: an
+    entry timed again later (a merge keeps the faster timing) reprices the calibrating model's layers, and
+    the calibrated predictions of the model and of its copy still equal their measurements. A point
+    without its layers (recorded before) keeps its stored sum, which then misses."""
+    import dataclasses
+
+    from hwcompress.lut.keys import spec_from_record
+
+    table = LatencyTable.load(recorded)
+    points = table.models[0]["points"]
+    copies = [[spec_from_record(s) for s in p["specs"]] for p in points]
+    assert [sum(s.macs for s in specs) for specs in copies] == [p["macs"] for p in points]
+    keys = [LayerConfig.from_spec(s).key() for s in copies[0] if s.op == "Conv2d"]
+    key = max(keys, key=lambda k: table.entries[k].median)  # the full model's slowest convolution
+    table.add(dataclasses.replace(table.entries[key], median=table.entries[key].median * 0.5))
+    for specs, point in zip(copies, points):
+        assert table.predict_detail(specs).total_ms == pytest.approx(point["measured_ms"], rel=1e-6)
+    shown = table.summary()["models"][0]
+    assert shown["layer_sum_ms"] < points[0]["layer_sum_ms"] and shown["scale"] > points[0]["ratio"]
+    for point in points:
+        del point["specs"]
+    table.invalidate()
+    stale = table.predict_detail(copies[0]).total_ms
+    assert stale < points[0]["measured_ms"] * 0.99  # the stored ratio times the smaller sum
+
+
+def test_lut_file_has_one_entry_per_line(recorded, tmp_path):
+    """A LUT is written with each entry and each stored layer row on one line (strict JSON all the same:
+    NaN as null), and reads back as the document it was."""
+    import json
+
+    from hwcompress.files import dumps, dumps_rows
+
+    table = LatencyTable.load(recorded)
+    path = table.save(tmp_path / "t.lut.json")
+    lines = path.read_text().splitlines()
+    document = json.loads(path.read_text())
+    assert json.loads(dumps(document)) == document
+    assert sum(line.strip().startswith('{"op": ') for line in lines) == len(table.entries) == len(document["entries"])
+    assert sum(line.strip().startswith('{"name": ') for line in lines) == sum(len(p["specs"]) for p in document["models"][0]["points"])
+    assert json.loads(dumps_rows({"a": [float("nan"), 1.5], "b": [{"c": float("inf")}] * 300})) == {"a": [None, 1.5], "b": [{"c": None}] * 300}
 
 
 def test_prediction_coverage_and_calibration(recorded):

@@ -132,3 +132,27 @@ def test_thread_clock_profiler_hands_the_node_times_on(bench, tmp_path):
     assert wrapped.measure(artifact, dataclasses.replace(settings, per_layer=False)).node_ms is None  # unprofiled
     measured = kernel_overhead(wrapped, artifact, settings, rounds=1)
     assert measured is not None and 0 <= measured < 0.1
+
+
+def test_drift_references_are_the_recorders_copies(bench, tmp_path):
+    """The size-matched reference of the drift-corrected view: each calibration copy rebuilt as the recorder
+    built it (same MACs), and a variant measured beside the copy nearest its predicted latency."""
+    import torchvision
+
+    from hwcompress.lut.record import calibration_models
+
+    model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
+    (tmp_path / "rec").mkdir()
+    recorded = calibration_models(model, SHAPE, (0.5, 0.3), 8, tmp_path / "rec", "m")
+    calibration = {"measured_ms": 1.0, "points": [{"width": p["width"], "measured_ms": ms, "macs": p["macs"]}
+                                                  for p, ms in zip(recorded, (1.0, 0.5, 0.3))]}
+    refs = bench.drift_references("mobilenet_v3_small", calibration, SHAPE, "fp32", "nearest", 8, tmp_path)
+    assert [r[0] for r in refs] == [1.0, 0.5, 0.3]
+    for (width, path, module, ms), point in zip(refs, calibration["points"]):
+        assert path.exists() and ms == point["measured_ms"]
+        assert macs(module) == point["macs"], f"width {width}: not the recorder's copy"
+    assert bench.nearest_reference(refs, 0.33)[0] == 0.3
+    assert bench.nearest_reference(refs, 0.45)[0] == 0.5  # by ratio: 0.45 is 0.9x of 0.5, 1.5x of 0.3
+    assert bench.nearest_reference(refs, 2.0)[0] == 1.0
+    unpruned = bench.drift_references("mobilenet_v3_small", calibration, SHAPE, "fp32", "unpruned", 8, tmp_path)
+    assert [(r[0], r[3]) for r in unpruned] == [(1.0, 1.0)]

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
-from hwcompress.lut.keys import TIMING_KERNELS, TIMING_SESSION, LayerConfig
+from hwcompress.lut.keys import TIMING_KERNELS, TIMING_SESSION, LayerConfig, spec_record
 from hwcompress.lut.recorder import Recorder, kernel_overhead
 from hwcompress.lut.table import LatencyTable, _now
 from hwcompress.measure.contract import ProfileSettings
@@ -116,13 +116,6 @@ def calibration_checks(record: dict[str, Any]) -> list[str]:
     return problems
 
 
-def ratio_digits(ratio: float) -> float:
-    """A calibration scale as stored: ten significant digits. Six decimals (as times are kept) shifted a
-    scale of 0.4 by up to 1.2e-6 of itself, so a calibrated prediction of the calibrating model itself
-    no longer equalled its measurement."""
-    return float(f"{ratio:.10g}")
-
-
 def lacks_kernel_overhead(table: LatencyTable) -> bool:
     """Whether ``table`` times kernels under the node profiler and has not measured its cost yet."""
     return table.timing == TIMING_KERNELS and "kernel_overhead_ms" not in table.provenance
@@ -155,13 +148,8 @@ def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: Profil
 
 
 def point_sum_and_ratio(table: LatencyTable, specs: Sequence[Any], measured_ms: float) -> tuple[float, float]:
-    """A calibration point of a model whose layers are ``specs``, measured whole at ``measured_ms``: the
-    sum its ratio is read at and the ratio, as ``table`` now prices the layers. Layers priced as timed
-    (off-path entries) are outside the ratio, which is stored at the sum a prediction reads it at
-    (PredictionDetail.ratio_sum_ms); without such layers, the layer sum."""
-    detail = table.predict_detail(list(specs), calibration="none")
-    scaled = detail.layer_sum_ms - detail.as_timed_ms
-    return detail.ratio_sum_ms, ratio_digits((measured_ms - detail.as_timed_ms) / scaled) if scaled > 0 else 1.0
+    """:meth:`hwcompress.lut.predict.TablePredictor.point_sum_and_ratio` on ``table``."""
+    return table.predictor.point_sum_and_ratio(specs, measured_ms)
 
 
 def calibration_record(
@@ -191,6 +179,9 @@ def calibration_record(
             "measured_ms": measured,
             "measurements_ms": [round(m, 6) for m in medians],
             "ratio": ratio,
+            # Its layers, so that predictions sum it against the table as it stands (entries recorded,
+            # merged or timed again later reprice them: TablePredictor.current_calibration).
+            "specs": [spec_record(spec) for spec in point["specs"]],
         })
     full = rows[0]
     closest = min(points[0]["wholes"], key=lambda w: abs(w.median - full["measured_ms"]))

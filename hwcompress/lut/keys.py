@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from hwcompress.model.analysis import OTHER, LayerSpec
 
@@ -212,6 +212,21 @@ def at_precision(spec: LayerSpec, precision: str | None) -> LayerSpec:
         return spec
     values = {f.name: getattr(spec, f.name) for f in fields(LayerSpec)}
     return PrecisionLayerSpec(**values, precision=precision)
+
+
+def spec_record(spec: LayerSpec) -> dict[str, Any]:
+    """A layer row as a calibration point stores it: its fields, None ones left out (``precision`` where it
+    is priced in another precision than the table's), enough to price it again (:func:`spec_from_record`)."""
+    return {name: value for name, value in spec.to_dict().items() if value is not None}
+
+
+def spec_from_record(data: Mapping[str, Any]) -> LayerSpec:
+    """The row :func:`spec_record` stored (JSON lists back to tuples); a ValueError for a record it cannot be."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "precision"}
+    names = {f.name for f in fields(LayerSpec)}
+    if not {"name", "op"} <= set(values) or set(values) - names:
+        raise ValueError(f"not a layer row: {sorted(set(values) - names) or 'no name or op'}")
+    return at_precision(LayerSpec(**values), data.get("precision"))
 
 
 @dataclass

@@ -44,6 +44,7 @@ from hwcompress.lut.keys import (
     LayerConfig,
     LutEntry,
     _ceil_to,
+    spec_from_record,
 )
 from hwcompress.model.analysis import OTHER, LayerSpec, ModelAnalysis
 
@@ -178,6 +179,7 @@ class TablePredictor:
         overhead = table.provenance.get("kernel_overhead_ms") if table.timing == TIMING_KERNELS else None
         self.kernel_overhead_ms = float(overhead) if isinstance(overhead, (int, float)) and math.isfinite(overhead) and overhead > 0 else 0.0
         self._blocked_price: dict[str, float] = {}
+        self._current: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -422,7 +424,43 @@ class TablePredictor:
             score = len(recorded & families) / len(recorded | families)
             if score > best_score:
                 best, best_score = model, score
-        return best
+        return None if best is None else self.current_calibration(best)
+
+    def current_calibration(self, model: dict[str, Any]) -> dict[str, Any]:
+        """``model`` (one of the table's calibration records) with each point summed against the table as
+        it stands, where the points store their layers (recorded since 2026-11-28); as stored otherwise.
+
+        A point's layer sum and ratio were computed when it was recorded. Entries recorded, merged or
+        timed again since then reprice its layers, and the stored ratio then no longer turns the sum into
+        the measurement: mobilenet_v3_small at 96 px, recorded first into a table that then got two more
+        networks' entries, had its 0.75-wide copy summed at 0.320 ms, which the table later priced at 0.308
+        ms (its ratio 0.714 where 0.741 reproduces the measurement)."""
+        hit = self._current.get(id(model))
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        current = model
+        points = model.get("points") or []
+        if points and all(isinstance(p, dict) and p.get("specs") and p.get("measured_ms") for p in points):
+            try:
+                summed = [{**p, **dict(zip(("layer_sum_ms", "ratio"), self.point_sum_and_ratio(
+                    [spec_from_record(s) for s in p["specs"]], float(p["measured_ms"]))))} for p in points]
+            except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored sums
+                summed = []
+            if summed:
+                first = summed[0]
+                current = {**model, "points": summed, "layer_sum_ms": first["layer_sum_ms"], "scale": first["ratio"],
+                           "offset_ms": round(float(first["measured_ms"]) - first["layer_sum_ms"], 6)}
+        self._current[id(model)] = (model, current)
+        return current
+
+    def point_sum_and_ratio(self, specs: Sequence[LayerSpec], measured_ms: float) -> tuple[float, float]:
+        """A calibration point of a model whose layers are ``specs``, measured whole at ``measured_ms``: the
+        sum its ratio is read at and the ratio, as the table now prices the layers. Layers priced as timed
+        (off-path entries) are outside the ratio, which is stored at the sum a prediction reads it at
+        (:attr:`PredictionDetail.ratio_sum_ms`); without such layers, the layer sum."""
+        detail = self.predict_detail(list(specs), calibration="none")
+        scaled = detail.layer_sum_ms - detail.as_timed_ms
+        return detail.ratio_sum_ms, ratio_digits((measured_ms - detail.as_timed_ms) / scaled) if scaled > 0 else 1.0
 
     def predict_detail(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> PredictionDetail:
         """Predict a model from its analysed layers, with the calibration applied.
@@ -652,6 +690,13 @@ def transition_rate(table: Any, specs: Sequence[LayerSpec]) -> float:
         if score > best_score:
             best, best_score = float(model.get("ms_per_element") or 0.0), score
     return best
+
+
+def ratio_digits(ratio: float) -> float:
+    """A calibration scale as stored: ten significant digits. Six decimals (as times are kept) shifted a
+    scale of 0.4 by up to 1.2e-6 of itself, so a calibrated prediction of the calibrating model itself
+    no longer equalled its measurement."""
+    return float(f"{ratio:.10g}")
 
 
 def calibration_ratio(model: dict[str, Any], layer_sum: float) -> float:

@@ -31,12 +31,11 @@ from hwcompress.lut.calibration import (
     CALIBRATION_WIDTHS,
     lacks_kernel_overhead,
     measure_kernel_overhead,
-    ratio_digits,
     record_with_calibration,
 )
 from hwcompress.lut.keys import TRANSITIONS, at_precision
 from hwcompress.lut.plan import PLAN_SCHEMA
-from hwcompress.lut.predict import transition_elements
+from hwcompress.lut.predict import ratio_digits, transition_elements
 from hwcompress.lut.recorder import (
     ProgressCallback,
     Recorder,
@@ -398,7 +397,7 @@ def export_plan(
         "probe": probe,
         "calibration": calibration,
     }
-    write_json(manifest, out / "manifest.json")
+    write_json(manifest, out / "manifest.json", rows=True)
     return out / "manifest.json"
 
 

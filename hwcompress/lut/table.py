@@ -17,7 +17,10 @@ The file format (JSON, ``"schema": "hwcompress.lut/1"``)::
                   is "hwcompress.lut/2", so that readers without precisions refuse it; /1 files read as before)
      "models": [{"name": "resnet18", "input_shape": [1, 3, 224, 224], "families": [...],
                  "layer_sum_ms": 20.1, "measured_ms": 23.2, "scale": 1.154, "offset_ms": 3.1,
-                 "points": [{"width": 1.0, "layer_sum_ms": 20.1, "measured_ms": 23.2, "ratio": 1.154}, ...]}]}
+                 "points": [{"width": 1.0, "layer_sum_ms": 20.1, "measured_ms": 23.2, "ratio": 1.154,
+                             "specs": [{"name": "conv1", "op": "Conv2d", ...}, ...]}, ...]}]}
+                 (a point's layers, "specs", since 2026-11-28: predictions sum the point against the table
+                  as it stands, TablePredictor.current_calibration; written one entry and one row per line)
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ class LatencyTable:
         if target is None:
             raise ValueError("no path to save the LUT to")
         self.provenance["updated"] = _now()
-        write_json(self.to_dict(), target)
+        write_json(self.to_dict(), target, rows=True)
         self.path = target
         return target
 
@@ -488,7 +491,8 @@ class LatencyTable:
                     **({"precision": m["precision"]} if m.get("precision") else {}),
                     **({"checks": list(m["checks"])} if m.get("checks") else {}),
                 }
-                for m in self.models
+                # as predictions read them: summed against the entries as they stand
+                for m in (self.predictor.current_calibration(m) for m in self.models)
             ],
         }
 
