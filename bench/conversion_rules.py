@@ -137,6 +137,9 @@ def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: in
         for point in model["points"]:
             specs = analyze(copies[point["width"]], shape).layers
             point["layer_sum_ms"], point["ratio"] = point_sum_and_ratio(table, specs, point["measured_ms"])
+            # The step keeps these sums: a point that stores its layers would be summed again under the
+            # step's own predictor switches, and a table recorded before that would not.
+            point.pop("specs", None)
         model["layer_sum_ms"], model["scale"] = model["points"][0]["layer_sum_ms"], model["points"][0]["ratio"]
     table.invalidate()
 

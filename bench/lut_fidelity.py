@@ -19,7 +19,13 @@ records with the GPU profiler the device resolves to, ``cuda`` where TensorRT is
      ``pruning_ratio`` drawn from [0.1, 0.6], global or per-layer pruning drawn at random, ``round_to=8``
      or ``round_to=None`` (counts wherever the ratio lands: misaligned for the runtime's channel blocks);
 
-3. predicts each variant from the LUT and measures it with ONNX Runtime in the same run;
+3. predicts each variant from the LUT and measures it with ONNX Runtime in the same run, in
+   ``--rounds`` rounds interleaved with a reference model: the calibration copy (the unpruned model or
+   one of its uniformly pruned copies, as the recorder built them) nearest the variant's predicted
+   latency. The drift-corrected view scales the variant by how much slower its reference ran than it
+   did during the recording. A large model's drift is not a small one's (``bench/drift_by_size.py``),
+   so the reference is matched in size; ``--reference unpruned`` is the view before 2026-11-28, and
+   ``--reference both`` times both in the same rounds;
 4. prints, per architecture and kind and for all kinds together, the share of predictions within +-10 %
    of the measurement, the MAPE, the mean signed error and Kendall's tau, and the same figures for a
    MACs-proportional predictor (latency = k * MACs, k least-squares fitted on the very variants it is
@@ -278,11 +284,12 @@ REFERENCE_WORDS = {"nearest": "each variant beside the calibration copy nearest 
 
 
 def drift_references(name: str, calibration: dict[str, Any], shape: tuple[int, ...], mode: str, which: str,
-                     multiple: int, work: Path) -> list[tuple[float, Path, Any, float]]:
+                     multiple: int, work: Path, symmetric: bool = False) -> list[tuple[float, Path, Any, float]]:
     """The models a variant may be measured beside for the drift-corrected view, each as ``(width, ONNX
     file, module, its time when the LUT was recorded)``: the calibration's copies (the unpruned model and
     its uniformly pruned copies, rebuilt as the recorder built them) or, with ``which == "unpruned"`` or
-    a calibration without copies, the unpruned model alone. Quantized modes quantize each one."""
+    a calibration without copies, the unpruned model alone. Quantized modes quantize each one (``symmetric``
+    Q/DQ where the table's runtime reads only that, as the recorder quantized them)."""
     import torchvision
 
     from hwcompress.lut.record import uniform_variants
@@ -305,7 +312,7 @@ def drift_references(name: str, calibration: dict[str, Any], shape: tuple[int, .
         if mode != "fp32":
             from hwcompress.slim.quantize import quantize_unit
 
-            path = quantize_unit(path, work / f"{name}-reference-{width:.2f}.int8.onnx", shape)
+            path = quantize_unit(path, work / f"{name}-reference-{width:.2f}.int8.onnx", shape, symmetric=symmetric)
         out.append((width, path, module, recorded[width]))
     return out
 
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     from hwcompress.devices import resolve_device
-    from hwcompress.lut.record import record_lut
+    from hwcompress.lut.record import record_lut, symmetric_table
     from hwcompress.lut.table import LatencyTable
     from hwcompress.measure.contract import ModelArtifact
     from hwcompress.measure.resolve import make_settings, measuring_profiler
@@ -496,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LUT: {len(table)} entries, channel quantum {table.quantum} (multiple {device.channel_multiple}), "
           f"channel block {layout.get('channel_block')} / alignment {layout.get('channel_alignment')}, "
           f"timing={table.timing}, recording {time.time() - started:.0f} s")
-    for model in table.models:
+    for model in map(table.predictor.current_calibration, table.models):  # as predictions read them
         if "measured_ms" in model:
             print(f"  calibration {model['name']} {model.get('precision', 'fp32')}: measured {model['measured_ms']:.3f} ms, "
                   f"layer sum {model['layer_sum_ms']:.3f} ms, scale {model['scale']:.3f}")
@@ -516,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             calibration = next(m for m in table.models if m["name"] == calibration_name(name)
                                and m.get("precision", "fp32") == reference_precision)
-            references = drift_references(name, calibration, shape, mode, args.reference, device.channel_multiple, work)
+            references = drift_references(name, calibration, shape, mode, args.reference, device.channel_multiple, work,
+                                          symmetric_table(table))
         except Exception as error:
             failures.append(f"{label}: no reference ({first_line(error)})")
             print(f"\nskipped {label}: its reference models could not be exported or its calibration is not in the LUT ({first_line(error)})")

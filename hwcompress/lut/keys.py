@@ -223,6 +223,8 @@ def spec_record(spec: LayerSpec) -> dict[str, Any]:
 def spec_from_record(data: Mapping[str, Any]) -> LayerSpec:
     """The row :func:`spec_record` stored (JSON lists back to tuples); a ValueError for a record it cannot be."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "precision"}
+    values.setdefault("in_shape", None)  # a row of what lies outside the layers ("(other)") has no shapes
+    values.setdefault("out_shape", None)
     names = {f.name for f in fields(LayerSpec)}
     if not {"name", "op"} <= set(values) or set(values) - names:
         raise ValueError(f"not a layer row: {sorted(set(values) - names) or 'no name or op'}")

@@ -447,9 +447,13 @@ class TablePredictor:
             except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored sums
                 summed = []
             if summed:
+                from hwcompress.lut.calibration import calibration_checks  # it imports the table, which imports this
+
                 first = summed[0]
                 current = {**model, "points": summed, "layer_sum_ms": first["layer_sum_ms"], "scale": first["ratio"],
                            "offset_ms": round(float(first["measured_ms"]) - first["layer_sum_ms"], 6)}
+                if "checks" in model:  # the ratios' spread is checked on the ratios as they now are
+                    current["checks"] = calibration_checks(current)
         self._current[id(model)] = (model, current)
         return current
 

@@ -185,7 +185,7 @@ def latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Ti
     measured = timing is not None and timing.measured
     why = ("the cost model is anchored on measured students, so the search goes on" if measured else
            "nothing is measured on a predicted device, so every prediction of this search inherits it")
-    for model in table.models:
+    for model in map(table.predictor.current_calibration, table.models):  # checked as predictions read it
         for problem in model.get("checks") or []:
             log(f"note: the LUT's calibration of {model.get('name')} failed a check: {problem} ({why}; "
                 "`hwcompress lut record --passes 2` re-records it)")
