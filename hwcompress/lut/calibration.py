@@ -14,6 +14,7 @@ import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
+from hwcompress.lut.checks import MONOTONE_SLACK, calibration_checks
 from hwcompress.lut.keys import TIMING_KERNELS, TIMING_SESSION, LayerConfig, spec_record
 from hwcompress.lut.recorder import Recorder, kernel_overhead
 from hwcompress.lut.table import LatencyTable, _now
@@ -71,14 +72,6 @@ def record_with_calibration(
 EXTRA_ROUNDS = 4
 #: The last whole-model timings of one width agree when their spread (max / min) is below this.
 AGREE = 1.15
-#: A narrower copy may measure this much slower than a wider one before the curve counts as non-monotone
-#: (an int8 network's curve is nearly flat on a CPU: its widths measure within noise of each other).
-MONOTONE_SLACK = 1.10
-#: Whole-model timings of one width spread beyond this factor over the whole recording are reported
-#: (1.3-1.8x is common on a shared 2-vCPU machine under load, where the median of them still serves).
-SPREAD = 2.0
-#: Calibration ratios (measured / layer sum) across widths further apart than this factor are suspect.
-RATIO_SPREAD = 2.0
 
 
 def _unsettled(points: Sequence[dict[str, Any]]) -> bool:
@@ -90,30 +83,6 @@ def _unsettled(points: Sequence[dict[str, Any]]) -> bool:
             return True
     medians = sorted(((p["width"], statistics.median(w.median for w in p["wholes"])) for p in points), key=lambda x: x[0])
     return any(narrow > wide * MONOTONE_SLACK for (_, narrow), (_, wide) in zip(medians, medians[1:]))
-
-
-def calibration_checks(record: dict[str, Any]) -> list[str]:
-    """What is wrong with a calibration, one sentence each (empty: nothing found).
-
-    Checked: a narrower copy must not measure slower than a wider one (beyond 10%), the whole-model
-    timings of one width must agree (spread within 2x over the whole recording), and the calibration
-    ratios of the widths must lie within a factor of 2 of each other (a sum of layers that explains the
-    full model but not its half-width copy is a recording, not a network, going wrong).
-    """
-    rows = sorted(record.get("points") or [], key=lambda r: r["width"])
-    problems = []
-    for narrow, wide in zip(rows, rows[1:]):
-        if narrow["measured_ms"] > wide["measured_ms"] * MONOTONE_SLACK:
-            problems.append(f"the copy at width {narrow['width']:g} measured slower ({narrow['measured_ms']:.3f} ms) than the one "
-                            f"at {wide['width']:g} ({wide['measured_ms']:.3f} ms)")
-    for row in rows:
-        times = [t for t in row.get("measurements_ms") or [] if t > 0]
-        if len(times) >= 2 and max(times) / min(times) > SPREAD:
-            problems.append(f"whole-model timings at width {row['width']:g} varied {max(times) / min(times):.1f}x during the recording")
-    ratios = [r["ratio"] for r in rows if r.get("ratio", 0) > 0]
-    if len(ratios) >= 2 and max(ratios) / min(ratios) > RATIO_SPREAD:
-        problems.append(f"calibration ratios across widths range {min(ratios):.2f}-{max(ratios):.2f} (measured / sum of layers)")
-    return problems
 
 
 def lacks_kernel_overhead(table: LatencyTable) -> bool:

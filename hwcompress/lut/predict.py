@@ -30,6 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
+from hwcompress.lut.checks import calibration_checks
 from hwcompress.lut.conversions import layout_conversions
 from hwcompress.lut.keys import (
     CONV_OPS,
@@ -447,8 +448,6 @@ class TablePredictor:
             except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored sums
                 summed = []
             if summed:
-                from hwcompress.lut.calibration import calibration_checks  # it imports the table, which imports this
-
                 first = summed[0]
                 current = {**model, "points": summed, "layer_sum_ms": first["layer_sum_ms"], "scale": first["ratio"],
                            "offset_ms": round(float(first["measured_ms"]) - first["layer_sum_ms"], 6)}
