@@ -124,7 +124,6 @@ def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: in
     calibration models rebuilt from torchvision at their widths, as ``lut record`` exports them)."""
     import torchvision
 
-    from hwcompress.lut.calibration import point_sum_and_ratio
     from hwcompress.lut.record import uniform_variants
 
     table.invalidate()
@@ -136,7 +135,7 @@ def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: in
         copies = {1.0: base, **dict(uniform_variants(base, shape, widths, multiple))}
         for point in model["points"]:
             specs = analyze(copies[point["width"]], shape).layers
-            point["layer_sum_ms"], point["ratio"] = point_sum_and_ratio(table, specs, point["measured_ms"])
+            point["layer_sum_ms"], point["ratio"] = table.predictor.point_sum_and_ratio(specs, point["measured_ms"])
             # The step keeps these sums: a point that stores its layers would be summed again under the
             # step's own predictor switches, and a table recorded before that would not.
             point.pop("specs", None)

@@ -66,6 +66,7 @@ Usage::
     python bench/lut_fidelity.py --variants 10 --runs 15 --lut /tmp/cpu.lut.json
     python bench/lut_fidelity.py --device nvidia-gpu --variants 10 --passes 1   # on a machine with an NVIDIA GPU
     python bench/lut_fidelity.py --precisions fp32,int8,mixed --variants 12    # quantized and mixed variants too
+    python bench/lut_fidelity.py --models mobilenet_v3_small --input-size 64 --variants 4 --reference both  # both drift corrections
 """
 
 from __future__ import annotations
@@ -287,34 +288,25 @@ def drift_references(name: str, calibration: dict[str, Any], shape: tuple[int, .
                      multiple: int, work: Path, symmetric: bool = False) -> list[tuple[float, Path, Any, float]]:
     """The models a variant may be measured beside for the drift-corrected view, each as ``(width, ONNX
     file, module, its time when the LUT was recorded)``: the calibration's copies (the unpruned model and
-    its uniformly pruned copies, rebuilt as the recorder built them) or, with ``which == "unpruned"`` or
-    a calibration without copies, the unpruned model alone. Quantized modes quantize each one (``symmetric``
-    Q/DQ where the table's runtime reads only that, as the recorder quantized them)."""
+    its uniformly pruned copies, built and quantized by the recorder's own :func:`calibration_models` and
+    :func:`point_at_precision`) or, with ``which == "unpruned"`` or a calibration without copies, the
+    unpruned model alone."""
     import torchvision
 
-    from hwcompress.lut.record import uniform_variants
-    from hwcompress.model.export import export_onnx
+    from hwcompress.lut.record import calibration_models, point_at_precision
+    from hwcompress.slim.quantize import INT8
 
     base = torchvision.models.get_model(name, weights=None).eval()
     recorded = {float(p["width"]): float(p["measured_ms"]) for p in calibration.get("points", [])
                 if isinstance(p, dict) and "width" in p and p.get("measured_ms")}
     if which == "unpruned" or len(recorded) < 2:
-        copies = [(1.0, base)]
         recorded = {1.0: float(calibration["measured_ms"])}
-    else:
-        copies = [(1.0, base)] + uniform_variants(base, shape, [w for w in recorded if w < 1], multiple)
-    out = []
-    for width, module in copies:
-        if width not in recorded:
-            continue
-        path = work / f"{name}-reference-{width:.2f}.onnx"
-        export_onnx(module, shape, path, verify=False)
-        if mode != "fp32":
-            from hwcompress.slim.quantize import quantize_unit
-
-            path = quantize_unit(path, work / f"{name}-reference-{width:.2f}.int8.onnx", shape, symmetric=symmetric)
-        out.append((width, path, module, recorded[width]))
-    return out
+    folder = work / f"{name}-references"  # one per architecture: a quantized copy is kept where it exists
+    folder.mkdir(exist_ok=True)
+    points = calibration_models(base, shape, [w for w in recorded if w < 1], multiple, folder, name)
+    if mode != "fp32":
+        points = [point_at_precision(point, INT8, symmetric) for point in points]
+    return [(p["width"], p["artifact"].onnx_path, p["artifact"].module, recorded[p["width"]]) for p in points]
 
 
 def nearest_reference(references: list[tuple[float, Path, Any, float]], predicted_ms: float) -> tuple[float, Path, Any, float]:

@@ -116,11 +116,6 @@ def measure_kernel_overhead(table: LatencyTable, profiler: Any, settings: Profil
         table.invalidate()
 
 
-def point_sum_and_ratio(table: LatencyTable, specs: Sequence[Any], measured_ms: float) -> tuple[float, float]:
-    """:meth:`hwcompress.lut.predict.TablePredictor.point_sum_and_ratio` on ``table``."""
-    return table.predictor.point_sum_and_ratio(specs, measured_ms)
-
-
 def calibration_record(
     table: LatencyTable,
     input_shape: Sequence[int],
@@ -140,7 +135,7 @@ def calibration_record(
     for point in points:
         medians = [w.median for w in point["wholes"]]
         measured = round(statistics.median(medians), 6)  # the ratio is of the time as stored
-        layer_sum, ratio = point_sum_and_ratio(table, point["specs"], measured)
+        layer_sum, ratio = table.predictor.point_sum_and_ratio(point["specs"], measured)
         rows.append({
             "width": point["width"],
             "macs": point["macs"],

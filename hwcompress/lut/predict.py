@@ -442,9 +442,11 @@ class TablePredictor:
         current = model
         points = model.get("points") or []
         if points and all(isinstance(p, dict) and p.get("specs") and p.get("measured_ms") for p in points):
+            summed = []
             try:
-                summed = [{**p, **dict(zip(("layer_sum_ms", "ratio"), self.point_sum_and_ratio(
-                    [spec_from_record(s) for s in p["specs"]], float(p["measured_ms"]))))} for p in points]
+                for p in points:
+                    layer_sum, ratio = self.point_sum_and_ratio([spec_from_record(s) for s in p["specs"]], float(p["measured_ms"]))
+                    summed.append({**p, "layer_sum_ms": layer_sum, "ratio": ratio})
             except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored sums
                 summed = []
             if summed:

@@ -76,7 +76,7 @@ def unit_timer(profiler: Any) -> UnitTimer:
             # A profiler that reports the unit's nodes (ONNX Runtime's node profiler) says how many kernels
             # its time adds up; each carries the node profiler's own cost (kernel_overhead).
             measured = own(artifact, settings)
-            return measured.latency, (len(measured.node_ms) or None) if measured.node_ms else None
+            return measured.latency, len(measured.node_ms) if measured.node_ms else None
 
         return UnitTimer(TIMING_KERNELS, kernels)
 
