@@ -83,11 +83,11 @@ def main() -> None:
                 measurement = prepared.measure(student, f"{variant}@{ratio}")
                 measured = measurement["median"]
                 rows.append((ratio, variant, macs / teacher_macs, plain, convs, predicted, measured,
-                             measurement["paired_ratio_to_teacher"]))
+                             measurement["paired_ratio"]))
                 print(f"  {variant:8s} x{ratio:.2f}: MACs {macs / teacher_macs:.3f}x, off NCHWc {plain}/{convs}, "
                       f"predicted {predicted:.3f} ms, measured {measured:.3f} ms ({(predicted - measured) / measured:+.1%})")
 
-    print(f"\n{'ratio':>5}  {'variant':8}  {'MACs':>6}  {'off-path':>8}  {'pred ms':>8}  {'meas ms':>8}  {'error':>7}  {'paired/teacher':>14}")
+    print(f"\n{'ratio':>5}  {'variant':8}  {'MACs':>6}  {'off-path':>8}  {'pred ms':>8}  {'meas ms':>8}  {'error':>7}  {'paired ratio':>14}")
     for ratio, variant, macs, plain, convs, predicted, measured, paired in rows:
         print(f"{ratio:5.2f}  {variant:8}  {macs:6.3f}  {plain:>3}/{convs:<4}  {predicted:8.3f}  {measured:8.3f}  "
               f"{(predicted - measured) / measured:+7.1%}  {paired:14.3f}")

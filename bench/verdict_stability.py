@@ -12,7 +12,11 @@ verdicts of each condition, and the shift from quiet:
 
 * ``median of round ratios``: the median over rounds of student / teacher (what a search uses);
 * ``ratio of round minima``: the fastest round of the student over the fastest round of the teacher;
-* ``ratio of round medians``: the median round of each, divided.
+* ``ratio of round medians``: the median round of each, divided;
+* ``size-matched reference``: the median over rounds of student / reference, where the reference is a
+  third model near the student's size timed in the same rounds, times the reference's quiet ratio to
+  the teacher (pooled over all quiet rounds): the verdict a search would give if it paired each student
+  with a reference of its own size measured at preparation, instead of with the teacher.
 
 With ``--rounds 15`` (or more) it also replays the search's verdict rule on the recorded rounds, in the
 order they were taken: the fixed rule (the median of the first 5 round ratios against the budget)
@@ -24,7 +28,8 @@ undecided (it says so in the report), and its mean number of rounds.
     python bench/verdict_stability.py --student student.onnx --teacher teacher.onnx [--verdicts 6] [--rounds 5]
 
 Without ``--student``/``--teacher``: torchvision's resnet18 at 64 px against a copy of it with every
-channel group at a quarter (random weights; only the times matter).
+channel group at a quarter, and a copy at a third as the size-matched reference (random weights; only
+the times matter). ``--reference`` names another file.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 CONDITIONS = ("quiet", "loaded", "intermittent")
-ESTIMATORS = ("median of round ratios", "ratio of round minima", "ratio of round medians")
+ESTIMATORS = ("median of round ratios", "ratio of round minima", "ratio of round medians", "size-matched reference")
 
 
 def pin(core: int) -> None:
@@ -83,7 +88,7 @@ class Load:
             self.process = None
 
 
-def default_pair(folder: Path) -> tuple[Path, Path, tuple[int, ...]]:
+def default_models(folder: Path) -> tuple[Path, Path, Path, tuple[int, ...]]:
     import torch
     import torchvision
 
@@ -95,17 +100,22 @@ def default_pair(folder: Path) -> tuple[Path, Path, tuple[int, ...]]:
     teacher = torchvision.models.resnet18(num_classes=10).eval()
     groups = find_channel_groups(teacher, torch.zeros(shape))
     student = prune_channels(teacher, torch.zeros(shape), {g.name: max(8, g.channels // 4) for g in groups})
-    paths = folder / "teacher.onnx", folder / "student.onnx"
+    reference = prune_channels(teacher, torch.zeros(shape), {g.name: max(8, g.channels // 3) for g in groups})
+    paths = folder / "teacher.onnx", folder / "student.onnx", folder / "reference.onnx"
     export_onnx(teacher, shape, paths[0], verify=False)
     export_onnx(student.eval(), shape, paths[1], verify=False)
-    return paths[1], paths[0], shape
+    export_onnx(reference.eval(), shape, paths[2], verify=False)
+    return paths[1], paths[0], paths[2], shape
 
 
-def estimates(student: list[float], teacher: list[float]) -> dict[str, float]:
+def estimates(times: dict[str, list[float]], reference_scale: float) -> dict[str, float]:
+    """Each estimator of the student/teacher ratio; ``reference_scale``: the reference's quiet ratio to the teacher."""
+    student, teacher, reference = times["student"], times["teacher"], times["reference"]
     return {
         "median of round ratios": statistics.median(s / t for s, t in zip(student, teacher)),
         "ratio of round minima": min(student) / min(teacher),
         "ratio of round medians": statistics.median(student) / statistics.median(teacher),
+        "size-matched reference": statistics.median(s / r for s, r in zip(student, reference)) * reference_scale,
     }
 
 
@@ -113,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student")
     parser.add_argument("--teacher")
+    parser.add_argument("--reference", help="a model near the student's size (default: with the default pair, the teacher at a third)")
     parser.add_argument("--input-shape", default="1,3,64,64")
     parser.add_argument("--verdicts", type=int, default=6, help="verdicts per condition")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per verdict (a search's verdict takes 5)")
@@ -124,46 +135,52 @@ def main() -> None:
 
     folder = tempfile.TemporaryDirectory(prefix="hwcompress-verdict-")
     if args.student and args.teacher:
-        student_path, teacher_path = Path(args.student), Path(args.teacher)
+        if not args.reference:
+            parser.error("--student and --teacher need --reference too (a model near the student's size)")
+        student_path, teacher_path, reference_path = Path(args.student), Path(args.teacher), Path(args.reference)
         shape = tuple(int(d) for d in args.input_shape.split(","))
     else:
-        student_path, teacher_path, shape = default_pair(Path(folder.name))
+        student_path, teacher_path, reference_path, shape = default_models(Path(folder.name))
     descriptor = resolve_device("cpu")
     timing = resolve_timing(descriptor)
     settings = make_settings(descriptor, per_layer=False)
     artifacts = {"student": ModelArtifact(student_path, shape, None, "student"),
-                 "teacher": ModelArtifact(teacher_path, shape, None, "teacher")}
+                 "teacher": ModelArtifact(teacher_path, shape, None, "teacher"),
+                 "reference": ModelArtifact(reference_path, shape, None, "reference")}
+    names = list(artifacts)
     rng = random.Random(args.seed)
     pin(0)  # the timed sessions on the first core, the hog on the second
     load = Load()
-    results: dict[str, list[dict[str, float]]] = {c: [] for c in CONDITIONS}
-    raw: dict[str, list[tuple[list[float], list[float]]]] = {c: [] for c in CONDITIONS}
+    recorded: dict[str, list[dict[str, list[float]]]] = {c: [] for c in CONDITIONS}
     try:
         for verdict in range(args.verdicts):
             order = list(CONDITIONS)
             rng.shuffle(order)  # the conditions interleaved, in a new order each time
             for condition in order:
-                times: dict[str, list[float]] = {"student": [], "teacher": []}
+                times: dict[str, list[float]] = {name: [] for name in names}
                 (load.on if condition == "loaded" else load.off)()
                 for round_ in range(args.rounds):
-                    for which in (("student", "teacher") if round_ % 2 == 0 else ("teacher", "student")):
+                    for which in names[round_ % 3:] + names[:round_ % 3]:  # the order rotating
                         if condition == "intermittent":
                             (load.on if rng.random() < 0.5 else load.off)()
                         times[which].append(timing.profiler.measure(artifacts[which], settings).latency.median)
                 load.off()
-                results[condition].append(estimates(times["student"], times["teacher"]))
-                raw[condition].append((times["student"], times["teacher"]))
+                recorded[condition].append(times)
             print(f"verdict {verdict + 1}/{args.verdicts}: " + ", ".join(
-                f"{c} {results[c][-1]['median of round ratios']:.3f}" for c in CONDITIONS), flush=True)
+                f"{c} {statistics.median(s / t for s, t in zip(recorded[c][-1]['student'], recorded[c][-1]['teacher'])):.3f}"
+                for c in CONDITIONS), flush=True)
     finally:
         load.off()
+    # The reference's ratio to the teacher as a search would measure it at preparation: quiet, all rounds pooled.
+    reference_scale = statistics.median(r / t for times in recorded["quiet"] for r, t in zip(times["reference"], times["teacher"]))
+    results = {c: [estimates(times, reference_scale) for times in recorded[c]] for c in CONDITIONS}
+    raw = {c: [(times["student"], times["teacher"]) for times in recorded[c]] for c in CONDITIONS}
     quiet = {e: statistics.fmean(r[e] for r in results["quiet"]) for e in ESTIMATORS}
     print(f"\n{args.verdicts} verdicts of {args.rounds} rounds per condition; student {student_path.name}, teacher "
-          f"{teacher_path.name}, {shape}")
+          f"{teacher_path.name}, reference {reference_path.name} (quiet ratio to the teacher {reference_scale:.4f}), {shape}")
     for condition in CONDITIONS:
-        s = statistics.median(t for st, _ in raw[condition] for t in st)
-        t = statistics.median(t for _, tt in raw[condition] for t in tt)
-        print(f"  {condition:<13} session medians: student {s:.3f} ms, teacher {t:.3f} ms")
+        medians = {name: statistics.median(t for times in recorded[condition] for t in times[name]) for name in names}
+        print(f"  {condition:<13} session medians: " + ", ".join(f"{name} {ms:.3f} ms" for name, ms in medians.items()))
     print(f"\n  {'estimator':<24} {'condition':<13} {'mean':>7} {'min-max over verdicts':>22} {'spread':>7} {'vs quiet':>9}")
     for estimator in ESTIMATORS:
         for condition in CONDITIONS:

@@ -118,6 +118,22 @@ def test_resume_reaches_the_same_policy(tmp_path):
     assert straight["policy"] == resumed["policy"]
 
 
+def test_a_resumed_latency_search_times_beside_the_reference_it_measured(tmp_path):
+    """The size-matched reference is reused as the interrupted run measured it (its latency is the scale of
+    every verdict after), not measured again; ``--reference teacher`` adds none."""
+    config = _config(tmp_path, budget=Budget.latency_ratio(0.8), agent="uniform", episodes=1, finetune_epochs=0)
+    first = _search(config)
+    (tmp_path / "out" / "result.json").unlink()
+    resumed = resume_search(tmp_path / "out", changes={"episodes": 2}, progress=False).report
+    assert first["matched_reference"]["measured_ms"] > 0 and resumed["matched_reference"] == first["matched_reference"]
+    assert any("(--reference matched)" in n for n in resumed["notes"])
+    alone = _search(_config(tmp_path / "t", budget=Budget.latency_ratio(0.8), agent="uniform", episodes=1, finetune_epochs=0,
+                            reference="teacher"))
+    assert alone["matched_reference"] is None and alone["student"]["latency"]["reference"] == "teacher"
+    with pytest.raises(UserError, match="--reference must be one of matched, teacher"):
+        _config(tmp_path, reference="student")
+
+
 def test_infeasible_budget_names_the_smallest_reachable(tmp_path):
     with pytest.raises(UserError, match=r"infeasible.*reaches [\d,]+ MACs"):
         _search(_config(tmp_path, budget=Budget.macs(1e5)))
@@ -237,7 +253,16 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert doc["budget_repairs"], "the optimistic cost model should have needed a repair"
     assert "Repair 1: the student measured" in (tmp_path / "out" / "summary.md").read_text()
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
-    assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio_to_teacher"] > 0
+    assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio"] > 0
+    # Timed beside the reference nearest its size: the uniform student at the budget, measured on its own at the start.
+    matched = doc["matched_reference"]
+    assert 0 < matched["predicted_share"] < 1 and matched["measured_ms"] < doc["teacher"]["latency_ms"]
+    assert len(matched["round_medians_ms"]) >= 3 and set(matched["keep"]) == {row["group"] for row in doc["policy"]}
+    reference = doc["student"]["latency"]["reference"]
+    scale = matched["measured_ms"] if reference == "size-matched reference" else doc["teacher"]["latency_ms"]
+    assert reference in ("size-matched reference", "teacher") and doc["student"]["latency"]["reference_ms"] == scale
+    assert doc["student"]["latency"]["median"] == pytest.approx(doc["student"]["latency"]["paired_ratio"] * scale)
+    assert f"interleaved with the {reference}" in doc["verdict"]["text"]
     # Measurements taken again after a slow spell of the machine, if any: named, with every try.
     assert isinstance(doc["slow_spells"], list) and all(s["tries"] >= 2 and s["name"] for s in doc["slow_spells"])
     latency = doc["student"]["latency"]  # one scale: the spread is on the verdict's scale

@@ -64,8 +64,13 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
                    "their in-network layer times (the LUT times each layer alone, which misleads inside a network); "
                    "0 = the LUT's prediction alone (default 6; docs/search.md).")
 @click.option("--verdict-rounds", type=int, metavar="N",
-              help="Latency budgets: most rounds of the final measurement: 5 interleaved with the teacher, then 2 more at a time "
+              help="Latency budgets: most rounds of the final measurement: 5 interleaved with the reference (--reference), then 2 more at a time "
                    "while the median's confidence interval still holds the budget, up to N (odd; 5: never more; default 15).")
+@click.option("--reference", type=click.Choice(["matched", "teacher"]),
+              help="Latency budgets: what each student is timed beside on the device. matched (default): the teacher or a "
+                   "uniform student at the budget measured on its own at the start, whichever is nearer the student's size "
+                   "(other tenants' load slows a large teacher and a small student by different factors); teacher: always "
+                   "the teacher (docs/search.md).")
 @click.option("--no-plots", "no_plots", is_flag=True, default=None,
               help="Write no PNG plots beside result.json (about 1 s a search; result.json, summary.md and the rest as usual).")
 @click.option("--lut", type=click.Path(dir_okay=False), help="Latency LUT for the cost model (default: the device's, or measured here and cached).")
@@ -90,7 +95,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
            train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration,
            reward_finetune_steps, scoring_precision, reconstruct,
-           anchors, context_students, verdict_rounds, no_plots, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
+           anchors, context_students, verdict_rounds, reference, no_plots, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
     The budget is measured latency by default (--latency-ms or --latency-ratio); --macs or --params are
@@ -123,7 +128,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "context_students": context_students, "lut": lut, "runs": runs,
         "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit, "skip_bad_images": skip_bad_images,
         "quantize": quantize, "train_teacher": train_teacher, "verdict_rounds": verdict_rounds,
-        "plots": False if no_plots else None,
+        "reference": reference, "plots": False if no_plots else None,
     }
     given = {name: value for name, value in given.items() if value is not None}
     budget = _budget(latency_ms, latency_ratio, margin, macs, params_budget, required=not resume)

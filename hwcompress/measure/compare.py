@@ -11,11 +11,20 @@ teacher), and takes more of them while the interval still holds the budget.
 Pairing does not cancel a slow spell of the machine: on this project's VMs everything runs 1.5-1.9x
 slower for seconds at a time, the small model more (1.85x against the teacher's 1.55x), and a paired
 measurement lasts milliseconds, so all its rounds land inside one spell. A paired measurement whose
-teacher ran more than :data:`SPELL` times slower than its reference is therefore taken again after a
-pause (:data:`SPELL_PAUSES`), and the one whose teacher ran fastest is kept: chosen by the teacher's
-time, never by the student's, and every discarded measurement is reported (``slow_spell``). The
-teacher's reference itself is measured twice, a pause apart, and the faster half is kept when they
-disagree by more than :data:`SPELL`. ``HWCOMPRESS_SPELL_PAUSE_S`` sets the pause (default 2 s).
+reference model (the teacher, or the size-matched one below) ran more than :data:`SPELL` times slower
+than its own measurement is therefore taken again after a pause (:data:`SPELL_PAUSES`), and the one
+whose reference ran fastest is kept: chosen by the reference's time, never by the student's, and every
+discarded measurement is reported (``slow_spell``). A reference's own measurement is taken twice, a
+pause apart, and the faster half is kept when they disagree by more than :data:`SPELL`. ``HWCOMPRESS_SPELL_PAUSE_S`` sets the pause (default 2 s).
+
+Pairing with the teacher does not cancel what the machine's other tenants do to a large model and a
+small one differently: a memory-bandwidth hog on the other core slowed a 2.4 ms resnet18 teacher 2.7x
+and left its 0.15 ms student as it was, so the student's ratio to the teacher fell by 63% and it looked
+2.7x faster than it is (``bench/verdict_stability.py``). A search therefore adds a *size-matched
+reference* (:meth:`PairedMeasurement.add_reference`): a uniform student at the budget, measured on its
+own at preparation as the teacher is; each student is then timed beside whichever reference is nearest
+its size (one session of the student picks it), and its verdict is its ratio to that reference times
+the reference's own latency. With it, the same hog moved the verdict by 1.4%.
 
 On a device that is not this machine, the models are predicted from its LUT instead
 (:func:`~hwcompress.measure.resolve.resolve_timing`), and the ratio is a ratio of predictions
@@ -112,6 +121,19 @@ def paired_ratios(results: Sequence[Measurement], reference: Sequence[Measuremen
     return [m.latency.median / r.latency.median for m, r in zip(results, reference)]
 
 
+@dataclass
+class Reference:
+    """A model students are timed beside: its name, its file and its own measurement (``median`` in ms)."""
+
+    name: str
+    artifact: ModelArtifact
+    measured: dict[str, Any]
+
+    @property
+    def ms(self) -> float:
+        return float(self.measured["median"])
+
+
 class PairedMeasurement:
     """Measure students on the device as ratios to their teacher, in interleaved rounds.
 
@@ -122,7 +144,8 @@ class PairedMeasurement:
 
     Constructing it exports the teacher once. ``teacher_measured`` is the reference: given (a resumed
     search reuses its saved one), or measured now in ``reference_rounds`` rounds (their median, with
-    the spread of the round medians).
+    the spread of the round medians). :meth:`add_reference` adds a size-matched reference (module
+    docstring); each student is then paired with the reference nearest its size.
     """
 
     def __init__(self, teacher: Any, input_shape: tuple[int, ...], timing: Timing, settings: ProfileSettings,
@@ -141,16 +164,47 @@ class PairedMeasurement:
             reference = self._measure_reference(max(1, reference_rounds), info.max_abs_diff)
         self.teacher_measured = reference
         self.teacher_ms = float(reference["median"])
+        self.reference_rounds = max(1, reference_rounds)
+        #: The models students are timed beside, the teacher first.
+        self.references = [Reference("teacher", self._teacher_artifact(), reference)]
 
     def _teacher_artifact(self) -> ModelArtifact:
         return ModelArtifact(self.teacher_onnx, self.input_shape, self.teacher, "teacher")
 
-    def _measure_reference(self, rounds: int, max_abs_diff: float | None) -> dict[str, Any]:
-        """The teacher's reference: ``rounds`` rounds, and as many again after a pause; when the two halves'
-        medians disagree by more than :data:`SPELL`, the slower half fell in a slow spell and is left out."""
-        first = measure_interleaved(self.profiler, [self._teacher_artifact()], self.settings, rounds)[0]
+    def add_reference(self, module: Any, name: str, onnx_path: str | os.PathLike[str] | None = None,
+                      measured: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Add a reference that students near its size are timed beside; returns its measurement.
+
+        ``measured``: its measurement from before (a resumed search); otherwise it is measured now on its
+        own, as the teacher's reference is (two halves a pause apart, a slow half left out). ``onnx_path``:
+        time this file (a quantized model) instead of exporting ``module``.
+        """
+        if onnx_path is None:
+            path = Path(self.folder.name) / f"reference-{len(self.references)}.onnx"
+            max_abs_diff = export_onnx(module, self.input_shape, path).max_abs_diff
+        else:
+            path, max_abs_diff = Path(onnx_path), None
+        artifact = ModelArtifact(path, self.input_shape, module, name)
+        if measured is None:
+            measured = self._measure_reference(self.reference_rounds, max_abs_diff, artifact)
+        self.references.append(Reference(name, artifact, measured))
+        return measured
+
+    def nearest_reference(self, artifact: ModelArtifact) -> Reference:
+        """The reference nearest ``artifact`` in size: one session of it, against each reference's latency (in log)."""
+        if len(self.references) == 1:
+            return self.references[0]
+        probe = self.profiler.measure(artifact, replace(self.settings, per_layer=False)).latency.median
+        return min(self.references, key=lambda r: abs(math.log(max(probe, 1e-9) / r.ms)))
+
+    def _measure_reference(self, rounds: int, max_abs_diff: float | None, artifact: ModelArtifact | None = None) -> dict[str, Any]:
+        """A reference's measurement (the teacher's unless ``artifact``): ``rounds`` rounds, and as many again
+        after a pause; when the two halves' medians disagree by more than :data:`SPELL`, the slower half fell
+        in a slow spell and is left out."""
+        artifact = artifact or self._teacher_artifact()
+        first = measure_interleaved(self.profiler, [artifact], self.settings, rounds)[0]
         _pause(SPELL_PAUSES[0])
-        second = measure_interleaved(self.profiler, [self._teacher_artifact()], self.settings, rounds)[0]
+        second = measure_interleaved(self.profiler, [artifact], self.settings, rounds)[0]
         fast, slow = sorted((first, second), key=_median_ms)
         spell = _median_ms(slow) > SPELL * _median_ms(fast)
         runs = fast if spell else first + second
@@ -168,11 +222,12 @@ class PairedMeasurement:
     def __call__(self, module: Any, name: str, rounds: int | None = None,
                  onnx_path: str | os.PathLike[str] | None = None, decide_ms: float | None = None,
                  max_rounds: int | None = None) -> dict[str, Any]:
-        """Measure ``module`` against the teacher; ``median`` is the verdict, every statistic is on its scale.
+        """Measure ``module`` beside the reference nearest its size (the teacher, or one added by
+        :meth:`add_reference`); ``median`` is the verdict, every statistic is on its scale.
 
         ``onnx_path``: time this file, built beforehand from ``module`` (a quantized student), instead of
         exporting the module. ``decide_ms`` (a budget): while the interval of the median ratio
-        (:func:`median_interval`) still holds ``decide_ms`` on the teacher's scale, two more rounds are
+        (:func:`median_interval`) still holds ``decide_ms`` on the reference's scale, two more rounds are
         taken, up to ``max_rounds``; ``decided`` says whether the interval left the budget out in the end.
         """
         if onnx_path is None:
@@ -181,59 +236,62 @@ class PairedMeasurement:
         else:
             path, max_abs_diff = Path(onnx_path), None
         asked = rounds or self.rounds
-        pair = [ModelArtifact(path, self.input_shape, module, name), self._teacher_artifact()]
-        limit = None if decide_ms is None else decide_ms / self.teacher_ms
+        artifact = ModelArtifact(path, self.input_shape, module, name)
+        reference = self.nearest_reference(artifact)
+        scale = reference.ms
+        pair = [artifact, reference.artifact]
+        limit = None if decide_ms is None else decide_ms / scale
         tries = [self._paired_rounds(pair, asked, limit, max_rounds)]
-        slowdowns = [self._slowdown(tries[0][1])]
-        for pause in SPELL_PAUSES:  # a try whose teacher ran slow fell in a spell: pause and try again
+        slowdowns = [_median_ms(tries[0][1]) / scale]
+        for pause in SPELL_PAUSES:  # a try whose reference ran slow fell in a spell: pause and try again
             if slowdowns[-1] <= SPELL:
                 break
             _pause(pause)
             tries.append(self._paired_rounds(pair, asked, limit, max_rounds))
-            slowdowns.append(self._slowdown(tries[-1][1]))
-        student, teacher, ratios = tries[slowdowns.index(min(slowdowns))]
+            slowdowns.append(_median_ms(tries[-1][1]) / scale)
+        student, beside, ratios = tries[slowdowns.index(min(slowdowns))]
         rounds = len(ratios)
         spell = None
         if len(tries) > 1:
             slowdowns = [round(x, 3) for x in slowdowns]
-            spell = {"tries": len(tries), "teacher_slowdowns": slowdowns,
-                     "paired_medians_ms": [statistics.median(t[2]) * self.teacher_ms for t in tries]}
+            spell = {"tries": len(tries), "reference_slowdowns": slowdowns,
+                     "paired_medians_ms": [statistics.median(t[2]) * scale for t in tries]}
             self.spells.append({"name": name, **spell})
             if self.log is not None:
-                self.log(f"{name}: the teacher ran x{slowdowns[0]:.2f} its reference (a slow spell of the machine); "
-                         f"measured {len(tries)} times, a pause apart, keeping the try whose teacher ran fastest (x{min(slowdowns):.2f})")
+                self.log(f"{name}: the {reference.name} ran x{slowdowns[0]:.2f} its reference (a slow spell of the machine); "
+                         f"measured {len(tries)} times, a pause apart, keeping the try whose {reference.name} ran fastest "
+                         f"(x{min(slowdowns):.2f})")
         low, high, coverage = median_interval(ratios)
         ratio = statistics.median(ratios)
         middle = sorted(student, key=lambda m: m.latency.median)[len(student) // 2]
-        verdict = ratio * self.teacher_ms
+        verdict = ratio * scale
         # Every statistic on the verdict's scale: the middle round's spread, scaled as its median was.
-        scale = verdict / middle.latency.median if middle.latency.median > 0 else 1.0
-        stats = {key: (value * scale if key != "runs" else value) for key, value in middle.latency.to_dict().items()}
+        factor = verdict / middle.latency.median if middle.latency.median > 0 else 1.0
+        stats = {key: (value * factor if key != "runs" else value) for key, value in middle.latency.to_dict().items()}
         return {
             **stats,
             "median": verdict,
-            "paired_ratio_to_teacher": ratio,
+            "paired_ratio": ratio,
+            "reference": reference.name,
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
-            "interval_ms": [low * self.teacher_ms, high * self.teacher_ms],
+            "interval_ms": [low * scale, high * scale],
             "interval_coverage": round(coverage, 4),
             **({} if limit is None else {"decided": not low <= limit <= high, "extra_rounds": rounds - asked}),
             **({} if spell is None else {"slow_spell": spell}),
             "raw_median": statistics.median(m.latency.median for m in student),
+            "reference_ms": scale,
+            "reference_now_ms": _median_ms(beside),
             "teacher_reference_ms": self.teacher_ms,
-            "teacher_now_ms": statistics.median(m.latency.median for m in teacher),
             "rounds": rounds,
             "source": middle.source,
-            "method": ("median = paired ratio to the teacher (median of the rounds) x the teacher's reference latency; "
-                       "the other statistics are the middle round's, on the same scale; raw_median is as timed"),
+            "method": (f"median = paired ratio to the {reference.name} (median of the rounds) x its reference latency, measured "
+                       "on its own at the start; the other statistics are the middle round's, on the same scale; raw_median "
+                       "is as timed"),
             "profiler": self.profiler.name,
             "onnx_max_abs_diff": max_abs_diff,
             "facts": middle.facts,
         }
-
-    def _slowdown(self, teacher: Sequence[Measurement]) -> float:
-        """How many times slower than its reference the teacher ran in a paired measurement (its rounds' median)."""
-        return _median_ms(teacher) / self.teacher_ms if self.teacher_ms > 0 else 1.0
 
     def _paired_rounds(self, pair: list[ModelArtifact], rounds: int, limit: float | None,
                        max_rounds: int | None) -> tuple[list[Measurement], list[Measurement], list[float]]:

@@ -21,10 +21,14 @@ from hwcompress.validate import number, whole
 REWARDS = ("budget", "accuracy")
 SCORING_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_OUT = "hwcompress-out"
-#: The final latency verdict: this many rounds interleaved with the teacher, then 2 more at a time while
+#: The final latency verdict: this many rounds interleaved with a reference model, then 2 more at a time while
 #: the median ratio's confidence interval still holds the budget, up to ``SearchConfig.verdict_rounds``.
 VERDICT_ROUNDS = 5
 VERDICT_MAX_ROUNDS = 15
+
+
+#: What students are timed beside (``SearchConfig.reference``).
+REFERENCES = ("matched", "teacher")
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,12 @@ class SearchConfig:
         train_teacher: epochs to train a torchvision architecture from random weights on the data first
             (kept as ``teacher.pt`` in ``out``); 0: the teacher must come trained.
         verdict_rounds: the most rounds the final latency verdict may take: 5 interleaved rounds with the
-            teacher, then 2 more at a time while the median's confidence interval still holds the budget, up
+            reference model (``reference``), then 2 more at a time while the median's confidence interval still holds the budget, up
             to this many (5: never more; odd, so that the median is one round).
         plots: write the PNG plots beside result.json (about 1 s a search; False: none, and a note says so).
+        reference: what students are timed beside on the device: ``matched`` (the default: the teacher or a
+            uniform student at the budget, whichever is nearer the student's size, so that other tenants'
+            load, which slows large and small models differently, cancels) or ``teacher`` (always the teacher).
     """
 
     budget: Budget
@@ -110,6 +117,7 @@ class SearchConfig:
     train_teacher: int = 0
     verdict_rounds: int = VERDICT_MAX_ROUNDS
     plots: bool = True
+    reference: str = "matched"
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, Budget):
@@ -150,6 +158,8 @@ class SearchConfig:
         if self.verdict_rounds % 2 == 0:
             raise UserError(f"--verdict-rounds must be odd, so that the median is one round (got {self.verdict_rounds}); "
                             f"try {self.verdict_rounds + 1}")
+        if self.reference not in REFERENCES:
+            raise UserError(f"--reference must be one of {', '.join(REFERENCES)} (got {self.reference!r})")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (got {self.quantize!r})")
         if self.reward_finetune_steps and self.agent == "n2n":

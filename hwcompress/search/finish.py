@@ -118,7 +118,8 @@ def _verdict(prepared: Prepared, measured: dict[str, Any] | None, predicted: flo
     text = f"{budget.format(value)} against {budget.format(budget.limit)}"
     noise: dict[str, Any] = {}
     if source == "measured":
-        text = (f"{budget.format(value)} (median of {measured['rounds']} rounds interleaved with the teacher) "
+        text = (f"{budget.format(value)} (median of {measured['rounds']} rounds interleaved with the "
+                f"{measured.get('reference', 'teacher')}) "
                 f"against {budget.format(budget.limit)}")
         if "decided" in measured:
             low, high = measured["interval_ms"]
@@ -176,7 +177,8 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
     if prepared.measure is not None:
         most = prepared.config.verdict_rounds
         more = f", up to {most} while the budget is inside the noise" if prepared.budget.is_latency and most > VERDICT_ROUNDS else ""
-        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with the teacher{more})")
+        beside = "the teacher" if prepared.matched_reference is None else "the reference nearest its size"
+        log(f"measuring the student on {prepared.descriptor.name} ({VERDICT_ROUNDS} rounds interleaved with {beside}{more})")
         # The verdict gets more rounds than the search's checks: it is the number the user is told.
         deployed_file = {"onnx_path": deployed.path} if deployed is not None else {}
         until = {"decide_ms": prepared.budget.limit, "max_rounds": most} if prepared.budget.is_latency else {}
@@ -252,6 +254,12 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "verdict": verdict,
         "reachable": {"teacher": prepared.bounds.get("teacher"), "smallest_student": prepared.bounds.get("smallest")},
         "cost_model_anchors": prepared.anchors,
+        # The uniform student near the budget that students near its size were timed beside (None: the teacher alone).
+        "matched_reference": prepared.matched_reference and {
+            "predicted_share": prepared.matched_reference["predicted_share"],
+            "measured_ms": prepared.matched_reference["measured"]["median"],
+            "round_medians_ms": prepared.matched_reference["measured"].get("round_medians_ms"),
+            "keep": prepared.matched_reference["keep"]},
         # Every paired measurement of the run taken again after a slow spell of the machine (anchors, repairs, verdict).
         "slow_spells": list(getattr(prepared.measure, "spells", None) or []),
         "cost_model_context": ({k: v for k, v in prepared.context.to_dict().items() if k != "lines"}

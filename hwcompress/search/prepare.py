@@ -47,6 +47,7 @@ from hwcompress.search.context import ContextLatency, NoNodeTimes, fit_in_contex
 from hwcompress.search.cost import CostModel
 from hwcompress.search.precision import ALL_FLOAT, LOW, check_int8_path
 from hwcompress.search.quantized import QuantizedMeasurement, QuantizedStudents, measured_int8_teacher
+from hwcompress.search.reference import add_matched_reference
 from hwcompress.search.scoring import resolve_scoring_precision
 from hwcompress.slim.pruning import ChannelGroup, find_channel_groups, prune_channels
 from hwcompress.slim.quantize import reduced_weight_range, symmetric_int8
@@ -91,6 +92,8 @@ class Prepared:
     context: ContextLatency | None = None
     #: The anchors measured again before a budget just out of reach was refused (:func:`second_look`); None: not needed.
     second_look: dict[str, Any] | None = None
+    #: The size-matched reference students near the budget are timed beside (:mod:`hwcompress.search.reference`).
+    matched_reference: dict[str, Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -107,6 +110,7 @@ class Prepared:
         return {"budget": self.budget.to_dict(), "teacher_reference": self.teacher_measured,
                 "anchors": self.anchors, "lut": self.lut_path,
                 "context": self.context.to_dict() if self.context is not None else None,
+                "matched_reference": self.matched_reference,
                 "scoring_precision": [*self.scoring_precision, self.config.scoring_precision]}
 
 
@@ -370,6 +374,18 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         table = context  # a mixed student's prediction is split by precision off the fitted sum, as off a LUT's
         notes.append(fit_summary(context))
         log(notes[-1])
+    matched = None  # sized by the cost model fitted in context where there is one
+    if budget.is_latency and measure is not None:
+        if saved and saved.get("anchors"):  # resumed: time beside what the interrupted run timed beside
+            if saved.get("matched_reference"):
+                matched = add_matched_reference(measure, module, example, cost_model, budget.target, quantized,
+                                                saved["matched_reference"], log)
+        elif config.reference == "matched":
+            matched = add_matched_reference(measure, module, example, cost_model, budget.target, quantized, None, log)
+        if matched is not None:
+            notes.append(f"students are timed beside the teacher or a uniform student at {matched['predicted_share']:.2f}x of it "
+                         f"({matched['measured']['median']:.3f} ms measured on its own), whichever is nearer their size "
+                         "(--reference matched)")
     if budget.is_latency and measure is not None:
         raw = cost_model.latency_of
         third_anchor = config.anchor_count >= 3  # the uniform student at the target (measured anyway when int8 stops paying)
@@ -397,7 +413,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         notes.append(note)
     prepared = Prepared(config, budget, descriptor, timing, settings, module, meta, splits, example, layers, groups,
                         val_set, cost_model, measure, teacher_measured, lut_path, anchors, notes=notes, quantized=quantized,
-                        scoring_precision=scoring_precision, context=context)
+                        scoring_precision=scoring_precision, context=context, matched_reference=matched)
     if search and budget.is_latency and measure is not None and not (saved and saved.get("anchors")):
         second_look(prepared, anchor, anchor_note, log)
     prepared.bounds = check_budget(prepared, refuse_infeasible=search)

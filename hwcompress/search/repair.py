@@ -6,7 +6,7 @@ ONNX Runtime works in blocks of 16 channels, a ResNet-56 student mixing 8- and 1
 layout conversions its layers' timings did not show, and measured 1.186 ms where the anchored LUT said
 0.807. Trimming against such a prediction does nothing (it already "fits"), so the repair:
 
-1. measures the student (interleaved with the teacher);
+1. measures the student (interleaved with the reference nearest its size: the teacher or the size-matched one);
 2. stops when it is under the acceptance line (the budget less half the margin);
 3. when the measurement and the prediction disagree by more than the noise the measurement itself
    showed (the spread of its per-round ratios, at least 3%), adds the student as an anchor of the cost
@@ -120,7 +120,7 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
         if measured <= budget.acceptance:
             break
         predicted = prepared.cost_model.cost(keep)
-        ratio = measurement["paired_ratio_to_teacher"]
+        ratio = measurement["paired_ratio"]
         noise = max(MIN_DISAGREEMENT, (measurement["ratio_max"] - measurement["ratio_min"]) / ratio if ratio else 0.0)
         record: dict[str, Any] = {"measured_ms": measured, "predicted_ms": round(predicted, 4)}
         if abs(measured - predicted) / measured > noise:

@@ -116,9 +116,14 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     ]
     if s.get("latency"):
         latency = s["latency"]
-        lines += ["", f"The student's latency is the median of {latency['rounds']} rounds interleaved with the teacher: "
-                  f"{latency['paired_ratio_to_teacher']:.3f} x the teacher's reference {latency['teacher_reference_ms']:.3f} ms "
-                  f"(round ratios {latency['ratio_min']:.3f}-{latency['ratio_max']:.3f})."]
+        beside = latency.get("reference", "teacher")  # results written before size-matched references: the teacher
+        ratio = latency.get("paired_ratio", latency.get("paired_ratio_to_teacher"))
+        scale = latency.get("reference_ms", latency["teacher_reference_ms"])
+        lines += ["", f"The student's latency is the median of {latency['rounds']} rounds interleaved with the {beside}: "
+                  f"{ratio:.3f} x the {beside}'s own latency {scale:.3f} ms (round ratios {latency['ratio_min']:.3f}-"
+                  f"{latency['ratio_max']:.3f})" + ("; the reference is a uniform student near the budget, measured on its own "
+                                                    "at the start, because other tenants' load slows a large teacher and a small "
+                                                    "student by different factors" if beside != "teacher" else "") + "."]
         if "interval_ms" in latency:
             low, high = latency["interval_ms"]
             lines[-1] += (f" Its {latency['interval_coverage']:.0%} confidence interval (order statistics of the round ratios) "
@@ -127,8 +132,9 @@ def summary_markdown(doc: dict[str, Any]) -> str:
                 lines[-1] += f"; {latency['extra_rounds']} rounds were added because the interval held the budget"
             if latency.get("slow_spell"):
                 spell = latency["slow_spell"]
-                lines[-1] += (f"; the machine had a slow spell (the teacher ran x{spell['teacher_slowdowns'][0]:.2f} its reference), so "
-                              f"it was measured {spell['tries']} times, a pause apart, and the try whose teacher ran fastest kept")
+                slowdowns = spell.get("reference_slowdowns", spell.get("teacher_slowdowns"))
+                lines[-1] += (f"; the machine had a slow spell (the {beside} ran x{slowdowns[0]:.2f} its own latency), so "
+                              f"it was measured {spell['tries']} times, a pause apart, and the try whose {beside} ran fastest kept")
             if latency.get("decided") is False:
                 lines[-1] += ": the verdict is inside this machine's noise, and another measurement may say otherwise"
             lines[-1] += "."
