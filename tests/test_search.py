@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -829,3 +830,46 @@ def test_reward_finetune_steps_distil_each_scored_student_deterministically():
     assert losses[1] < losses[0], losses
     with pytest.raises(UserError, match="--reward-finetune-steps"):
         SearchConfig(budget=Budget.latency_ratio(0.5), reward_finetune_steps=-1)
+
+
+class _MeasuredByMacs:
+    """A paired measurement whose models take ``teacher_ms`` x (their share of the teacher's MACs) ** ``bend``:
+    a cost model proportional to MACs then misplaces a uniform student (the shape error before anchoring)."""
+
+    def __init__(self, teacher, bend):
+        self.teacher_macs, self.bend, self.teacher_ms = analyze(teacher, SHAPE).macs, bend, 2.0
+        self.added, self.measured_shares = [], []
+
+    def artifact(self, module, name, onnx_path=None):
+        return SimpleNamespace(module=module, name=name, onnx_path=onnx_path)
+
+    def measure_alone(self, artifact):
+        share = (analyze(artifact.module, SHAPE).macs / self.teacher_macs) ** self.bend
+        self.measured_shares.append(share)
+        return {"median": self.teacher_ms * share, "round_medians_ms": [self.teacher_ms * share] * 6}
+
+    def add_reference(self, module, name, onnx_path=None, measured=None):
+        self.added.append((name, measured))
+        return measured
+
+
+@pytest.mark.parametrize("bend, tries", [(1.0, 1), (0.6, 2), (0.5, 3)])
+def test_the_size_matched_reference_is_sized_again_when_it_measures_far_from_the_budget(bend, tries):
+    """Sized by the prediction; measured more than RESIZE away from the budget's share of the teacher, it
+    is sized again from the measured error (a secant in logs from the second try on) and the nearest is kept."""
+    from hwcompress.search.reference import NAME, RESIZE, add_matched_reference
+
+    model, x, layers, groups, _ = _model_and_cost("macs")
+    cost = CostModel(layers, groups, metric="macs", multiple=4, lbound=0.2)  # steps of 4 channels: room to aim
+    measure, lines = _MeasuredByMacs(model, bend), []
+    record = add_matched_reference(measure, model, x, cost, 0.5, None, None, lines.append)  # 0.25x of the 2 ms teacher
+    assert record["sizes_tried"] == tries and len(measure.measured_shares) == tries
+    kept = record["measured"]["median"] / measure.teacher_ms
+    assert measure.added == [(NAME, record["measured"])]
+    assert kept == min(measure.measured_shares, key=lambda s: abs(math.log(s / 0.25)))
+    assert abs(math.log(kept / 0.25)) <= math.log(RESIZE)  # ResNet-20's channel steps let it land within RESIZE
+    if tries > 1:  # MACs ** 0.5: a uniform student at 0.25x of the MACs measures about 0.5x; each try is smaller
+        assert all(a > b for a, b in zip(measure.measured_shares, measure.measured_shares[1:]))
+        assert measure.measured_shares[-2] > 0.25 * RESIZE and f"{tries} sizes tried" in lines[0]
+    # A target not under the teacher has nothing to match.
+    assert add_matched_reference(measure, model, x, cost, 2.5, None, None, lines.append) is None

@@ -29,6 +29,18 @@ def test_the_trained_teacher_is_kept_and_reused(tmp_path):
     assert any("reused" in line for line in lines)
     with pytest.raises(UserError, match="other settings"):  # another recipe never silently takes the saved one
         scratch.trained_teacher("resnet18", splits, 3, 0, tmp_path, lines.append)
+    # Another search takes it as its teacher: as a checkpoint, or as the weights of its architecture, the
+    # classifier sized as it was trained and the input shape its recipe's unless one is given.
+    from hwcompress.model.loading import load_model
+
+    for loaded in (load_model(str(tmp_path / "teacher.pt")), load_model("resnet18", weights=str(tmp_path / "teacher.pt"))):
+        assert loaded.name == "resnet18" and loaded.source == "checkpoint" and loaded.input_shape == (1, 3, 16, 16)
+        assert loaded.metadata["trained"]["val_accuracy"] == report["val_accuracy"] and not loaded.module.training
+        for (name, mine), theirs in zip(module.state_dict().items(), loaded.module.state_dict().values(), strict=True):
+            assert torch.equal(mine, theirs), name
+    assert load_model(str(tmp_path / "teacher.pt"), input_shape=(1, 3, 32, 32)).input_shape == (1, 3, 32, 32)
+    with pytest.raises(UserError, match="do not fit the model"):  # another architecture is refused in one line
+        load_model("resnet34", weights=str(tmp_path / "teacher.pt"))
 
 
 def test_search_trains_a_torchvision_teacher_first(tmp_path):

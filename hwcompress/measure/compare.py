@@ -165,6 +165,7 @@ class PairedMeasurement:
         self.teacher_measured = reference
         self.teacher_ms = float(reference["median"])
         self.reference_rounds = max(1, reference_rounds)
+        self._exported = 0
         #: The models students are timed beside, the teacher first.
         self.references = [Reference("teacher", self._teacher_artifact(), reference)]
 
@@ -176,19 +177,28 @@ class PairedMeasurement:
         """Add a reference that students near its size are timed beside; returns its measurement.
 
         ``measured``: its measurement from before (a resumed search); otherwise it is measured now on its
-        own, as the teacher's reference is (two halves a pause apart, a slow half left out). ``onnx_path``:
-        time this file (a quantized model) instead of exporting ``module``.
+        own, as the teacher's reference is (:meth:`measure_alone`). ``onnx_path``: time this file (a
+        quantized model) instead of exporting ``module``.
         """
-        if onnx_path is None:
-            path = Path(self.folder.name) / f"reference-{len(self.references)}.onnx"
-            max_abs_diff = export_onnx(module, self.input_shape, path).max_abs_diff
-        else:
-            path, max_abs_diff = Path(onnx_path), None
-        artifact = ModelArtifact(path, self.input_shape, module, name)
+        artifact = self.artifact(module, name, onnx_path)
         if measured is None:
-            measured = self._measure_reference(self.reference_rounds, max_abs_diff, artifact)
+            measured = self.measure_alone(artifact)
         self.references.append(Reference(name, artifact, measured))
         return measured
+
+    def artifact(self, module: Any, name: str, onnx_path: str | os.PathLike[str] | None = None) -> ModelArtifact:
+        """``module`` as the profiler times it: exported to a file of its own, or ``onnx_path`` (a quantized model)."""
+        if onnx_path is None:
+            self._exported += 1
+            path = Path(self.folder.name) / f"reference-{self._exported}.onnx"
+            export_onnx(module, self.input_shape, path)
+        else:
+            path = Path(onnx_path)
+        return ModelArtifact(path, self.input_shape, module, name)
+
+    def measure_alone(self, artifact: ModelArtifact) -> dict[str, Any]:
+        """A model's own latency, measured as the teacher's reference is: two halves a pause apart, a slow half left out."""
+        return self._measure_reference(self.reference_rounds, None, artifact)
 
     def nearest_reference(self, artifact: ModelArtifact) -> Reference:
         """The reference nearest ``artifact`` in size: one session of it, against each reference's latency (in log)."""

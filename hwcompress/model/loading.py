@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.errors import UserError
+from hwcompress.model.scratch import FORMAT as TEACHER_FORMAT
+from hwcompress.model.scratch import build as build_torchvision
 
 DEFAULT_MODEL = "resnet18"
 EMBEDDED_NAMES = ("embedded", "resnet56-digits")
@@ -63,9 +65,11 @@ def load_model(
 
     Args:
         spec: torchvision name (``resnet18``), ``pkg.module:factory`` (called with no arguments),
-            a checkpoint (``.pt``: a pickled module, or ``{"model": module}``/``{"arch", "state_dict"}``),
+            a checkpoint (``.pt``: a pickled module, or ``{"model": module}``/``{"arch", "state_dict"}``, or
+            the ``teacher.pt`` that ``search --train-teacher`` wrote),
             an ``.onnx`` file, or ``embedded`` for the default ResNet-56 on digits. None means resnet18.
-        weights: a state-dict file loaded into the built model (torchvision or factory models).
+        weights: a state-dict file loaded into the built model (torchvision or factory models); a
+            ``teacher.pt`` from ``search --train-teacher`` rebuilds a torchvision model with its classifier.
         input_shape: overrides the default input shape.
 
     Returns:
@@ -101,9 +105,26 @@ def load_model(
         size = _TORCHVISION_SIZES.get(spec, 224)
         loaded = LoadedModel(spec, module, None, input_shape or (1, 3, size, size), "torchvision")
     if weights:
+        trained = _trained_teacher_file(weights)
+        if trained is not None and loaded.source == "torchvision":  # its classifier sized as it was trained
+            return _trained_teacher(trained, Path(weights), input_shape, arch=spec)
         _load_weights(loaded.module, weights)
     loaded.module.eval()
     return loaded
+
+
+def _trained_teacher_file(weights: str) -> dict[str, Any] | None:
+    """The document of a ``teacher.pt`` that ``search --train-teacher`` wrote, or None for any other file."""
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        return None  # _load_weights says so
+    try:
+        document = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - _load_weights reads it again and says what is wrong
+        return None
+    return document if isinstance(document, dict) and document.get("format") == TEACHER_FORMAT else None
 
 
 def resolve_model(
@@ -165,6 +186,8 @@ def _load_checkpoint(path: Path, input_shape: tuple[int, ...] | None) -> LoadedM
     if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
         meta = {k: v for k, v in obj.items() if k != "model" and not isinstance(v, torch.Tensor)}
         obj = obj["model"]
+    elif isinstance(obj, dict) and obj.get("format") == TEACHER_FORMAT:  # a teacher `search --train-teacher` trained
+        return _trained_teacher(obj, path, input_shape)
     elif isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
         built = load_model(obj["arch"])
         _apply_state_dict(built.module, obj["state_dict"], str(path))
@@ -177,6 +200,22 @@ def _load_checkpoint(path: Path, input_shape: tuple[int, ...] | None) -> LoadedM
         )
     shape = input_shape or tuple(meta.get("input_shape", (1, 3, 224, 224)))
     return LoadedModel(path.stem, obj, None, shape, "checkpoint", meta or None)
+
+
+def _trained_teacher(document: dict[str, Any], path: Path, input_shape: tuple[int, ...] | None,
+                     arch: str | None = None) -> LoadedModel:
+    """The teacher a search trained with ``--train-teacher`` (its ``teacher.pt``), with its classifier's size;
+    ``arch``: the architecture the user named (its weights must fit it), else the one it was trained as."""
+    recipe = document.get("recipe") or {}
+    if not isinstance(recipe.get("arch"), str) or not isinstance(recipe.get("num_classes"), int):
+        raise UserError(f"{path} is a trained teacher without its recipe (arch, num_classes); train it again with --train-teacher")
+    arch = arch or recipe["arch"]
+    module = build_torchvision(arch, recipe["num_classes"])
+    _apply_state_dict(module, document.get("state_dict"), str(path))
+    module.eval()
+    shape = input_shape or tuple(recipe.get("input_shape") or (1, 3, 224, 224))
+    meta = {"arch": arch, "trained": document.get("report")}
+    return LoadedModel(arch, module, None, shape, "checkpoint", meta)
 
 
 def _apply_state_dict(module: Any, state: Any, where: str) -> None:
