@@ -55,6 +55,19 @@ def test_search_trains_a_torchvision_teacher_first(tmp_path):
     trained = doc["teacher"]["trained_here"]
     assert trained["arch"] == "resnet18" and trained["epochs"] == 2 and not trained["from_cache"]
     assert (out / "teacher.pt").is_file() and doc["teacher"]["accuracy"] > 0.3
+    # Another search takes the trained teacher as its model, at the size it was trained at (16 px, not digits'
+    # default 32), and says so.
+    again = [sys.executable, "-m", "hwcompress", "search", "-m", str(out / "teacher.pt"), "--data", "digits", "--macs", "5e6",
+             "--episodes", "1", "--finetune-epochs", "0", "--val-limit", "64", "--no-plots", "-o", str(tmp_path / "again"),
+             "--json", "-"]
+    done = subprocess.run(again, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    from hwcompress.model.analysis import analyze
+
+    second = json.loads(done.stdout[done.stdout.index("{"):])
+    assert second["teacher"]["macs"] == doc["teacher"]["macs"] == analyze(scratch.build("resnet18", 10), (1, 3, 16, 16)).macs
+    assert second["teacher"]["accuracy"] == doc["teacher"]["accuracy"]  # the same weights on the same test split
+    assert "input 16x16: the size resnet18 was trained at" in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

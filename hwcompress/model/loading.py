@@ -214,7 +214,7 @@ def _trained_teacher(document: dict[str, Any], path: Path, input_shape: tuple[in
     _apply_state_dict(module, document.get("state_dict"), str(path))
     module.eval()
     shape = input_shape or tuple(recipe.get("input_shape") or (1, 3, 224, 224))
-    meta = {"arch": arch, "trained": document.get("report")}
+    meta = {"arch": arch, "trained": document.get("report"), "input_shape": list(shape)}
     return LoadedModel(arch, module, None, shape, "checkpoint", meta)
 
 

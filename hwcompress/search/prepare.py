@@ -149,9 +149,14 @@ def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: Data
     if teacher.module is None:
         raise UserError("search needs a PyTorch model (an .onnx file cannot be pruned); pass the PyTorch model")
     if splits is None:
-        # The data decides the input size (digits: 32x32, image folders: 224) unless --input-shape says.
-        splits = resolve_data(config.data, input_size=config.input_shape[-1] if config.input_shape else None,
-                              skip_bad_images=config.skip_bad_images)
+        # The data decides the input size (digits: 32x32, image folders: 224) unless --input-shape says, or
+        # the checkpoint records the size its model was trained at (a teacher.pt, a student.pt).
+        size = config.input_shape[-1] if config.input_shape else None
+        recorded = (teacher.metadata or {}).get("input_shape") if teacher.source == "checkpoint" else None
+        if size is None and recorded:
+            size = int(recorded[-1])
+            log(f"input {size}x{size}: the size {teacher.name} was trained at, as its checkpoint records (--input-shape to change it)")
+        splits = resolve_data(config.data, input_size=size, skip_bad_images=config.skip_bad_images)
     if teacher.source == "torchvision" and not config.weights:
         if not config.train_teacher:
             raise UserError(f"{teacher.name} from torchvision has random weights here (nothing is downloaded); pass the "
