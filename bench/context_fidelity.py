@@ -116,7 +116,7 @@ def main() -> None:
     print(f"\nteacher {prepared.teacher_measured['median']:.3f} ms (float); {len(files)} students measured "
           f"{min(whole):.3f}-{max(whole):.3f} ms; profile passes of one student differed by x{statistics.median(spread):.2f} "
           f"(median), x{max(spread):.2f} (most)\n")
-    truths = {"paired with the teacher (the search's measurement)": whole,
+    truths = {"paired with a reference (the search's measurement)": whole,
               "fastest of the profile passes (the profiler session's median)": [min(q.whole_ms for q in p) for p in profiles]}
     anchorings = {"teacher, smallest": [0, 1], "+ uniform at 1/3": [0, 1, 2], "+ uniform at 2/3": [0, 1, 3]}
     for truth_label, truth in truths.items():

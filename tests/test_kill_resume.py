@@ -4,11 +4,12 @@ searches never share an output folder.
 The searches run in real subprocesses (`hwcompress search`) under a latency budget on the
 `steady-board` device, whose profiler is a test double for measurement noise (tests/plugins/README.md):
 the same model always measures the same, so "the same policy" is a property the run can have. One run
-is killed six times, each at a different phase (measuring the teacher, recording the LUT, profiling
-the students the cost model is fitted on, the episodes, fine-tuning, the final measurement), and
+is killed seven times, each at a different phase (measuring the teacher, recording the LUT, profiling
+the students the cost model is fitted on, measuring the size-matched reference, the episodes,
+fine-tuning, the final measurement), and
 resumed after each kill; its policy, student and fitted cost model must equal those of a run that was
 never interrupted. The default suite kills it during the episodes (the longest phase, resumed mid-way;
-the suite must stay under 10 minutes on 2 cores); `--runslow` kills it in all six, the LUT recording
+the suite must stay under 10 minutes on 2 cores); `--runslow` kills it in all seven, the LUT recording
 included.
 """
 
@@ -32,8 +33,9 @@ SEARCH = ["--device", "steady-board", "-m", TINY, "--data", "digits", "--latency
           "--warmup-episodes", "2", "--agent-option", "hidden=32", "--agent-option", "batch_size=8", "--val-limit", "64",
           "--bn-calibration", "32", "--finetune-epochs", "1", "--seed", "3", "--no-plots"]
 # The line each kill waits for (stderr, one line per phase when not a terminal), and then how long.
-KILLS = [("measuring the teacher", 0.1), ("recording the latency LUT", 1.0), ("cost model: profiling", 1.0), ("ep    2", 0.0),
-         ("fine-tuning the student", 0.5), ("measuring the student", 0.6)]
+KILLS = [("measuring the teacher", 0.1), ("recording the latency LUT", 1.0), ("cost model: profiling", 1.0),
+         ("measuring a size-matched reference", 0.05), ("ep    2", 0.0), ("fine-tuning the student", 0.5),
+         ("measuring the student", 0.6)]
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -79,8 +81,8 @@ def _digest(folder: Path) -> str:
     # the default suite: the longest phase, resumed mid-way; without fine-tuning, which it does not kill,
     # and without the steady board's pauses, which only serve kills inside the other phases
     # (and without the fit in context, which the slow run kills and tests/test_quantize.py resumes)
-    pytest.param(KILLS[3:4], ["--finetune-epochs", "0", "--context-students", "0"], "0", id="episodes"),
-    pytest.param(KILLS, [], "0.25", id="every-phase", marks=pytest.mark.slow),  # all six (about 3 min on 2 cores)
+    pytest.param(KILLS[4:5], ["--finetune-epochs", "0", "--context-students", "0"], "0", id="episodes"),
+    pytest.param(KILLS, [], "0.25", id="every-phase", marks=pytest.mark.slow),  # all seven (about 3 min on 2 cores)
 ])
 def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kills_at, extra, pause, monkeypatch):
     monkeypatch.setenv("HWCOMPRESS_STEADY_PAUSE", pause)  # the subprocesses' steady board (_env copies os.environ)
@@ -109,6 +111,7 @@ def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kil
     b = json.loads((killed / "result.json").read_text())
     assert b["student"]["params"] == a["student"]["params"] and b["budget"] == a["budget"]
     assert b["episodes"] == a["episodes"] == 6 and b["cost_model_anchors"] == a["cost_model_anchors"]
+    assert b["matched_reference"] == a["matched_reference"] and a["matched_reference"]["measured_ms"] > 0
     if "--context-students" not in extra:  # the same fit, resumed or not
         fit = {k: v for k, v in a["cost_model_context"].items() if k != "seconds"}
         assert fit == {k: v for k, v in b["cost_model_context"].items() if k != "seconds"} and fit["students"] == 6

@@ -834,19 +834,31 @@ def test_reward_finetune_steps_distil_each_scored_student_deterministically():
 
 class _MeasuredByMacs:
     """A paired measurement whose models take ``teacher_ms`` x (their share of the teacher's MACs) ** ``bend``:
-    a cost model proportional to MACs then misplaces a uniform student (the shape error before anchoring)."""
+    a cost model proportional to MACs then misplaces a uniform student (the shape error before anchoring).
+    It is its own profiler too, for the teacher timed again beside the reference."""
+
+    name = "by-macs"
 
     def __init__(self, teacher, bend):
         self.teacher_macs, self.bend, self.teacher_ms = analyze(teacher, SHAPE).macs, bend, 2.0
         self.added, self.measured_shares = [], []
+        from hwcompress.measure.contract import ProfileSettings
+
+        self.profiler, self.settings = self, ProfileSettings(runs=1, warmup=0, threads=1)
+        self.references = [SimpleNamespace(artifact=SimpleNamespace(module=teacher, name="teacher"))]
 
     def artifact(self, module, name, onnx_path=None):
         return SimpleNamespace(module=module, name=name, onnx_path=onnx_path)
 
+    def measure(self, artifact, settings):
+        from hwcompress.measure.contract import LatencyStats, Measurement
+
+        return Measurement(latency=LatencyStats.from_samples([2.0 * (analyze(artifact.module, SHAPE).macs / self.teacher_macs) ** self.bend]))
+
     def measure_alone(self, artifact):
-        share = (analyze(artifact.module, SHAPE).macs / self.teacher_macs) ** self.bend
+        share = self.measure(artifact, None).latency.median / 2.0
         self.measured_shares.append(share)
-        return {"median": self.teacher_ms * share, "round_medians_ms": [self.teacher_ms * share] * 6}
+        return {"median": 2.0 * share, "round_medians_ms": [2.0 * share] * 6}
 
     def add_reference(self, module, name, onnx_path=None, measured=None):
         self.added.append((name, measured))
@@ -870,6 +882,12 @@ def test_the_size_matched_reference_is_sized_again_when_it_measures_far_from_the
     assert abs(math.log(kept / 0.25)) <= math.log(RESIZE)  # ResNet-20's channel steps let it land within RESIZE
     if tries > 1:  # MACs ** 0.5: a uniform student at 0.25x of the MACs measures about 0.5x; each try is smaller
         assert all(a > b for a, b in zip(measure.measured_shares, measure.measured_shares[1:]))
-        assert measure.measured_shares[-2] > 0.25 * RESIZE and f"{tries} sizes tried" in lines[0]
+        assert measure.measured_shares[-2] > 0.25 * RESIZE and f"{tries} sizes tried" in lines[1]
+    # The teacher timed again beside it runs as when its own latency was measured: same footing, no note.
+    assert record["teacher_now_ms"] == 2.0 and record["paired_ratio_to_teacher"] == pytest.approx(kept) and "note" not in record
     # A target not under the teacher has nothing to match.
     assert add_matched_reference(measure, model, x, cost, 2.5, None, None, lines.append) is None
+    # The machine has changed since the teacher was measured (it now runs the teacher at 2.0 ms, not 1.5): a note says so.
+    measure.teacher_ms = 1.5
+    moved = add_matched_reference(measure, model, x, cost, 0.375, None, None, lines.append)
+    assert "the teacher ran x1.33 its own latency" in moved["note"] and moved["note"] == lines[-1]

@@ -39,8 +39,10 @@ def test_the_trained_teacher_is_kept_and_reused(tmp_path):
         for (name, mine), theirs in zip(module.state_dict().items(), loaded.module.state_dict().values(), strict=True):
             assert torch.equal(mine, theirs), name
     assert load_model(str(tmp_path / "teacher.pt"), input_shape=(1, 3, 32, 32)).input_shape == (1, 3, 32, 32)
-    with pytest.raises(UserError, match="do not fit the model"):  # another architecture is refused in one line
-        load_model("resnet34", weights=str(tmp_path / "teacher.pt"))
+    with pytest.raises(UserError, match=r"was trained as resnet18 \(10 classes\), not resnet34; pass -m "):
+        load_model("resnet34", weights=str(tmp_path / "teacher.pt"))  # another architecture: what it was trained as
+    with pytest.raises(UserError, match="is a teacher trained by search --train-teacher; pass it as the model itself"):
+        load_model("hwcompress.model.embedded:resnet20", weights=str(tmp_path / "teacher.pt"))  # not a torchvision name
 
 
 def test_search_trains_a_torchvision_teacher_first(tmp_path):

@@ -56,7 +56,7 @@ COMPARE_SCHEMA = "hwcompress.compare/1"
 
 #: The confidence asked of :func:`median_interval` (met by 5 rounds and more).
 INTERVAL_CONFIDENCE = 0.9
-#: A paired measurement whose teacher ran this many times slower than its reference fell in a slow spell
+#: A paired measurement whose reference model ran this many times slower than its own latency fell in a slow spell
 #: (the machine's ordinary drift stays within 10-15%; a spell is 1.5-1.9x).
 SPELL = 1.25
 #: The pauses before each new try of a measurement that fell in a slow spell (spells last seconds), in
@@ -135,12 +135,13 @@ class Reference:
 
 
 class PairedMeasurement:
-    """Measure students on the device as ratios to their teacher, in interleaved rounds.
+    """Measure students on the device as ratios to a reference model (the teacher, or one of their size), in
+    interleaved rounds.
 
     A shared machine's speed wanders by 10% and more within minutes (measured here: a student timed at
-    1.14 ms ran at 1.29 ms a few minutes later, the teacher moving with it). Timing the student and the
-    teacher alternately and taking the median of the per-round ratios cancels that drift; the ratio
-    times the teacher's reference latency is the student's latency on the same footing as the budget.
+    1.14 ms ran at 1.29 ms a few minutes later, the teacher moving with it). Timing the student and a
+    reference alternately and taking the median of the per-round ratios cancels that drift as far as the
+    two drift together; the ratio times the reference's own latency is the student's latency.
 
     Constructing it exports the teacher once. ``teacher_measured`` is the reference: given (a resumed
     search reuses its saved one), or measured now in ``reference_rounds`` rounds (their median, with
@@ -205,7 +206,7 @@ class PairedMeasurement:
         if len(self.references) == 1:
             return self.references[0]
         probe = self.profiler.measure(artifact, replace(self.settings, per_layer=False)).latency.median
-        return min(self.references, key=lambda r: abs(math.log(max(probe, 1e-9) / r.ms)))
+        return min(self.references, key=lambda r: abs(math.log(max(probe, 1e-9) / max(r.ms, 1e-9))))
 
     def _measure_reference(self, rounds: int, max_abs_diff: float | None, artifact: ModelArtifact | None = None) -> dict[str, Any]:
         """A reference's measurement (the teacher's unless ``artifact``): ``rounds`` rounds, and as many again
@@ -248,7 +249,7 @@ class PairedMeasurement:
         asked = rounds or self.rounds
         artifact = ModelArtifact(path, self.input_shape, module, name)
         reference = self.nearest_reference(artifact)
-        scale = reference.ms
+        scale = reference.ms if reference.ms > 0 else 1.0  # (a profiler that timed nothing: the ratio itself)
         pair = [artifact, reference.artifact]
         limit = None if decide_ms is None else decide_ms / scale
         tries = [self._paired_rounds(pair, asked, limit, max_rounds)]

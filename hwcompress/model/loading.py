@@ -105,26 +105,12 @@ def load_model(
         size = _TORCHVISION_SIZES.get(spec, 224)
         loaded = LoadedModel(spec, module, None, input_shape or (1, 3, size, size), "torchvision")
     if weights:
-        trained = _trained_teacher_file(weights)
-        if trained is not None and loaded.source == "torchvision":  # its classifier sized as it was trained
-            return _trained_teacher(trained, Path(weights), input_shape, arch=spec)
-        _load_weights(loaded.module, weights)
+        state = _read_weights(weights)
+        if isinstance(state, dict) and state.get("format") == TEACHER_FORMAT and loaded.source == "torchvision":
+            return _trained_teacher(state, Path(weights), input_shape, arch=spec)  # its classifier sized as it was trained
+        _load_weights(loaded.module, weights, state)
     loaded.module.eval()
     return loaded
-
-
-def _trained_teacher_file(weights: str) -> dict[str, Any] | None:
-    """The document of a ``teacher.pt`` that ``search --train-teacher`` wrote, or None for any other file."""
-    import torch
-
-    path = Path(weights)
-    if not path.is_file():
-        return None  # _load_weights says so
-    try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - _load_weights reads it again and says what is wrong
-        return None
-    return document if isinstance(document, dict) and document.get("format") == TEACHER_FORMAT else None
 
 
 def resolve_model(
@@ -205,16 +191,22 @@ def _load_checkpoint(path: Path, input_shape: tuple[int, ...] | None) -> LoadedM
 def _trained_teacher(document: dict[str, Any], path: Path, input_shape: tuple[int, ...] | None,
                      arch: str | None = None) -> LoadedModel:
     """The teacher a search trained with ``--train-teacher`` (its ``teacher.pt``), with its classifier's size;
-    ``arch``: the architecture the user named (its weights must fit it), else the one it was trained as."""
+    ``arch``: the architecture named with it (``-m ARCH --weights FILE``), which must be the one it was trained as."""
     recipe = document.get("recipe") or {}
     if not isinstance(recipe.get("arch"), str) or not isinstance(recipe.get("num_classes"), int):
         raise UserError(f"{path} is a trained teacher without its recipe (arch, num_classes); train it again with --train-teacher")
-    arch = arch or recipe["arch"]
+    if arch is not None and arch != recipe["arch"]:
+        raise UserError(f"{path} was trained as {recipe['arch']} ({recipe['num_classes']} classes), not {arch}; "
+                        f"pass -m {path} (or -m {recipe['arch']} --weights {path})")
+    arch = recipe["arch"]
+    if not isinstance(document.get("state_dict"), dict):
+        raise UserError(f"{path} is a trained teacher without its weights (state_dict); train it again with --train-teacher")
     module = build_torchvision(arch, recipe["num_classes"])
-    _apply_state_dict(module, document.get("state_dict"), str(path))
+    _apply_state_dict(module, document["state_dict"], str(path))
     module.eval()
-    shape = input_shape or tuple(recipe.get("input_shape") or (1, 3, 224, 224))
-    meta = {"arch": arch, "trained": document.get("report"), "input_shape": list(shape)}
+    recorded = recipe.get("input_shape")  # the size it was trained at, when its recipe says
+    shape = input_shape or tuple(recorded or (1, 3, 224, 224))
+    meta = {"arch": arch, "trained": document.get("report"), **({"input_shape": list(recorded)} if recorded else {})}
     return LoadedModel(arch, module, None, shape, "checkpoint", meta)
 
 
@@ -226,19 +218,27 @@ def _apply_state_dict(module: Any, state: Any, where: str) -> None:
         raise UserError(f"weights in {where} do not fit the model: {first}") from None
 
 
-def _load_weights(module: Any, weights: str) -> None:
+def _load_weights(module: Any, weights: str, state: Any = None) -> None:
+    """Load a ``--weights`` file (or its contents, ``state``, already read) into ``module``."""
+    state = _read_weights(weights) if state is None else state
+    if isinstance(state, dict) and state.get("format") == TEACHER_FORMAT:
+        raise UserError(f"{weights} is a teacher trained by search --train-teacher; pass it as the model itself: -m {weights}")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    _apply_state_dict(module, state, weights)
+
+
+def _read_weights(weights: str) -> Any:
+    """The contents of a ``--weights`` file (tensors only: ``weights_only``)."""
     import torch
 
     path = Path(weights)
     if not path.is_file():
         raise UserError(f"weights file {weights} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"cannot read weights file {weights}: {type(error).__name__}: {error}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    _apply_state_dict(module, state, weights)
 
 
 def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:

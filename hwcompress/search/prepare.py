@@ -385,8 +385,13 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
             if saved.get("matched_reference"):
                 matched = add_matched_reference(measure, module, example, cost_model, budget.target, quantized,
                                                 saved["matched_reference"], log)
+            if (matched is not None) != (config.reference == "matched"):
+                notes.append(f"students are timed beside {'a size-matched reference' if matched else 'the teacher alone'}, as "
+                             f"the interrupted run's anchors were; --reference {config.reference} applies to a new run")
         elif config.reference == "matched":
             matched = add_matched_reference(measure, module, example, cost_model, budget.target, quantized, None, log)
+        if matched is not None and matched.get("note"):
+            notes.append(matched["note"])
         if matched is not None:
             notes.append(f"students are timed beside the teacher or a uniform student at {matched['predicted_share']:.2f}x of it "
                          f"({matched['measured']['median']:.3f} ms measured on its own), whichever is nearer their size "

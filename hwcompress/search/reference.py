@@ -15,8 +15,10 @@ student is then timed beside whichever of the two is nearer its size.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Callable
 
+from hwcompress.measure.compare import measure_interleaved
 from hwcompress.search.scoring import build_student
 
 #: The name the size-matched reference goes by in measurements and reports.
@@ -25,6 +27,8 @@ NAME = "size-matched reference"
 #: by the measured error (the cost model before its anchors: a uniform resnet18 at 64 px predicted at 0.29x
 #: of the teacher measured 0.18x).
 RESIZE = 1.25
+#: The teacher timed beside the reference further than this factor from its own latency: the note of :func:`footing`.
+FOOTING = 1.15
 #: At most this many sizes are tried (each measured on its own: a small model, well under a second).
 SIZES = 3
 
@@ -55,8 +59,9 @@ def add_matched_reference(measure: Any, teacher: Any, example: Any, cost_model: 
     if not 0 < wanted < 1:
         return None
     teacher_cost = cost_model.teacher_cost()
+    log(f"measuring a {NAME} (a uniform student near the budget, on its own, as the teacher was)")
     tries: list[tuple[dict[str, int], float, Any, dict[str, Any]]] = []
-    aims: list[tuple[float, float]] = []  # (the share the cost model was asked for, the share measured), in logs
+    points: list[tuple[float, float]] = []  # (the predicted share of each try, its measured share), in logs
     aim = wanted
     for _ in range(SIZES):  # sized by the prediction; again while the measurement puts it far from the budget
         keep = cost_model.scaled_policy(cost_model.full_policy(), teacher_cost * aim)
@@ -65,24 +70,44 @@ def add_matched_reference(measure: Any, teacher: Any, example: Any, cost_model: 
         module = build_student(teacher, example, keep)
         artifact = measure.artifact(module, NAME, _file(module, quantized, f"matched-reference-{len(tries)}"))
         measured = measure.measure_alone(artifact)
-        tries.append((keep, cost_model.cost(keep) / teacher_cost, artifact, measured))
+        predicted = cost_model.cost(keep) / teacher_cost
+        tries.append((keep, predicted, artifact, measured))
         got = measured["median"] / measure.teacher_ms
-        if abs(math.log(got / wanted)) <= math.log(RESIZE):
+        if abs(math.log(got / wanted)) <= math.log(RESIZE) or predicted <= 0 or got <= 0:
             break
-        aims.append((math.log(aim), math.log(got)))
-        slope = 1.0  # how the measured share moves with the asked one: from the last two tries (a secant), else 1
-        if len(aims) >= 2 and aims[-1][0] != aims[-2][0]:
-            slope = min(5.0, max(0.2, (aims[-1][1] - aims[-2][1]) / (aims[-1][0] - aims[-2][0])))
-        aim = min(1.0, math.exp(aims[-1][0] + (math.log(wanted) - aims[-1][1]) / slope))
+        points.append((math.log(predicted), math.log(got)))
+        slope = 1.0  # how the measured share moves with the predicted one: from the last two tries (a secant), else 1
+        if len(points) >= 2 and points[-1][0] != points[-2][0]:
+            slope = (points[-1][1] - points[-2][1]) / (points[-1][0] - points[-2][0])
+            if slope <= 0:  # noise, or students that stop getting faster: no direction to follow
+                break
+        aim = min(1.0, math.exp(points[-1][0] + (math.log(wanted) - points[-1][1]) / min(5.0, max(0.2, slope))))
     keep, share, artifact, measured = min(tries, key=lambda t: abs(math.log(t[3]["median"] / measure.teacher_ms / wanted)))
     measure.add_reference(artifact.module, NAME, artifact.onnx_path, measured)
     log(f"{NAME}: a uniform student predicted at {share:.2f}x the teacher" + (" (in int8)" if quantized is not None else "")
         + f", measured at {measured['median']:.3f} ms ({measured['median'] / measure.teacher_ms:.2f}x; the budget's target is "
         f"{wanted:.2f}x" + (f", {len(tries)} sizes tried" if len(tries) > 1 else "") + "); students near its size are timed "
         "beside it instead of the teacher")
-    return {"keep": dict(keep), "predicted_share": round(share, 4), "measured": measured, "sizes_tried": len(tries)}
+    record = {"keep": dict(keep), "predicted_share": round(share, 4), "measured": measured, "sizes_tried": len(tries)}
+    return {**record, **footing(measure, artifact, log)}
 
 
+def footing(measure: Any, artifact: Any, log: Callable[[str], None], rounds: int = 3) -> dict[str, Any]:
+    """The teacher timed again beside the reference: whether the machine still runs it as when its own latency
+    was measured (before the LUT was recorded, or by the interrupted run). The two scales of the verdicts, the
+    teacher's latency and the reference's, are only on one footing when it does; a note says when it does not."""
+    reference, teacher = measure_interleaved(measure.profiler, [artifact, measure.references[0].artifact], measure.settings, rounds)
+    teacher_now = statistics.median(m.latency.median for m in teacher)
+    ratio = statistics.median(r.latency.median / t.latency.median for r, t in zip(reference, teacher))
+    record: dict[str, Any] = {"teacher_now_ms": teacher_now, "paired_ratio_to_teacher": ratio}
+    drift = teacher_now / measure.teacher_ms
+    if abs(math.log(drift)) > math.log(FOOTING):
+        record["note"] = (f"the teacher ran x{drift:.2f} its own latency when the {NAME} was measured ({teacher_now:.3f} against "
+                          f"{measure.teacher_ms:.3f} ms): the machine is not as it was when the budget was set, so students "
+                          "timed beside the reference and beside the teacher stand on different footings; a quieter machine "
+                          "(or --reference teacher) keeps one")
+        log(record["note"])
+    return record
 def _file(module: Any, quantized: Any, name: str = "matched-reference") -> Any:
     """The file the reference is timed from: its int8 model when the students are quantized; None: exported in float."""
     if quantized is None:
