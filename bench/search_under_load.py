@@ -9,7 +9,9 @@ student file is timed on its own in 15 sessions: its quiet latency. Per search i
 quiet latency and their ratio; per mode the mean and the range of that ratio. A verdict that keeps to the
 quiet latency under load is what the search promised the user.
 
-    python bench/search_under_load.py [--runs 2] [--latency-ratio 0.3] [--teacher TEACHER.pt --input-shape 1,3,64,64]
+    python bench/search_under_load.py [--runs 2] [--latency-ratio 0.3] [--teacher TEACHER.pt --input-shape 1,3,64,64] [--quiet-only]
+
+``--quiet-only`` leaves the hog off: the two modes on a quiet machine, where they should agree.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from verdict_stability import Load  # noqa: E402 - the same hog, pinned to the s
 MODES = ("teacher", "matched")
 
 
-def search(out: Path, mode: str, teacher_args: list[str], ratio: float, episodes: int, load: Load) -> dict:
+def search(out: Path, mode: str, teacher_args: list[str], ratio: float, episodes: int, load: Load | None) -> dict:
     command = ["taskset", "-c", "0", sys.executable, "-m", "hwcompress", "search", *teacher_args, "--latency-ratio", str(ratio),
                "--episodes", str(episodes), "--finetune-epochs", "0.3", "--no-plots", "--reference", mode, "-o", str(out)]
     started = time.perf_counter()
@@ -40,11 +42,12 @@ def search(out: Path, mode: str, teacher_args: list[str], ratio: float, episodes
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if "cost model anchored" in line and hog_at is None:
+        if "cost model anchored" in line and hog_at is None and load is not None:
             load.on()
             hog_at = time.perf_counter() - started
     process.wait()
-    load.off()
+    if load is not None:
+        load.off()
     (out.parent / f"{out.name}.log").write_text("".join(lines))
     if process.returncode != 0:
         raise SystemExit(f"the search failed ({process.returncode}); its log: {out.parent / (out.name + '.log')}")
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--teacher", help="a teacher.pt from search --train-teacher (default: resnet18 trained here, 2 epochs)")
     parser.add_argument("--input-shape", default="1,3,64,64")
     parser.add_argument("--keep", help="keep the searches' folders here")
+    parser.add_argument("--quiet-only", action="store_true", help="no hog: both modes on a quiet machine")
     args = parser.parse_args()
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hwcompress-load-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,7 @@ def main() -> None:
         scratch.trained_teacher("resnet18", digits_splits(size=size), 2, 0, teacher.parent, print)  # writes teacher.pt
     teacher_args = ["-m", str(teacher), "--data", "digits", "--input-shape", args.input_shape]
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # the quiet timing on the searches' core
-    load = Load()
+    load = None if args.quiet_only else Load()
     rows = []
     for run in range(args.runs):
         for mode in MODES if run % 2 == 0 else MODES[::-1]:
@@ -106,7 +110,8 @@ def main() -> None:
             print(f"{mode:8s} run {run}: verdict {row['verdict_ms']:.3f} ms, quiet {quiet:.3f} ms (x{row['verdict_over_quiet']:.3f}); "
                   f"beside the {row['reference']}, which ran x{row['reference_slowdown']:.2f} its own latency; budget "
                   f"{row['budget_ms']:.3f} ms, met {row['budget_met']}, quiet/budget {row['quiet_over_budget']:.3f}", flush=True)
-    print(f"\nverdict / quiet latency of the student, {args.runs} searches per mode, a memory-bandwidth hog from the anchors on:")
+    condition = "no hog" if args.quiet_only else "a memory-bandwidth hog from the anchors on"
+    print(f"\nverdict / quiet latency of the student, {args.runs} searches per mode, {condition}:")
     for mode in MODES:
         ratios = [r["verdict_over_quiet"] for r in rows if r["mode"] == mode]
         over = [r["quiet_over_budget"] for r in rows if r["mode"] == mode]

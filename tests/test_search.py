@@ -259,6 +259,7 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     matched = doc["matched_reference"]
     assert 0 < matched["predicted_share"] < 1 and matched["measured_ms"] < doc["teacher"]["latency_ms"]
     assert len(matched["round_medians_ms"]) >= 3 and set(matched["keep"]) == {row["group"] for row in doc["policy"]}
+    assert 1 <= matched["sizes_tried"] <= 3 and matched["teacher_now_ms"] > matched["measured_ms"]
     reference = doc["student"]["latency"]["reference"]
     scale = matched["measured_ms"] if reference == "size-matched reference" else doc["teacher"]["latency_ms"]
     assert reference in ("size-matched reference", "teacher") and doc["student"]["latency"]["reference_ms"] == scale

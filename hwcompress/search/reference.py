@@ -46,8 +46,9 @@ def add_matched_reference(measure: Any, teacher: Any, example: Any, cost_model: 
         quantized: the search's quantized students, or None for float ones.
 
     Returns:
-        ``{"keep", "predicted_share", "measured"}`` to save, or None when the target is not under the
-        teacher (nothing to match).
+        ``{"keep", "predicted_share", "measured", "sizes_tried", "teacher_now_ms", "paired_ratio_to_teacher"}``
+        and ``"note"`` when the teacher ran far from its own latency (:func:`footing`), to save; or None when
+        the target is not under the teacher (nothing to match).
     """
     if saved is not None:
         keep, share = {k: int(v) for k, v in saved["keep"].items()}, float(saved["predicted_share"])
