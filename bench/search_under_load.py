@@ -56,18 +56,18 @@ def search(out: Path, mode: str, teacher_args: list[str], ratio: float, episodes
 
 
 def quiet_latency(path: Path, rounds: int = 15) -> float:
-    import onnx
-
     from hwcompress.devices import resolve_device
     from hwcompress.measure.compare import measure_interleaved
     from hwcompress.measure.contract import ModelArtifact
     from hwcompress.measure.resolve import make_settings, resolve_timing
+    from hwcompress.model.loading import load_model
 
-    dims = tuple(d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim)
+    student = load_model(str(path))  # the file's own input shape
     descriptor = resolve_device("cpu")
     timing = resolve_timing(descriptor)
     settings = make_settings(descriptor, per_layer=False)
-    runs = measure_interleaved(timing.profiler, [ModelArtifact(path, dims, None, "student")], settings, rounds)[0]
+    runs = measure_interleaved(timing.profiler, [ModelArtifact(student.onnx_path, student.input_shape, None, "student")],
+                               settings, rounds)[0]
     return statistics.median(m.latency.median for m in runs)
 
 

@@ -113,6 +113,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
       hwcompress search --macs 4e7 --episodes 200 --seed 1
       hwcompress search --latency-ratio 0.35 --quantize int8   # int8 student, pruned to meet the budget
       hwcompress search --latency-ratio 0.35 --quantize mixed  # int8 or float per group, chosen by AMC
+      hwcompress search --latency-ratio 0.6 --reference teacher  # time every student beside the teacher
       hwcompress search --resume hwcompress-out                # continue an interrupted run
       hwcompress search --resume hwcompress-out --episodes 200 # ... and give it more episodes
       hwcompress search --policy hwcompress-out/policy.json -o again   # re-apply a policy, no search

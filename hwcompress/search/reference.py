@@ -18,7 +18,7 @@ import math
 import statistics
 from typing import Any, Callable
 
-from hwcompress.measure.compare import measure_interleaved
+from hwcompress.measure.compare import measure_interleaved, paired_ratios
 from hwcompress.search.scoring import build_student
 
 #: The name the size-matched reference goes by in measurements and reports.
@@ -99,7 +99,7 @@ def footing(measure: Any, artifact: Any, log: Callable[[str], None], rounds: int
     teacher's latency and the reference's, are only on one footing when it does; a note says when it does not."""
     reference, teacher = measure_interleaved(measure.profiler, [artifact, measure.references[0].artifact], measure.settings, rounds)
     teacher_now = statistics.median(m.latency.median for m in teacher)
-    ratio = statistics.median(r.latency.median / t.latency.median for r, t in zip(reference, teacher))
+    ratio = statistics.median(paired_ratios(reference, teacher))
     record: dict[str, Any] = {"teacher_now_ms": teacher_now, "paired_ratio_to_teacher": ratio}
     drift = teacher_now / measure.teacher_ms
     if abs(math.log(drift)) > math.log(FOOTING):
