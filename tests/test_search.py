@@ -455,7 +455,9 @@ def test_a_smallest_student_slower_than_the_teacher_gets_the_uniform_one_measure
     faster; nothing is refused on that account."""
     from hwcompress.search.prepare import prepare
 
-    given = _measured_as(monkeypatch, {"smallest": 1.2})
+    # The uniform student is given a latency too: on the tiny model a real one at 0.8x can measure as slow as
+    # the teacher on a busy machine and be left out as noise, which is not what this test is about.
+    given = _measured_as(monkeypatch, {"smallest": 1.2, "uniform": 0.75})
     prepared = prepare(_config(tmp_path, budget=Budget.latency_ratio(0.8), out=None), log=lambda _: None)
     assert [a["name"] for a in prepared.anchors] == ["uniform at the budget", "teacher"]
     assert prepared.anchors[0]["measured_ms"] == pytest.approx(given["uniform"][-1], abs=1e-5)
