@@ -296,6 +296,39 @@ def test_the_recorder_times_every_configuration_in_every_precision(int8_lut):
     assert detail.total_ms == pytest.approx(detail.calibration["measured_ms"], rel=1e-6)
 
 
+def test_the_transitions_rate_is_taken_against_the_table_as_it_stands(int8_lut):
+    """The transitions record keeps its mixed model's layers: its rate is what that model measured beyond
+    its prediction without the term, per element crossing, against the entries as they now are. Entries
+    timed again later (here: those of the mixed model's float layers 1.5x slower, the calibrations re-summed
+    with them) move the rate, not the prediction of the model it was measured on."""
+    from hwcompress.lut.keys import LayerConfig, spec_from_record
+
+    table = LatencyTable.load(int8_lut)
+    record = next(m for m in table.models if m.get("precision") == "transitions")
+    mixed = [spec_from_record(r) for r in record["specs"]]
+    assert {getattr(s, "precision", None) for s in mixed} == {None, "int8"}
+    assert table.predictor.current_transition_rate(record) == pytest.approx(record["ms_per_element"], rel=1e-6, abs=1e-12)
+    own = table.predict_detail(mixed).total_ms
+    if record["ms_per_element"] > 0:  # measured above its prediction without the term: the term closes the gap
+        assert own == pytest.approx(record["measured_ms"], rel=1e-6)
+    floats = {LayerConfig.from_spec(s).key() for s in mixed if getattr(s, "precision", None) is None and LayerConfig.from_spec(s)}
+    slowed = [entry for entry in table.entries.values() if entry.config.key() in floats]
+    assert slowed
+    for entry in slowed:
+        entry.median *= 1.5
+    table.invalidate()
+    detail = table.predict_detail(mixed)
+    rate = table.predictor.current_transition_rate(record)
+    without = detail.total_ms - detail.offset_ms
+    assert without != pytest.approx(record["layer_sum_ms"], rel=1e-3)  # the float part now prices higher
+    assert rate == pytest.approx(max(record["measured_ms"] - without, 0.0) / record["transition_elements"], rel=1e-6, abs=1e-12)
+    assert detail.offset_ms == pytest.approx(rate * record["transition_elements"], rel=1e-6, abs=1e-9)
+    if rate > 0:
+        assert detail.total_ms == pytest.approx(record["measured_ms"], rel=1e-6)
+    legacy = {k: v for k, v in record.items() if k != "specs"}  # recorded before: the stored rate
+    assert table.predictor.current_transition_rate(legacy) == record["ms_per_element"]
+
+
 def test_merging_keeps_each_precisions_calibration(int8_lut):
     """One model's fp32, int8 and transitions records are three calibrations: merging a table that holds
     all three into one that holds only the fp32 one keeps all three (they once overwrote each other)."""

@@ -180,7 +180,11 @@ class TablePredictor:
         overhead = table.provenance.get("kernel_overhead_ms") if table.timing == TIMING_KERNELS else None
         self.kernel_overhead_ms = float(overhead) if isinstance(overhead, (int, float)) and math.isfinite(overhead) and overhead > 0 else 0.0
         self._blocked_price: dict[str, float] = {}
+        #: Calibration records as predictions read them, and transition rates, by record (summed against
+        #: the table as it stands: :meth:`current_calibration`, :meth:`current_transition_rate`).
         self._current: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._rates: dict[int, tuple[dict[str, Any], float]] = {}
+        self._pricing_transitions = False  # set while a transitions record is priced without its own term
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -458,6 +462,32 @@ class TablePredictor:
         self._current[id(model)] = (model, current)
         return current
 
+    def current_transition_rate(self, model: dict[str, Any]) -> float:
+        """The rate of a ``transitions`` record (ms per element crossing a change of precision) against the
+        table as it stands, where the record stores its mixed model's layers (recorded since 2026-11-28);
+        as stored otherwise.
+
+        The rate is what the mixed model measured beyond its prediction without it, per element crossing;
+        entries recorded, merged or timed again later, and calibrations summed again, move that prediction,
+        and a stored rate would then price the changes with what the float and int8 parts now explain or
+        miss. It never goes below zero (as when recorded)."""
+        hit = self._rates.get(id(model))
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        rate = float(model.get("ms_per_element") or 0.0)
+        rows, elements, measured = model.get("specs"), model.get("transition_elements"), model.get("measured_ms")
+        if rows and elements and measured:
+            self._pricing_transitions = True  # the prediction without the term this record gives
+            try:
+                detail = self.predict_detail([spec_from_record(r) for r in rows])
+                rate = max(float(measured) - (detail.total_ms - detail.offset_ms), 0.0) / float(elements)
+            except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored rate
+                pass
+            finally:
+                self._pricing_transitions = False
+        self._rates[id(model)] = (model, rate)
+        return rate
+
     def point_sum_and_ratio(self, specs: Sequence[LayerSpec], measured_ms: float) -> tuple[float, float]:
         """A calibration point of a model whose layers are ``specs``, measured whole at ``measured_ms``: the
         sum its ratio is read at and the ratio, as the table now prices the layers. Layers priced as timed
@@ -624,7 +654,7 @@ class TablePredictor:
                 offset += share * (float(model["measured_ms"]) - float(model["layer_sum_ms"]))
         per_layer = {name: ms * scales[precision_of.get(name)] for name, ms in raw.items()}
         total = max(sum(per_layer.values()) + offset, 0.0)
-        if len(sums) > 1:
+        if len(sums) > 1 and not self._pricing_transitions:
             offset += transition_rate(self.table, specs) * transition_elements(specs, precision_of)
             total = max(sum(per_layer.values()) + offset, 0.0)
         main = max(sums, key=lambda p: sums[p])
@@ -684,17 +714,18 @@ def transition_elements(specs: Sequence[LayerSpec], precision_of: dict[str, str 
 def transition_rate(table: Any, specs: Sequence[LayerSpec]) -> float:
     """Milliseconds per element crossing a change of precision, from the ``transitions`` record of the
     recorded model whose layer shapes overlap ``specs`` most (what a change costs depends on the
-    network: 3x3 convolutions at 56x56 convert other tensors than depthwise ones at 112x112), else 0."""
+    network: 3x3 convolutions at 56x56 convert other tensors than depthwise ones at 112x112), else 0;
+    taken against the table as it stands (:meth:`TablePredictor.current_transition_rate`)."""
     families = {c.with_precision(None).family() for c in (LayerConfig.from_spec(s) for s in specs) if c is not None}
-    best, best_score = 0.0, 0.0
+    best, best_score = None, 0.0
     for model in table.models:
         recorded = set(model.get("families") or [])
         if model.get("precision") != TRANSITIONS or not recorded or not families:
             continue
         score = len(recorded & families) / len(recorded | families)
         if score > best_score:
-            best, best_score = float(model.get("ms_per_element") or 0.0), score
-    return best
+            best, best_score = model, score
+    return 0.0 if best is None else table.predictor.current_transition_rate(best)
 
 
 def ratio_digits(ratio: float) -> float:

@@ -33,7 +33,7 @@ from hwcompress.lut.calibration import (
     measure_kernel_overhead,
     record_with_calibration,
 )
-from hwcompress.lut.keys import TRANSITIONS, at_precision
+from hwcompress.lut.keys import TRANSITIONS, at_precision, spec_record
 from hwcompress.lut.plan import PLAN_SCHEMA
 from hwcompress.lut.predict import ratio_digits, transition_elements
 from hwcompress.lut.recorder import (
@@ -263,6 +263,9 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
         "input_shape": list(artifact.input_shape), "measured_ms": measured, "layer_sum_ms": round(predicted, 6),
         "scale": ratio_digits(measured / predicted) if predicted > 0 else 1.0, "float_layers": len(specs) - len(int8),
         "transition_elements": elements, "ms_per_element": rate, "date": _now(),
+        # The mixed model's layers, so that predictions take the rate against the table as it stands
+        # (TablePredictor.current_transition_rate), as calibrations are summed again.
+        "specs": [spec_record(spec) for spec in specs],
     })
 
 
