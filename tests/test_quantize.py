@@ -5,10 +5,7 @@ that write a deployable int8 student. Real ONNX Runtime sessions on tiny models 
 
 from __future__ import annotations
 
-import functools
 import json
-import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from hwcompress.errors import UserError
 from hwcompress.lut.keys import LayerConfig, LutEntry, at_precision
 from hwcompress.lut.record import record_lut
 from hwcompress.lut.table import LatencyTable
-from hwcompress.measure.contract import ModelArtifact, ProfileSettings
+from hwcompress.measure.contract import ProfileSettings
 from hwcompress.model.analysis import analyze
 from hwcompress.model.data import resolve_data
 from hwcompress.model.embedded import resnet_cifar
@@ -37,6 +34,7 @@ from hwcompress.search.scoring import recalibrate_batchnorm
 from hwcompress.slim.fake_quant import fake_quantized
 from hwcompress.slim.pruning import find_channel_groups
 from hwcompress.slim.quantize import QdqGraph, calibration_inputs, int8_layers_of, onnx_logits, quantize_module
+from tests.timing import measured_as
 
 SHAPE = (1, 3, 32, 32)
 SETTINGS = ProfileSettings(runs=3, warmup=1, threads=1, per_layer=False)
@@ -454,7 +452,8 @@ def test_quantized_searches_anchor_on_three_students_unless_told():
         SearchConfig(budget=budget, anchors=4)
 
 
-def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_the_fit(tmp_path, int8_lut, monkeypatch):
+def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_the_fit(tmp_path, int8_lut, monkeypatch,
+                                                                                      int8_measured):
     """--quantize profiles students layer by layer with ONNX Runtime's node profiler and fits each layer's
     int8 time; the anchors map that fit onto measured students; a resumed run reads the fit back and
     profiles nothing."""
@@ -474,10 +473,11 @@ def test_a_quantized_search_fits_its_cost_model_in_context_and_a_resume_reuses_t
     fitted = prepared.context
     assert len(profiled) == 4 * context_module.PASSES and fitted.students == 4
     # The node profiler's own cost is taken out: each profile's nodes sum to its whole-model median at most.
-    assert all(r.total_ms <= r.whole_ms * (1 + 1e-9) for r in results) and fitted.profiler_overhead_ms_per_node > 0
+    # (Its sign is a kernel sum against a median timed apart, which a busy moment can turn: not asserted.)
+    assert all(r.total_ms <= r.whole_ms * (1 + 1e-9) for r in results) and fitted.profiler_overhead_ms_per_node >= 0
     int8 = set(prepared.quantized.plan.int8_layers)
     assert int8 and {(name, "int8") for name in int8} <= set(fitted.lines)
-    assert all(a >= 0 and b >= 0 for a, b in fitted.lines.values()) and fitted.other_ms["int8"] > 0
+    assert all(a >= 0 and b >= 0 for a, b in fitted.lines.values()) and fitted.other_ms["int8"] >= 0
     curve = prepared.cost_model.latency_of
     assert isinstance(curve, AnchoredLatency) and curve.raw is fitted
     teacher_rows = prepared.cost_model.layers_for(prepared.cost_model.full_policy(), priced=True)
@@ -521,31 +521,22 @@ def test_cli_refusal_is_one_line(cli, tmp_path):
 
 # -- whole searches ---------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _int8_gain() -> float:
-    """The whole int8 ResNet-20's latency over the float one's on this CPU: the median of 7 paired rounds
-    (the LUT's two calibrations are timed minutes apart, and the machine's drift between them is no gain)."""
-    from hwcompress.measure.compare import measure_interleaved, paired_ratios
-
-    with tempfile.TemporaryDirectory() as folder:
-        fp32, result = quantize_module(resnet20().eval(), SHAPE, folder, random_inputs(SHAPE), check=False)
-        artifacts = [ModelArtifact(result.path, SHAPE, None, "int8"), ModelArtifact(fp32, SHAPE, None, "fp32")]
-        int8, float_ = measure_interleaved(ort_profiler(), artifacts, ProfileSettings(runs=20, warmup=3, threads=1), 7)
-    return statistics.median(paired_ratios(int8, float_))
+#: What the int8 searches below are given as measured, as fractions of the float teacher (tests/timing.py): the
+#: int8 teacher, its smallest student, the uniform one at the budget, the smallest float student (mixed), and
+#: the searched student's first measurement (under the acceptance line and within 95% of the 0.9x limit: no
+#: repair, no grow step). Measured for real, the int8 teacher ran at 0.78x of float on one CI Xeon and
+#: 0.85-0.9x on an EPYC, where a budget halfway between it and the teacher left 4-7% for the machine's noise.
+INT8_MEASURED = {"teacher-int8": 0.7, "smallest": 0.6, "uniform": 0.65, "smallest-fp32": 0.5, "candidate": 0.86}
 
 
-def _search_ratio() -> float:
-    """A budget (of the float teacher) halfway between the int8 teacher's reach and the float teacher, at
-    least 0.8x: int8 runs ResNet-20 at 0.78x of float on one CI Xeon, where a fixed 0.8x was once infeasible."""
-    gain = _int8_gain()
-    if gain > 0.9:
-        pytest.skip(f"int8 runs ResNet-20 at {gain:.2f}x of float on this CPU: no room for a reachable budget below the float teacher")
-    return round(max(0.8, (gain / (1 - 0.03) + 1) / 2), 3)
+@pytest.fixture
+def int8_measured(monkeypatch) -> dict:
+    return measured_as(monkeypatch, INT8_MEASURED)
 
 
 def _config(tmp_path, lut, quantize, **overrides):
     if "budget" not in overrides:
-        overrides = {**overrides, "budget": Budget.latency_ratio(_search_ratio())}
+        overrides = {**overrides, "budget": Budget.latency_ratio(0.9)}
     # The fit in context (on by default) is tested by the deployable-student search and its own test below;
     # the rest price with the LUT, which keeps the suite under its 10 minutes.
     base = dict(agent="amc", model=TINY, data="digits", episodes=3, warmup_episodes=1,
@@ -557,14 +548,14 @@ def _config(tmp_path, lut, quantize, **overrides):
 
 
 @pytest.mark.parametrize("quantize", ["int8", pytest.param("mixed", marks=pytest.mark.slow)])  # mixed: ~80 s on 2 cores
-def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, monkeypatch):
+def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, monkeypatch, int8_measured):
     from hwcompress.search import quantized as quantized_module
     from hwcompress.slim.quantize import onnx_accuracy
 
     if quantize == "mixed":  # the whole int8 teacher fits the budget and would be kept: the searched student is the subject
         monkeypatch.setattr(quantized_module, "prefer_whole_int8", lambda prepared, best, score, log: best)
     result = run_search(_config(tmp_path, int8_lut, quantize, context_students=None), progress=False)  # the default fit
-    assert result.report["cost_model_context"]["students"] == 6
+    assert result.report["cost_model_context"]["students"] == (6 if quantize == "int8" else 15)  # mixed: in int8, float, mixed
     out = tmp_path / "out"
     doc = json.loads((out / "result.json").read_text())
     assert doc["artifacts"]["onnx"] == "student.onnx" and doc["artifacts"]["onnx_fp32"] == "student_fp32.onnx"
@@ -619,12 +610,12 @@ def test_weights_keep_to_7_bits_on_a_device_without_vnni(tmp_path, int8_lut, mon
     assert weights and max(int(np.abs(w).max()) for w in weights) == 64
 
 
-def test_compress_api_takes_quantize(tmp_path, int8_lut):
+def test_compress_api_takes_quantize(tmp_path, int8_lut, int8_measured):
     import hwcompress
 
     # mixed through the API (the mixed CLI search is in the slow set): uniform searches it at all-int8,
     # priced through the per-precision anchored lines
-    result = hwcompress.compress(TINY, "digits", budget=Budget.latency_ratio(_search_ratio()), quantize="mixed", agent="uniform",
+    result = hwcompress.compress(TINY, "digits", budget=Budget.latency_ratio(0.9), quantize="mixed", agent="uniform",
                                  finetune_epochs=0, out=str(tmp_path / "api"), lut=str(int8_lut), runs=5, val_limit=32,
                                  plots=False)
     assert result.report["quantization"]["mode"] == "mixed" and (tmp_path / "api" / "student.onnx").exists()
@@ -813,7 +804,7 @@ def test_a_mixed_repair_re_anchors_the_per_precision_prediction(int8_lut):
     assert cost.cost(half) == pytest.approx(before["half"] * 1.2)
 
 
-def test_n2n_searches_int8_students(tmp_path, int8_lut, monkeypatch):
+def test_n2n_searches_int8_students(tmp_path, int8_lut, monkeypatch, int8_measured):
     """N2N with --quantize int8: its students are priced in int8 on the int8-anchored line, the final
     one is the deployable Q/DQ model, scored as ONNX Runtime runs it; mixed is refused in one line."""
     import hwcompress_profiler_onnxruntime as ort_plugin

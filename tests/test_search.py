@@ -20,6 +20,7 @@ from hwcompress.search.cost import CostModel
 from hwcompress.search.prepare import BudgetAlreadyMet
 from hwcompress.search.run import apply_policy, resume_search, run_search
 from hwcompress.slim.pruning import find_channel_groups, prune_channels
+from tests.timing import measured_as
 
 SHAPE = (1, 3, 32, 32)
 TINY = "hwcompress.model.embedded:resnet20"
@@ -257,9 +258,11 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio"] > 0
     # Timed beside the reference nearest its size: the uniform student at the budget, measured on its own at the start.
     matched = doc["matched_reference"]
-    assert 0 < matched["predicted_share"] < 1 and matched["measured_ms"] < doc["teacher"]["latency_ms"]
+    # Faster than the teacher in the same rounds (the footing check's; solo times taken minutes apart are not
+    # compared: a busy moment on a shared machine can turn their order).
+    assert 0 < matched["predicted_share"] < 1 and 0 < matched["paired_ratio_to_teacher"] < 1
     assert len(matched["round_medians_ms"]) >= 3 and set(matched["keep"]) == {row["group"] for row in doc["policy"]}
-    assert 1 <= matched["sizes_tried"] <= 3 and matched["teacher_now_ms"] > matched["measured_ms"]
+    assert 1 <= matched["sizes_tried"] <= 3 and matched["teacher_now_ms"] > 0 and matched["measured_ms"] > 0
     reference = doc["student"]["latency"]["reference"]
     scale = matched["measured_ms"] if reference == "size-matched reference" else doc["teacher"]["latency_ms"]
     assert reference in ("size-matched reference", "teacher") and doc["student"]["latency"]["reference_ms"] == scale
@@ -282,6 +285,13 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert doc["student"]["latency_ms"] < doc["budget_repairs"][0]["measured_ms"]
 
 
+#: The smallest student, the searched student's first measurement and the grown one's, as fractions of the teacher (limit 0.9x,
+#: acceptance line 0.8865x): well under, then under the line and within 95% of the limit (one grow step).
+#: Given, not taken: two real timings of a tiny model on a shared machine need not land where the grow
+#: step's logic is tested (tests/timing.py).
+GROWING = {"smallest": 0.5, "candidate": 0.6, "grown": 0.87}
+
+
 def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
     """With a cost model that predicts 40% too much, the searched student measures far under the budget;
     the grow step gives channels back and measures again, staying under the acceptance line. (The
@@ -291,6 +301,7 @@ def test_a_student_well_under_the_budget_grows_back(tmp_path, monkeypatch):
     The skew stops short of pricing the smallest student out of the budget: 1.6x of it would make the
     budget infeasible on a CPU where it measures over 0.55x of the teacher; it is 0.48-0.50x here.)"""
     _skew_cost_model(monkeypatch, 1.6, feasible_at=0.9 * (1 - 0.03))
+    measured_as(monkeypatch, GROWING)
     from hwcompress.measure.compare import PairedMeasurement
 
     asked: list = []
@@ -336,6 +347,7 @@ def test_a_grown_student_whose_verdict_meets_the_budget_is_kept(tmp_path, monkey
     """The same grow, with the grown student's measured verdict under the budget: it is the student
     reported and saved, one verdict, nothing undone."""
     _skew_cost_model(monkeypatch, 1.6, feasible_at=0.9 * (1 - 0.03))
+    measured_as(monkeypatch, GROWING)
     from hwcompress.measure.compare import PairedMeasurement
 
     verdicts: list = []
@@ -376,7 +388,9 @@ def test_a_grow_is_undone_only_when_its_measured_verdict_misses():
 
 def _inflate_smallest(monkeypatch, factor_of_target: float, which: set[int] | None, ratio: float = 0.8) -> list:
     """The measurements of the smallest student numbered in ``which`` (from 0; all, for None) read
-    ``factor_of_target`` x the search target of a ``ratio`` x budget; returns the medians the anchors were given."""
+    ``factor_of_target`` x the search target of a ``ratio`` x budget, the others half the teacher (about what
+    ResNet-20's measures here, given so that a busy moment cannot put it over the target); returns the
+    medians the anchors were given."""
     from hwcompress.measure.compare import PairedMeasurement
 
     given: list = []
@@ -384,8 +398,9 @@ def _inflate_smallest(monkeypatch, factor_of_target: float, which: set[int] | No
 
     def spy(self, module, name, *args, **kwargs):
         measured = real_measure(self, module, name, *args, **kwargs)
-        if name == "smallest" and (which is None or len(given) in which):
-            measured = {**measured, "median": factor_of_target * ratio * (1 - 0.03) * self.teacher_ms}
+        if name == "smallest":
+            inflated = which is None or len(given) in which
+            measured = {**measured, "median": (factor_of_target * ratio * (1 - 0.03) if inflated else 0.5) * self.teacher_ms}
         if name == "smallest":
             given.append(measured["median"])
         return measured
@@ -396,7 +411,7 @@ def _inflate_smallest(monkeypatch, factor_of_target: float, which: set[int] | No
 
 def test_a_budget_just_out_of_reach_is_measured_again_before_it_is_refused(tmp_path, monkeypatch):
     """One slow measurement of the smallest student put it 10% over the target: its anchors are measured
-    three times more and the middle one counts (one of the three slow too: the faster real one is the
+    three times more and the middle one counts (one of the three slow too: the faster one is the
     middle), so the budget (the smallest student measures about half the teacher) is searched, and the
     note says why the anchors were measured again."""
     from hwcompress.search.prepare import SECOND_LOOK_MEASUREMENTS, prepare
@@ -428,27 +443,6 @@ def test_a_budget_still_out_of_reach_after_the_second_look_is_refused_naming_it(
         assert len(far) == 1
 
 
-def _measured_as(monkeypatch, fractions: dict[str, float]) -> dict:
-    """The students named in ``fractions`` measure that fraction of the teacher (1.2: fewer channels stopped
-    paying); the others are measured for real. Returns the medians given, by name, in order, and the
-    teacher's reference under ``"teacher"``."""
-    from hwcompress.measure.compare import PairedMeasurement
-
-    given: dict = {}
-    real_measure = PairedMeasurement.__call__
-
-    def spy(self, module, name, *args, **kwargs):
-        measured = real_measure(self, module, name, *args, **kwargs)
-        if name in fractions:
-            measured = {**measured, "median": fractions[name] * self.teacher_ms}
-        given.setdefault(name, []).append(measured["median"])
-        given["teacher"] = [self.teacher_ms]
-        return measured
-
-    monkeypatch.setattr(PairedMeasurement, "__call__", spy)
-    return given
-
-
 def test_a_smallest_student_slower_than_the_teacher_gets_the_uniform_one_measured(tmp_path, monkeypatch):
     """The smallest student measured slower than the teacher: the uniform student at the target is measured
     too (two anchors were asked for), the line runs through it, and the note says the smallest measured no
@@ -457,7 +451,7 @@ def test_a_smallest_student_slower_than_the_teacher_gets_the_uniform_one_measure
 
     # The uniform student is given a latency too: on the tiny model a real one at 0.8x can measure as slow as
     # the teacher on a busy machine and be left out as noise, which is not what this test is about.
-    given = _measured_as(monkeypatch, {"smallest": 1.2, "uniform": 0.75})
+    given = measured_as(monkeypatch, {"smallest": 1.2, "uniform": 0.75})
     prepared = prepare(_config(tmp_path, budget=Budget.latency_ratio(0.8), out=None), log=lambda _: None)
     assert [a["name"] for a in prepared.anchors] == ["uniform at the budget", "teacher"]
     assert prepared.anchors[0]["measured_ms"] == pytest.approx(given["uniform"][-1], abs=1e-5)
@@ -470,14 +464,16 @@ def test_a_budget_the_teacher_meets_is_reported_without_a_second_look(tmp_path, 
     reported, without measuring the anchors three times more first."""
     from hwcompress.search.prepare import prepare
 
-    given = _measured_as(monkeypatch, {"smallest": 0.7})
-    prepare(_config(tmp_path, budget=Budget.latency_ratio(0.9), out=None), log=lambda _: None)
+    given = measured_as(monkeypatch, {"smallest": 0.7})
+    first = prepare(_config(tmp_path, budget=Budget.latency_ratio(0.9), out=None), log=lambda _: None)
     teacher = given["teacher"][0]
     given.clear()
-    # Limit 1.3x the teacher (met, with room for the teacher's next measurement), target 0.663x: the smallest
-    # (0.7x) within the second look's reach. It measured once.
+    # Limit 1.3x the teacher, target 0.663x: the smallest (0.7x) within the second look's reach. It measured
+    # once. The teacher's reference is the first run's (as a resumed run reuses it): measured again, a busy
+    # moment could put it over 1.3x and make the budget infeasible instead.
     with pytest.raises(BudgetAlreadyMet):
-        prepare(_config(tmp_path, budget=Budget.latency_ms(1.3 * teacher, margin=0.49), out=None), log=lambda _: None)
+        prepare(_config(tmp_path, budget=Budget.latency_ms(1.3 * teacher, margin=0.49), out=None),
+                saved={"teacher_reference": first.teacher_measured}, log=lambda _: None)
     assert len(given["smallest"]) == 1
 
 

@@ -261,6 +261,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
             "round_medians_ms": prepared.matched_reference["measured"].get("round_medians_ms"),
             "sizes_tried": prepared.matched_reference.get("sizes_tried"),
             "teacher_now_ms": prepared.matched_reference.get("teacher_now_ms"),
+            "paired_ratio_to_teacher": prepared.matched_reference.get("paired_ratio_to_teacher"),
             "keep": prepared.matched_reference["keep"]},
         # Every paired measurement of the run taken again after a slow spell of the machine (anchors, repairs, verdict).
         "slow_spells": list(getattr(prepared.measure, "spells", None) or []),
