@@ -97,6 +97,7 @@ def test_compare_cli_measures_and_writes_json(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
     assert doc["schema"] == "hwcompress.compare/1" and doc["source"] == "measured" and doc["rounds"] == 3
+    assert doc["competition"]["cores"] >= 1 and doc["competition"]["seconds"] > 0  # other processes, counted meanwhile
     small, large = doc["models"]
     assert doc["reference"] == small["name"] and small["ratio"] == 1.0
     assert large["params"] == 11_689_512 and small["params"] == sum(p.numel() for p in resnet20().parameters())

@@ -1052,16 +1052,24 @@ def test_a_calibration_checks_itself():
 def test_lut_show_warns_about_a_calibration_that_failed_its_checks(recorded, tmp_path, capsys):
     doc = json.loads(Path(recorded).read_text())
     assert isinstance(doc["models"][0]["checks"], list)  # recorded with its checks
-    # A half-width copy measured slower than the full model: the checks (re-evaluated on the calibration as
-    # predictions read it) flag it.
+    # What other processes on this machine took during the recording (hwcompress/measure/competition.py).
+    competition = doc["models"][0]["competition"]
+    from hwcompress.measure.competition import MIN_SECONDS
+
+    assert competition["cores"] >= 1 and competition["seconds"] > 0
+    assert (competition["other_cpu_cores"] is None) == (competition["seconds"] < MIN_SECONDS)  # too short to judge: None
+    # A half-width copy measured slower than the full model, and a recording beside a busy process: the checks
+    # (re-evaluated on the calibration as predictions read it) flag both.
     points = doc["models"][0]["points"]
     points[1]["measured_ms"] = points[0]["measured_ms"] * 1.5
+    doc["models"][0]["competition"] = {**competition, "other_cpu_cores": 1.2}
     path = tmp_path / "flagged.lut.json"
     path.write_text(json.dumps(doc))
     code, out, err = run_main(capsys, "lut", "show", str(path))
     assert code == 0, err
     text = " ".join((out + err).split())
     assert "measured slower" in text and "--passes 2" in text
+    assert "other processes kept 1.2 of the machine's" in text and "quieter machine" in text
 
 
 def test_a_rows_time_scale_charges_its_share(recorded):

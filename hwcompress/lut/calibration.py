@@ -18,6 +18,7 @@ from hwcompress.lut.checks import MONOTONE_SLACK, calibration_checks
 from hwcompress.lut.keys import TIMING_KERNELS, TIMING_SESSION, LayerConfig, spec_record
 from hwcompress.lut.recorder import Recorder, kernel_overhead
 from hwcompress.lut.table import LatencyTable, _now
+from hwcompress.measure.competition import watch
 from hwcompress.measure.contract import ProfileSettings
 
 #: Uniform preserve ratios of the pruned copies the calibration measures beside the full model.
@@ -32,8 +33,11 @@ def record_with_calibration(
     configs: Sequence[tuple[LayerConfig, Any]],
     passes: int,
     calibration: dict[str, Any] | None,
+    here: bool = True,
 ) -> None:
-    """Record ``configs``; with ``calibration``, time its whole models before, during and after."""
+    """Record ``configs``; with ``calibration``, time its whole models before, during and after. ``here``: the
+    device is this machine, whose other processes' share of the CPUs meanwhile the calibration records
+    (``competition``, :mod:`hwcompress.measure.competition`)."""
     if table.timing == TIMING_SESSION and not table.provenance.get("session_overhead_ms"):
         table.provenance["session_overhead_ms"] = round(recorder.session_overhead(), 6)
     if calibration is None:
@@ -48,15 +52,16 @@ def record_with_calibration(
 
     # The whole model (at each calibration width) is timed before, during and after its layers, so
     # that the calibration sees the same conditions (load, temperature, clocks) as the entries do.
-    between()
-    recorder.record(configs, passes=passes, every=max(10, len(configs) * max(1, passes) // 6), between=between)
-    between()
-    # Whole-model timings are repeated until the last ones agree and the widths order as they should
-    # (a few extra rounds at most): a busy moment during the recording must not become the calibration.
-    for _ in range(EXTRA_ROUNDS):
-        if not _unsettled(points):
-            break
+    with watch() as watched:  # and what other processes on this machine took meanwhile
         between()
+        recorder.record(configs, passes=passes, every=max(10, len(configs) * max(1, passes) // 6), between=between)
+        between()
+        # Whole-model timings are repeated until the last ones agree and the widths order as they should
+        # (a few extra rounds at most): a busy moment during the recording must not become the calibration.
+        for _ in range(EXTRA_ROUNDS):
+            if not _unsettled(points):
+                break
+            between()
     if (all(config.precision is None for config in calibration["configs"])
             and any(entry.kernels and entry.config.precision is None for entry in table.entries.values())):
         # Entries that count their kernels are priced net of the node profiler's cost, so the calibration
@@ -64,6 +69,8 @@ def record_with_calibration(
         measure_kernel_overhead(table, profiler, settings, points[0]["artifact"])
     record = calibration_record(table, calibration["input_shape"], calibration["name"], calibration["fingerprint"], points,
                                 calibration["configs"])
+    if here and watched.result is not None:
+        record["competition"] = watched.result.to_dict()
     record["checks"] = calibration_checks(record)
     table.models.append(record)
 

@@ -168,7 +168,8 @@ def record_lut(
                     "points": [point_at_precision(point, at, symmetric_table(table)) for point in exported],
                 }
             record_with_calibration(table, recorder, profiler, replace(settings, precision=timing_precision(table, precision)),
-                                    [(config.with_precision(at), template) for config, template in configs], passes, calibration)
+                                    [(config.with_precision(at), template) for config, template in configs], passes, calibration,
+                                    here=not getattr(descriptor, "remote", False))
             if calibration is not None and at is not None:
                 table.models[-1]["precision"] = precision
             if precision == INT8 and calibrate and exported and not any(

@@ -489,6 +489,7 @@ class LatencyTable:
                         for q in m.get("points") or []
                     ],
                     **({"precision": m["precision"]} if m.get("precision") else {}),
+                    **({"competition": m["competition"]} if m.get("competition") else {}),
                     **({"checks": list(m["checks"])} if m.get("checks") else {}),
                 }
                 # as predictions read them: summed against the entries as they stand

@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 from hwcompress.devices import resolve_device
 from hwcompress.errors import UserError
+from hwcompress.measure.competition import watch
 from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
 from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
 from hwcompress.model.analysis import analyze, analyze_onnx
@@ -340,6 +341,9 @@ class CompareReport:
     settings: dict[str, Any]
     models: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    #: What other processes took of this machine while the models were measured here
+    #: (:class:`hwcompress.measure.competition.Competition`); None when measured elsewhere or predicted.
+    competition: dict[str, Any] | None = None
 
     @property
     def reference(self) -> str:
@@ -357,6 +361,7 @@ class CompareReport:
             "reference": self.reference,
             "models": self.models,
             "notes": self.notes,
+            "competition": self.competition,
         }
 
 
@@ -408,7 +413,12 @@ def compare_models(
             if model.module is not None and timing.measured:
                 path = Path(export_onnx(model.module, shape, Path(folder) / f"model{index}.onnx").path)
             artifacts.append(ModelArtifact(onnx_path=path, input_shape=shape, module=model.module, name=model.name))
-        results = measure_interleaved(timing.profiler, artifacts, settings, rounds)
+        with watch() as watched:
+            results = measure_interleaved(timing.profiler, artifacts, settings, rounds)
+    competition = watched.result if timing.measured and not descriptor.remote else None
+    busy = competition.note("these were measured") if competition is not None else None
+    if busy:
+        notes.append(busy + "; the ratios, taken round by round, hold better than the medians")
     rows: list[dict[str, Any]] = []
     for model, measured in zip(loaded, results):
         analysis = analyze(model.module, shape) if model.module is not None else analyze_onnx(model.onnx_path, shape)
@@ -432,4 +442,5 @@ def compare_models(
         settings=settings.to_dict(),
         models=rows,
         notes=notes,
+        competition=None if competition is None else competition.to_dict(),
     )

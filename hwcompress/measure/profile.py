@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hwcompress.devices import resolve_device
+from hwcompress.measure.competition import watch
 from hwcompress.measure.contract import ModelArtifact
 from hwcompress.measure.report import ProfileReport
 from hwcompress.measure.resolve import make_settings, resolve_timing
@@ -157,7 +158,9 @@ def profile_model(
             onnx_path = loaded.onnx_path
             model_info["onnx"] = {"path": str(onnx_path), "opset": onnx_opset(onnx_path), "exporter": "user-supplied"}
         artifact = ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=loaded.module, name=loaded.name)
-        measurement = timing.profiler.measure(artifact, settings)
+        with watch() as watched:
+            measurement = timing.profiler.measure(artifact, settings)
+        competition = watched.result if timing.measured and not descriptor.remote else None
         overhead, raw_total = None, None
         if measurement.layer_ms is not None:
             layer_ms = dict(measurement.layer_ms)
@@ -181,6 +184,9 @@ def profile_model(
         total = sum(layer_ms.values())
         notes.append(f"per-layer times sum to {total:.3f} ms, {total / measurement.latency.median:.2f}x the whole-model "
                      "median (a profiled run's kernel times; the rest of a run is the runtime's own work)")
+    busy = competition.note() if competition is not None else None
+    if busy:
+        notes.append(busy)
     return ProfileReport(
         device=descriptor.to_dict(),
         model=model_info,
@@ -194,4 +200,5 @@ def profile_model(
         coverage=measurement.coverage,
         profiler=timing.profiler.name,
         per_layer=None if raw_total is None else {"node_sum_ms": raw_total, "profiler_overhead_ms_per_node": overhead or 0.0},
+        competition=None if competition is None else competition.to_dict(),
     )

@@ -29,6 +29,9 @@ class ProfileReport:
     #: How the per-layer rows relate to the whole: the node times' sum as profiled and the profiler's own
     #: cost per node taken out of them (``node_sum_ms``, ``profiler_overhead_ms_per_node``); None without rows.
     per_layer: dict[str, Any] | None = None
+    #: What other processes took of this machine while the model was measured here
+    #: (:class:`hwcompress.measure.competition.Competition`); None when measured elsewhere or predicted.
+    competition: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         latency = None
@@ -61,4 +64,6 @@ class ProfileReport:
             document["coverage"] = self.coverage
         if self.per_layer is not None:
             document["per_layer"] = self.per_layer
+        if self.competition is not None:
+            document["competition"] = self.competition
         return document
