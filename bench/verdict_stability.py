@@ -2,12 +2,15 @@
 
 A search's verdict times the student and its teacher in interleaved rounds (a fresh ONNX Runtime
 session per model and round) and multiplies a ratio of the two by the teacher's reference latency. On
-a shared machine other tenants' load slows both models, but not by the same factor (a large model
-that streams its weights from memory suffers more than a small one that stays in cache), so the ratio
-itself moves with the load. This script measures one (student, teacher) pair in repeated verdicts of
-``--rounds`` rounds under three conditions, side by side and interleaved: quiet; loaded (a
-memory-bandwidth hog on another core for the whole verdict); intermittent (the hog on or off at random
-for each session). For each estimator of the verdict's ratio it prints the mean and spread over the
+a shared machine other processes' load slows both models, but not always by the same factor (one that
+shares the measuring core cuts into every run of a large model and into few runs of a small one that
+fit between the scheduler's turns), so the ratio itself moves with the load. This script measures one
+(student, teacher) pair in repeated verdicts of ``--rounds`` rounds under three conditions, side by side
+and interleaved: quiet; loaded (a memory-streaming process for the whole verdict); intermittent (that
+process on or off at random for each session). ``--hog-core same`` (the default) runs it on the
+measuring core, as every run before 2026-11-28 did by accident (the child inherited the pinning of its
+parent and could not move); ``other`` on the second core, where on a 2-vCPU EPYC it moved nothing
+measurable (``bench/busy_machine.py``). For each estimator of the verdict's ratio it prints the mean and spread over the
 verdicts of each condition, and the shift from quiet:
 
 * ``median of round ratios``: the median over rounds of student / teacher (what a search uses);
@@ -55,11 +58,18 @@ def pin(core: int) -> None:
         os.sched_setaffinity(0, {cores[core]})
 
 
-def hog(stop: Any) -> None:
-    """Stream a 256 MB array through memory until ``stop`` is set, on the second core."""
+#: The cores this process may use when the script starts, before it pins itself: a child started after that
+#: inherits the pinned set, so the hog is told the whole set.
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def hog(stop: Any, core: int, cores: list[int]) -> None:
+    """Stream a 256 MB array through memory until ``stop`` is set, on ``core`` of ``cores`` (:data:`CORES`,
+    passed: a child started another way than by fork reads this module again, pinned)."""
     import numpy as np
 
-    pin(1)
+    if len(cores) >= 2:
+        os.sched_setaffinity(0, {cores[core]})
 
     a = np.ones(32 * 1024 * 1024)
     b = np.empty_like(a)
@@ -68,16 +78,18 @@ def hog(stop: Any) -> None:
 
 
 class Load:
-    """A memory-bandwidth hog in a child process, switched on and off."""
+    """A memory-streaming process, switched on and off, on ``core`` (0: the measuring one once :func:`pin`
+    put this process there; 1: the other)."""
 
-    def __init__(self) -> None:
+    def __init__(self, core: int = 1) -> None:
+        self.core = core
         self.stop: Any = None
         self.process: Any = None
 
     def on(self) -> None:
         if self.process is None:
             self.stop = multiprocessing.Event()
-            self.process = multiprocessing.Process(target=hog, args=(self.stop,), daemon=True)
+            self.process = multiprocessing.Process(target=hog, args=(self.stop, self.core, CORES), daemon=True)
             self.process.start()
             time.sleep(0.3)  # let it reach its loop
 
@@ -128,6 +140,8 @@ def main() -> None:
     parser.add_argument("--verdicts", type=int, default=6, help="verdicts per condition")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per verdict (a search's verdict takes 5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hog-core", choices=("same", "other"), default="same",
+                        help="the load on the measuring core (time-sharing; every run before 2026-11-28) or the other one")
     args = parser.parse_args()
     from hwcompress.devices import resolve_device
     from hwcompress.measure.contract import ModelArtifact
@@ -149,8 +163,8 @@ def main() -> None:
                  "reference": ModelArtifact(reference_path, shape, None, "reference")}
     names = list(artifacts)
     rng = random.Random(args.seed)
-    pin(0)  # the timed sessions on the first core, the hog on the second
-    load = Load()
+    pin(0)  # the timed sessions on the first core
+    load = Load(0 if args.hog_core == "same" else 1)
     recorded: dict[str, list[dict[str, list[float]]]] = {c: [] for c in CONDITIONS}
     try:
         for verdict in range(args.verdicts):

@@ -1,8 +1,9 @@
-"""Other processes' share of this machine while something is measured (hwcompress/measure/competition.py):
-read from Linux's /proc, with a real busy process beside the measurement."""
+"""How much other processes got in the way of a measurement (hwcompress/measure/competition.py): read
+from Linux's /proc, with a real busy process on the measuring core or beside it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,53 +11,82 @@ import time
 import pytest
 
 from hwcompress.measure import competition
-from hwcompress.measure.competition import BUSY_CORES, watch
+from hwcompress.measure.competition import WAITED, watch
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                                reason="pins processes to cores: Linux with two cores or more")
+BUSY = "while True: pass"
 
 
 @pytest.fixture
-def busy_process():
-    """A Python busy loop in another process, for as long as the test runs."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+def pinned(monkeypatch):
+    """This process on its first core for the test (its whole set restored after)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("this process may use one core only")
+    os.sched_setaffinity(0, {cores[0]})
+    yield cores
+    os.sched_setaffinity(0, set(cores))
+
+
+def _busy(core: int) -> subprocess.Popen:
+    """A Python busy loop in another process, pinned to ``core``."""
+    process = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\n{BUSY}"])
     time.sleep(0.3)  # started and spinning
-    yield process
-    process.kill()
-    process.wait()
+    return process
 
 
-def test_a_busy_process_is_counted_and_this_ones_own_work_is_not(busy_process):
-    with watch() as watched:
-        end = time.perf_counter() + 1.0
-        while time.perf_counter() < end:  # this process busy too: it is not the others' share
-            pass
-    found = watched.result
-    assert found.cores >= 1 and found.seconds >= 1.0
-    if found.cores < 2:
-        pytest.skip("one core: the busy process and this one take turns")
-    assert 0.7 <= found.other_cores <= 1.3, found  # one busy loop: one core, whatever this process did meanwhile
-    assert found.busy and "other processes kept 1." in found.note() and found.to_dict()["other_cpu_cores"] == round(found.other_cores, 3)
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
-def test_nothing_is_claimed_without_proc_or_over_a_short_interval(monkeypatch, tmp_path):
+def test_a_busy_process_on_the_measuring_core_is_waited_for_and_one_beside_it_is_not(pinned):
+    same = _busy(pinned[0])
+    try:
+        with watch() as watched:
+            _spin(1.0)
+    finally:
+        same.kill()
+        same.wait()
+    shared = watched.result
+    assert 0.3 <= shared.waited_share <= 0.7, shared  # the core taken in turns: about half the time waiting
+    assert shared.busy and "waited" in shared.note() and shared.to_dict()["waited_share"] == round(shared.waited_share, 4)
+    assert 0.3 <= shared.other_cores <= 0.7  # the busy loop had the other half of that core
+    beside = _busy(pinned[1])
+    try:
+        with watch() as watched:
+            _spin(1.0)
+    finally:
+        beside.kill()
+        beside.wait()
+    apart = watched.result
+    assert apart.waited_share < WAITED and not apart.busy and apart.note() is None, apart  # nothing waited for
+    assert 0.7 <= apart.other_cores <= 1.3  # a whole core kept busy, counted, not noted
+
+
+def test_nothing_is_claimed_without_proc(monkeypatch, tmp_path):
     with watch() as watched:
         pass
-    assert watched.result.other_cores is None and watched.result.note() is None  # under MIN_SECONDS
+    assert watched.result.other_cores is None  # under MIN_SECONDS: the tick counts are too coarse
     monkeypatch.setattr(competition, "_PROC_STAT", tmp_path / "absent")
+    monkeypatch.setattr(competition, "_TASKS", tmp_path / "absent")
     with watch() as watched:
         time.sleep(competition.MIN_SECONDS + 0.05)
-    assert watched.result.other_cores is None and not watched.result.busy
-    assert watched.result.to_dict()["other_cpu_cores"] is None
+    assert watched.result.other_cores is None and watched.result.waited_share is None and not watched.result.busy
+    assert watched.result.to_dict()["other_cpu_cores"] is None and watched.result.note() is None
 
 
-def test_profile_says_when_other_processes_kept_the_machine_busy(busy_process):
-    import os
-
+def test_profile_says_when_it_waited_for_the_cpu(pinned):
     from hwcompress.measure.profile import profile_model
 
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("one core: the busy process would take this one's turns")
-    report = profile_model("resnet18", input_shape=(1, 3, 64, 64), runs=60, warmup=3, per_layer=False).to_dict()
+    same = _busy(pinned[0])
+    try:
+        report = profile_model("resnet18", input_shape=(1, 3, 64, 64), runs=40, warmup=3, per_layer=False).to_dict()
+    finally:
+        same.kill()
+        same.wait()
     found = report["competition"]
-    assert found["seconds"] >= competition.MIN_SECONDS and found["other_cpu_cores"] >= BUSY_CORES, found
-    assert any(note.startswith("other processes kept") for note in report["notes"])
+    assert found["waited_share"] >= WAITED and found["seconds"] > 0, found
+    assert any("waited" in note and "for a CPU held by others" in note for note in report["notes"])

@@ -1062,14 +1062,14 @@ def test_lut_show_warns_about_a_calibration_that_failed_its_checks(recorded, tmp
     # (re-evaluated on the calibration as predictions read it) flag both.
     points = doc["models"][0]["points"]
     points[1]["measured_ms"] = points[0]["measured_ms"] * 1.5
-    doc["models"][0]["competition"] = {**competition, "other_cpu_cores": 1.2}
+    doc["models"][0]["competition"] = {**competition, "waited_share": 0.4, "other_cpu_cores": 1.2}
     path = tmp_path / "flagged.lut.json"
     path.write_text(json.dumps(doc))
     code, out, err = run_main(capsys, "lut", "show", str(path))
     assert code == 0, err
     text = " ".join((out + err).split())
     assert "measured slower" in text and "--passes 2" in text
-    assert "other processes kept 1.2 of the machine's" in text and "quieter machine" in text
+    assert "waited 40% of its time for a CPU held by other processes" in text and "quieter machine" in text
 
 
 def test_a_rows_time_scale_charges_its_share(recorded):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwcompress.measure.competition import BUSY_CORES
+from hwcompress.measure.competition import WAITED
 
 #: A narrower copy may measure this much slower than a wider one before the curve counts as non-monotone
 #: (an int8 network's curve is nearly flat on a CPU: its widths measure within noise of each other).
@@ -24,8 +24,8 @@ def calibration_checks(record: dict[str, Any]) -> list[str]:
     Checked: a narrower copy must not measure slower than a wider one (beyond 10%), the whole-model
     timings of one width must agree (spread within 2x over the whole recording), and the calibration
     ratios of the widths must lie within a factor of 2 of each other (a sum of layers that explains the
-    full model but not its half-width copy is a recording, not a network, going wrong), and other processes
-    on the recording machine must not have kept half a core or more busy on average meanwhile.
+    full model but not its half-width copy is a recording, not a network, going wrong), and the recording must
+    not have waited 5% of its time or more for a CPU held by other processes (``competition``).
     """
     rows = sorted(record.get("points") or [], key=lambda r: r["width"])
     problems = []
@@ -37,10 +37,11 @@ def calibration_checks(record: dict[str, Any]) -> list[str]:
         times = [t for t in row.get("measurements_ms") or [] if t > 0]
         if len(times) >= 2 and max(times) / min(times) > SPREAD:
             problems.append(f"whole-model timings at width {row['width']:g} varied {max(times) / min(times):.1f}x during the recording")
-    busy = (record.get("competition") or {}).get("other_cpu_cores")
-    if busy is not None and busy >= BUSY_CORES:
-        problems.append(f"other processes kept {busy:.1f} of the machine's {record['competition'].get('cores')} cores busy on "
-                        "average during the recording")
+    waited = (record.get("competition") or {}).get("waited_share")
+    if waited is not None and waited >= WAITED:
+        others = record["competition"].get("other_cpu_cores")
+        problems.append(f"the recording waited {waited:.0%} of its time for a CPU held by other processes"
+                        + (f" (they kept {others:.1f} of {record['competition'].get('cores')} cores busy)" if others is not None else ""))
     ratios = [r["ratio"] for r in rows if r.get("ratio", 0) > 0]
     if len(ratios) >= 2 and max(ratios) / min(ratios) > RATIO_SPREAD:
         problems.append(f"calibration ratios across widths range {min(ratios):.2f}-{max(ratios):.2f} (measured / sum of layers)")
