@@ -36,32 +36,26 @@ def _busy(core: int) -> subprocess.Popen:
     return process
 
 
-def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+def _spun_beside(core: int) -> competition.Competition:
+    """What this process, busy for a second, read with a busy loop pinned to ``core``."""
+    other = _busy(core)
+    try:
+        with watch() as watched:
+            end = time.perf_counter() + 1.0
+            while time.perf_counter() < end:
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    return watched.result
 
 
 def test_a_busy_process_on_the_measuring_core_is_waited_for_and_one_beside_it_is_not(pinned):
-    same = _busy(pinned[0])
-    try:
-        with watch() as watched:
-            _spin(1.0)
-    finally:
-        same.kill()
-        same.wait()
-    shared = watched.result
+    shared = _spun_beside(pinned[0])
     assert 0.3 <= shared.waited_share <= 0.7, shared  # the core taken in turns: about half the time waiting
     assert shared.busy and "waited" in shared.note() and shared.to_dict()["waited_share"] == round(shared.waited_share, 4)
     assert 0.3 <= shared.other_cores <= 0.7  # the busy loop had the other half of that core
-    beside = _busy(pinned[1])
-    try:
-        with watch() as watched:
-            _spin(1.0)
-    finally:
-        beside.kill()
-        beside.wait()
-    apart = watched.result
+    apart = _spun_beside(pinned[1])
     assert apart.waited_share < WAITED and not apart.busy and apart.note() is None, apart  # nothing waited for
     assert 0.7 <= apart.other_cores <= 1.3  # a whole core kept busy, counted, not noted
 
