@@ -86,3 +86,47 @@ def test_profile_says_when_it_waited_for_the_cpu(pinned):
     found = report["competition"]
     assert found["waited_share"] >= WAITED and found["seconds"] > 0, found
     assert any("waited" in note and "for a CPU held by others" in note for note in report["notes"])
+
+
+def test_a_reference_half_that_waited_for_the_cpu_is_left_out(pinned, monkeypatch):
+    """The teacher's reference is measured in two halves: the first shares the measuring core with a busy
+    loop, the second does not. The first waited for the CPU, the second did not, so the second alone is the
+    reference, whatever their medians say (a small model's runs fit between the scheduler's turns)."""
+    from types import SimpleNamespace
+
+    from hwcompress.devices import resolve_device
+    from hwcompress.measure.compare import PairedMeasurement
+    from hwcompress.measure.contract import ProfileSettings
+    from hwcompress.measure.resolve import measuring_profiler
+    from hwcompress.model.embedded import resnet_cifar
+
+    monkeypatch.setenv("HWCOMPRESS_SPELL_PAUSE_S", "0")
+    rounds = 3
+
+    class SharedForAWhile:
+        """The real profiler; a busy loop shares its core for the first ``rounds`` measurements."""
+
+        def __init__(self, inner):
+            self.inner, self.name, self.calls, self.busy = inner, inner.name, 0, None
+
+        def measure(self, artifact, settings):
+            self.calls += 1
+            if self.calls == 1:
+                self.busy = _busy(pinned[0])
+            try:
+                return self.inner.measure(artifact, settings)
+            finally:
+                if self.calls == rounds:
+                    self.busy.kill()
+                    self.busy.wait()
+
+    profiler = SharedForAWhile(measuring_profiler(resolve_device("cpu"))[0])
+    settings = ProfileSettings(runs=200, warmup=5, threads=1)
+    paired = PairedMeasurement(resnet_cifar(20).eval(), (1, 3, 32, 32), SimpleNamespace(profiler=profiler), settings,
+                               reference_rounds=rounds)
+    measured = paired.teacher_measured
+    first, second = measured["halves_waited_share"]
+    assert first >= WAITED > second, measured["halves_waited_share"]
+    assert measured["rounds"] == rounds and len(measured["waited"]["left_out_round_medians_ms"]) == rounds
+    assert not set(measured["round_medians_ms"]) & set(measured["waited"]["left_out_round_medians_ms"])
+    assert profiler.calls == 2 * rounds  # one quiet half: no third
