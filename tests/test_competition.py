@@ -127,6 +127,8 @@ def test_a_reference_half_that_waited_for_the_cpu_is_left_out(pinned, monkeypatc
     measured = paired.teacher_measured
     first, second = measured["halves_waited_share"]
     assert first >= WAITED > second, measured["halves_waited_share"]
+    # The measurement's own record: both halves as one, each weighted by its time, the pause between them left out.
+    assert second < measured["competition"]["waited_share"] < first and measured["competition"]["cores"] >= 2
     assert measured["rounds"] == rounds and len(measured["waited"]["left_out_round_medians_ms"]) == rounds
     assert not set(measured["round_medians_ms"]) & set(measured["waited"]["left_out_round_medians_ms"])
     assert profiler.calls == 2 * rounds  # one quiet half: no third

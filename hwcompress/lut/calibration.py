@@ -52,7 +52,7 @@ def record_with_calibration(
 
     # The whole model (at each calibration width) is timed before, during and after its layers, so
     # that the calibration sees the same conditions (load, temperature, clocks) as the entries do.
-    with watch() as watched:  # and what other processes on this machine took meanwhile
+    with watch(here) as watched:  # and what other processes on this machine took meanwhile
         between()
         recorder.record(configs, passes=passes, every=max(10, len(configs) * max(1, passes) // 6), between=between)
         between()
@@ -69,7 +69,7 @@ def record_with_calibration(
         measure_kernel_overhead(table, profiler, settings, points[0]["artifact"])
     record = calibration_record(table, calibration["input_shape"], calibration["name"], calibration["fingerprint"], points,
                                 calibration["configs"])
-    if here and watched.result is not None:
+    if watched.result is not None:
         record["competition"] = watched.result.to_dict()
     record["checks"] = calibration_checks(record)
     table.models.append(record)

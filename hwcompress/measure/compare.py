@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 from hwcompress.devices import resolve_device
 from hwcompress.errors import UserError
-from hwcompress.measure.competition import WAITED, watch
+from hwcompress.measure.competition import Competition, watch
 from hwcompress.measure.contract import Measurement, ModelArtifact, ProfileSettings
 from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
 from hwcompress.model.analysis import analyze, analyze_onnx
@@ -164,6 +164,9 @@ class PairedMeasurement:
         info = export_onnx(teacher, input_shape, self.teacher_onnx)
         self.input_shape, self.timing, self.settings, self.rounds = tuple(input_shape), timing, settings, rounds
         self.profiler = timing.profiler
+        #: The models are timed on this machine (not on a device reached over ssh or adb): its measurements
+        #: record what other processes here got in the way (``competition``).
+        self.here = not getattr(getattr(timing, "descriptor", None), "remote", False)
         if reference is None:
             reference = self._measure_reference(max(1, reference_rounds), info.max_abs_diff)
         self.teacher_measured = reference
@@ -222,14 +225,14 @@ class PairedMeasurement:
         halves = [self._half(artifact, rounds)]
         _pause(SPELL_PAUSES[0])
         halves.append(self._half(artifact, rounds))
-        if all(_waited(share) for _, share in halves):
+        if all(_waited(watched) for _, watched in halves):
             _pause(SPELL_PAUSES[1])
             halves.append(self._half(artifact, rounds))
         quiet = [half for half in halves if not _waited(half[1])]
         kept = quiet or halves
         fastest = min(_median_ms(runs) for runs, _ in kept)
         spell = [runs for runs, _ in kept if _median_ms(runs) > SPELL * fastest]
-        runs = [m for half, _ in kept if not any(half is s for s in spell) for m in half]
+        runs = [m for half, _ in kept if _median_ms(half) <= SPELL * fastest for m in half]
         medians = [m.latency.median for m in runs]
         middle = sorted(runs, key=lambda m: m.latency.median)[len(runs) // 2]
         reference = {**middle.latency.to_dict(), "median": statistics.median(medians),
@@ -239,20 +242,21 @@ class PairedMeasurement:
                      "onnx_max_abs_diff": max_abs_diff, "facts": middle.facts}
         if spell:
             reference["slow_spell"] = {"left_out_round_medians_ms": [m.latency.median for half in spell for m in half]}
-        if any(share is not None for _, share in halves):
-            reference["halves_waited_share"] = [None if share is None else round(share, 4) for _, share in halves]
+        watched = [w for _, w in halves if w is not None]
+        if watched:  # over every half measured, the pauses between them left out
+            reference["competition"] = Competition.combined(watched).to_dict()
+            reference["halves_waited_share"] = [None if w.waited_share is None else round(w.waited_share, 4) for w in watched]
         if quiet and len(quiet) < len(halves):
-            reference["waited"] = {"left_out_round_medians_ms": [m.latency.median for half, share in halves if _waited(share)
-                                                                 for m in half]}
+            reference["waited"] = {"left_out_round_medians_ms": [m.latency.median for half, w in halves
+                                                                 if _waited(w) for m in half]}
         return reference
 
-    def _half(self, artifact: ModelArtifact, rounds: int) -> tuple[list[Measurement], float | None]:
-        """``rounds`` rounds of one model, and the share of them this process waited for a CPU (None: not
-        known, or measured on a device reached over ssh or adb, whose waiting is not this machine's)."""
-        with watch() as watched:
+    def _half(self, artifact: ModelArtifact, rounds: int) -> tuple[list[Measurement], Competition | None]:
+        """``rounds`` rounds of one model, and how much other processes here got in the way meanwhile (None:
+        measured on a device reached over ssh or adb, whose waiting is not this machine's)."""
+        with watch(self.here) as watched:
             runs = measure_interleaved(self.profiler, [artifact], self.settings, rounds)[0]
-        remote = getattr(getattr(self.timing, "descriptor", None), "remote", False)
-        return runs, None if remote or watched.result is None else watched.result.waited_share
+        return runs, watched.result
 
     def __call__(self, module: Any, name: str, rounds: int | None = None,
                  onnx_path: str | os.PathLike[str] | None = None, decide_ms: float | None = None,
@@ -264,7 +268,16 @@ class PairedMeasurement:
         exporting the module. ``decide_ms`` (a budget): while the interval of the median ratio
         (:func:`median_interval`) still holds ``decide_ms`` on the reference's scale, two more rounds are
         taken, up to ``max_rounds``; ``decided`` says whether the interval left the budget out in the end.
+        ``competition``: how much other processes here got in the way meanwhile (measured on this machine).
         """
+        with watch(self.here) as watched:
+            measured = self._measure(module, name, rounds, onnx_path, decide_ms, max_rounds)
+        if watched.result is not None:
+            measured["competition"] = watched.result.to_dict()
+        return measured
+
+    def _measure(self, module: Any, name: str, rounds: int | None, onnx_path: str | os.PathLike[str] | None,
+                 decide_ms: float | None, max_rounds: int | None) -> dict[str, Any]:
         if onnx_path is None:
             path = Path(self.folder.name) / f"{name}.onnx"
             max_abs_diff = export_onnx(module, self.input_shape, path).max_abs_diff
@@ -340,8 +353,9 @@ class PairedMeasurement:
         return student, teacher, ratios
 
 
-def _waited(share: float | None) -> bool:
-    return share is not None and share >= WAITED
+def _waited(watched: Competition | None) -> bool:
+    """Whether a measurement waited for a CPU held by other processes (:attr:`Competition.busy`)."""
+    return watched is not None and watched.busy
 
 
 def _median_ms(runs: Sequence[Measurement]) -> float:
@@ -440,9 +454,9 @@ def compare_models(
             if model.module is not None and timing.measured:
                 path = Path(export_onnx(model.module, shape, Path(folder) / f"model{index}.onnx").path)
             artifacts.append(ModelArtifact(onnx_path=path, input_shape=shape, module=model.module, name=model.name))
-        with watch() as watched:
+        with watch(timing.measured and not descriptor.remote) as watched:
             results = measure_interleaved(timing.profiler, artifacts, settings, rounds)
-    competition = watched.result if timing.measured and not descriptor.remote else None
+    competition = watched.result
     busy = competition.note("these were measured") if competition is not None else None
     if busy:
         notes.append(busy + "; the ratios, taken round by round, hold better than the medians")

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 #: A measurement whose threads waited for a CPU this share of its wall time or more gets a note.
 WAITED = 0.05
@@ -99,18 +99,46 @@ class Competition:
                 "other_cpu_cores": None if self.other_cores is None else round(self.other_cores, 3),
                 "cores": self.cores, "seconds": round(self.seconds, 3)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Competition":
+        """The record :meth:`to_dict` wrote (a measurement's ``competition``)."""
+        return cls(data.get("waited_share"), data.get("other_cpu_cores"), int(data.get("cores") or 1),
+                   float(data.get("seconds") or 0.0))
+
+    @classmethod
+    def combined(cls, parts: Sequence["Competition"]) -> "Competition":
+        """Several intervals as one (the halves of a measurement, without the pause between them): their
+        seconds added, each share weighted by the seconds of the parts that know it."""
+
+        def weighted(values: list[tuple[float | None, float]]) -> float | None:
+            known = [(value, seconds) for value, seconds in values if value is not None]
+            total = sum(seconds for _, seconds in known)
+            return sum(value * seconds for value, seconds in known) / total if total > 0 else None
+
+        return cls(weighted([(p.waited_share, p.seconds) for p in parts]), weighted([(p.other_cores, p.seconds) for p in parts]),
+                   parts[0].cores, sum(p.seconds for p in parts))
+
 
 class watch:
-    """``with watch() as w: ...`` then ``w.result``: a :class:`Competition` over the block."""
+    """``with watch() as w: ...`` then ``w.result``: a :class:`Competition` over the block; None when ``here``
+    is false (a device reached over ssh or adb, or one predicted from a LUT: this machine's counts say
+    nothing of it)."""
+
+    def __init__(self, here: bool = True) -> None:
+        self.here = here
+        self.result: Competition | None = None
 
     def __enter__(self) -> "watch":
-        self.result: Competition | None = None
+        if not self.here:
+            return self
         self._start = _ticks()
         self._waited = _waiting_ns()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if not self.here:
+            return
         seconds = time.perf_counter() - self._t0
         waited_end, end = _waiting_ns(), _ticks()
         cores = (end or self._start or (0, 0, 0, os.cpu_count() or 1))[3]

@@ -158,9 +158,9 @@ def profile_model(
             onnx_path = loaded.onnx_path
             model_info["onnx"] = {"path": str(onnx_path), "opset": onnx_opset(onnx_path), "exporter": "user-supplied"}
         artifact = ModelArtifact(onnx_path=onnx_path, input_shape=shape, module=loaded.module, name=loaded.name)
-        with watch() as watched:
+        with watch(timing.measured and not descriptor.remote) as watched:
             measurement = timing.profiler.measure(artifact, settings)
-        competition = watched.result if timing.measured and not descriptor.remote else None
+        competition = watched.result
         overhead, raw_total = None, None
         if measurement.layer_ms is not None:
             layer_ms = dict(measurement.layer_ms)

@@ -21,7 +21,7 @@ import torch
 
 from hwcompress import __version__
 from hwcompress.files import write_atomic
-from hwcompress.measure.competition import watch
+from hwcompress.measure.competition import Competition
 from hwcompress.model.analysis import analyze
 from hwcompress.model.data import has_label_list
 from hwcompress.model.export import export_onnx
@@ -183,13 +183,12 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         # The verdict gets more rounds than the search's checks: it is the number the user is told.
         deployed_file = {"onnx_path": deployed.path} if deployed is not None else {}
         until = {"decide_ms": prepared.budget.limit, "max_rounds": most} if prepared.budget.is_latency else {}
-        with watch() as watched:  # what other processes here took of the machine meanwhile
-            measured = dict(prepared.measure(student, "student", rounds=VERDICT_ROUNDS, **deployed_file, **until))
-        if not prepared.descriptor.remote and watched.result is not None:
-            measured["competition"] = watched.result.to_dict()
-            busy = watched.result.note("the student's verdict was measured")
-            if busy:
-                notes.append(busy + " (its ratio to the reference beside it holds better than either time)")
+        measured = prepared.measure(student, "student", rounds=VERDICT_ROUNDS, **deployed_file, **until)
+        # What other processes here got in the way meanwhile, as the measurement recorded it.
+        busy = Competition.from_dict(measured["competition"]).note("the student's verdict was measured") \
+            if measured.get("competition") else None
+        if busy:
+            notes.append(busy + " (its ratio to the reference beside it holds better than either time)")
     budget = prepared.budget
     cost_model = prepared.cost_model
     predicted_cost = cost_model.cost(candidate.keep) if not candidate.removed_units else candidate.cost

@@ -33,7 +33,7 @@ from hwcompress.errors import UserError
 from hwcompress.lut.record import default_lut_path, ensure_lut
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.compare import PairedMeasurement
-from hwcompress.measure.competition import watch
+from hwcompress.measure.competition import Competition
 from hwcompress.measure.contract import ProfileSettings
 from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
 from hwcompress.model import embedded, scratch
@@ -327,16 +327,15 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         else:
             log(f"reusing the teacher's reference measurement of the interrupted run ({reference['median']:.3f} ms)"
                 + (f" and its budget, {Budget.from_dict(saved['budget'])}" if saved.get("budget") else ""))
-        with watch() as watched:  # what other processes here took of the machine while the teacher was timed
-            measure = PairedMeasurement(module, input_shape, timing, settings, reference=reference, log=log)
+        measure = PairedMeasurement(module, input_shape, timing, settings, reference=reference, log=log)
         teacher_measured = measure.teacher_measured
-        if reference is None and not descriptor.remote and watched.result is not None:
-            teacher_measured["competition"] = watched.result.to_dict()
-            busy = watched.result.note("the teacher was measured")
-            if busy:
-                notes.append(busy + ("; the budget, a share of the teacher's latency, is a share of that one"
-                                     if budget.ratio is not None else ""))
-                log(notes[-1])
+        # What other processes here got in the way while the teacher was timed (its halves, as recorded).
+        busy = Competition.from_dict(teacher_measured["competition"]).note("the teacher was measured") \
+            if reference is None and teacher_measured.get("competition") else None
+        if busy:
+            notes.append(busy + ("; the budget, a share of the teacher's latency, is a share of that one"
+                                 if budget.ratio is not None else ""))
+            log(notes[-1])
         if budget.is_latency and not (saved or {}).get("budget"):
             budget = budget.resolve(teacher_measured["median"])
             saved = {**(saved or {}), "budget": budget.to_dict(), "teacher_reference": teacher_measured}
