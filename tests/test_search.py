@@ -256,7 +256,7 @@ def test_latency_search_repairs_a_student_the_cost_model_underestimated(tmp_path
     assert "Repair 1: the student measured" in (tmp_path / "out" / "summary.md").read_text()
     assert doc["budget_repairs"][0]["measured_ms"] > doc["budget"]["latency_ms"]
     assert doc["verdict"]["source"] == "measured" and doc["student"]["latency"]["paired_ratio"] > 0
-    # Timed beside the reference nearest its size: the uniform student at the budget, measured on its own at the start.
+    # Timed beside the reference nearest its size: the uniform student at the budget, measured on its own before the anchors.
     matched = doc["matched_reference"]
     # Faster than the teacher in the same rounds (the footing check's; solo times taken minutes apart are not
     # compared: a busy moment on a shared machine can turn their order).

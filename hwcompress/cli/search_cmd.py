@@ -68,8 +68,8 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
                    "while the median's confidence interval still holds the budget, up to N (odd; 5: never more; default 15).")
 @click.option("--reference", type=click.Choice(["matched", "teacher"]),
               help="Latency budgets: what each student is timed beside on the device. matched (default): the teacher or a "
-                   "uniform student at the budget measured on its own at the start, whichever is nearer the student's size "
-                   "(other tenants' load slows a large teacher and a small student by different factors); teacher: always "
+                   "uniform student at the budget measured on its own before the anchors, whichever is nearer the student's size "
+                   "(other processes' load slows a large teacher and a small student by different factors); teacher: always "
                    "the teacher (docs/search.md).")
 @click.option("--no-plots", "no_plots", is_flag=True, default=None,
               help="Write no PNG plots beside result.json (about 1 s a search; result.json, summary.md and the rest as usual).")

@@ -334,7 +334,7 @@ class PairedMeasurement:
             "rounds": rounds,
             "source": middle.source,
             "method": (f"median = paired ratio to the {reference.name} (median of the rounds) x its reference latency, measured "
-                       "on its own at the start; the other statistics are the middle round's, on the same scale; raw_median "
+                       "on its own; the other statistics are the middle round's, on the same scale; raw_median "
                        "is as timed"),
             "profiler": self.profiler.name,
             "onnx_max_abs_diff": max_abs_diff,

@@ -81,7 +81,7 @@ class SearchConfig:
             to this many (5: never more; odd, so that the median is one round).
         plots: write the PNG plots beside result.json (about 1 s a search; False: none, and a note says so).
         reference: what students are timed beside on the device: ``matched`` (the default: the teacher or a
-            uniform student at the budget, whichever is nearer the student's size, so that other tenants'
+            uniform student at the budget, whichever is nearer the student's size, so that other processes'
             load, which slows large and small models differently, cancels) or ``teacher`` (always the teacher).
     """
 

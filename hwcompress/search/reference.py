@@ -1,9 +1,10 @@
 """The size-matched reference a search times its students beside (``--reference matched``, the default).
 
 A paired measurement cancels the machine's drift only as far as the two models drift together, and a
-large teacher and a small student do not: a memory-bandwidth hog on the other core slowed a 2.4 ms
-resnet18 teacher 2.7x and left its 0.15 ms student as it was, so a verdict taken as the student's ratio
-to the teacher fell by 63% (``bench/verdict_stability.py``, docs/benchmarks.md). Before the anchors are
+large teacher and a small student do not: another process sharing the measuring core (the scheduler's
+turns cut into every 2.4 ms run and few 0.15 ms ones) slowed a resnet18 teacher 2.7x and left its
+0.15 ms student as it was, so a verdict taken as the student's ratio to the teacher fell by 63%
+(``bench/verdict_stability.py``, docs/benchmarks.md). Before the anchors are
 measured, the search therefore builds the uniform student that the cost model puts at the budget's
 share of the teacher (quantized as the students are) and measures it on its own as the teacher was;
 where the measurement lands more than :data:`RESIZE` from that share (the cost model is not anchored
@@ -23,8 +24,8 @@ from hwcompress.search.scoring import build_student
 
 #: The name the size-matched reference goes by in measurements and reports.
 NAME = "size-matched reference"
-#: A reference measured further than this factor from the budget's share of the teacher is sized again once,
-#: by the measured error (the cost model before its anchors: a uniform resnet18 at 64 px predicted at 0.29x
+#: A reference measured further than this factor from the budget's share of the teacher is sized again (up to
+#: :data:`SIZES` sizes), by the measured error (the cost model before its anchors: a uniform resnet18 at 64 px predicted at 0.29x
 #: of the teacher measured 0.18x).
 RESIZE = 1.25
 #: The teacher timed beside the reference further than this factor from its own latency: the note of :func:`footing`.

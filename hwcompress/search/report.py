@@ -122,7 +122,7 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"The student's latency is the median of {latency['rounds']} rounds interleaved with the {beside}: "
                   f"{ratio:.3f} x the {beside}'s own latency {scale:.3f} ms (round ratios {latency['ratio_min']:.3f}-"
                   f"{latency['ratio_max']:.3f})" + ("; the reference is a uniform student near the budget, measured on its own "
-                                                    "at the start, because other tenants' load slows a large teacher and a small "
+                                                    "before the anchors, because other processes' load slows a large teacher and a small "
                                                     "student by different factors" if beside != "teacher" else "") + "."]
         if "interval_ms" in latency:
             low, high = latency["interval_ms"]
