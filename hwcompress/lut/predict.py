@@ -184,7 +184,6 @@ class TablePredictor:
         #: the table as it stands: :meth:`current_calibration`, :meth:`current_transition_rate`).
         self._current: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._rates: dict[int, tuple[dict[str, Any], float]] = {}
-        self._pricing_transitions = False  # set while a transitions record is priced without its own term
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
         """``spec``'s LUT configuration (at ``precision`` unless "") and its family, memoised by row
@@ -477,14 +476,11 @@ class TablePredictor:
         rate = float(model.get("ms_per_element") or 0.0)
         rows, elements, measured = model.get("specs"), model.get("transition_elements"), model.get("measured_ms")
         if rows and elements and measured:
-            self._pricing_transitions = True  # the prediction without the term this record gives
-            try:
-                detail = self.predict_detail([spec_from_record(r) for r in rows])
+            try:  # the prediction without the term this record gives
+                detail = self.predict_detail([spec_from_record(r) for r in rows], transitions=False)
                 rate = max(float(measured) - (detail.total_ms - detail.offset_ms), 0.0) / float(elements)
             except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored rate
                 pass
-            finally:
-                self._pricing_transitions = False
         self._rates[id(model)] = (model, rate)
         return rate
 
@@ -497,7 +493,8 @@ class TablePredictor:
         scaled = detail.layer_sum_ms - detail.as_timed_ms
         return detail.ratio_sum_ms, ratio_digits((measured_ms - detail.as_timed_ms) / scaled) if scaled > 0 else 1.0
 
-    def predict_detail(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> PredictionDetail:
+    def predict_detail(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale",
+                       transitions: bool = True) -> PredictionDetail:
         """Predict a model from its analysed layers, with the calibration applied.
 
         Args:
@@ -506,6 +503,8 @@ class TablePredictor:
                 model, interpolated between its calibration points by layer sum: what fits pruned
                 variants, whose missing work shrinks with the layers), ``offset`` (add the full
                 model's measured - sum), or ``none``.
+            transitions: add what a change of precision costs (the ``transitions`` record's rate); False:
+                the prediction that rate is taken against (:meth:`current_transition_rate`).
         """
         specs = list(layers.layers if isinstance(layers, ModelAnalysis) else layers)
         raw: dict[str, float] = {}
@@ -552,7 +551,8 @@ class TablePredictor:
         layer_sum = sum(raw.values())
         used = sorted({p for p in precision_of.values() if p is not None})
         if used and calibration != "none":
-            detail = self._mixed_detail(specs, raw, status, precision_of, math.sqrt(variance), extrapolated, calibration)
+            detail = self._mixed_detail(specs, raw, status, precision_of, math.sqrt(variance), extrapolated, calibration,
+                                        transitions)
             detail.between_blocks = off_block
             return detail
         model = self.calibration_for(specs) if calibration != "none" else None
@@ -628,7 +628,7 @@ class TablePredictor:
 
     def _mixed_detail(self, specs: Sequence[LayerSpec], raw: dict[str, float], status: dict[str, str],
                       precision_of: dict[str, str | None], std: float, extrapolated: list[str],
-                      calibration: str) -> PredictionDetail:
+                      calibration: str, transitions: bool = True) -> PredictionDetail:
         """A prediction with layers in other precisions than the table's: each precision's layers get
         that precision's calibration (see the module docstring); without one, the base precision's."""
         sums: dict[str | None, float] = {}
@@ -654,7 +654,7 @@ class TablePredictor:
                 offset += share * (float(model["measured_ms"]) - float(model["layer_sum_ms"]))
         per_layer = {name: ms * scales[precision_of.get(name)] for name, ms in raw.items()}
         total = max(sum(per_layer.values()) + offset, 0.0)
-        if len(sums) > 1 and not self._pricing_transitions:
+        if len(sums) > 1 and transitions:
             offset += transition_rate(self.table, specs) * transition_elements(specs, precision_of)
             total = max(sum(per_layer.values()) + offset, 0.0)
         main = max(sums, key=lambda p: sums[p])
