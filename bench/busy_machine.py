@@ -20,64 +20,43 @@ until 2026-11-28, by accident): the time-sharing case.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verdict_stability import Load, hog, pin  # noqa: E402 - the same load, pinned as it is there
+
 CONDITIONS = ("quiet", "busy loop", "memory hog")
 
 
-#: The cores this process may use when the script starts, before it pins itself: a child started after
-#: that inherits the pinned set, so it is told the whole set (reading its own affinity, the hog of
-#: bench/verdict_stability.py found one core and stayed on the measurement's).
-CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def pin(core: int, cores: list[int] = CORES) -> None:
-    if len(cores) >= 2:
-        os.sched_setaffinity(0, {cores[core]})
-
-
-def busy_loop(stop: Any, cores: list[int], core: int) -> None:
+def busy_loop(stop: Any, core: int, cores: list[int]) -> None:
+    """Spin until ``stop`` is set, on ``core`` of ``cores`` (as :func:`verdict_stability.hog` streams memory)."""
     pin(core, cores)
     while not stop.is_set():
         pass
 
 
-def memory_hog(stop: Any, cores: list[int], core: int) -> None:
-    import numpy as np
-
-    pin(core, cores)
-    a = np.ones(32 * 1024 * 1024)
-    b = np.empty_like(a)
-    while not stop.is_set():
-        np.multiply(a, 2.0, out=b)
-
-
 class Condition:
-    """One of :data:`CONDITIONS`, switched on for a measurement and off after it."""
+    """One of :data:`CONDITIONS`, switched on for a measurement and off after it (:class:`verdict_stability.Load`)."""
 
     def __init__(self, name: str, core: int) -> None:
-        self.name, self.core = name, core
-        self.target = {"busy loop": busy_loop, "memory hog": memory_hog}.get(name)
+        target = {"busy loop": busy_loop, "memory hog": hog}.get(name)
+        self.load = None if target is None else Load(core, target)
 
     def __enter__(self) -> "Condition":
-        self.process = None
-        if self.target is not None:
-            self.stop = multiprocessing.Event()
-            self.process = multiprocessing.Process(target=self.target, args=(self.stop, CORES, self.core), daemon=True)
-            self.process.start()
-            time.sleep(0.5)  # reached its loop
+        if self.load is not None:
+            self.load.on()
+            time.sleep(0.2)  # reached its loop (Load waits 0.3 s; numpy's 256 MB take a moment more)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.process is not None:
-            self.stop.set()
-            self.process.join()
+        if self.load is not None:
+            self.load.off()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,16 +51,15 @@ CONDITIONS = ("quiet", "loaded", "intermittent")
 ESTIMATORS = ("median of round ratios", "ratio of round minima", "ratio of round medians", "size-matched reference")
 
 
-def pin(core: int) -> None:
-    """Keep the calling process on one core (where the machine has two or more and allows it)."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) >= 2:
-        os.sched_setaffinity(0, {cores[core]})
-
-
 #: The cores this process may use when the script starts, before it pins itself: a child started after that
 #: inherits the pinned set, so the hog is told the whole set.
 CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def pin(core: int, cores: list[int] = CORES) -> None:
+    """Keep the calling process on ``core`` of ``cores`` (where the machine has two or more and allows it)."""
+    if len(cores) >= 2:
+        os.sched_setaffinity(0, {cores[core]})
 
 
 def hog(stop: Any, core: int, cores: list[int]) -> None:
@@ -68,8 +67,7 @@ def hog(stop: Any, core: int, cores: list[int]) -> None:
     passed: a child started another way than by fork reads this module again, pinned)."""
     import numpy as np
 
-    if len(cores) >= 2:
-        os.sched_setaffinity(0, {cores[core]})
+    pin(core, cores)
 
     a = np.ones(32 * 1024 * 1024)
     b = np.empty_like(a)
@@ -78,18 +76,18 @@ def hog(stop: Any, core: int, cores: list[int]) -> None:
 
 
 class Load:
-    """A memory-streaming process, switched on and off, on ``core`` (0: the measuring one once :func:`pin`
-    put this process there; 1: the other)."""
+    """A process running ``target`` (``target(stop, core, cores)``; default :func:`hog`, memory-streaming),
+    switched on and off, on ``core`` (0: the measuring one once :func:`pin` put this process there; 1: the other)."""
 
-    def __init__(self, core: int = 1) -> None:
-        self.core = core
+    def __init__(self, core: int = 1, target: Any = hog) -> None:
+        self.core, self.target = core, target
         self.stop: Any = None
         self.process: Any = None
 
     def on(self) -> None:
         if self.process is None:
             self.stop = multiprocessing.Event()
-            self.process = multiprocessing.Process(target=hog, args=(self.stop, self.core, CORES), daemon=True)
+            self.process = multiprocessing.Process(target=self.target, args=(self.stop, self.core, CORES), daemon=True)
             self.process.start()
             time.sleep(0.3)  # let it reach its loop
 
