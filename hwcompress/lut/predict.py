@@ -478,7 +478,7 @@ class TablePredictor:
         if rows and elements and measured:
             try:  # the prediction without the term this record gives
                 detail = self.predict_detail([spec_from_record(r) for r in rows], transitions=False)
-                rate = max(float(measured) - (detail.total_ms - detail.offset_ms), 0.0) / float(elements)
+                rate = max(float(measured) - detail.total_ms, 0.0) / float(elements)
             except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored rate
                 pass
         self._rates[id(model)] = (model, rate)

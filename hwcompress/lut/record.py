@@ -254,8 +254,8 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
             now = profiler.measure(reference["artifact"], whole).latency.median
             drifts.append(now / float(calibrated[precision]["measured_ms"]))
     measured = round(statistics.median(mixed_times) / statistics.median(drifts), 6)
-    detail = table.predict_detail(specs)
-    predicted = detail.total_ms - detail.offset_ms  # without the transition term: this record is what gives it
+    # without the transition term: this record is what gives it
+    predicted = table.predict_detail(specs, transitions=False).total_ms
     precision_of = {spec.name: getattr(spec, "precision", None) for spec in specs}
     elements = transition_elements(specs, precision_of)
     rate = max(measured - predicted, 0.0) / elements if elements else 0.0

@@ -446,9 +446,10 @@ class LatencyTable:
         """Uncalibrated latency (ms) of one layer and how it was found: exact | interpolated | missing."""
         return self.predictor.predict_layer(spec)
 
-    def predict_detail(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> PredictionDetail:
+    def predict_detail(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale",
+                       transitions: bool = True) -> PredictionDetail:
         """Predict a model from its analysed layers (see :meth:`TablePredictor.predict_detail`)."""
-        return self.predictor.predict_detail(layers, calibration)
+        return self.predictor.predict_detail(layers, calibration, transitions=transitions)
 
     def predict(self, layers: ModelAnalysis | Sequence[LayerSpec], calibration: str = "scale") -> Prediction:
         """``(total_ms, per_layer_ms, coverage)`` for a model's analysed layers (calibrated)."""
