@@ -17,6 +17,7 @@ command line is a thin layer over these same calls. Errors in what is passed rai
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -28,12 +29,37 @@ from hwcompress.measure.compare import CompareReport, compare_models
 from hwcompress.measure.profile import profile_model
 from hwcompress.measure.report import ProfileReport
 from hwcompress.model.data import DataSplits, resolve_data
-from hwcompress.model.loading import LoadedModel
+from hwcompress.model.loading import LoadedModel, parse_input_shape
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.prepare import PYTHON_OBJECT
 from hwcompress.search.run import SearchResult, apply_policy, resume_search, run_search
 
 __all__ = ["compare", "compress", "profile", "resume"]
+
+#: The keyword settings profile() and compare() take besides their named arguments.
+PROFILE_SETTINGS = ("runs", "warmup", "threads", "precision", "per_layer", "device_file", "weights", "workdir")
+COMPARE_SETTINGS = ("runs", "warmup", "threads", "precision", "device_file")
+
+
+def _shape(input_shape: Any) -> tuple[int, ...] | None:
+    """``input_shape`` as a tuple of ints: a sequence of whole numbers, or a string like ``"1,3,224,224"``."""
+    if input_shape is None:
+        return None
+    if isinstance(input_shape, str):
+        return parse_input_shape(input_shape)
+    try:  # operator.index: ints and NumPy's integers, not floats or bools' look-alikes in strings
+        shape = tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        raise UserError(f"input_shape must be positive whole numbers like (1, 3, 224, 224), not {input_shape!r}") from None
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise UserError(f"input_shape must be positive whole numbers like (1, 3, 224, 224), not {input_shape!r}")
+    return shape
+
+
+def _check_keywords(function: str, settings: dict[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise UserError(f"{function}() has no setting {', '.join(unknown)}; settings are: {', '.join(known)}")
 
 
 
@@ -122,7 +148,9 @@ def compress(
     unknown = sorted(set(settings) - known)
     if unknown:
         raise UserError(f"compress() has no setting {', '.join(unknown)}; settings are: {', '.join(sorted(known))}")
-    shape = tuple(input_shape) if input_shape is not None else None
+    shape = _shape(input_shape)
+    if agent_options is not None and not isinstance(agent_options, dict):
+        raise UserError(f"agent_options must be a dict like {{'delta_decay': 0.9}}, not {type(agent_options).__name__}")
     model_spec, teacher, data_spec, splits = _teacher_and_data(model, data, shape, settings.get("weights"))
     config = SearchConfig(budget=budget, agent=agent, agent_options=dict(agent_options or {}), device=device,
                           model=model_spec, data=data_spec, input_shape=shape, episodes=episodes,
@@ -152,7 +180,8 @@ def profile(model: Any = "resnet18", *, device: str | None = "cpu", input_shape:
     Args:
         model: an ``nn.Module`` (give ``input_shape``) or any ``--model`` string.
         device: a device name from the catalog; ``device_file`` takes a TOML file instead.
-        input_shape: the input shape (default: the model's usual one).
+        input_shape: the input shape (default: the model's usual one): a sequence of ints, or a string
+            like ``"1,3,224,224"``.
         lut: predict from this LUT instead of measuring.
         **settings: ``runs``, ``warmup``, ``threads``, ``precision``, ``per_layer``, ``device_file``,
             ``weights``, ``workdir``.
@@ -161,8 +190,8 @@ def profile(model: Any = "resnet18", *, device: str | None = "cpu", input_shape:
         :class:`~hwcompress.measure.report.ProfileReport` (``to_dict()`` is the ``hwcompress.profile/1``
         document).
     """
-    return profile_model(model, device=device, input_shape=tuple(input_shape) if input_shape else None,
-                         lut=None if lut is None else str(lut), **settings)
+    _check_keywords("profile", settings, PROFILE_SETTINGS)
+    return profile_model(model, device=device, input_shape=_shape(input_shape), lut=None if lut is None else str(lut), **settings)
 
 
 def compare(models: Sequence[Any], *, device: str | None = "cpu", input_shape: Sequence[int] | None = None,
@@ -170,9 +199,17 @@ def compare(models: Sequence[Any], *, device: str | None = "cpu", input_shape: S
     """Measure ``models`` on ``device`` in interleaved rounds; each is quoted as its median per-round
     ratio to the first (the reference), with the range.
 
+    Args:
+        models: two or more ``nn.Module`` objects or ``--model`` strings; the first is the reference.
+        input_shape: a sequence of ints, or a string like ``"1,3,224,224"``.
+        **settings: ``runs``, ``warmup``, ``threads``, ``precision``, ``device_file``.
+
     Returns:
         :class:`~hwcompress.measure.compare.CompareReport` (``to_dict()`` is the ``hwcompress.compare/1``
         document).
     """
-    return compare_models(list(models), device=device, input_shape=tuple(input_shape) if input_shape else None,
+    if isinstance(models, (str, os.PathLike)) or not isinstance(models, Sequence):
+        raise UserError(f"models must be a list of two or more models (the first is the reference), not {models!r}")
+    _check_keywords("compare", settings, COMPARE_SETTINGS)
+    return compare_models(list(models), device=device, input_shape=_shape(input_shape),
                           rounds=rounds, lut=None if lut is None else str(lut), **settings)

@@ -146,6 +146,9 @@ def cases(root: str) -> list[dict]:
         ["profile", "-m", "resnet18", "--input-shape", "3,224"], ["profile", "--input-shape", "x"],
         ["profile", "--runs", "0"], ["profile", "--warmup", "-1"], ["profile", "--threads", "0"],
         ["profile", "--threads", "1000"], ["profile", "--precision", "int4"], ["profile", "--json", f"{r}/folder"],
+        # a precision the measuring profiler does not run, and int8 asked of a float model ONNX Runtime runs as it is
+        ["profile", "--precision", "fp16"], ["profile", "-m", "resnet18", "--input-shape", "1,3,32,32", "--precision", "int8"],
+        ["compare", "resnet18", "resnet18", "--precision", "fp16"],
         ["profile", "--plot", "layers.gif"], ["profile", "--plot", "x.png", "--no-per-layer"],
         ["profile", "--plot", f"{r}/nofolder/x.png"], ["profile", "--device", "nosuch"], ["profile", "--device", "jetson"],
         ["profile", "--device", "cpu", "--lut", f"{r}/missing.lut.json"], ["profile", "--lut", f"{r}/bad.lut.json"],
@@ -155,6 +158,7 @@ def cases(root: str) -> list[dict]:
         ["compare", "resnet18"], ["compare", "resnet18", "mobilenet_v2", "--rounds", "0"],
         ["compare", "resnet18", f"{r}/static.onnx"], ["compare", "resnet18", "nosuchmodel"],
         ["compare", "resnet18", "resnet18", "--json", f"{r}/folder"], ["compare", "resnet18", "resnet18", "--runs", "-2"],
+        ["compare", "mobilenet_v3_small", "resnet18", "--input-shape", "1,4,32,32"],
         # --- lut
         ["lut", "record", "--out", "x.lut.json", "--points", "0"], ["lut", "record", "--out", "x.lut.json", "--passes", "0"],
         ["lut", "record", "--out", "x.lut.json", "--min-ratio", "0"], ["lut", "record", "--out", "x.lut.json", "--min-ratio", "2"],

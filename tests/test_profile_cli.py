@@ -124,7 +124,8 @@ def test_unreadable_checkpoint_and_unexportable_model(cli, tmp_path, monkeypatch
 
 def test_debug_shows_traceback(cli):
     result = cli("--debug", "profile", "--device", "toaster")
-    assert result.returncode != 0 and "Traceback" in result.stderr
+    # the traceback, and the exit code of a refusal all the same (scripts test for 2)
+    assert result.returncode == 2 and "Traceback" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_version_and_help(cli):
@@ -189,3 +190,23 @@ def test_profile_plot_folds_the_fastest_layers_into_one_bar(tmp_path, monkeypatc
     assert (tmp_path / "toy.svg").read_text().lstrip().startswith("<?xml")
     with pytest.raises(plots.UserError, match="no per-layer times"):
         plots.profile_layers({**document, "layers": [{**r, "latency_ms": None} for r in layers]}, tmp_path / "x.png")
+
+
+def test_the_python_api_names_a_mistyped_setting_and_reads_a_shape_given_as_text():
+    """profile() and compare() refuse keywords they do not take (a misspelt ``runs`` was silently the
+    default), and take "1,3,32,32" as the CLI does; a single string is not a list of models."""
+    import hwcompress
+    from hwcompress.errors import UserError
+
+    with pytest.raises(UserError, match=r"profile\(\) has no setting run;"):
+        hwcompress.profile("mobilenet_v3_small", input_shape=(1, 3, 32, 32), run=3)
+    with pytest.raises(UserError, match=r"compare\(\) has no setting per_layr;"):
+        hwcompress.compare(["mobilenet_v3_small", "mobilenet_v3_small"], per_layr=False)
+    with pytest.raises(UserError, match="models must be a list of two or more"):
+        hwcompress.compare("resnet18")
+    with pytest.raises(UserError, match="positive whole numbers"):
+        hwcompress.profile("mobilenet_v3_small", input_shape=(1, 3, 32.5, 32))
+    with pytest.raises(UserError, match="agent_options must be a dict"):
+        hwcompress.compress(budget=hwcompress.Budget.macs(5e7), agent_options=["delta_decay=0.9"])
+    report = hwcompress.profile("mobilenet_v3_small", input_shape="1,3,32,32", runs=3, warmup=1, per_layer=False).to_dict()
+    assert report["model"]["input_shape"] == [1, 3, 32, 32] and report["settings"]["runs"] == 3

@@ -831,3 +831,19 @@ def test_n2n_searches_int8_students(tmp_path, int8_lut, monkeypatch, int8_measur
     assert history and all(record["cost"] < doc["teacher"]["latency_ms"] for record in history)  # int8 prices
     with pytest.raises(UserError, match="n2n does not choose precisions"):
         _config(tmp_path, int8_lut, "mixed", agent="n2n")
+
+
+def test_profile_at_int8_times_a_quantized_model_and_refuses_a_float_one(tmp_path):
+    """ONNX Runtime runs what the file holds: `profile --precision int8` of a Q/DQ model is timed and
+    labelled int8; of a float model it is refused, not timed in float under an int8 label; fp16, which
+    this profiler does not run, is refused too."""
+    import hwcompress
+
+    fp32, _ = quantize_module(resnet20(), SHAPE, tmp_path, random_inputs(SHAPE), check=False)
+    int8 = tmp_path / "student.onnx"
+    report = hwcompress.profile(str(int8), input_shape=SHAPE, device="cpu", precision="int8", runs=5, per_layer=False)
+    assert report.to_dict()["settings"]["precision"] == "int8" and report.to_dict()["latency_ms"]["median"] > 0
+    with pytest.raises(UserError, match="holds no quantized layer"):
+        hwcompress.profile(str(fp32), input_shape=SHAPE, device="cpu", precision="int8", runs=5, per_layer=False)
+    with pytest.raises(UserError, match="runs fp32, int8"):
+        hwcompress.profile(str(fp32), input_shape=SHAPE, device="cpu", precision="fp16", runs=5, per_layer=False)

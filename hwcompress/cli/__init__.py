@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import click
 
@@ -74,13 +75,14 @@ def main(argv: list[str] | None = None) -> None:
         _add_commands()
         cli.main(args=argv, prog_name="hwcompress", standalone_mode=False)
     except UserError as error:
-        if debug_enabled():
-            raise
+        if debug_enabled():  # the traceback too, and the same exit code: scripts test for 2
+            traceback.print_exc()
         click.echo(f"error: {_one_line(error)}", err=True)
         sys.exit(2)
     except PluginError as error:
         if debug_enabled():
-            raise
+            traceback.print_exc()
+            sys.exit(1)
         click.echo(f"error: {_one_line(error)} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     except click.exceptions.Abort:

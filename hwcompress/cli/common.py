@@ -39,7 +39,8 @@ def timing_options(runs: str = "Timed iterations") -> Callable:
         click.option("--threads", type=int, help="Intra-op threads (default from the device, 1 on cpu)."),
         click.option("--runs", type=int, help=f"{runs} (default from the device, 100 on cpu)."),
         click.option("--warmup", type=int, help="Untimed iterations before each timing (default from the device)."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision where the runtime supports it."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Precision to time in (default: the device's, fp32 on cpu); "
+                     "a precision the device's profiler does not run is refused (ONNX Runtime: fp32, and int8 for a quantized .onnx)."),
     )
 
 

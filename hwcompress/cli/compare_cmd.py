@@ -17,7 +17,7 @@ from hwcompress.validate import whole
 @click.option("--rounds", type=int, default=5, show_default=True,
               help="Interleaved rounds; each times every model once, the first model rotating.")
 @timing_options("Timed iterations per model and round")
-@click.option("--lut", type=click.Path(dir_okay=False), help="Predict both from this recorded LUT instead of measuring.")
+@click.option("--lut", type=click.Path(dir_okay=False), help="Predict every model from this recorded LUT instead of measuring.")
 @click.option("--json", "json_target", metavar="FILE", help="Write the hwcompress.compare/1 document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No table.")
 def compare(models, device, device_file, input_shape, rounds, threads, runs, warmup, precision, lut, json_target, quiet):

@@ -446,6 +446,12 @@ def compare_models(
         raise UserError(f"the models take different input shapes ({listed}); give one with --input-shape")
     shape = shapes.pop()
     rounds = rounds if timing.measured else 1  # a prediction is the same every time
+    analyses = []
+    for model in loaded:  # before anything is exported: a model that cannot run on the shape is named
+        try:
+            analyses.append(analyze(model.module, shape) if model.module is not None else analyze_onnx(model.onnx_path, shape))
+        except UserError as error:
+            raise UserError(f"{model.name}: {error}") from None
 
     with tempfile.TemporaryDirectory(prefix="hwcompress-compare-") as folder:
         artifacts = []
@@ -461,8 +467,7 @@ def compare_models(
     if busy:
         notes.append(busy + "; the ratios, taken round by round, hold better than the medians")
     rows: list[dict[str, Any]] = []
-    for model, measured in zip(loaded, results):
-        analysis = analyze(model.module, shape) if model.module is not None else analyze_onnx(model.onnx_path, shape)
+    for model, measured, analysis in zip(loaded, results, analyses):
         ratios = paired_ratios(measured, results[0])
         row = {"name": model.name, "latency_ms": statistics.median(m.latency.median for m in measured),
                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),

@@ -195,8 +195,13 @@ class Timing:
 
         Raises:
             UserError: more threads than the measuring machine (this one, or the remote device) has
-                logical cores.
+                logical cores; a precision the measuring profiler does not run (it declares the ones it
+                runs in ``precisions``; one that declares none is not asked).
         """
+        runs = tuple(getattr(self.profiler, "precisions", ()) or ()) if self.measured else ()
+        if runs and settings.precision not in runs:
+            raise UserError(f"--precision {settings.precision}: the {self.profiler.name} profiler on {self.descriptor.name} "
+                            f"runs {', '.join(runs)}; pass --precision {runs[0]}" + (" (or another device)" if len(runs) == 1 else ""))
         remote = self.measured and self.descriptor.remote
         cores = (self.profiler.logical_cores() if remote else None) or os.cpu_count() or 1
         if self.measured and settings.threads > cores:

@@ -59,6 +59,25 @@ def make_session(onnx_path: str | os.PathLike[str], settings: ProfileSettings, p
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
+#: Operators of a quantized ONNX model (ONNX Runtime's static quantizer writes QDQ or QOperator models).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                           "MatIntegerToFloat", "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def holds_quantized_nodes(onnx_path: str | os.PathLike[str]) -> bool:
+    """Whether the ONNX file holds a quantized operator (its graph only: weights kept outside are not read)."""
+    stat = os.stat(onnx_path)
+    return _holds_quantized_nodes(os.path.abspath(onnx_path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _holds_quantized_nodes(path: str, mtime_ns: int, size: int) -> bool:  # noqa: ARG001 (the cache key: the file as it is)
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return any(node.op_type in QUANTIZED_OPS for node in graph.node)
+
+
 def random_feed(session: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
     import numpy as np
 
@@ -186,6 +205,14 @@ class OnnxRuntimeProfiler:
         }
 
     def measure(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
+        if settings.precision == "int8" and not holds_quantized_nodes(artifact.onnx_path):
+            # ONNX Runtime runs what the file holds: a float model timed "at int8" would be a float
+            # timing under an int8 label.
+            from hwcompress.errors import UserError
+
+            raise UserError(f"--precision int8: ONNX Runtime runs a model in int8 only as a quantized (Q/DQ) ONNX file, and "
+                            f"{artifact.name or Path(artifact.onnx_path).name} holds no quantized layer; profile it at "
+                            f"--precision fp32, or profile a quantized model (search --quantize int8 writes one as student.onnx)")
         session = make_session(artifact.onnx_path, settings)
         feed = random_feed(session, artifact.input_shape)
         samples = time_session(session, feed, int(settings.runs), int(settings.warmup))
