@@ -826,6 +826,11 @@ def _mutations():
         "NaN latency": (entry("p90", float("nan")), "p90"),
         "entry with bad cin": (entry("cin", "16"), "cin"),
         "entry with no kernels": (entry("kernels", 0), "kernels"),
+        # fields the entry's key is built from: once silently keyed to what no layer matches
+        "entry with a string kernel": (entry("kernel", "3"), "field 'kernel'"),
+        "entry with a short in_hw": (entry("in_hw", [16]), "field 'in_hw'"),
+        "entry with a fractional stride": (entry("stride", [1.5, 1.5]), "field 'stride'"),
+        "entry with a negative padding": (entry("padding", [-1, -1]), "field 'padding'"),
         "no entries": (lambda doc: doc.pop("entries"), "entries"),
         "another device": (provenance("device", "raspberry-pi-5"), "recorded for device 'raspberry-pi-5'"),
         "another runtime version": (provenance("runtime_version", "0.0.1"), "0.0.1"),
@@ -1083,3 +1088,122 @@ def test_a_rows_time_scale_charges_its_share(recorded):
     halved = table.predict_detail([dataclasses.replace(r, time_scale=0.5) for r in rows], calibration="none")
     assert halved.layer_sum_ms == pytest.approx(whole.layer_sum_ms / 2) and whole.layer_sum_ms > 0
     assert "time_scale" not in rows[0].to_dict()
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusals found by the user audit (lut plan/record options, plan folders, far predictions, --runs)
+
+
+@pytest.mark.parametrize("command", ["plan", "record"])
+@pytest.mark.parametrize("option", [("--quantum", "-8"), ("--quantum", "0"), ("--min-ratio", "0"), ("--min-ratio", "5"),
+                                    ("--points", "0"), ("--calibration-widths", "1.5,-1")])
+def test_plan_and_record_refuse_bad_grid_options(command, option, tmp_path, capsys, tinynets):
+    """`lut plan` checks its grid options as `lut record` does (one helper), and both refuse a quantum below 1,
+    which once wrote a LUT every reader then refused."""
+    out = tmp_path / ("plan" if command == "plan" else "x.lut.json")
+    code, _, err = run_main(capsys, "lut", command, "-m", tinynets, "--input-shape", "1,3,16,16", "--out", str(out), *option,
+                            "--no-calibration")
+    assert code == 2 and option[0] in error_line(err)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["lut_tinynets.py"]
+
+
+def test_plan_never_replaces_files_it_did_not_write(tmp_path, capsys, tinynets, monkeypatch):
+    """`lut plan --out` writes a new or empty folder, or replaces an earlier plan; a folder holding anything
+    else is refused before anything is written, and a failed export leaves nothing behind."""
+    import hwcompress.lut.record as record_module
+
+    args = ["lut", "plan", "-m", tinynets, "--input-shape", "1,3,16,16", "--points", "1", "--quantum", "8", "--no-calibration"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"my": "own manifest"}')
+    code, _, err = run_main(capsys, *args, "--out", str(mine))
+    assert code == 2 and str(mine) in error_line(err) and "manifest.json" in error_line(err)
+    assert (mine / "manifest.json").read_text() == '{"my": "own manifest"}' and sorted(p.name for p in mine.iterdir()) == ["manifest.json"]
+
+    plan = tmp_path / "plan"
+    plan.mkdir()  # empty: fine
+    assert run_main(capsys, *args, "--out", str(plan))[0] == 0
+    first = json.loads((plan / "manifest.json").read_text())
+    assert run_main(capsys, *args, "--out", str(plan), "--points", "2")[0] == 0  # an earlier plan is replaced
+    again = json.loads((plan / "manifest.json").read_text())
+    assert again["grid"]["points"] == 2 and len(again["units"]) > len(first["units"])
+    assert all((plan / unit["onnx"]).is_file() for unit in again["units"])
+
+    (plan / "units" / "notes.txt").write_text("mine")  # a plan with a file of the user's in it
+    code, _, err = run_main(capsys, *args, "--out", str(plan))
+    assert code == 2 and "units/notes.txt" in error_line(err) and (plan / "units" / "notes.txt").read_text() == "mine"
+    assert json.loads((plan / "manifest.json").read_text()) == again
+
+    def broken(*_args, **_kwargs):
+        raise UserError("the model cannot be exported to ONNX: boom")
+
+    monkeypatch.setattr(record_module, "export_onnx", broken)
+    (plan / "units" / "notes.txt").unlink()
+    code, _, err = run_main(capsys, *args, "--out", str(tmp_path / "new" / "plan"))
+    assert code == 2 and "boom" in error_line(err) and not (tmp_path / "new").exists()
+    code, _, err = run_main(capsys, *args, "--out", str(plan))
+    assert code == 2 and json.loads((plan / "manifest.json").read_text()) == again  # the earlier plan as it was
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["lut_tinynets.py", "mine", "plan"]
+
+
+FARNETS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from lut_tinynets import tiny
+
+    def uncovered():  # no layer of a shape the tiny net's LUT holds, or within 10x of one by work
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 64, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1000)).eval()
+
+    def wide_head():  # the tiny net's layers, but 1000 classes: its Linear lies 100x beyond the recorded 32 -> 10
+        model = tiny()
+        model[-1] = nn.Linear(32, 1000)
+        return model
+    """
+)
+
+
+def test_profile_refuses_a_lut_that_covers_none_of_the_model(recorded, tmp_path, capsys, tinynets):
+    """A prediction resting on no measured configuration of the model (every layer missing, or scaled by work
+    from entries more than 10x away) is refused with the recording to make; one that rests partly on such
+    layers names them in a warning (it came back ~600x too high with only a coverage note)."""
+    (tmp_path / "lut_farnets.py").write_text(FARNETS)
+    common = ["--device", "cpu", "--lut", str(recorded), "--input-shape", "1,3,16,16", "-q"]
+    code, _, err = run_main(capsys, "profile", *common, "-m", "lut_farnets:uncovered")
+    line = error_line(err)
+    assert code == 2 and "covers none of the 2 layers" in line
+    assert f"hwcompress lut record --device cpu --model lut_farnets:uncovered --input-shape 1,3,16,16 --out {recorded}" in line
+    code, _, err = run_main(capsys, "compare", "lut_farnets:uncovered", tinynets, *common)
+    assert code == 2 and "covers none" in error_line(err)
+
+    with pytest.warns(UserWarning, match=r"1 of the 4 layers of lut_farnets:wide_head .* \(10 100x\)") as warned:
+        code, out, err = run_main(capsys, "profile", *common, "-m", "lut_farnets:wide_head", "--json", "-")
+    assert code == 0, err
+    assert len(warned) == 1 and str(warned[0].message) in json.loads(out)["notes"]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # the model the LUT was recorded for: no such warning
+        warnings.simplefilter("always")
+        code, _, err = run_main(capsys, "profile", *common, "-m", tinynets, "--json", str(tmp_path / "p.json"))
+    assert code == 0 and not [w for w in caught if "scaled by work" in str(w.message)], err
+
+
+def test_record_into_a_lut_keeps_its_runs(tmp_path, capsys, tinynets):
+    """Recording into an existing LUT times new entries with the table's --runs and --warmup; another value
+    is refused (it was taken for a resume: nothing re-timed, the provenance still saying the old runs)."""
+    table = tmp_path / "t.lut.json"
+    args = ["lut", "record", "-m", tinynets, "--input-shape", "1,3,16,16", "--out", str(table), "--points", "1",
+            "--quantum", "8", "--calibration-widths", "", "-q"]
+    assert run_main(capsys, *args, "--runs", "3", "--warmup", "1")[0] == 0
+    recorded = table.read_bytes()
+    for option in (("--runs", "5"), ("--warmup", "2")):
+        code, _, err = run_main(capsys, *args, *option)
+        line = error_line(err)
+        assert code == 2 and f"recorded with {option[0]} " in line and f"drop {option[0]}" in line and "--overwrite" in line
+        assert table.read_bytes() == recorded
+    code, _, err = run_main(capsys, *[a.replace(":tiny", ":half") for a in args])  # another model, no --runs: the table's
+    assert code == 0, err
+    extended = LatencyTable.load(table)
+    assert len(extended) > len(LatencyTable.from_dict(json.loads(recorded))) and extended.provenance["runs"] == 3
+    assert {e.runs for e in extended.entries.values()} == {3}

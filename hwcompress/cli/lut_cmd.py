@@ -6,6 +6,8 @@ Predicting from a table is ``hwcompress profile --device NAME --lut FILE``; see 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 
 import click
 from rich.markup import escape
@@ -15,6 +17,7 @@ from hwcompress.devices import resolve_device
 from hwcompress.errors import UserError
 from hwcompress.lut.plan import load_plan, record_plan
 from hwcompress.lut.table import LatencyTable
+from hwcompress.measure.contract import ProfileSettings
 from hwcompress.measure.resolve import make_settings, measuring_profiler
 from hwcompress.model.loading import load_model
 
@@ -46,7 +49,8 @@ def lut():
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size); its batch is the LUT's.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for a torchvision/factory model.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False),
-              help="The LUT file; an existing one recorded here with the same settings is resumed and extended.")
+              help="The LUT file; an existing one recorded here with the same settings is resumed and extended "
+                   "(with its --runs and --warmup).")
 @click.option("--plan", "plan", type=click.Path(), help="Time a plan folder made by `hwcompress lut plan` (no PyTorch needed here).")
 @click.option("--profiler", "profiler_name", help="Measuring profiler (default: the device's; onnxruntime when that one is missing).")
 @timing_options("Timed iterations per layer configuration")
@@ -98,24 +102,23 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
     if plan:
         _, manifest = load_plan(plan)
     descriptor = resolve_device(device or (None if device_file else (manifest or {}).get("device", "cpu")), device_file)
-    for name, value in (("--points", points), ("--passes", passes)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1 (got {value})")
-    if not 0 < min_ratio <= 1:
-        raise UserError(f"--min-ratio must be in (0, 1] (got {min_ratio})")
-    try:
-        widths = tuple(float(w) for w in calibration_widths.split(",") if w.strip())
-    except ValueError:
-        raise UserError(f"malformed --calibration-widths {calibration_widths!r}; expected numbers like 0.75,0.5,0.3") from None
-    if any(not 0 < w < 1 for w in widths):
-        raise UserError(f"--calibration-widths must lie strictly between 0 and 1 (got {calibration_widths!r})")
+    if passes < 1:
+        raise UserError(f"--passes must be at least 1 (got {passes})")
+    widths = grid_options(points, min_ratio, quantum, calibration_widths)
     settings = make_settings(descriptor, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=False)
+    if not overwrite and os.path.exists(out):
+        settings = resumed_settings(out, settings, runs=runs, warmup=warmup)
     wanted = [p.strip() for p in (precisions or "").split(",") if p.strip()] or None
     if wanted and plan:
         raise UserError("--precisions applies to recording a model; a plan records the precisions it was made with")
     if wanted and any(p not in ("fp32", "fp16", "int8") for p in wanted):
         raise UserError(f"--precisions takes fp32, fp16 and int8, comma-separated (got {precisions!r})")
     profiler, notes = measuring_profiler(descriptor, profiler_name)
+    runs_in = tuple(getattr(profiler, "precisions", ()) or ())
+    unrun = [p for p in [settings.precision, *(wanted or [])] if runs_in and p not in runs_in]
+    if unrun:
+        raise UserError(f"the {profiler.name} profiler on {descriptor.name} runs {', '.join(runs_in)}, not {', '.join(dict.fromkeys(unrun))}; "
+                        f"record in {' or '.join(runs_in)} (--precision, --precisions)")
     err = console(stderr=True)
     for note in notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
@@ -175,7 +178,8 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
 @click.option("--model", "-m", default="resnet18", show_default=True, help="torchvision name, pkg.module:factory, checkpoint or 'embedded'.")
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the model's usual size).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State-dict file for a torchvision/factory model.")
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="The plan folder to write (copy it to the device).")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False),
+              help="The plan folder to write (copy it to the device): a new or empty one, or an earlier plan to replace.")
 @click.option("--points", type=int, default=5, show_default=True, help="Grid points per channel axis.")
 @click.option("--min-ratio", type=float, default=0.2, show_default=True, help="Smallest preserve ratio the grid covers.")
 @click.option("--quantum", type=int, help="The device runtime's channel step, if known (else the device detects it).")
@@ -190,13 +194,11 @@ def plan(device, device_file, model, input_shape, weights, out, points, min_rati
       adb push phone-plan /sdcard/Download/phone-plan                                     # or any copy
       hwcompress lut record --plan phone-plan --out phone.lut.json                        # on the phone
     """
-    from hwcompress.lut.record import export_plan  # PyTorch: not needed to time a plan
+    from hwcompress.lut.record import check_plan_folder, export_plan  # PyTorch: not needed to time a plan
 
     descriptor = resolve_device(None if device_file and device == "cpu" else device, device_file)
-    try:
-        widths = tuple(float(w) for w in calibration_widths.split(",") if w.strip())
-    except ValueError:
-        raise UserError(f"malformed --calibration-widths {calibration_widths!r}; expected numbers like 0.75,0.5,0.3") from None
+    widths = grid_options(points, min_ratio, quantum, calibration_widths)
+    check_plan_folder(out)  # before the model is loaded: a refusal costs a second
     loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape))
     if loaded.module is None:
         raise UserError(f"a LUT plan is made from a PyTorch model (its layers); {model} is an ONNX file")
@@ -207,6 +209,41 @@ def plan(device, device_file, model, input_shape, weights, out, points, min_rati
     units = len(json.loads(manifest.read_text())["units"])
     click.echo(f"wrote {out}: {units} layer configurations of {loaded.name} for {descriptor.name}; on the device run "
                f"`hwcompress lut record --plan {out} --out {descriptor.name}.lut.json`", err=True)
+
+
+def grid_options(points: int, min_ratio: float, quantum: int | None, calibration_widths: str) -> tuple[float, ...]:
+    """Check the grid options `lut record` and `lut plan` share; return the calibration widths."""
+    if points < 1:
+        raise UserError(f"--points must be at least 1 (got {points})")
+    if quantum is not None and quantum < 1:
+        raise UserError(f"--quantum must be at least 1 channel (got {quantum}); give the runtime's channel step, "
+                        "or leave it out to detect it")
+    if not 0 < min_ratio <= 1:
+        raise UserError(f"--min-ratio must be in (0, 1] (got {min_ratio})")
+    try:
+        widths = tuple(float(w) for w in calibration_widths.split(",") if w.strip())
+    except ValueError:
+        raise UserError(f"malformed --calibration-widths {calibration_widths!r}; expected numbers like 0.75,0.5,0.3") from None
+    if any(not 0 < w < 1 for w in widths):
+        raise UserError(f"--calibration-widths must lie strictly between 0 and 1 (got {calibration_widths!r})")
+    return widths
+
+
+def resumed_settings(out: str, settings: ProfileSettings, **given: int | None) -> ProfileSettings:
+    """``settings`` for recording into the existing LUT ``out``: its entries keep the runs and warm-up they
+    were timed with, so new ones are timed alike. A --runs or --warmup given otherwise is refused (like
+    another --threads): the table would claim settings half its entries were not timed with."""
+    recorded = LatencyTable.load(out).provenance
+    for name, value in given.items():
+        before = recorded.get(name)
+        if isinstance(before, bool) or not isinstance(before, int):  # a table recorded before it was stored
+            continue
+        if value is not None and value != before:
+            raise UserError(f"LUT {out} was recorded with --{name} {before}, this recording asks for {value}, and "
+                            f"its entries would not be timed again; drop --{name} to extend it as recorded, "
+                            "record into another file (--out), or pass --overwrite to start afresh")
+        settings = replace(settings, **{name: before})
+    return settings
 
 
 @lut.command()

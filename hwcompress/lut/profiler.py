@@ -7,6 +7,8 @@ the notes that say what it rests on (calibration, coverage, layers it cannot vou
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, Sequence
 
 from hwcompress.errors import UserError
@@ -15,6 +17,9 @@ from hwcompress.lut.predict import OFF_PATH, PredictionDetail, TablePredictor
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 from hwcompress.model.analysis import LayerSpec, analyze
 
+#: A layer priced by scaling LUT entries more than this factor away by work (MACs) is named in a warning;
+#: a model none of whose layers is priced exactly, by interpolation or within this factor is refused.
+FAR_BY_WORK = 10.0
 
 class LutPredictor:
     """A recorded table behind the profiler contract: ``measure`` predicts instead of timing.
@@ -56,6 +61,30 @@ class LutPredictor:
         detail = self.table.predict_detail(analysis)
         coverage = detail.coverage()
         notes = calibration_notes(detail) + notes
+        far = far_layers(self.table, analysis.layers, detail)
+        record = (f"hwcompress lut record --device {self.descriptor.name} --model {artifact.name} --input-shape "
+                  f"{','.join(map(str, artifact.input_shape))} --out {self.table.where()}")
+        shaped = [s.name for s in analysis.layers if detail.status.get(s.name) in (EXACT, INTERPOLATED, MISSING)
+                  and LayerConfig.from_spec(s) is not None]
+        if shaped and all(detail.status[name] == MISSING or name in far for name in shaped):
+            missing = sum(detail.status[name] == MISSING for name in shaped)
+            raise UserError(
+                f"LUT {self.table.where()} covers none of the {len(shaped)} layers of {artifact.name}: {missing} have no "
+                f"configuration of their shape recorded and {len(shaped) - missing} lie more than {FAR_BY_WORK:g}x by work "
+                "beyond the configurations recorded, so a prediction would rest on no measurement of this model; record "
+                f"it into the LUT on the device: {record}"
+            )
+        if far:
+            names = sorted(far, key=far.get, reverse=True)
+            share = sum(detail.per_layer_ms.get(name, 0.0) for name in far) / detail.total_ms if detail.total_ms > 0 else 0.0
+            warning = (
+                f"{len(far)} of the {len(shaped)} layers of {artifact.name} are scaled by work from LUT entries more than "
+                f"{FAR_BY_WORK:g}x away ({', '.join(f'{name} {far[name]:,.0f}x' if far[name] < math.inf else f'{name} (no entry of its op)' for name in names[:4])}"
+                f"{', ...' if len(names) > 4 else ''}), {share:.0%} of this prediction, which can be off by orders of "
+                f"magnitude there; record the model into the LUT on the device: {record}"
+            )
+            warnings.warn(warning, stacklevel=2)
+            notes.insert(0, warning)
         apart = grouped_apart(self.table.predictor, analysis.layers, detail.extrapolated)
         if apart:
             notes.append(
@@ -175,6 +204,37 @@ def grouped_apart(predictor: TablePredictor, specs: Sequence[LayerSpec], extrapo
         if all(x == y for x, y in points):
             apart.append(spec.name)
     return apart
+
+
+def far_layers(table: Any, specs: Sequence[LayerSpec], detail: PredictionDetail) -> dict[str, float]:
+    """The layers priced by scaling entries more than :data:`FAR_BY_WORK` away by work: name -> factor.
+
+    Extrapolated layers (outside their family's recorded grid) and missing ones (no entry of their shape:
+    scaled from the nearest of the same op) are compared by MACs (elements for an op without any) with
+    the range of the entries they can be scaled from: their family's, or their op's for a missing shape.
+    """
+    extrapolated = set(detail.extrapolated)
+    far = {}
+    for spec in specs:
+        status = detail.status.get(spec.name)
+        config = LayerConfig.from_spec(spec) if status == MISSING or spec.name in extrapolated else None
+        if config is None:
+            continue
+        config = table.normalised(config)
+        if status == MISSING:
+            pool = [e.config for e in table.entries.values() if e.config.op == config.op and e.config.depthwise == config.depthwise]
+        else:
+            pool = [e.config for e in table.entries.values() if e.config.family() == config.family()]
+        works = [_work(c) for c in pool]
+        work = _work(config)
+        reach = max(min(works) / work, work / max(works), 1.0) if works and work > 0 else math.inf
+        if reach > FAR_BY_WORK:
+            far[spec.name] = reach
+    return far
+
+
+def _work(config: LayerConfig) -> int:
+    return config.macs() or config.batch * math.prod(config.in_hw or (1,)) * config.cin
 
 
 def calibration_notes(detail: PredictionDetail) -> list[str]:

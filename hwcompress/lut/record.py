@@ -13,8 +13,11 @@ with :func:`hwcompress.lut.plan.record_plan`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 import os
+import shutil
 import statistics
 import warnings
 from dataclasses import replace
@@ -351,11 +354,73 @@ def export_plan(
     ``manifest.json``. Without ``quantum`` the grid is planned on the device's channel multiple and
     the device still detects its quantum from the probe, for interpolation.
 
+    ``out_dir`` must be new, empty, or an earlier plan (replaced; :func:`check_plan_folder`). The plan is
+    written into a hidden folder beside it and renamed into place when complete: a failure leaves
+    nothing behind, and an earlier plan in ``out_dir`` as it was.
+
     Returns:
         The manifest's path.
     """
 
     out = Path(out_dir)
+    check_plan_folder(out)
+    if quantum is not None and int(quantum) < 1:
+        raise UserError(f"the channel quantum must be at least 1 channel (got {quantum})")
+    target = out.resolve()
+    made = [folder for folder in (target, *target.parents) if not folder.exists()]  # removed again on failure
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():  # written beside it, renamed into place when complete
+        stage = target.parent / f".{target.name}.partial-{os.getpid()}-{n}"
+        if not stage.exists():
+            break
+    stage.mkdir()
+    try:
+        manifest = _write_plan(model_module, input_shape, descriptor, stage, model_name, points, min_ratio, quantum, widths, calibrate)
+        check_plan_folder(out)  # still new, empty or an earlier plan: its files are hwcompress's to replace
+        if target.exists():
+            shutil.rmtree(target)
+        stage.rename(target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in made[1:]:  # the parents this call created, deepest first, where still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    return out / manifest.name
+
+
+def check_plan_folder(out_dir: str | os.PathLike[str]) -> None:
+    """Refuse to write a plan into ``out_dir`` unless it is missing, empty, or an earlier plan, which the
+    new one replaces: a folder whose every file is its ``manifest.json`` (schema ``hwcompress.lut-plan/1``)
+    or an ONNX file that manifest lists. A file hwcompress did not write is never replaced."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the plan (a new or empty one)")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_symlink() or not p.is_dir())
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        manifest = None
+    listed = {"manifest.json"}
+    if isinstance(manifest, dict) and manifest.get("schema") == PLAN_SCHEMA:
+        calibration = manifest.get("calibration") if isinstance(manifest.get("calibration"), dict) else {}
+        for items in (manifest.get("units"), manifest.get("probe"), calibration.get("points")):
+            listed |= {item["onnx"] for item in items or () if isinstance(item, dict) and isinstance(item.get("onnx"), str)}
+    else:
+        listed = set()
+    foreign = [f for f in files if f not in listed]
+    if foreign:
+        raise UserError(f"--out {out} holds files that are not a hwcompress LUT plan's ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder (an earlier plan is replaced)")
+
+
+def _write_plan(model_module: Any, input_shape: tuple[int, ...], descriptor: Any, out: Path, model_name: str | None, points: int,
+                min_ratio: float, quantum: int | None, widths: Sequence[float], calibrate: bool) -> Path:
+    """:func:`export_plan`'s files, written into the folder ``out``; returns the manifest's path."""
     (out / "units").mkdir(parents=True, exist_ok=True)
     input_shape = tuple(int(d) for d in input_shape)
     units = model_units(model_module, input_shape)

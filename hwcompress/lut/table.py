@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 from hwcompress.errors import UserError
 from hwcompress.files import write_json
 from hwcompress.lut.keys import (
+    CONV_OPS,
     PRECISIONS,
     SCHEMA,
     SCHEMA_PRECISIONS,
@@ -74,6 +75,8 @@ _ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "std": (int, float),
     "runs": int,
 }
+#: How many spatial sizes an entry's ``in_hw`` (and a convolution's kernel, stride and padding) holds.
+_SPATIAL_DIMS = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3, "BatchNorm2d": 2, "BatchNorm3d": 3}
 _MODEL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "families": list,
@@ -261,6 +264,7 @@ class LatencyTable:
                     raise UserError(f"{label} has an invalid {name} ({raw[name]!r}): latencies are finite and >= 0 ms")
             if raw["runs"] < 0 or raw["cin"] < 1 or raw["cout"] < 1 or raw["batch"] < 1 or raw["groups"] < 1:
                 raise UserError(f"{label} has a non-positive batch, cin, cout, groups or negative runs")
+            _check_shape(raw, label)
             if raw.get("precision", provenance["precision"]) not in PRECISIONS:
                 raise UserError(f"{label} has precision {raw.get('precision')!r}; expected one of {', '.join(PRECISIONS)}")
             try:
@@ -508,6 +512,24 @@ def _check_field(data: dict[str, Any], name: str, kind: type | tuple[type, ...],
     if isinstance(value, bool) or not isinstance(value, kinds):
         expected = " or ".join(k.__name__ for k in kinds)
         raise UserError(f"{where}: field {name!r} must be {expected}, got {type(value).__name__}")
+
+
+def _check_shape(entry: dict[str, Any], where: str) -> None:
+    """The shape fields an entry's key is built from: lists of whole numbers, as many as its op has spatial
+    dimensions (a mistyped one, ``"kernel": "3"``, would key an entry no layer ever matches)."""
+    dims = _SPATIAL_DIMS.get(entry["op"])
+    for name in ("in_hw", "kernel", "stride", "padding"):
+        value = entry.get(name, [])  # in_hw is required (_ENTRY_FIELDS); the others are absent where they do not apply
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise UserError(f"{where}: field {name!r} must be a list of whole numbers, got {value!r}")
+        if any(v < (0 if name == "padding" else 1) for v in value):
+            raise UserError(f"{where}: field {name!r} has a size below {0 if name == 'padding' else 1} ({value!r})")
+        if entry["op"] not in CONV_OPS and name != "in_hw" and value:
+            raise UserError(f"{where}: field {name!r} applies to convolutions only, a {entry['op']} entry has {value!r}")
+        # A convolution's stride and padding may be left empty (defaults; padding="same"), not its kernel.
+        lengths = (dims,) if name in ("in_hw", "kernel") else (0, dims)
+        if dims is not None and (entry["op"] in CONV_OPS or name == "in_hw") and len(value) not in lengths:
+            raise UserError(f"{where}: field {name!r} of a {entry['op']} must hold {dims} sizes, got {value!r}")
 
 
 def _model_id(model: dict[str, Any]) -> tuple[Any, ...]:
