@@ -148,7 +148,8 @@ def cases(root: str) -> list[dict]:
         ["profile", "--threads", "1000"], ["profile", "--precision", "int4"], ["profile", "--json", f"{r}/folder"],
         # a precision the measuring profiler does not run, and int8 asked of a float model ONNX Runtime runs as it is
         ["profile", "--precision", "fp16"], ["profile", "-m", "resnet18", "--input-shape", "1,3,32,32", "--precision", "int8"],
-        ["compare", "resnet18", "resnet18", "--precision", "fp16"],
+        ["compare", "resnet18", "resnet18", "--precision", "fp16"], ["lut", "record", "--out", "x.lut.json", "--precision", "fp16"],
+        ["lut", "record", "--out", "x.lut.json", "--precisions", "fp32,fp16"],
         ["profile", "--plot", "layers.gif"], ["profile", "--plot", "x.png", "--no-per-layer"],
         ["profile", "--plot", f"{r}/nofolder/x.png"], ["profile", "--device", "nosuch"], ["profile", "--device", "jetson"],
         ["profile", "--device", "cpu", "--lut", f"{r}/missing.lut.json"], ["profile", "--lut", f"{r}/bad.lut.json"],
@@ -204,3 +205,70 @@ def test_every_bad_input_is_one_line_with_exit_code_2(inputs, tmp_path):
         if problems:
             failures.append(f"hwcompress {' '.join(result['argv'])}: {', '.join(problems)}: {result['stderr'].strip()[:300]}")
     assert not failures, "\n".join(failures)
+
+
+# --- Refusals whose wording matters (the user audit's items 6, 10, 12 and 15): each case also names what its
+# one line must say; a case that used to run, or to leave a folder behind, fails the generic checks too.
+@pytest.fixture(scope="module")
+def worded_inputs(tmp_path_factory) -> str:
+    import torch
+    from PIL import Image
+
+    from hwcompress.model.embedded import resnet20
+
+    root = tmp_path_factory.mktemp("worded")
+    for layout in ("test-only/test", "val-only/val", "train-file/test"):
+        for name in ("a", "b"):
+            (root / layout / name).mkdir(parents=True)
+            Image.new("RGB", (16, 16)).save(root / layout / name / "0.png")
+    (root / "train-file" / "train").write_text("not a folder\n")
+    (root / "lone").mkdir()
+    (root / "lone" / "policy.json").write_text('{"format": "hwcompress.policy/1", "keep": {"stem.0": 8}}')
+    (root / "unknown.json").write_text('{"format": "hwcompress.policy/1", "keep": {"nonexistent_group": 8}}')
+    (root / "userdir").mkdir()
+    (root / "userdir" / "student.onnx").write_text("my model\n")
+    (root / "text.pt").write_text("hello, not weights\n")
+    torch.save({"model": resnet20(), "input_shape": [1, 3, 32, 32], "format": "hwcompress.student/1"}, root / "student.pt")
+    torch.save({"arch": "resnet18", "state_dict": {"bad": torch.zeros(2)}}, root / "archbad.pt")
+    return str(root)
+
+
+def worded_cases(r: str) -> list[tuple[list[str], str]]:
+    return [
+        ([*S, "--macs", "1e7", "--anchors", "3"], "--anchors applies to latency budgets only"),
+        ([*S, "--params", "1e5", "--reference", "teacher", "--verdict-rounds", "7"],
+         "--verdict-rounds, --reference apply to latency budgets only"),
+        ([*S, "--macs", "1e7", "--context-students", "0"], "--context-students applies to latency budgets only"),
+        ([*S, "--macs", "1e7", "--episodes", "2", "--warmup-episodes", "10"], "--warmup-episodes 10 is more than --episodes 2"),
+        ([*S, "--macs", "1e7", "--agent", "n2n", "--episodes", "1"], "--agent n2n needs --episodes of at least 10"),
+        ([*S, "--policy", f"{r}/lone/policy.json"], "give the budget to judge the re-applied policy against"),
+        ([*S, "--macs", "1e7", "--runs", "3", "-q", "--policy", f"{r}/unknown.json", "-o", "p8"],
+         "names groups this teacher does not have: nonexistent_group"),
+        ([*S, "--macs", "1e7", "-o", f"{r}/userdir"], "userdir is not empty (student.onnx) and holds no hwcompress search"),
+        (["search", "--macs", "1e7", "-m", TINY, "--data", f"{r}/test-only"], "has test/ but no train/ folder"),
+        (["search", "--macs", "1e7", "-m", TINY, "--data", f"{r}/val-only"], "has val/ but no train/ folder"),
+        (["search", "--macs", "1e7", "-m", TINY, "--data", f"{r}/train-file"], "has test/ but no train/ folder"),
+        (["profile", "-m", TINY, "--weights", f"{r}/text.pt"], "text.pt is not a PyTorch weights file"),
+        (["profile", "-m", TINY, "--weights", f"{r}/student.pt"], f"pass it as the model itself: --model {r}/student.pt"),
+        (["profile", "-m", f"{r}/archbad.pt", "--input-shape", "1,3,16,16"],
+         "122 of the model's 122 keys missing (conv1.weight, bn1.weight, bn1.bias, ...); 1 key the model lacks (bad)"),
+    ]
+
+
+def test_worded_refusals_say_what_is_wrong(worded_inputs, tmp_path):
+    table = worded_cases(worded_inputs)
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps([{"argv": argv} for argv, _ in table]))
+    work = tmp_path / "runs"
+    work.mkdir()
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(path), str(work)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failures = []
+    for (argv, wanted), result in zip(table, json.loads(done.stdout.strip().splitlines()[-1])):
+        lines = [line for line in result["stderr"].strip().splitlines() if line.strip()]
+        if result["code"] != 2 or len(lines) != 1 or wanted not in lines[0] or result["left"]:
+            failures.append(f"hwcompress {' '.join(argv)}: exit {result['code']}, left {result['left']}: "
+                            f"{result['stderr'].strip()[:400]}")
+    assert not failures, "\n".join(failures)
+    with open(f"{worded_inputs}/userdir/student.onnx") as mine:
+        assert mine.read() == "my model\n"  # refused, not replaced

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -213,6 +214,41 @@ def test_train_without_test_is_a_user_error(tmp_path):
     _write_class_tree(tmp_path / "train", per_class=2)
     with pytest.raises(UserError, match="no test/"):
         load_data(str(tmp_path))
+
+
+@pytest.mark.parametrize("present, message", [(("test",), "has test/ but no train/"), (("val",), "has val/ but no train/"),
+                                              (("test", "train-file"), "has test/ but no train/")])
+def test_a_split_folder_without_train_is_a_user_error(tmp_path, present, message):
+    """test/ (or val/) without train/ is a split tree missing its train split, not one class "test"."""
+    for name in present:
+        if name == "train-file":
+            (tmp_path / "train").write_text("not a folder")
+        else:
+            _write_class_tree(tmp_path / name, per_class=2)
+    with pytest.raises(UserError, match=message) as caught:
+        load_data(str(tmp_path))
+    assert "\n" not in str(caught.value)
+
+
+def test_an_image_folder_is_read_at_its_images_size_and_says_so(tmp_path):
+    """Without an input size, images that share one size are read as they are (not upscaled to 224), a note
+    names the size; images of several sizes are resized to 224 and the note says why."""
+    _write_class_tree(tmp_path / "same", per_class=10, size=(16, 16))
+    splits = load_data(str(tmp_path / "same"))
+    assert splits.input_shape == (1, 3, 16, 16) and splits.train[0][0].shape == (3, 16, 16)
+    assert len(splits.notes) == 1 and "input 16x16" in splits.notes[0] and "read as it is" in splits.notes[0]
+    image, _ = splits.train[0]
+    path = splits.train.dataset.samples[splits.train.indices[0]][0]
+    raw = torch.tensor(numpy.asarray(Image.open(path).convert("RGB")), dtype=torch.float32).permute(2, 0, 1) / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    assert torch.allclose(image, (raw - mean) / std, atol=1e-5)  # every pixel as it is: no resize, no crop
+    assert load_data(str(tmp_path / "same"), input_size=16).train[0][0].shape == (3, 16, 16)
+    assert load_data(str(tmp_path / "same"), input_size=8).input_shape == (1, 3, 8, 8)
+    _write_class_tree(tmp_path / "mixed", per_class=5, size=(16, 16))
+    Image.new("RGB", (20, 12)).save(tmp_path / "mixed" / "cat" / "wide.png")
+    mixed = load_data(str(tmp_path / "mixed"))
+    assert mixed.input_shape == (1, 3, 224, 224) and mixed.train[0][0].shape == (3, 224, 224)
+    assert "input 224x224" in mixed.notes[0] and "differ in size" in mixed.notes[0] and "20x12" in mixed.notes[0]
 
 
 def test_a_validation_subset_keeps_every_class_in_its_proportion():

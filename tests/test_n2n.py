@@ -264,3 +264,20 @@ def test_settings_split_the_episodes_and_reject_nonsense():
     assert isinstance(agent, N2NAgent) and agent.settings.rollouts == 2
     with pytest.raises(UserError, match="settings are"):
         make_agent("n2n", {"no_such": 1})
+
+
+def test_fewer_episodes_than_two_epochs_of_rollouts_are_refused():
+    """N2N runs at least one controller epoch of `rollouts` students per stage: fewer --episodes than that would
+    score more students than asked, so they are refused naming the minimum; explicit epoch counts set it instead."""
+    from hwcompress.errors import UserError
+    from hwcompress.search.config import N2N_ROLLOUTS
+
+    assert N2NSettings().rollouts == N2N_ROLLOUTS == 5
+    with pytest.raises(UserError, match=r"--agent n2n needs --episodes of at least 10: .* \(got 1\)"):
+        SearchConfig(budget=Budget.macs(1e7), agent="n2n", episodes=1)
+    with pytest.raises(UserError, match="at least 6"):
+        SearchConfig(budget=Budget.macs(1e7), agent="n2n", episodes=5, agent_options={"rollouts": 3})
+    assert SearchConfig(budget=Budget.macs(1e7), agent="n2n", episodes=6, agent_options={"rollouts": 3}).episodes == 6
+    both = {"removal_epochs": 1, "shrink_epochs": 1, "rollouts": 2}
+    assert SearchConfig(budget=Budget.macs(1e7), agent="n2n", episodes=1, agent_options=both).episodes == 1
+    assert SearchConfig(budget=Budget.macs(1e7), agent="amc", episodes=1).episodes == 1  # AMC scores what it is given

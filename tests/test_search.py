@@ -71,6 +71,8 @@ def _config(tmp_path, **overrides):
     base.update(overrides)
     if base["agent"] != "amc" and "agent_options" not in overrides:
         base["agent_options"] = {}  # the DDPG settings belong to AMC; other agents refuse them
+    if base["agent"] != "amc" and "warmup_episodes" not in overrides:
+        base["warmup_episodes"] = None  # AMC's warm-up, which may not outnumber a baseline's single episode
     return SearchConfig(**base)
 
 
@@ -529,6 +531,78 @@ def test_reconstruct_and_policy_reapply(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(UserError, match="not a hwcompress policy"):
         apply_policy(_config(tmp_path, out=str(tmp_path / "bad")), str(tmp_path / "bad.json"), progress=False)
+
+
+def test_more_warmup_than_episodes_is_refused():
+    with pytest.raises(UserError, match=r"--warmup-episodes 10 is more than --episodes 2.*at most 2"):
+        SearchConfig(budget=Budget.macs(1e7), episodes=2, warmup_episodes=10)
+    assert SearchConfig(budget=Budget.macs(1e7), episodes=2, warmup_episodes=2).warmup_episodes == 2
+
+
+def test_a_folder_of_someone_elses_files_is_refused_untouched(tmp_path):
+    """A search or a re-applied policy would write student.onnx and the rest there: refused in one line, the
+    user's files unchanged; an empty folder, or one holding only a teacher trained there, is fine."""
+    mine = tmp_path / "out"
+    mine.mkdir()
+    (mine / "student.onnx").write_text("my model")
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"out is not empty \(notes.txt, student.onnx\) and holds no hwcompress search; "
+                                        "choose a new --out") as caught:
+        _search(_config(tmp_path))
+    assert "\n" not in str(caught.value)
+    (tmp_path / "policy.json").write_text(json.dumps({"format": "hwcompress.policy/1", "keep": {"stem.0": 8}}))
+    with pytest.raises(UserError, match="is not empty"):
+        apply_policy(_config(tmp_path), str(tmp_path / "policy.json"), progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "student.onnx"]
+    assert (mine / "student.onnx").read_text() == "my model"
+    from hwcompress.search.checkpoint import check_fresh
+
+    (tmp_path / "fresh").mkdir()
+    check_fresh(tmp_path / "fresh")
+    (tmp_path / "fresh" / "teacher.pt").write_bytes(b"")  # --train-teacher's, reused or refused by the training
+    check_fresh(tmp_path / "fresh")
+
+
+def test_a_policy_naming_groups_the_teacher_lacks_leaves_no_folder(tmp_path):
+    (tmp_path / "policy.json").write_text(json.dumps({"format": "hwcompress.policy/1", "keep": {"no_such_group": 8}}))
+    with pytest.raises(UserError, match="names groups this teacher does not have: no_such_group"):
+        apply_policy(_config(tmp_path, runs=3), str(tmp_path / "policy.json"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_reapplies_a_policy_against_its_searchs_budget(cli, tmp_path):
+    """`search --policy DIR/policy.json -o again` (the --help example) takes the budget its search recorded in
+    DIR/result.json; with no result.json beside the policy it asks for one."""
+    searched = tmp_path / "searched"
+    searched.mkdir()
+    keep = {"stem.0": 8, "layer1.0.conv1": 8, "layer2.0.conv1": 16, "layer3.0.conv1": 32}
+    (searched / "policy.json").write_text(json.dumps({"format": "hwcompress.policy/1", "keep": keep}))
+    (searched / "result.json").write_text(json.dumps({"config": {"budget": Budget.macs(3e7).to_dict()}}))
+    args = ["search", "-m", TINY, "--data", "digits", "--finetune-epochs", "0", "--runs", "3", "--no-plots"]
+    result = cli(*args, "--policy", str(searched / "policy.json"), "-o", str(tmp_path / "again"), "--json", "-")
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert doc["budget"]["metric"] == "macs" and doc["budget"]["macs"] == 3e7 and doc["policy_source"].endswith("policy.json")
+    assert "budget: 30,000,000 MACs, as the search that wrote" in result.stderr
+    (searched / "result.json").unlink()
+    result = cli(*args, "--policy", str(searched / "policy.json"), "-o", str(tmp_path / "third"))
+    assert result.returncode == 2 and "give the budget to judge the re-applied policy against" in result.stderr
+    assert not (tmp_path / "third").exists()
+
+
+def test_an_image_folder_is_searched_at_its_images_size(tmp_path):
+    """16x16 images are searched at 16x16 (not upscaled to 224), and result.json's notes say so."""
+    from PIL import Image
+
+    for label, name in enumerate(("a", "b")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (16, 16), (label * 200, i * 20, 50)).save(tmp_path / "data" / name / f"{i}.png")
+    teacher_macs = analyze(resnet_cifar(depth=20), (1, 3, 16, 16)).macs
+    doc = _search(_config(tmp_path, agent="uniform", episodes=1, finetune_epochs=0, data=str(tmp_path / "data"),
+                          budget=Budget.macs(0.6 * teacher_macs)))
+    assert doc["teacher"]["macs"] == teacher_macs
+    assert any(note.startswith("input 16x16: the size of every image in --data") for note in doc["notes"])
 
 
 def test_latency_search_records_its_anchors_and_a_third_on_request(tmp_path):

@@ -35,9 +35,10 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
               help="Train the torchvision architecture named by --model from random weights on --data for EPOCHS first "
                    "(nothing is downloaded); kept as teacher.pt in --out and reused by --resume.")
 @click.option("--data", help="ImageFolder folder or pkg.module:factory returning (train, val, test) (default: digits).")
-@click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the data's).")
-@click.option("--episodes", type=int, help="Students the agent may score (default 120).")
-@click.option("--warmup-episodes", type=int, help="AMC's random warm-up episodes (default: a quarter of --episodes).")
+@click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the data's: digits 32x32; an image folder's "
+                                    "image size when all its images share one, else 224x224; a note says which).")
+@click.option("--episodes", type=int, help="Students the agent may score (default 120; n2n needs at least 2 x its rollouts).")
+@click.option("--warmup-episodes", type=int, help="AMC's random warm-up episodes, at most --episodes (default: a quarter of them).")
 @click.option("--seed", type=int, help="Seed for every random choice: same seed, same policy (default 0).")
 @click.option("--reward", type=click.Choice(["budget", "accuracy"]),
               help="budget: -error (default); accuracy: -error*ln(cost) (AMC's accuracy-guaranteed mode).")
@@ -89,7 +90,8 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
 @click.option("--resume-override", multiple=True, metavar="NAME[,NAME]",
               help="With --resume: accept these changed settings (e.g. seed,agent); more --episodes needs none.")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
-              help="Re-apply a saved policy.json to the teacher without searching (prune, fine-tune, measure, report).")
+              help="Re-apply a saved policy.json to the teacher without searching (prune, fine-tune, measure, report); "
+                   "judged against the budget given, else the one its search recorded in result.json beside it.")
 @click.option("--json", "json_target", metavar="FILE", help="Also write the result document to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
@@ -132,7 +134,12 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "reference": reference, "plots": False if no_plots else None,
     }
     given = {name: value for name, value in given.items() if value is not None}
-    budget = _budget(latency_ms, latency_ratio, margin, macs, params_budget, required=not resume)
+    budget = _budget(latency_ms, latency_ratio, margin, macs, params_budget, required=not resume and not policy_file)
+    if budget is None and policy_file and not resume:
+        budget = _policy_budget(policy_file)
+        if not quiet:
+            click.echo(f"budget: {budget}, as the search that wrote {policy_file} had it", err=True)
+    _check_latency_only(budget, given)
     if json_target and json_target != "-":
         check_writable(json_target, "--json file")
     if lut:
@@ -193,6 +200,35 @@ def _budget(latency_ms, latency_ratio, margin, macs, params_budget, *, required:
     if name == "latency_ratio":
         return Budget.latency_ratio(value, margin=margin)
     return Budget.macs(value) if name == "macs" else Budget.params(value)
+
+
+#: Settings of the latency measurement that a MACs or parameter budget never uses.
+LATENCY_ONLY = {"anchors": "--anchors", "context_students": "--context-students", "verdict_rounds": "--verdict-rounds",
+                "reference": "--reference"}
+
+
+def _check_latency_only(budget: Budget | None, given: dict) -> None:
+    """Refuse, as --margin is refused, latency settings given with a budget they do nothing for."""
+    named = [flag for name, flag in LATENCY_ONLY.items() if name in given]
+    if budget is not None and not budget.is_latency and named:
+        raise UserError(f"{', '.join(named)} {'applies' if len(named) == 1 else 'apply'} to latency budgets only "
+                        f"(--latency-ms or --latency-ratio); drop {'it' if len(named) == 1 else 'them'} with --{budget.metric}")
+
+
+def _policy_budget(policy_file: str) -> Budget:
+    """The budget of the search that wrote ``policy_file``: its config in the result.json beside it."""
+    import json
+    from pathlib import Path
+
+    result = Path(policy_file).parent / "result.json"
+    ask = ("give the budget to judge the re-applied policy against (--latency-ms X, --latency-ratio R, --macs N or "
+           "--params N)")
+    if not result.is_file():
+        raise UserError(f"{ask}: no result.json beside {policy_file} records its search's")
+    try:
+        return Budget.from_dict(json.loads(result.read_text())["config"]["budget"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, StopIteration, UserError):
+        raise UserError(f"{ask}: {result} holds no budget hwcompress can read") from None
 
 
 def parse_agent_options(items: tuple[str, ...]) -> dict:

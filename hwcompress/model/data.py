@@ -10,7 +10,9 @@ Sources, chosen by :func:`load_data`:
 * ``None`` or ``"digits"``: the embedded default, scikit-learn's bundled 8x8 digits upscaled to 32x32
   (:func:`digits_splits`). No download.
 * a folder: an ImageFolder tree, either with ``train/``, ``test/`` and optionally ``val/`` subfolders,
-  or a single tree of class folders that is split with a fixed seed.
+  or a single tree of class folders that is split with a fixed seed. Its images are read at their own
+  size when they all share one, else resized and centre-cropped to 224 (or to ``input_size``); the
+  splits' ``notes`` say which.
 * ``"pkg.module:factory"``: a function returning a :class:`DataSplits` or a ``(train, val, test)`` tuple.
 """
 
@@ -58,6 +60,7 @@ class DataSplits:
         name: Short name used in reports.
         class_names: Optional names of the classes, in label order.
         skipped: Image files left out because they could not be read (``--skip-bad-images``).
+        notes: What the report should say about how the data was read (an image folder's input size).
     """
 
     train: Dataset
@@ -68,6 +71,7 @@ class DataSplits:
     name: str
     class_names: tuple[str, ...] | None = None
     skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def split_sizes(total: int) -> tuple[int, int, int]:
@@ -291,8 +295,8 @@ def load_data(spec: str | None, input_size: int | None = None, skip_bad_images: 
         spec: ``None`` or ``"digits"`` for the embedded default, a folder holding an ImageFolder tree,
             or ``"pkg.module:factory"``.
         input_size: Side of the square images: the upscale size for digits (default 32), the resize
-            and centre-crop size for folders (default 224), passed to a factory that takes an
-            ``input_size`` argument.
+            and centre-crop size for folders (default: the images' own size when they all share one,
+            else 224), passed to a factory that takes an ``input_size`` argument.
 
     Returns:
         The data set's splits.
@@ -305,30 +309,33 @@ def load_data(spec: str | None, input_size: int | None = None, skip_bad_images: 
         return digits_splits(size=input_size or 32)
     path = Path(spec).expanduser()
     if path.exists():
-        return _image_folder_splits(path, input_size or DEFAULT_IMAGE_SIZE, skip_bad_images)
+        return _image_folder_splits(path, input_size, skip_bad_images)
     if ":" in spec:
         return _factory_splits(spec, input_size)
     raise UserError(f"--data {spec!r}: no such folder; {_HOW_TO}")
 
 
-def _readable(path: str) -> str | None:
-    """Why the image at ``path`` cannot be decoded, or None when it can."""
+def _readable(path: str, sizes: set[tuple[int, int]] | None = None) -> str | None:
+    """Why the image at ``path`` cannot be decoded, or None when it can (its width and height then join
+    ``sizes``: the header has them, so this costs nothing more)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.verify()
+            if sizes is not None:
+                sizes.add(tuple(image.size))
         return None
     except Exception as error:  # PIL raises many kinds for a damaged file
         return f"{type(error).__name__}: {error}"
 
 
-def _drop_unreadable(dataset: Any, skip: bool, bad: list[str]) -> None:
+def _drop_unreadable(dataset: Any, skip: bool, bad: list[str], sizes: set[tuple[int, int]] | None = None) -> None:
     """Check every image of an ImageFolder before anything expensive runs; a bad one is named (or, with
-    ``skip``, dropped and counted in ``bad``)."""
+    ``skip``, dropped and counted in ``bad``); the sizes of the good ones are collected in ``sizes``."""
     keep = []
     for path, label in dataset.samples:
-        problem = _readable(path)
+        problem = _readable(path, sizes)
         if problem is None:
             keep.append((path, label))
             continue
@@ -340,35 +347,33 @@ def _drop_unreadable(dataset: Any, skip: bool, bad: list[str]) -> None:
     dataset.targets = [label for _, label in keep]
 
 
-def _image_folder_splits(root: Path, input_size: int, skip_bad_images: bool = False) -> DataSplits:
-    from torchvision import transforms
+def _image_folder_splits(root: Path, input_size: int | None, skip_bad_images: bool = False) -> DataSplits:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
         raise UserError(f"--data {str(root)!r} is a file, not a folder; {_HOW_TO}")
-    # Resize then centre-crop, the usual ImageNet evaluation pipeline (256 -> 224 at the default).
-    transform = transforms.Compose(
-        [
-            transforms.Resize(round(input_size * 256 / 224)),
-            transforms.CenterCrop(input_size),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
     bad: list[str] = []
+    sizes: set[tuple[int, int]] = set()
+    read: list[Any] = []  # every ImageFolder: its transform is set once the images' sizes are known
 
     def folder(path: Path) -> Any:
         try:
-            dataset = ImageFolder(str(path), transform=transform)
+            dataset = ImageFolder(str(path))
         except FileNotFoundError as exc:
             raise UserError(
                 f"--data {str(path)!r} holds no images in class subfolders "
                 f"(expected {path}/<class>/<image>.png): {_one_line(exc)}"
             ) from exc
-        _drop_unreadable(dataset, skip_bad_images, bad)
+        _drop_unreadable(dataset, skip_bad_images, bad, sizes)
+        read.append(dataset)
         return dataset
 
+    split_folders = [name for name in ("test", "val") if (root / name).is_dir()]
+    if split_folders and not (root / "train").is_dir():
+        raise UserError(
+            f"--data {str(root)!r} has {split_folders[0]}/ but no train/ folder; add train/ with the same class "
+            f"folders (or put the class folders directly in {root} to have them split)"
+        )
     if (root / "train").is_dir():
         if not (root / "test").is_dir():
             raise UserError(
@@ -403,16 +408,46 @@ def _image_folder_splits(root: Path, input_size: int, skip_bad_images: bool = Fa
         raise UserError(
             f"--data {str(root)!r} is too small to split into train, val and test; add more images"
         )
+    transform, height, width, note = _folder_transform(root, input_size, sizes)
+    for dataset in read:
+        dataset.transform = transform
     return DataSplits(
         train=train,
         val=val,
         test=test,
         num_classes=len(classes),
-        input_shape=(1, 3, input_size, input_size),
+        input_shape=(1, 3, height, width),
         name=root.name,
         class_names=tuple(classes),
         skipped=tuple(bad),
+        notes=(note,),
     )
+
+
+def _folder_transform(root: Path, input_size: int | None, sizes: set[tuple[int, int]]) -> tuple[Any, int, int, str]:
+    """How an image folder's images become tensors, the height and width they get, and a note saying so.
+
+    Images that all share one size are read at that size, as they are (``input_size`` may name it);
+    otherwise they are resized and centre-cropped to ``input_size`` (default 224), the usual ImageNet
+    evaluation pipeline (256 -> 224).
+    """
+    from torchvision import transforms
+
+    tensor = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    shared = next(iter(sizes)) if len(sizes) == 1 else None  # (width, height)
+    if shared is not None and (input_size is None or input_size == shared[0] == shared[1]):
+        width, height = shared
+        return transforms.Compose(tensor), height, width, (
+            f"input {height}x{width}: the size of every image in --data {root}, read as it is"
+            + ("" if input_size else " (--input-shape 1,3,S,S resizes them to S)"))
+    size = input_size or DEFAULT_IMAGE_SIZE
+    resize = round(size * 256 / 224)
+    found = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:2]) + (" and more" if len(sizes) > 2 else "")
+    why = (f"the size asked for; the images are {found}" if input_size else
+           f"the images differ in size: {found}; --input-shape 1,3,S,S chooses S")
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), *tensor]), size, size, (
+        f"input {size}x{size}: each image in --data {root} resized to {resize} on its short side and "
+        f"centre-cropped ({why})")
 
 
 def _factory_splits(spec: str, input_size: int | None) -> DataSplits:

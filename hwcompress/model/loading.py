@@ -7,7 +7,9 @@ what was wrong and how to fix it.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,8 +216,32 @@ def _apply_state_dict(module: Any, state: Any, where: str) -> None:
     try:
         module.load_state_dict(state)
     except Exception as error:
-        first = str(error).strip().splitlines()[0]
-        raise UserError(f"weights in {where} do not fit the model: {first}") from None
+        why = _state_dict_mismatch(module, state) or " ".join(str(error).split())
+        raise UserError(f"weights in {where} do not fit the model: {why}") from None
+
+
+def _state_dict_mismatch(module: Any, state: Any) -> str | None:
+    """One line on how ``state`` differs from ``module``'s state dict: counts, and the first few keys
+    missing from the file, in the file but not the model, and of another shape (None: nothing to say)."""
+    if not isinstance(state, dict):
+        return f"the file holds {type(state).__name__}, not a state dict (names to tensors)"
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    resized = [f"{key} {_shape(value)} in the file, {_shape(expected[key])} in the model" for key, value in state.items()
+               if key in expected and hasattr(value, "shape") and tuple(value.shape) != tuple(expected[key].shape)]
+
+    def first(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+
+    parts = [f"{len(missing)} of the model's {len(expected)} keys missing ({first(missing)})" if missing else "",
+             f"{len(unexpected)} key{'s' if len(unexpected) > 1 else ''} the model lacks ({first(unexpected)})" if unexpected else "",
+             f"{len(resized)} of another shape ({first(resized)})" if resized else ""]
+    return "; ".join(part for part in parts if part) or None
+
+
+def _shape(tensor: Any) -> str:
+    return "x".join(map(str, tuple(tensor.shape))) or "scalar"
 
 
 def _load_weights(module: Any, weights: str, state: Any = None) -> None:
@@ -238,7 +264,20 @@ def _read_weights(weights: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise UserError(f"cannot read weights file {weights}: {type(error).__name__}: {error}") from None
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if pickled:  # weights_only refuses Python objects: a whole model (search's student.pt), not weights
+            raise UserError(f"{weights} holds a whole model or other Python objects ({pickled.group(1)}), not a state dict; "
+                            f"pass it as the model itself: --model {weights} (only a file you trust)") from None
+        if not zipfile.is_zipfile(path) and not _legacy_torch_file(path):
+            raise UserError(f"{weights} is not a PyTorch weights file; give a state dict saved with "
+                            "torch.save(model.state_dict(), FILE)") from None
+        raise UserError(f"cannot read weights file {weights}: {type(error).__name__}: {' '.join(str(error).split())}") from None
+
+
+def _legacy_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save's pre-1.6 format does: a pickle protocol header."""
+    with open(path, "rb") as stream:
+        return stream.read(1) == b"\x80"
 
 
 def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:

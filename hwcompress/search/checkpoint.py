@@ -109,7 +109,18 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
     return state
 
 
+#: Files a new search may find in its output folder: its own lock, and a teacher an earlier run trained
+#: there (``--train-teacher`` reuses it when its recipe matches and refuses it otherwise, never replacing it).
+FRESH_FOLDER_FILES = (LOCK, "teacher.pt")
+
+
 def check_fresh(folder: Path) -> None:
-    """Refuse to start a new search in a folder that already holds one."""
+    """Refuse to start a new search (or re-apply a policy) in a folder that already holds a search, or that
+    holds files hwcompress did not write: student.onnx, summary.md and the rest would replace them."""
     if (folder / RESULT).exists() or (folder / CHECKPOINT).exists():
         raise UserError(f"{folder} already holds a search; pass --resume {folder} to continue it, or choose another --out")
+    found = sorted(path.name for path in folder.iterdir() if path.name not in FRESH_FOLDER_FILES)
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise UserError(f"{folder} is not empty ({shown}) and holds no hwcompress search; choose a new --out (a missing "
+                        "or empty folder), so that the student, result.json and the rest replace none of your files")

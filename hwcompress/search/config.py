@@ -29,6 +29,9 @@ VERDICT_MAX_ROUNDS = 15
 
 #: What students are timed beside (``SearchConfig.reference``).
 REFERENCES = ("matched", "teacher")
+#: N2N's students per controller epoch (``N2NSettings.rollouts``' default, here so that the config can check
+#: ``episodes`` without importing PyTorch).
+N2N_ROLLOUTS = 5
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,9 @@ class SearchConfig:
         if not isinstance(self.agent_options, dict):
             raise UserError("agent_options must be a dict of setting names to values")
         whole(self.episodes, "--episodes", 1)
-        if self.warmup_episodes is not None:
-            whole(self.warmup_episodes, "--warmup-episodes", 0)
+        if self.warmup_episodes is not None and whole(self.warmup_episodes, "--warmup-episodes", 0) > self.episodes:
+            raise UserError(f"--warmup-episodes {self.warmup_episodes} is more than --episodes {self.episodes}: the warm-up "
+                            f"is part of the episodes; give at most {self.episodes}, or more --episodes")
         whole(self.seed, "--seed", 0)
         if self.reward not in REWARDS:
             raise UserError(f"--reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
@@ -171,11 +175,25 @@ class SearchConfig:
         if self.quantize == "mixed" and self.agent == "n2n":
             raise UserError("--agent n2n does not choose precisions; use --quantize int8 with it, or --agent amc "
                             "(or random) with --quantize mixed")
+        if self.agent == "n2n":
+            self._check_n2n_episodes()
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
                 raise UserError(f"--input-shape must be positive whole numbers like 1,3,224,224 (got {self.input_shape!r})")
             object.__setattr__(self, "input_shape", shape)
+
+    def _check_n2n_episodes(self) -> None:
+        """N2N splits ``episodes`` into controller epochs of ``rollouts`` students, at least one per stage; fewer
+        episodes than two epochs would score more students than asked (unless both epoch counts are set)."""
+        options = self.agent_options
+        rollouts = options.get("rollouts", N2N_ROLLOUTS)
+        if options.get("removal_epochs") is not None and options.get("shrink_epochs") is not None:
+            return  # the epochs are given: --episodes does not count them
+        if isinstance(rollouts, int) and not isinstance(rollouts, bool) and rollouts >= 1 and self.episodes < 2 * rollouts:
+            raise UserError(f"--agent n2n needs --episodes of at least {2 * rollouts}: one controller epoch of {rollouts} "
+                            f"students for each of its two stages (got {self.episodes}); raise --episodes, or lower "
+                            "--agent-option rollouts")
 
     @property
     def anchor_count(self) -> int:

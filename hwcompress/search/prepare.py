@@ -150,7 +150,7 @@ def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: Data
     if teacher.module is None:
         raise UserError("search needs a PyTorch model (an .onnx file cannot be pruned); pass the PyTorch model")
     if splits is None:
-        # The data decides the input size (digits: 32x32, image folders: 224) unless --input-shape says, or
+        # The data decides the input size (digits: 32x32, image folders: their images', else 224) unless --input-shape says, or
         # the checkpoint records the size its model was trained at (a teacher.pt, a student.pt).
         size = config.input_shape[-1] if config.input_shape else None
         recorded = (teacher.metadata or {}).get("input_shape") if teacher.source == "checkpoint" else None
@@ -288,6 +288,9 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
     if splits.skipped:
         notes.append(f"left out {len(splits.skipped)} image files that could not be read (--skip-bad-images), "
                      f"e.g. {splits.skipped[0]}")
+    for note in splits.notes:  # how the data was read, e.g. an image folder's input size
+        log(note)
+        notes.append(note)
     groups = find_channel_groups(module, example)
     if not groups:
         raise UserError("the model has no prunable channel groups")

@@ -305,12 +305,15 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
             raise UserError(f"policy {policy_path} was searched for an {policy['quantize']} student (--quantize "
                             f"{policy['quantize']}); re-apply it with --quantize {policy['quantize']}, or drop its "
                             "'quantize' field for a float student")
+        created = out is not None and not out.exists()
         lock = OutputLock(out) if out is not None else None
         if lock is not None:
             lock.acquire()
         try:
             if out is not None and (out / "result.json").exists():
                 raise UserError(f"{out} already holds a result; choose another --out")
+            if out is not None:
+                check_fresh(out)
             started = time.perf_counter()
             prepared = prepare(config, teacher=teacher, splits=data, log=console.log, search=False)
             by_name = {g.name: g for g in prepared.groups}
@@ -326,6 +329,13 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
             if console.console is not None:
                 print_summary(finished.document, console.console, out)
             return SearchResult(finished.student, finished.document, out)
+        except BaseException:
+            # Refused (groups this teacher lacks, bad data...): no empty folder of ours stays behind.
+            if lock is not None:
+                lock.release()
+                if created and not any(out.iterdir()):
+                    out.rmdir()
+            raise
         finally:
             if lock is not None:
                 lock.release()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from hwcompress.errors import UserError
 from hwcompress.search.agent import SearchContext
+from hwcompress.search.config import N2N_ROLLOUTS
 from hwcompress.search.n2n.policy import EPSILON_HORIZON, Reinforce
 from hwcompress.search.n2n.search import N2NSearch
 from hwcompress.search.scoring import SHORT_FINETUNE_BATCH, SHORT_FINETUNE_LR
@@ -28,9 +29,10 @@ class N2NSettings:
 
     The total number of rollouts (sampled students) is ``(removal_epochs + shrink_epochs) * rollouts``.
     With both epoch counts left at None, ``SearchConfig.episodes`` is the total rollout budget: it is cut
-    into ``episodes // rollouts`` controller epochs (at least one per stage), stage 1 getting the larger
-    half. The defaults (120 episodes -> 12 + 12 epochs of 5 rollouts) finish ``hwcompress search --agent
-    n2n`` on the embedded default in well under 20 minutes on two cores.
+    into ``episodes // rollouts`` controller epochs (at least one per stage, so ``SearchConfig`` refuses
+    fewer than ``2 * rollouts`` episodes), stage 1 getting the larger half. The defaults (120 episodes ->
+    12 + 12 epochs of 5 rollouts) finish ``hwcompress search --agent n2n`` on the embedded default in well
+    under 20 minutes on two cores.
 
     Attributes:
         removal_epochs: Stage-1 controller updates (None: from ``episodes``; the original ran 100).
@@ -65,7 +67,7 @@ class N2NSettings:
 
     removal_epochs: int | None = None
     shrink_epochs: int | None = None
-    rollouts: int = 5
+    rollouts: int = N2N_ROLLOUTS
     lr_removal: float = 0.03
     lr_shrink: float = 0.03
     baseline_decay: float = 0.9
