@@ -249,6 +249,10 @@ def test_an_image_folder_is_read_at_its_images_size_and_says_so(tmp_path):
     mixed = load_data(str(tmp_path / "mixed"))
     assert mixed.input_shape == (1, 3, 224, 224) and mixed.train[0][0].shape == (3, 224, 224)
     assert "input 224x224" in mixed.notes[0] and "differ in size" in mixed.notes[0] and "20x12" in mixed.notes[0]
+    _write_class_tree(tmp_path / "photos", per_class=5, size=(300, 240))  # one camera's photos: not a 300x240 input
+    photos = load_data(str(tmp_path / "photos"))
+    assert photos.input_shape == (1, 3, 224, 224) and "larger than 224" in photos.notes[0]
+    assert load_data(str(tmp_path / "photos"), input_size=64).input_shape == (1, 3, 64, 64)
 
 
 def test_a_validation_subset_keeps_every_class_in_its_proportion():

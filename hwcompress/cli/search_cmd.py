@@ -36,7 +36,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig
                    "(nothing is downloaded); kept as teacher.pt in --out and reused by --resume.")
 @click.option("--data", help="ImageFolder folder or pkg.module:factory returning (train, val, test) (default: digits).")
 @click.option("--input-shape", help="Input shape, e.g. 1,3,224,224 (default: the data's: digits 32x32; an image folder's "
-                                    "image size when all its images share one, else 224x224; a note says which).")
+                                    "image size when all its images share one of at most 224x224, else 224x224; a note says which).")
 @click.option("--episodes", type=int, help="Students the agent may score (default 120; n2n needs at least 2 x its rollouts).")
 @click.option("--warmup-episodes", type=int, help="AMC's random warm-up episodes, at most --episodes (default: a quarter of them).")
 @click.option("--seed", type=int, help="Seed for every random choice: same seed, same policy (default 0).")

@@ -11,8 +11,8 @@ Sources, chosen by :func:`load_data`:
   (:func:`digits_splits`). No download.
 * a folder: an ImageFolder tree, either with ``train/``, ``test/`` and optionally ``val/`` subfolders,
   or a single tree of class folders that is split with a fixed seed. Its images are read at their own
-  size when they all share one, else resized and centre-cropped to 224 (or to ``input_size``); the
-  splits' ``notes`` say which.
+  size when they all share one of at most 224x224, else resized and centre-cropped to 224 (or to
+  ``input_size``); the splits' ``notes`` say which.
 * ``"pkg.module:factory"``: a function returning a :class:`DataSplits` or a ``(train, val, test)`` tuple.
 """
 
@@ -427,15 +427,18 @@ def _image_folder_splits(root: Path, input_size: int | None, skip_bad_images: bo
 def _folder_transform(root: Path, input_size: int | None, sizes: set[tuple[int, int]]) -> tuple[Any, int, int, str]:
     """How an image folder's images become tensors, the height and width they get, and a note saying so.
 
-    Images that all share one size are read at that size, as they are (``input_size`` may name it);
-    otherwise they are resized and centre-cropped to ``input_size`` (default 224), the usual ImageNet
-    evaluation pipeline (256 -> 224).
+    Images that all share one size no larger than 224 are read at that size, as they are (``input_size``
+    may name it, and names any shared size); otherwise they are resized and centre-cropped to
+    ``input_size`` (default 224), the usual ImageNet evaluation pipeline (256 -> 224).
     """
     from torchvision import transforms
 
     tensor = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     shared = next(iter(sizes)) if len(sizes) == 1 else None  # (width, height)
-    if shared is not None and (input_size is None or input_size == shared[0] == shared[1]):
+    # Read as they are: images of one size, when asked for that size, or by default when no larger than the
+    # default (a folder of one camera's 4032x3024 photos is not a 4032x3024 network input).
+    small = shared is not None and max(shared) <= DEFAULT_IMAGE_SIZE
+    if shared is not None and ((input_size is None and small) or input_size == shared[0] == shared[1]):
         width, height = shared
         return transforms.Compose(tensor), height, width, (
             f"input {height}x{width}: the size of every image in --data {root}, read as it is"
@@ -444,6 +447,7 @@ def _folder_transform(root: Path, input_size: int | None, sizes: set[tuple[int, 
     resize = round(size * 256 / 224)
     found = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:2]) + (" and more" if len(sizes) > 2 else "")
     why = (f"the size asked for; the images are {found}" if input_size else
+           f"the images are {found}, larger than {DEFAULT_IMAGE_SIZE}; --input-shape 1,3,S,S chooses S" if shared else
            f"the images differ in size: {found}; --input-shape 1,3,S,S chooses S")
     return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), *tensor]), size, size, (
         f"input {size}x{size}: each image in --data {root} resized to {resize} on its short side and "
