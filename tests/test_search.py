@@ -871,6 +871,19 @@ def test_a_device_predicted_from_its_lut_grows_on_the_prediction(tmp_path):
     assert records[0]["predicted_after_ms"] == pytest.approx(prepared.cost_model.cost(grown), abs=1e-4)
     assert all(grown[g] >= smallest[g] for g in smallest) and grown != smallest
 
+    # A table that holds none of the teacher's layers near their work (every channel count 64x the teacher's)
+    # is refused before anything runs: nothing on a predicted device records what it lacks.
+    far = LatencyTable.load(lut)
+    far.entries = {}
+    for entry in table.entries.values():
+        wide = dataclasses.replace(entry.config, cin=entry.config.cin * 64, cout=(entry.config.cout or 1) * 64)
+        far.entries[wide.key()] = dataclasses.replace(entry, config=wide)
+    far.save(tmp_path / "far.lut.json")
+    far_board = tmp_path / "cpu-far.toml"
+    far_board.write_text(board.read_text().replace(str(lut), str(tmp_path / "far.lut.json")))
+    with pytest.raises(UserError, match=r"covers none of the .* layers of the teacher .*hwcompress lut record --device cpu"):
+        prepare(config.replace(out=None, device_file=str(far_board)), log=lambda _: None)
+
 
 def test_reward_finetune_steps_distil_each_scored_student_deterministically():
     """``--reward-finetune-steps``: each scored student is distilled from the teacher first: the same

@@ -61,28 +61,10 @@ class LutPredictor:
         detail = self.table.predict_detail(analysis)
         coverage = detail.coverage()
         notes = calibration_notes(detail) + notes
-        far = far_layers(self.table, analysis.layers, detail)
         record = (f"hwcompress lut record --device {self.descriptor.name} --model {artifact.name} --input-shape "
                   f"{','.join(map(str, artifact.input_shape))} --out {self.table.where()}")
-        shaped = [s.name for s in analysis.layers if detail.status.get(s.name) in (EXACT, INTERPOLATED, MISSING)
-                  and LayerConfig.from_spec(s) is not None]
-        if shaped and all(detail.status[name] == MISSING or name in far for name in shaped):
-            missing = sum(detail.status[name] == MISSING for name in shaped)
-            raise UserError(
-                f"LUT {self.table.where()} covers none of the {len(shaped)} layers of {artifact.name}: {missing} have no "
-                f"configuration of their shape recorded and {len(shaped) - missing} lie more than {FAR_BY_WORK:g}x by work "
-                "beyond the configurations recorded, so a prediction would rest on no measurement of this model; record "
-                f"it into the LUT on the device: {record}"
-            )
-        if far:
-            names = sorted(far, key=far.get, reverse=True)
-            share = sum(detail.per_layer_ms.get(name, 0.0) for name in far) / detail.total_ms if detail.total_ms > 0 else 0.0
-            warning = (
-                f"{len(far)} of the {len(shaped)} layers of {artifact.name} are scaled by work from LUT entries more than "
-                f"{FAR_BY_WORK:g}x away ({', '.join(f'{name} {far[name]:,.0f}x' if far[name] < math.inf else f'{name} (no entry of its op)' for name in names[:4])}"
-                f"{', ...' if len(names) > 4 else ''}), {share:.0%} of this prediction, which can be off by orders of "
-                f"magnitude there; record the model into the LUT on the device: {record}"
-            )
+        warning = coverage_warning(self.table, analysis.layers, detail, artifact.name, record)
+        if warning:
             warnings.warn(warning, stacklevel=2)
             notes.insert(0, warning)
         apart = grouped_apart(self.table.predictor, analysis.layers, detail.extrapolated)
@@ -204,6 +186,39 @@ def grouped_apart(predictor: TablePredictor, specs: Sequence[LayerSpec], extrapo
         if all(x == y for x, y in points):
             apart.append(spec.name)
     return apart
+
+
+def coverage_warning(table: Any, specs: Sequence[LayerSpec], detail: PredictionDetail, name: str, record: str) -> str | None:
+    """What a prediction of ``name`` from ``table`` rests on too little for, or None when it rests on the table.
+
+    Raises:
+        UserError: none of the model's layers is priced from a configuration recorded near it (every one
+            missing, or scaled more than :data:`FAR_BY_WORK` by work): the prediction would rest on no
+            measurement of the model; ``record`` is the command that adds it.
+    Returns:
+        A warning naming the layers scaled more than :data:`FAR_BY_WORK` by work (and their share of the
+        prediction), or None.
+    """
+    far = far_layers(table, specs, detail)
+    shaped = [s.name for s in specs if detail.status.get(s.name) in (EXACT, INTERPOLATED, MISSING)
+              and LayerConfig.from_spec(s) is not None]
+    if shaped and all(detail.status[layer] == MISSING or layer in far for layer in shaped):
+        missing = sum(detail.status[layer] == MISSING for layer in shaped)
+        raise UserError(
+            f"LUT {table.where()} covers none of the {len(shaped)} layers of {name}: {missing} have no "
+            f"configuration of their shape recorded and {len(shaped) - missing} lie more than {FAR_BY_WORK:g}x by work "
+            "beyond the configurations recorded, so a prediction would rest on no measurement of this model; record "
+            f"it into the LUT on the device: {record}"
+        )
+    if not far:
+        return None
+    names = sorted(far, key=far.get, reverse=True)
+    share = sum(detail.per_layer_ms.get(layer, 0.0) for layer in far) / detail.total_ms if detail.total_ms > 0 else 0.0
+    listed = ", ".join(f"{layer} {far[layer]:,.0f}x" if far[layer] < math.inf else f"{layer} (no entry of its op)"
+                       for layer in names[:4])
+    return (f"{len(far)} of the {len(shaped)} layers of {name} are scaled by work from LUT entries more than "
+            f"{FAR_BY_WORK:g}x away ({listed}{', ...' if len(names) > 4 else ''}), {share:.0%} of this prediction, which "
+            f"can be off by orders of magnitude there; record the model into the LUT on the device: {record}")
 
 
 def far_layers(table: Any, specs: Sequence[LayerSpec], detail: PredictionDetail) -> dict[str, float]:

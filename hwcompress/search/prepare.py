@@ -30,6 +30,7 @@ import torch
 from hwcompress.budget import Budget
 from hwcompress.devices import DeviceDescriptor, resolve_device
 from hwcompress.errors import UserError
+from hwcompress.lut.profiler import coverage_warning
 from hwcompress.lut.record import default_lut_path, ensure_lut
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.compare import PairedMeasurement
@@ -199,6 +200,14 @@ def latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Ti
         for problem in model.get("checks") or []:
             log(f"note: the LUT's calibration of {model.get('name')} failed a check: {problem} ({why}; "
                 "`hwcompress lut record --passes 2` re-records it)")
+    if not measured:  # nothing here re-records what the table lacks: a teacher it does not cover is refused
+        specs = analyze(teacher, tuple(input_shape)).layers
+        name = config.model or "embedded"
+        record = (f"hwcompress lut record --device {descriptor.name} --model {name} --input-shape "
+                  f"{','.join(map(str, input_shape))} --out {path}")
+        warning = coverage_warning(table, specs, table.predict_detail(specs), f"the teacher ({name})", record)
+        if warning:
+            log(f"note: {warning}")
     return table, path
 
 
