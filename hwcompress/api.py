@@ -144,10 +144,7 @@ def compress(
     if not isinstance(budget, Budget):
         raise UserError("budget must be a hwcompress.Budget: Budget.latency_ms(x), Budget.latency_ratio(r), "
                         "Budget.macs(n) or Budget.params(n)")
-    known = {f.name for f in fields(SearchConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise UserError(f"compress() has no setting {', '.join(unknown)}; settings are: {', '.join(sorted(known))}")
+    _check_keywords("compress", settings, sorted(f.name for f in fields(SearchConfig)))
     shape = _shape(input_shape)
     if agent_options is not None and not isinstance(agent_options, dict):
         raise UserError(f"agent_options must be a dict like {{'delta_decay': 0.9}}, not {type(agent_options).__name__}")

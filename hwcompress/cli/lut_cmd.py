@@ -18,7 +18,7 @@ from hwcompress.errors import UserError
 from hwcompress.lut.plan import load_plan, record_plan
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.contract import ProfileSettings
-from hwcompress.measure.resolve import make_settings, measuring_profiler
+from hwcompress.measure.resolve import check_precisions, make_settings, measuring_profiler
 from hwcompress.model.loading import load_model
 
 
@@ -114,11 +114,7 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
     if wanted and any(p not in ("fp32", "fp16", "int8") for p in wanted):
         raise UserError(f"--precisions takes fp32, fp16 and int8, comma-separated (got {precisions!r})")
     profiler, notes = measuring_profiler(descriptor, profiler_name)
-    runs_in = tuple(getattr(profiler, "precisions", ()) or ())
-    unrun = [p for p in [settings.precision, *(wanted or [])] if runs_in and p not in runs_in]
-    if unrun:
-        raise UserError(f"the {profiler.name} profiler on {descriptor.name} runs {', '.join(runs_in)}, not {', '.join(dict.fromkeys(unrun))}; "
-                        f"record in {' or '.join(runs_in)} (--precision, --precisions)")
+    check_precisions(profiler, descriptor.name, [settings.precision, *(wanted or [])])
     err = console(stderr=True)
     for note in notes:
         err.print(f"[yellow]note:[/] {escape(note)}")

@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hwcompress.devices import DeviceDescriptor
 from hwcompress.errors import PluginError, UserError
@@ -198,10 +198,8 @@ class Timing:
                 logical cores; a precision the measuring profiler does not run (it declares the ones it
                 runs in ``precisions``; one that declares none is not asked).
         """
-        runs = tuple(getattr(self.profiler, "precisions", ()) or ()) if self.measured else ()
-        if runs and settings.precision not in runs:
-            raise UserError(f"--precision {settings.precision}: the {self.profiler.name} profiler on {self.descriptor.name} "
-                            f"runs {', '.join(runs)}; pass --precision {runs[0]}" + (" (or another device)" if len(runs) == 1 else ""))
+        if self.measured:
+            check_precisions(self.profiler, self.descriptor.name, [settings.precision])
         remote = self.measured and self.descriptor.remote
         cores = (self.profiler.logical_cores() if remote else None) or os.cpu_count() or 1
         if self.measured and settings.threads > cores:
@@ -209,6 +207,16 @@ class Timing:
             raise UserError(f"--threads {settings.threads} is more than {machine} {cores} logical cores; "
                             f"use --threads {cores} or fewer")
         return []
+
+
+def check_precisions(profiler: Any, device: str, asked: Sequence[str]) -> None:
+    """Refuse a precision in ``asked`` that ``profiler`` does not run (it declares the ones it runs in
+    ``precisions``; one that declares none is not asked)."""
+    runs = tuple(getattr(profiler, "precisions", ()) or ())
+    unrun = list(dict.fromkeys(p for p in asked if runs and p not in runs))
+    if unrun:
+        raise UserError(f"--precision {', '.join(unrun)}: the {profiler.name} profiler on {device} runs {', '.join(runs)}; "
+                        f"use {' or '.join(runs)}")
 
 
 def profiler_origin(name: str) -> str:
