@@ -133,9 +133,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             # Nothing half-written stays behind when the search cannot start (bad input, infeasible budget).
             if checkpoint is None and out is not None:
                 (out / CHECKPOINT).unlink(missing_ok=True)
-                lock.release()
-                if created and not any(out.iterdir()):
-                    out.rmdir()
+                _release_leaving_no_folder(lock, out, created)
             raise
         if prepared.quantized is not None:  # int8: ONNX Runtime scores
             score = prepared.quantized.scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
@@ -287,6 +285,13 @@ def resume_search(out: str | Path, *, changes: dict[str, Any] | None = None, ove
         return _search(wanted, checkpoint, progress=progress, teacher=teacher, splits=data)
 
 
+def _release_leaving_no_folder(lock: OutputLock, out: Path, created: bool) -> None:
+    """Release ``lock`` on a refused run, and remove ``out`` when this run created it and it is empty."""
+    lock.release()
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
 def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: bool = True,
                  teacher: LoadedModel | None = None, data: DataSplits | None = None) -> SearchResult:
     """Re-apply a saved ``policy.json`` to the teacher without searching: prune, fine-tune, measure, report.
@@ -332,9 +337,7 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
         except BaseException:
             # Refused (groups this teacher lacks, bad data...): no empty folder of ours stays behind.
             if lock is not None:
-                lock.release()
-                if created and not any(out.iterdir()):
-                    out.rmdir()
+                _release_leaving_no_folder(lock, out, created)
             raise
         finally:
             if lock is not None:
