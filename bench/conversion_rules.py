@@ -25,7 +25,9 @@ entries of grouped convolutions narrowed apart (``--off-path`` records every pai
 with them, then with the node profiler's own cost taken off what is priced as timed, then with the
 calibration's ratio read at the model's width, then with the cost taken off every blocked-path entry once
 per kernel (tables recorded since; the steps before drop the counts and sum the calibration again;
-docs/benchmarks.md). A LUT recorded before then lacks the
+docs/benchmarks.md), and last (2026-11-29) with the work between layers (squeeze-excitation multiplies,
+unfused adds, pooling) priced from the table's ``non_layer_costs`` and taken out of the ratio (timed here
+and now for a table recorded before the probe). A LUT recorded before then lacks the
 entries and the cost: ``hwcompress lut record --off-path`` on it again adds both (seconds).
 
 The first line of each architecture checks that ``graph`` reproduces the run's own predictions (it does
@@ -59,8 +61,8 @@ def main() -> int:
     parser.add_argument("--in-situ", action="store_true",
                         help="also time each variant's layout conversions under the node profiler (a minute or two)")
     parser.add_argument("--steps", action="store_true",
-                        help="also score the cost model's 2026-11-28 steps one by one (grouped widths apart, the node "
-                             "profiler's cost off, the ratio at the model's width)")
+                        help="also score the cost model's steps one by one (grouped widths apart, the node profiler's "
+                             "cost off, the ratio at the model's width, the cost off per kernel, the work between layers)")
     args = parser.parse_args()
     missing = [str(path) for path in (args.run, args.lut) if not path.is_file()]
     if missing:
@@ -144,7 +146,7 @@ def resum_calibrations(table: LatencyTable, shape: tuple[int, ...], multiple: in
 
 
 STEPS = ("before", "+ grouped widths apart", "+ node profiler's cost off", "+ ratio at the model's width",
-         "+ the cost off per kernel")
+         "+ the cost off per kernel", "+ work between layers priced")
 
 
 def step_tables(path: Path, shape: tuple[int, ...], multiple: int) -> dict[str, LatencyTable]:
@@ -152,7 +154,8 @@ def step_tables(path: Path, shape: tuple[int, ...], multiple: int) -> dict[str, 
     convolutions narrowed apart (in and out widths unequal), without the node profiler's cost taken off
     what is priced as timed, with the calibration's ratio read at the blocked-path layers' sum, and with
     the cost taken off blocked-path entries once per kernel (before it, the entries' kernel counts are
-    dropped and the calibration summed again; a table recorded without counts is the same either way)."""
+    dropped and the calibration summed again; a table recorded without counts is the same either way);
+    then (2026-11-29) with the work between layers priced apart from the ratio (:mod:`hwcompress.lut.nonlayer`)."""
     tables = {}
     for index, step in enumerate(STEPS):
         table = LatencyTable.load(path)
@@ -167,6 +170,16 @@ def step_tables(path: Path, shape: tuple[int, ...], multiple: int) -> dict[str, 
         if index <= 1:
             table.predictor.net_off_path = False  # per-kernel pricing, with which the calibration was summed, stays
         table.predictor.ratio_at_width = index >= 3
+        table.predictor.price_non_layer = index >= 5
+        if index == 5 and "non_layer_costs" not in table.provenance:
+            # A table recorded before the probe (2026-11-29): its costs timed now, on this machine.
+            from hwcompress.measure.contract import ProfileSettings
+            from hwcompress.measure.resolve import resolve_timing
+
+            profiler = resolve_timing(resolve_device("cpu", None)).profiler
+            table.provenance["non_layer_costs"] = profiler.non_layer_costs(ProfileSettings(threads=1))
+            table.invalidate()
+            print("note: the run's LUT has no non_layer_costs (recorded before 2026-11-29); the last step times them here, now")
         tables[step] = table
     return tables
 

@@ -628,7 +628,27 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     for name in on_rows:
         assert detail.per_layer_ms[name] == pytest.approx(table.lookup(configs[name])[0] * detail.scale)
     unscaled = sum(table.lookup(configs[n])[0] for n in off_rows)
-    assert detail.total_ms == pytest.approx((detail.layer_sum_ms - unscaled) * detail.scale + unscaled + detail.layout_conversion_ms)
+    # The work between layers (here the global pool before the classifier) is priced from its own
+    # probe, outside the scale (hwcompress.lut.nonlayer), and in the total.
+    pool = table.provenance["non_layer_costs"]["global_pool"]
+    last = [s for s in specs if s.op == "Conv2d"][-1]
+    assert detail.non_layer_ms == pytest.approx(max(pool["intercept_ms"] - overhead, 0.0) + pool["per_channel_ms"] * last.out_shape[1]
+                                                + pool["per_element_ms"] * math.prod(last.out_shape)) and detail.non_layer_ms > 0
+    assert detail.total_ms == pytest.approx((detail.layer_sum_ms - unscaled) * detail.scale + unscaled + detail.layout_conversion_ms
+                                            + detail.non_layer_ms)
+    # Taken out of the calibration's ratio and added back: the calibrating model is still predicted at
+    # its measurement, with the work between its layers priced or (the switch off) carried by the ratio.
+    calibrating = analyze(tiny(32, 32), SHAPE).layers
+    measured = table.models[0]["measured_ms"]
+    priced = table.predict_detail(calibrating)
+    assert priced.non_layer_ms > 0 and priced.total_ms == pytest.approx(measured, rel=1e-6)
+    table.predictor.price_non_layer = False
+    try:
+        unpriced = table.predict_detail(calibrating)
+        assert unpriced.non_layer_ms == 0 and unpriced.total_ms == pytest.approx(measured, rel=1e-6)
+        assert unpriced.scale > priced.scale  # the ratio carried the pool
+    finally:
+        table.predictor.price_non_layer = True
     aligned = LayerConfig("Conv2d", 1, config.in_hw, block * 2, config.cout, config.kernel, config.stride, config.padding, 1)
     assert not between_blocks(aligned, block, alignment)
 
@@ -898,6 +918,9 @@ def test_lut_record_off_path_from_the_cli_stores_layout_conversions(tmp_path, ca
         pytest.skip("ONNX Runtime on this CPU reported no blocked layout")
     rates = provenance["layout_conversions"]
     assert rates["to_plain"]["ms_per_element"] > 0 and rates["to_blocked"]["ms_per_element"] > 0
+    from hwcompress.lut.nonlayer import valid_non_layer_rates
+
+    assert callable(getattr(guarded, "non_layer_costs", None)) and valid_non_layer_rates(provenance["non_layer_costs"])
 
 
 def test_profile_jetson_with_a_lut(tmp_path, capsys, tinynets, recorded):

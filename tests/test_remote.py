@@ -35,6 +35,7 @@ import torch
 from hwcompress.devices import load_descriptor
 from hwcompress.devices.transport import HostLock, TransportError
 from hwcompress.errors import UserError
+from hwcompress.lut.nonlayer import valid_non_layer_rates
 from hwcompress.lut.record import record_lut
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.contract import ModelArtifact
@@ -370,6 +371,8 @@ def test_standalone_runner_without_hwcompress_on_the_device(lab, box, tmp_path, 
     assert 0 < unit.latency.median and unit.node_ms  # its kernels, for the recorder to count
     assert timing.profiler.calls[-1]["sent_bytes"] == 0  # the model crossed once
     _assert_conversion_rates(timing.profiler.layout_conversions(settings))
+    # The work between layers has no probe here (it is hwcompress's): the LUT keeps it in its ratio.
+    assert timing.profiler.non_layer_costs(settings) is None
 
 
 def _assert_conversion_rates(conversions) -> None:
@@ -396,6 +399,7 @@ def test_layout_conversions_are_timed_on_the_device_by_its_plugin(lab, box, tmp_
     settings = make_settings(device)
     conversions = timing.profiler.layout_conversions(settings)  # through the guard, as lut record asks
     _assert_conversion_rates(conversions)
+    assert valid_non_layer_rates(timing.profiler.non_layer_costs(settings))  # so is the work between layers
     assert "hwcompress" in timing.profiler.facts(settings)["measured_with"]  # the plugin answered
 
 
@@ -421,6 +425,7 @@ def test_lut_record_over_ssh(cli, lab, box, tmp_path):
     table = LatencyTable.load(out)
     provenance = table.provenance
     _assert_conversion_rates(provenance.get("layout_conversions"))  # timed on the board, through the CLI's guard
+    assert valid_non_layer_rates(provenance.get("non_layer_costs"))
     assert provenance["host"] == f"127.0.0.1:{box.port}" and provenance["facts"]["transport"] == "ssh"
     assert provenance["timing"] == "kernels" and provenance["device"] == "lab-board" and len(table) >= 5
     assert table.models and table.models[0]["measured_ms"] > 0  # the calibration's whole model was timed there too

@@ -331,6 +331,11 @@ def print_summary(summary: dict) -> None:
     if conversions.get("to_plain") and conversions.get("to_blocked"):
         head.add_row("layout conversions", "around layers off the blocked path, per million elements: to NCHW "
                      f"{1e6 * conversions['to_plain']['ms_per_element']:.3f} ms, back {1e6 * conversions['to_blocked']['ms_per_element']:.3f} ms")
+    between = p.get("non_layer_costs") or {}
+    if isinstance(between, dict) and any(isinstance(v, dict) for v in between.values()):
+        head.add_row("between layers", "priced apart from the layers (per node us / per 1000 channels us / per million elements ms): "
+                     + ", ".join(f"{kind} {1e3 * fit.get('intercept_ms', 0):.2f} / {1e6 * fit.get('per_channel_ms', 0):.2f} / "
+                                 f"{1e6 * fit.get('per_element_ms', 0):.3f}" for kind, fit in between.items() if isinstance(fit, dict)))
     if p.get("kernel_overhead_ms"):
         counted = summary.get("entries_priced_per_kernel") or 0
         where = [f"each kernel of {counted} entries"] if counted else []

@@ -1,6 +1,7 @@
 """The checks a LUT's calibration record must pass (:func:`calibration_checks`): stored with it when it is
 recorded, and evaluated again on the record as predictions read it (summed against the table as it stands,
-:meth:`hwcompress.lut.predict.TablePredictor.current_calibration`). Imports nothing of the LUT."""
+:meth:`hwcompress.lut.predict.TablePredictor.current_calibration`); and how a prediction reads the
+record's ratio (:func:`calibration_ratio`, stored as :func:`ratio_digits` keeps it). Imports nothing of the LUT."""
 
 from __future__ import annotations
 
@@ -46,3 +47,38 @@ def calibration_checks(record: dict[str, Any]) -> list[str]:
     if len(ratios) >= 2 and max(ratios) / min(ratios) > RATIO_SPREAD:
         problems.append(f"calibration ratios across widths range {min(ratios):.2f}-{max(ratios):.2f} (measured / sum of layers)")
     return problems
+
+
+def ratio_digits(ratio: float) -> float:
+    """A calibration scale as stored: ten significant digits. Six decimals (as times are kept) shifted a
+    scale of 0.4 by up to 1.2e-6 of itself, so a calibrated prediction of the calibrating model itself
+    no longer equalled its measurement."""
+    return float(f"{ratio:.10g}")
+
+
+def calibration_ratio(model: dict[str, Any], layer_sum: float) -> float:
+    """measured / layer sum for a model whose layers sum to ``layer_sum``: interpolated between the
+    recorded calibration points (full model and uniformly pruned copies) by layer sum, held constant
+    beyond them; the full model's ``scale`` when only it was measured.
+
+    Points the table prices at the same layer sum (a copy whose narrower layers still fill the same
+    channel blocks: the test LUT's tiny model at 16x16, at width 1 and 0.5, on a CPU with 16-channel
+    blocks) cannot be told apart by it, so the first recorded of them (the full model) stands for all:
+    sorted by ratio as well, the tie went to the lower ratio, and the calibrating model itself was
+    priced at its half-width copy's measurement (0.0106 ms for 0.0125 measured; a red CI run)."""
+    first: dict[float, float] = {}
+    for p in model.get("points", []):  # recorded order: the full model first
+        if isinstance(p, dict) and float(p.get("layer_sum_ms", 0)) > 0:
+            first.setdefault(float(p["layer_sum_ms"]), float(p["ratio"]))
+    points = sorted(first.items())
+    if len(points) < 2:
+        return float(model["scale"])
+    if layer_sum <= points[0][0]:
+        return points[0][1]
+    if layer_sum >= points[-1][0]:
+        return points[-1][1]
+    for (x0, r0), (x1, r1) in zip(points, points[1:]):
+        if x0 <= layer_sum <= x1:
+            t = 0.0 if x1 == x0 else (layer_sum - x0) / (x1 - x0)
+            return r0 + t * (r1 - r0)
+    return float(model["scale"])

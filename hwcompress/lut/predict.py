@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from hwcompress.lut.checks import calibration_checks
+from hwcompress.lut.checks import calibration_checks, calibration_ratio, ratio_digits
 from hwcompress.lut.conversions import layout_conversions
 from hwcompress.lut.keys import (
     CONV_OPS,
@@ -47,6 +47,7 @@ from hwcompress.lut.keys import (
     _ceil_to,
     spec_from_record,
 )
+from hwcompress.lut.nonlayer import priced_work, valid_non_layer_rates
 from hwcompress.model.analysis import OTHER, LayerSpec, ModelAnalysis
 
 
@@ -97,6 +98,9 @@ class PredictionDetail:
     #: timed warm), and the sum the calibration's ratio is read at (:meth:`TablePredictor.predict_detail`).
     as_timed_ms: float = 0.0
     ratio_sum_ms: float = 0.0
+    #: What the work between layers costs (:meth:`TablePredictor.non_layer_ms`), included in
+    #: ``offset_ms`` and ``total_ms``; 0 where the calibration's ratio carries it.
+    non_layer_ms: float = 0.0
 
     def coverage(self) -> dict[str, Any]:
         counts = {EXACT: 0, INTERPOLATED: 0, MISSING: 0, FUSED: 0}
@@ -114,6 +118,7 @@ class PredictionDetail:
             "between_blocks": len(self.between_blocks),
             "between_blocks_layers": list(self.between_blocks),
             "layout_conversion_ms": round(self.layout_conversion_ms, 6),
+            "non_layer_ms": round(self.non_layer_ms, 6),
             "calibration_scale": round(self.scale, 4),
             "calibration_model": self.calibration.get("name") if self.calibration else None,
         }
@@ -149,6 +154,10 @@ class TablePredictor:
     #: Take the node profiler's cost off what is priced as timed (off-path entries, conversion
     #: intercepts); off, the rule before 2026-11-28 (``bench/conversion_rules.py --steps``).
     net_off_path = True
+    #: Price the work between layers (:mod:`hwcompress.lut.nonlayer`) from the table's
+    #: ``non_layer_costs`` and take it out of the calibration's ratio; off, the ratio carries it (the rule
+    #: before 2026-11-29).
+    price_non_layer = True
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -182,7 +191,11 @@ class TablePredictor:
         self._blocked_price: dict[str, float] = {}
         #: Calibration records as predictions read them, and transition rates, by record (summed against
         #: the table as it stands: :meth:`current_calibration`, :meth:`current_transition_rate`).
-        self._current: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._current: dict[tuple[int, bool], tuple[dict[str, Any], dict[str, Any]]] = {}
+        #: What the work between layers costs (``lut record --off-path``: the profiler's
+        #: ``non_layer_costs``, :func:`hwcompress.lut.nonlayer.non_layer_costs`), or None.
+        rates = table.provenance.get("non_layer_costs")
+        self._non_layer = rates if valid_non_layer_rates(rates) else None
         self._rates: dict[int, tuple[dict[str, Any], float]] = {}
 
     def _config_of(self, spec: LayerSpec, precision: str | None = "") -> tuple[LayerConfig | None, str | None]:
@@ -407,11 +420,13 @@ class TablePredictor:
         ms, _, status, _ = self.lookup(config)
         return ms, status
 
-    def calibration_for(self, layers: Sequence[LayerSpec], precision: str | None = None) -> dict[str, Any] | None:
+    def calibration_for(self, layers: Sequence[LayerSpec], precision: str | None = None,
+                        non_layer: bool = False) -> dict[str, Any] | None:
         """The recorded model whose layer shapes overlap ``layers`` most (a pruned resnet18 has the
         shapes of resnet18, whatever its channel counts), or None when nothing overlaps.
 
         ``precision``: the calibration of that precision (None: the table's), the layers priced in it.
+        ``non_layer``: its ratios with the work between layers taken out (:meth:`current_calibration`).
         """
         if not self.table.models:
             return None
@@ -428,9 +443,18 @@ class TablePredictor:
             score = len(recorded & families) / len(recorded | families)
             if score > best_score:
                 best, best_score = model, score
-        return None if best is None else self.current_calibration(best)
+        return None if best is None else self.current_calibration(best, non_layer)
 
-    def current_calibration(self, model: dict[str, Any]) -> dict[str, Any]:
+    def prices_non_layer(self, specs: Sequence[LayerSpec]) -> bool:
+        """Whether a prediction of ``specs`` prices the work between layers itself: the table has its
+        costs, the switch is on and the rows say which layers feed which (not an ONNX analysis)."""
+        return bool(self._non_layer) and self.price_non_layer and any(s.sources is not None for s in specs)
+
+    def non_layer_ms(self, specs: Sequence[LayerSpec]) -> float:
+        """What the work between ``specs``'s layers costs (:func:`hwcompress.lut.nonlayer.priced_work`)."""
+        return priced_work(self, specs)
+
+    def current_calibration(self, model: dict[str, Any], non_layer: bool = False) -> dict[str, Any]:
         """``model`` (one of the table's calibration records) with each point summed against the table as
         it stands, where the points store their layers (recorded since 2026-11-28); as stored otherwise.
 
@@ -438,8 +462,14 @@ class TablePredictor:
         timed again since then reprice its layers, and the stored ratio then no longer turns the sum into
         the measurement: mobilenet_v3_small at 96 px, recorded first into a table that then got two more
         networks' entries, had its 0.75-wide copy summed at 0.320 ms, which the table later priced at 0.308
-        ms (its ratio 0.714 where 0.741 reproduces the measurement)."""
-        hit = self._current.get(id(model))
+        ms (its ratio 0.714 where 0.741 reproduces the measurement).
+
+        ``non_layer``: the work between layers (:meth:`non_layer_ms`) taken out of each point's
+        measurement before its ratio, for a prediction that adds it back itself; the result is then
+        marked ``non_layer_priced`` (points without layers cannot be summed again and stay as stored,
+        unmarked: such a prediction leaves the work in the ratio)."""
+        non_layer = non_layer and bool(self._non_layer) and self.price_non_layer
+        hit = self._current.get((id(model), non_layer))
         if hit is not None and hit[0] is model:
             return hit[1]
         current = model
@@ -448,7 +478,9 @@ class TablePredictor:
             summed = []
             try:
                 for p in points:
-                    layer_sum, ratio = self.point_sum_and_ratio([spec_from_record(s) for s in p["specs"]], float(p["measured_ms"]))
+                    rows = [spec_from_record(s) for s in p["specs"]]
+                    between = self.non_layer_ms(rows) if non_layer else 0.0
+                    layer_sum, ratio = self.point_sum_and_ratio(rows, float(p["measured_ms"]) - between)
                     summed.append({**p, "layer_sum_ms": layer_sum, "ratio": ratio})
             except (TypeError, ValueError, KeyError):  # a row this version cannot read: the stored sums
                 summed = []
@@ -458,7 +490,9 @@ class TablePredictor:
                            "offset_ms": round(float(first["measured_ms"]) - first["layer_sum_ms"], 6)}
                 if "checks" in model:  # the ratios' spread is checked on the ratios as they now are
                     current["checks"] = calibration_checks(current)
-        self._current[id(model)] = (model, current)
+                if non_layer:
+                    current["non_layer_priced"] = True
+        self._current[(id(model), non_layer)] = (model, current)
         return current
 
     def current_transition_rate(self, model: dict[str, Any]) -> float:
@@ -555,7 +589,10 @@ class TablePredictor:
                                         transitions)
             detail.between_blocks = off_block
             return detail
-        model = self.calibration_for(specs) if calibration != "none" else None
+        non_layer = calibration == "scale" and self.prices_non_layer(specs)
+        model = self.calibration_for(specs, non_layer=non_layer) if calibration != "none" else None
+        # The work between layers, priced where the calibration's ratio was summed without it.
+        between = self.non_layer_ms(specs) if model is not None and model.get("non_layer_priced") else 0.0
         scale, offset = 1.0, 0.0
         # Conversions happen only at layers off the path: none, no second walk over the rows.
         converting = self.layout_conversion_ms(specs) if self._conversions and any_off_path and calibration != "none" else {}
@@ -573,6 +610,7 @@ class TablePredictor:
         # A credit (conversions a layer off the path no longer causes) is at most the layer's own time.
         converting = {name: max(ms, -own.get(name, 0.0)) for name, ms in converting.items()}
         per_layer = {name: ms + converting.get(name, 0.0) for name, ms in own.items()}
+        offset += between
         total = max((layer_sum - unscaled) * scale + unscaled + sum(converting.values()) + offset, 0.0)
         return PredictionDetail(
             total_ms=total,
@@ -582,6 +620,7 @@ class TablePredictor:
             std_ms=math.sqrt(variance) * scale,
             scale=scale,
             offset_ms=offset,
+            non_layer_ms=between,
             calibration=model,
             extrapolated=extrapolated,
             between_blocks=off_block,
@@ -726,41 +765,6 @@ def transition_rate(table: Any, specs: Sequence[LayerSpec]) -> float:
         if score > best_score:
             best, best_score = model, score
     return 0.0 if best is None else table.predictor.current_transition_rate(best)
-
-
-def ratio_digits(ratio: float) -> float:
-    """A calibration scale as stored: ten significant digits. Six decimals (as times are kept) shifted a
-    scale of 0.4 by up to 1.2e-6 of itself, so a calibrated prediction of the calibrating model itself
-    no longer equalled its measurement."""
-    return float(f"{ratio:.10g}")
-
-
-def calibration_ratio(model: dict[str, Any], layer_sum: float) -> float:
-    """measured / layer sum for a model whose layers sum to ``layer_sum``: interpolated between the
-    recorded calibration points (full model and uniformly pruned copies) by layer sum, held constant
-    beyond them; the full model's ``scale`` when only it was measured.
-
-    Points the table prices at the same layer sum (a copy whose narrower layers still fill the same
-    channel blocks: the test LUT's tiny model at 16x16, at width 1 and 0.5, on a CPU with 16-channel
-    blocks) cannot be told apart by it, so the first recorded of them (the full model) stands for all:
-    sorted by ratio as well, the tie went to the lower ratio, and the calibrating model itself was
-    priced at its half-width copy's measurement (0.0106 ms for 0.0125 measured; a red CI run)."""
-    first: dict[float, float] = {}
-    for p in model.get("points", []):  # recorded order: the full model first
-        if isinstance(p, dict) and float(p.get("layer_sum_ms", 0)) > 0:
-            first.setdefault(float(p["layer_sum_ms"]), float(p["ratio"]))
-    points = sorted(first.items())
-    if len(points) < 2:
-        return float(model["scale"])
-    if layer_sum <= points[0][0]:
-        return points[0][1]
-    if layer_sum >= points[-1][0]:
-        return points[-1][1]
-    for (x0, r0), (x1, r1) in zip(points, points[1:]):
-        if x0 <= layer_sum <= x1:
-            t = 0.0 if x1 == x0 else (layer_sum - x0) / (x1 - x0)
-            return r0 + t * (r1 - r0)
-    return float(model["scale"])
 
 
 def _is_fused_norm(spec: LayerSpec, previous: LayerSpec | None) -> bool:

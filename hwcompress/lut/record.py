@@ -37,6 +37,7 @@ from hwcompress.lut.calibration import (
     record_with_calibration,
 )
 from hwcompress.lut.keys import TRANSITIONS, at_precision, spec_record
+from hwcompress.lut.nonlayer import valid_non_layer_rates
 from hwcompress.lut.plan import PLAN_SCHEMA
 from hwcompress.lut.predict import ratio_digits, transition_elements
 from hwcompress.lut.recorder import (
@@ -195,6 +196,22 @@ def record_lut(
             elif measured:
                 warnings.warn(f"the layout-conversion probe answered {measured!r}, not rates per direction; the LUT "
                               "is saved without them", stacklevel=2)
+        between = getattr(profiler, "non_layer_costs", None)
+        if rule and callable(between) and "non_layer_costs" not in table.provenance:
+            # What the work between layers costs (hwcompress.lut.nonlayer), for the same networks the
+            # conversions are for; optional as they are.
+            try:
+                costs = between(settings)
+            except Exception as error:  # noqa: BLE001 - optional probe: the entries are already recorded
+                warnings.warn(f"the non-layer probe failed ({type(error).__name__}: {error}); the LUT is saved "
+                              "without its costs (the calibration's ratio carries that work)", stacklevel=2)
+                costs = None
+            if costs and valid_non_layer_rates(costs):
+                table.provenance["non_layer_costs"] = costs
+                table.invalidate()
+            elif costs:
+                warnings.warn(f"the non-layer probe answered {costs!r}, not costs per kind; the LUT is saved without "
+                              "them", stacklevel=2)
         if len(table.precisions) > 1:
             table.provenance["precisions"] = table.precisions
         if out_path is not None:

@@ -95,7 +95,7 @@ def _now() -> str:
 #: Provenance that measures the device rather than the recording's settings (the node profiler's own
 #: cost, the layout conversions' rates): a merge adopts it from the other table where this one lacks it
 #: (one recorded before the probe existed), and keeps its own where both have it.
-MEASURED_PROVENANCE = ("kernel_overhead_ms", "layout_conversions")
+MEASURED_PROVENANCE = ("kernel_overhead_ms", "layout_conversions", "non_layer_costs")
 
 
 class LatencyTable:

@@ -29,6 +29,11 @@ The rules, in one place:
   runtime's blocked layout and plain NCHW costs, ``{"to_plain": {"intercept_ms", "ms_per_element"},
   "to_blocked": {...}}`` (ONNX Runtime's ReorderOutput/ReorderInput), which ``lut record --off-path``
   stores and predictions add around layers off the blocked path; None where there is no such layout.
+* **Optional** ``non_layer_costs(settings) -> dict | None``: what the work between layers costs, per kind
+  (``scale``, ``add``, ``global_pool``, ``pool``) ``{"intercept_ms", "per_channel_ms", "per_element_ms",
+  "points"}``, which ``lut record --off-path`` stores and predictions add outside the calibration's
+  ratio (:mod:`hwcompress.lut.nonlayer`; ONNX Runtime's probe is
+  :func:`hwcompress.lut.nonlayer.non_layer_costs`).
 """
 
 from __future__ import annotations

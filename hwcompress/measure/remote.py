@@ -434,6 +434,17 @@ class RemoteProfiler:
         reply, _ = self._on_a_host(run)
         return reply.get("conversions")
 
+    def non_layer_costs(self, settings: ProfileSettings) -> dict[str, Any] | None:
+        """What the work between layers costs on the device (the plugin contract's optional probe, for
+        ``lut record --off-path``), timed there by the runner; None where it cannot time it."""
+        def run(host: RemoteHost) -> dict[str, Any]:
+            message = {"op": "non_layer", "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S,
+                       "timeout_s": host.spec.timeout_s}
+            return host.call(message, "timing the work between layers", host.spec.timeout_s)
+
+        reply, _ = self._on_a_host(run)
+        return reply.get("costs")
+
     def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         """The in-network time of a tiny model, as the device's profiler's ``measure_unit`` times it."""
         return self._measure(artifact, settings, "unit")

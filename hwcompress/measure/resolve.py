@@ -77,6 +77,8 @@ class GuardedProfiler:
             # Optional: what the runtime's layout conversions cost (``lut record --off-path``). Until
             # 2026-11-27 this wrapper hid it, so LUTs recorded from the CLI had no conversion rates.
             self.layout_conversions = self._layout_conversions
+        if callable(getattr(profiler, "non_layer_costs", None)):  # optional too: the work between layers
+            self.non_layer_costs = self._non_layer_costs
 
     def __repr__(self) -> str:
         return f"GuardedProfiler({self.name!r} from {self.origin})"
@@ -123,6 +125,10 @@ class GuardedProfiler:
     def _layout_conversions(self, settings: ProfileSettings) -> Any:
         # Its answer is validated where it is stored (hwcompress.lut.record.valid_conversion_rates).
         return self._run("layout_conversions", settings)
+
+    def _non_layer_costs(self, settings: ProfileSettings) -> Any:
+        # Validated where it is stored (hwcompress.lut.nonlayer.valid_non_layer_rates).
+        return self._run("non_layer_costs", settings)
 
     def _run(self, method: str, *args: Any) -> Any:
         try:

@@ -24,6 +24,9 @@ line written is the hello (versions, pid, what is missing). Requests:
 * ``{"op": "conversions", "settings": {...}}`` -> ``{"ok": true, "conversions": {...} | null}``: what
   ONNX Runtime's layout conversions around a layer off its blocked path cost here (the plugin's
   ``layout_conversions``; the standalone runner times the same probe, and needs ``onnx`` for it).
+* ``{"op": "non_layer", "settings": {...}}`` -> ``{"ok": true, "costs": {...} | null}``: what the work
+  between layers (squeeze-excitation multiplies, adds, pooling) costs here (the plugin's
+  ``non_layer_costs``; null without hwcompress on the device).
 * ``{"op": "bye"}``.
 
 While another measurement holds the board, a measure request first answers ``{"waiting": ...}``, then
@@ -400,6 +403,10 @@ class Standalone:
         return conversion_costs(layout, lambda path, shape, iterations: self.kernel_events(path, shape, settings, iterations),
                                 sizes, runs)
 
+    def non_layer_costs(self, _settings):
+        """None: the probe of the work between layers is hwcompress's (its plugin on the device times it)."""
+        return None
+
 
 def cache_flusher(settings):
     """As :func:`hwcompress.lut.recorder.cache_flusher`: evict the layer's weights between runs."""
@@ -473,6 +480,10 @@ class Plugin:
 
     def layout_conversions(self, settings):
         probe = getattr(self.inner, "layout_conversions", None)
+        return probe(self.settings(settings)) if callable(probe) else None
+
+    def non_layer_costs(self, settings):
+        probe = getattr(self.inner, "non_layer_costs", None)
         return probe(self.settings(settings)) if callable(probe) else None
 
     def measure_unit(self, path, input_shape, settings):
@@ -594,6 +605,9 @@ class Runner:
         if op == "conversions":
             with self.board(request), deadline(request):
                 return {"ok": True, "conversions": self.backend.layout_conversions(request.get("settings") or {})}
+        if op == "non_layer":
+            with self.board(request), deadline(request):
+                return {"ok": True, "costs": self.backend.non_layer_costs(request.get("settings") or {})}
         raise Refusal("protocol", "unknown request %r" % (op,))
 
     def board(self, request):

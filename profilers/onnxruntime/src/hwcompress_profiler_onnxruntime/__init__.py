@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hwcompress import hookimpl
+from hwcompress.lut.nonlayer import non_layer_costs
 from hwcompress.lut.recorder import cache_flusher
 from hwcompress.measure.contract import LatencyStats, Measurement, ModelArtifact, ProfileSettings
 from hwcompress.measure.runner import conversion_costs, cpu_model, int8_vnni
@@ -249,6 +250,12 @@ class OnnxRuntimeProfiler:
         """The cost of leaving and re-entering the blocked layout around a layer off its path
         (:func:`layout_conversion_costs`), for ``lut record --off-path``."""
         return layout_conversion_costs(settings)
+
+    def non_layer_costs(self, settings: ProfileSettings) -> dict[str, Any] | None:
+        """What the work between layers (squeeze-excitation multiplies, adds, pooling) costs per node,
+        channel and element, timed warm from kernel events (:func:`hwcompress.lut.nonlayer.non_layer_costs`),
+        for ``lut record --off-path``."""
+        return non_layer_costs(lambda path, shape, iterations: _kernel_events(path, shape, settings, iterations))
 
     def _node_times(self, artifact: ModelArtifact, settings: ProfileSettings) -> dict[str, float]:
         # The session the whole model runs in (every graph pass, NCHWc included): per-layer times of a
