@@ -208,5 +208,8 @@ def test_the_python_api_names_a_mistyped_setting_and_reads_a_shape_given_as_text
         hwcompress.profile("mobilenet_v3_small", input_shape=(1, 3, 32.5, 32))
     with pytest.raises(UserError, match="agent_options must be a dict"):
         hwcompress.compress(budget=hwcompress.Budget.macs(5e7), agent_options=["delta_decay=0.9"])
+    # Latency settings with a MACs budget do nothing: refused by name, as the CLI refuses their flags.
+    with pytest.raises(UserError, match=r"^anchors, verdict_rounds apply to latency budgets only .*Budget.macs"):
+        hwcompress.compress(budget=hwcompress.Budget.macs(5e7), anchors=3, verdict_rounds=7)
     report = hwcompress.profile("mobilenet_v3_small", input_shape="1,3,32,32", runs=3, warmup=1, per_layer=False).to_dict()
     assert report["model"]["input_shape"] == [1, 3, 32, 32] and report["settings"]["runs"] == 3

@@ -16,7 +16,7 @@ from hwcompress.cli.common import device_options, emit_json, parse_input_shape
 from hwcompress.errors import UserError
 from hwcompress.files import check_writable
 from hwcompress.lut.table import LatencyTable
-from hwcompress.search.config import DEFAULT_OUT, SearchConfig
+from hwcompress.search.config import DEFAULT_OUT, SearchConfig, latency_only_given
 
 
 @click.command()
@@ -202,15 +202,10 @@ def _budget(latency_ms, latency_ratio, margin, macs, params_budget, *, required:
     return Budget.macs(value) if name == "macs" else Budget.params(value)
 
 
-#: Settings of the latency measurement that a MACs or parameter budget never uses.
-LATENCY_ONLY = {"anchors": "--anchors", "context_students": "--context-students", "verdict_rounds": "--verdict-rounds",
-                "reference": "--reference"}
-
-
 def _check_latency_only(budget: Budget | None, given: dict) -> None:
     """Refuse, as --margin is refused, latency settings given with a budget they do nothing for."""
-    named = [flag for name, flag in LATENCY_ONLY.items() if name in given]
-    if budget is not None and not budget.is_latency and named:
+    named = ["--" + name.replace("_", "-") for name in latency_only_given(budget, given)]
+    if named:
         raise UserError(f"{', '.join(named)} {'applies' if len(named) == 1 else 'apply'} to latency budgets only "
                         f"(--latency-ms or --latency-ratio); drop {'it' if len(named) == 1 else 'them'} with --{budget.metric}")
 

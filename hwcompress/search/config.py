@@ -29,6 +29,16 @@ VERDICT_MAX_ROUNDS = 15
 
 #: What students are timed beside (``SearchConfig.reference``).
 REFERENCES = ("matched", "teacher")
+#: Settings of the latency measurement that a MACs or parameter budget never uses: refused with one
+#: (by the CLI under their flags, by ``compress()`` under these names), as ``--margin`` is.
+LATENCY_ONLY = ("anchors", "context_students", "verdict_rounds", "reference")
+
+
+def latency_only_given(budget: Budget | None, given: Any) -> list[str]:
+    """Of the setting names in ``given``, those :data:`LATENCY_ONLY` ones a non-latency ``budget`` ignores."""
+    if budget is None or budget.is_latency:
+        return []
+    return [name for name in LATENCY_ONLY if name in given]
 #: N2N's students per controller epoch (``N2NSettings.rollouts``' default, here so that the config can check
 #: ``episodes`` without importing PyTorch).
 N2N_ROLLOUTS = 5
