@@ -596,6 +596,16 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     export_onnx(model, SHAPE, onnx_path, verify=False)
     measurement = LutPredictor(table, CPU).measure(ModelArtifact(onnx_path, SHAPE, model, "tiny"), SETTINGS)
     assert measurement.coverage["between_blocks_layers"] == []  # priced from off-path recordings
+    assert measurement.coverage["non_layer_ms"] > 0  # its global pool, and a note says so
+    assert any("of work between layers" in note for note in measurement.notes)
+    # A table recorded with --off-path before the probe: its ratio carries that work, and a note says how
+    # to add it (recording the same model again with --off-path).
+    older = LatencyTable.from_dict(table.to_dict())
+    del older.provenance["non_layer_costs"]
+    measured_before = LutPredictor(older, CPU).measure(ModelArtifact(onnx_path, SHAPE, model, "tiny"), SETTINGS)
+    assert measured_before.coverage["non_layer_ms"] == 0
+    assert any("recorded with --off-path before that work was timed apart" in n and "--off-path adds it" in n
+               for n in measured_before.notes)
     # Off-path entries were timed warm, as the layer runs inside the network: priced as timed, outside
     # the calibration's scale (fitted on blocked-path models, whose flushed layers it corrects).
     from hwcompress.model.analysis import analyze
