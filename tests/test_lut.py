@@ -604,7 +604,7 @@ def test_off_path_recordings_price_counts_off_the_alignment(tmp_path):
     del older.provenance["non_layer_costs"]
     measured_before = LutPredictor(older, CPU).measure(ModelArtifact(onnx_path, SHAPE, model, "tiny"), SETTINGS)
     assert measured_before.coverage["non_layer_ms"] == 0
-    assert any("recorded with --off-path before that work was timed apart" in n and "--off-path adds it" in n
+    assert any("recorded with --off-path before that work was timed on its own" in n and "--off-path adds it" in n
                for n in measured_before.notes)
     # Off-path entries were timed warm, as the layer runs inside the network: priced as timed, outside
     # the calibration's scale (fitted on blocked-path models, whose flushed layers it corrects).

@@ -101,11 +101,11 @@ class LutPredictor:
         provenance = self.table.provenance
         if "layout_conversions" in provenance and "non_layer_costs" not in provenance:
             notes.append("the work between layers (squeeze-excitation multiplies, unfused adds, pooling) is carried by the "
-                         "calibration's ratio: this LUT was recorded with --off-path before that work was timed apart; "
+                         "calibration's ratio: this LUT was recorded with --off-path before that work was timed on its own; "
                          f"{record} --off-path adds it in seconds")
         if detail.non_layer_ms > 0:
             notes.append(f"includes {detail.non_layer_ms:.3f} ms of work between layers (squeeze-excitation multiplies, "
-                         "unfused adds, pooling), priced apart from the calibration's ratio (timed when the LUT was "
+                         "unfused adds, pooling), priced outside the calibration's ratio (timed when the LUT was "
                          "recorded with --off-path)")
         notes.append(
             "predicted latency: median = calibrated sum of layers; spread relative to the calibration model's measured "

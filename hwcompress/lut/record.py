@@ -180,38 +180,13 @@ def record_lut(
                     m.get("fingerprint") == fingerprint and m.get("precision") == TRANSITIONS for m in table.models):
                 record_transitions(table, profiler, settings, model_module, exported[0], name, fingerprint,
                                    sorted({u.config.family() for u in units}))
-        conversions = getattr(profiler, "layout_conversions", None)
-        if rule and callable(conversions) and "layout_conversions" not in table.provenance:
-            # What leaving and re-entering the blocked layout around an off-path layer costs (warm). A
-            # probe that fails or answers nonsense costs the table its conversion rates, not the recording.
-            try:
-                measured = conversions(settings)
-            except Exception as error:  # noqa: BLE001 - optional probe: the entries are already recorded
-                warnings.warn(f"the layout-conversion probe failed ({type(error).__name__}: {error}); the LUT is "
-                              "saved without conversion rates", stacklevel=2)
-                measured = None
-            if measured and valid_conversion_rates(measured):
-                table.provenance["layout_conversions"] = measured
-                table.invalidate()
-            elif measured:
-                warnings.warn(f"the layout-conversion probe answered {measured!r}, not rates per direction; the LUT "
-                              "is saved without them", stacklevel=2)
-        between = getattr(profiler, "non_layer_costs", None)
-        if rule and callable(between) and "non_layer_costs" not in table.provenance:
-            # What the work between layers costs (hwcompress.lut.nonlayer), for the same networks the
-            # conversions are for; optional as they are.
-            try:
-                costs = between(settings)
-            except Exception as error:  # noqa: BLE001 - optional probe: the entries are already recorded
-                warnings.warn(f"the non-layer probe failed ({type(error).__name__}: {error}); the LUT is saved "
-                              "without its costs (the calibration's ratio carries that work)", stacklevel=2)
-                costs = None
-            if costs and valid_non_layer_rates(costs):
-                table.provenance["non_layer_costs"] = costs
-                table.invalidate()
-            elif costs:
-                warnings.warn(f"the non-layer probe answered {costs!r}, not costs per kind; the LUT is saved without "
-                              "them", stacklevel=2)
+        if rule:  # the device's optional probes for networks off the blocked path, each stored once
+            # What leaving and re-entering the blocked layout around an off-path layer costs (warm), and
+            # what the work between layers costs (hwcompress.lut.nonlayer).
+            _store_probe(table, profiler, settings, "layout_conversions", valid_conversion_rates,
+                         "the layout-conversion probe", "conversion rates", "rates per direction")
+            _store_probe(table, profiler, settings, "non_layer_costs", valid_non_layer_rates, "the non-layer probe",
+                         "its costs (the calibration's ratio carries that work)", "costs per kind")
         if len(table.precisions) > 1:
             table.provenance["precisions"] = table.precisions
         if out_path is not None:
@@ -288,6 +263,26 @@ def record_transitions(table: LatencyTable, profiler: Any, settings: ProfileSett
         # (TablePredictor.current_transition_rate), as calibrations are summed again.
         "specs": [spec_record(spec) for spec in specs],
     })
+
+
+def _store_probe(table: LatencyTable, profiler: Any, settings: ProfileSettings, method: str, valid: Any, probe: str,
+                 lacking: str, expected: str) -> None:
+    """Call the profiler's optional ``method`` (a probe of the device) where the table lacks its answer, and
+    store what ``valid`` accepts under the same name. A probe that fails or answers nonsense costs the
+    table that record, not the recording (its entries are already in)."""
+    call = getattr(profiler, method, None)
+    if not callable(call) or method in table.provenance:
+        return
+    try:
+        measured = call(settings)
+    except Exception as error:  # noqa: BLE001 - optional probe
+        warnings.warn(f"{probe} failed ({type(error).__name__}: {error}); the LUT is saved without {lacking}", stacklevel=3)
+        return
+    if measured and valid(measured):
+        table.provenance[method] = measured
+        table.invalidate()
+    elif measured:
+        warnings.warn(f"{probe} answered {measured!r}, not {expected}; the LUT is saved without {lacking}", stacklevel=3)
 
 
 def valid_conversion_rates(rates: Any) -> bool:

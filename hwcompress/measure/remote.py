@@ -426,24 +426,21 @@ class RemoteProfiler:
     def layout_conversions(self, settings: ProfileSettings) -> dict[str, Any] | None:
         """What the runtime's layout conversions cost on the device (the plugin contract's optional probe,
         for ``lut record --off-path``), timed there by the runner; None where it has no blocked layout."""
-        def run(host: RemoteHost) -> dict[str, Any]:
-            message = {"op": "conversions", "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S,
-                       "timeout_s": host.spec.timeout_s}
-            return host.call(message, "timing layout conversions", host.spec.timeout_s)
-
-        reply, _ = self._on_a_host(run)
-        return reply.get("conversions")
+        return self._probe(settings, "conversions", "timing layout conversions")
 
     def non_layer_costs(self, settings: ProfileSettings) -> dict[str, Any] | None:
         """What the work between layers costs on the device (the plugin contract's optional probe, for
-        ``lut record --off-path``), timed there by the runner; None where it cannot time it."""
+        ``lut record --off-path``), timed there by the runner's plugin; None where it cannot time it."""
+        return self._probe(settings, "non_layer", "timing the work between layers", answer="costs")
+
+    def _probe(self, settings: ProfileSettings, op: str, doing: str, answer: str | None = None) -> dict[str, Any] | None:
         def run(host: RemoteHost) -> dict[str, Any]:
-            message = {"op": "non_layer", "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S,
+            message = {"op": op, "settings": _settings_document(settings), "lock_timeout_s": BOARD_WAIT_S,
                        "timeout_s": host.spec.timeout_s}
-            return host.call(message, "timing the work between layers", host.spec.timeout_s)
+            return host.call(message, doing, host.spec.timeout_s)
 
         reply, _ = self._on_a_host(run)
-        return reply.get("costs")
+        return reply.get(answer or op)
 
     def measure_unit(self, artifact: ModelArtifact, settings: ProfileSettings) -> Measurement:
         """The in-network time of a tiny model, as the device's profiler's ``measure_unit`` times it."""
