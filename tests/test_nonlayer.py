@@ -26,8 +26,12 @@ def test_the_work_between_layers_is_read_off_the_rows_of_torchvision_networks():
     # One max pool after the stem (64x48x48 in), eight residual adds, one global pool (512x3x3 in).
     assert resnet == {"pool": (1, 64, 64 * 48 * 48), "add": (8, 2 * (64 + 128 + 256 + 512), 138240),
                       "global_pool": (1, 512, 512 * 3 * 3)}
-    # An add fused into the layer that wrote its newest operand costs nothing.
-    assert "add" not in non_layer_work(analyze(torchvision.models.resnet18(), SHAPE).layers, fused=lambda name: True)
+    # An add that can run inside a layer writing one of its new operands costs nothing: each block's
+    # second convolution, or (the first block of a stage) its shortcut's.
+    rows = analyze(torchvision.models.resnet18(), SHAPE).layers
+    assert "add" not in non_layer_work(rows, fused=lambda name: True)
+    shortcut_only = non_layer_work(rows, fused=lambda name: "downsample" in name)
+    assert shortcut_only["add"][0] == 8 - 3  # the three stages that start with a downsampling shortcut
 
 
 def test_the_work_follows_the_channels_a_student_keeps_and_needs_the_rows_sources():
@@ -68,3 +72,30 @@ def test_onnx_runtime_times_the_work_between_layers():
     assert not valid_non_layer_rates({"scale": {**costs["scale"], "per_element_ms": math.nan}})
     assert not valid_non_layer_rates({"scale": {**costs["scale"], "intercept_ms": "0.1"}})
     assert not valid_non_layer_rates({"scale": 0.1}) and not valid_non_layer_rates([]) and not valid_non_layer_rates({})
+
+
+def test_an_add_runs_on_its_own_after_a_blocked_convolution_with_a_partial_block_out():
+    """ONNX Runtime sums in place in a plain convolution, and in a blocked one with whole blocks out; a
+    blocked one with a partial block out (400 -> 371 channels on 16-channel blocks) leaves its add to a
+    kernel of its own, as the torch-pruned regnet_x_400mf variants' kernels showed."""
+    from types import SimpleNamespace
+
+    torchvision = pytest.importorskip("torchvision")
+    from hwcompress.lut.keys import LayerConfig
+    from hwcompress.lut.nonlayer import priced_work
+    from hwcompress.lut.predict import between_blocks
+
+    rows = analyze(torchvision.models.resnet18(), SHAPE).layers
+    fit = {"intercept_ms": 0.0, "per_channel_ms": 0.0, "per_element_ms": 1e-6}
+    table = SimpleNamespace(_non_layer={"add": fit}, layout=(16, 4), kernel_overhead_ms=0.0, net_off_path=True,
+                            _config_of=lambda spec: (LayerConfig.from_spec(spec), None),
+                            off_path=lambda config: between_blocks(config, 16, 4))
+    assert priced_work(table, rows) == 0  # every block's convolutions on the path, whole blocks out
+
+    def narrowed(name: str, cout: int) -> list:
+        return [dataclasses.replace(r, cout=cout, out_shape=(1, cout, *r.out_shape[2:])) if r.name == name else r for r in rows]
+
+    # layer1.1.conv2 with 60 channels out (cin 64: on the path) leaves its add (64x24x24) on its own;
+    # the same with 48 out (three whole blocks) sums in place.
+    assert priced_work(table, narrowed("layer1.1.conv2", 60)) == pytest.approx(1e-6 * 60 * 24 * 24)
+    assert priced_work(table, narrowed("layer1.1.conv2", 48)) == 0
