@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -154,13 +155,27 @@ def compress(
     if agent_options is not None and not isinstance(agent_options, dict):
         raise UserError(f"agent_options must be a dict like {{'delta_decay': 0.9}}, not {type(agent_options).__name__}")
     model_spec, teacher, data_spec, splits = _teacher_and_data(model, data, shape, settings.get("weights"))
-    config = SearchConfig(budget=budget, agent=agent, agent_options=dict(agent_options or {}), device=device,
-                          model=model_spec, data=data_spec, input_shape=shape, episodes=episodes,
-                          finetune_epochs=finetune_epochs, seed=seed, out=None if out is None else str(out),
-                          quantize=quantize, **settings)
+    try:
+        config = SearchConfig(budget=budget, agent=agent, agent_options=dict(agent_options or {}), device=device,
+                              model=model_spec, data=data_spec, input_shape=shape, episodes=episodes,
+                              finetune_epochs=finetune_epochs, seed=seed, out=None if out is None else str(out),
+                              quantize=quantize, **settings)
+    except UserError as error:  # the settings' checks speak the CLI's flags; here they are keywords
+        raise UserError(in_api_words(str(error))) from None
     if policy is not None:
         return apply_policy(config, policy, progress=progress, teacher=teacher, data=splits)
     return run_search(config, progress=progress, teacher=teacher, data=splits)
+
+
+#: CLI flags whose Python counterpart is not the flag's name as a keyword.
+_API_WORDS = {"--latency-ratio": "Budget.latency_ratio", "--latency-ms": "Budget.latency_ms", "--macs": "Budget.macs",
+              "--params": "Budget.params", "--agent-option": "agent_options"}
+
+
+def in_api_words(message: str) -> str:
+    """``message`` (a check written for the CLI) with each ``--flag`` named as the Python API takes it:
+    ``--warmup-episodes`` -> ``warmup_episodes``, ``--latency-ratio`` -> ``Budget.latency_ratio``."""
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: _API_WORDS.get(m.group(0), m.group(1).replace("-", "_")), message)
 
 
 def resume(out: str | os.PathLike[str], *, model: Any = None, data: Any = None, progress: bool = False,

@@ -211,5 +211,9 @@ def test_the_python_api_names_a_mistyped_setting_and_reads_a_shape_given_as_text
     # Latency settings with a MACs budget do nothing: refused by name, as the CLI refuses their flags.
     with pytest.raises(UserError, match=r"^anchors, verdict_rounds apply to latency budgets only .*Budget.macs"):
         hwcompress.compress(budget=hwcompress.Budget.macs(5e7), anchors=3, verdict_rounds=7)
+    # The settings' own checks name keywords, not the CLI's flags.
+    with pytest.raises(UserError, match=r"^warmup_episodes 10 is more than episodes 2") as refused:
+        hwcompress.compress(budget=hwcompress.Budget.macs(5e7), episodes=2, warmup_episodes=10)
+    assert "--" not in str(refused.value)
     report = hwcompress.profile("mobilenet_v3_small", input_shape="1,3,32,32", runs=3, warmup=1, per_layer=False).to_dict()
     assert report["model"]["input_shape"] == [1, 3, 32, 32] and report["settings"]["runs"] == 3
