@@ -163,3 +163,12 @@ def test_resume_refuses_changed_settings_in_one_line(tmp_path, monkeypatch):
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr
     assert "agent: saved 'amc', given 'uniform'" in lines[0] and "--resume-override" in lines[0]
+    # A budget is named as given, and overriding it is refused: the episodes were scored against it (an
+    # override was once accepted and ignored, while result.json reported the new budget).
+    for extra, wanted in ((["--macs", "1e7"], "budget: saved 20,000,000 MACs, given 10,000,000 MACs"),
+                          (["--macs", "1e7", "--resume-override", "budget"], "the budget cannot change on resume")):
+        refused = subprocess.run(_command("--resume", str(out), *extra), env=_env(tmp_path), capture_output=True, text=True,
+                                 timeout=60)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1 and wanted in lines[0], refused.stderr
+    assert "20,000,000 MACs" in lines[0] and "--policy" in lines[0]

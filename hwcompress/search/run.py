@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hwcompress.budget import Budget
 from hwcompress.errors import UserError
 from hwcompress.model.data import DataSplits
 from hwcompress.model.loading import LoadedModel
@@ -275,14 +276,31 @@ def resume_search(out: str | Path, *, changes: dict[str, Any] | None = None, ove
         wanted = saved.replace(**changes, out=str(folder))
     except TypeError as error:
         raise UserError(f"cannot resume: {error}") from None
-    differences = {name: pair for name, pair in saved.differences(wanted).items()
+    changed = saved.differences(wanted)
+    if "budget" in changed and "budget" in override:
+        # The episodes so far were scored, and the clamp steered, against the saved budget: a resumed run
+        # keeps it (an override was accepted and ignored, while result.json reported the new one).
+        raise UserError(f"the budget cannot change on resume: {folder}'s episodes were scored against "
+                        f"{_shown(changed['budget'][0])}; search again into another --out with {_shown(changed['budget'][1])}, "
+                        f"or judge its best policy against it with --policy {folder / 'policy.json'}")
+    differences = {name: pair for name, pair in changed.items()
                    if name not in RESUMABLE_CHANGES and name not in override and name != "out"}
     if differences:
-        listed = "; ".join(f"{name}: saved {old!r}, given {new!r}" for name, (old, new) in sorted(differences.items()))
+        listed = "; ".join(f"{name}: saved {_shown(old)}, given {_shown(new)}" for name, (old, new) in sorted(differences.items()))
         raise UserError(f"{folder} was searched with other settings ({listed}); drop them to resume as it was, or "
                         f"accept them with --resume-override {','.join(sorted(differences))}")
     with torch_threads(wanted.torch_threads):
         return _search(wanted, checkpoint, progress=progress, teacher=teacher, splits=data)
+
+
+def _shown(value: Any) -> str:
+    """A saved or given setting as a refusal names it: a budget as the CLI gives it, anything else as repr."""
+    if isinstance(value, dict) and "metric" in value:
+        try:
+            return str(Budget.from_dict(value))
+        except (UserError, KeyError, TypeError, ValueError):
+            pass
+    return repr(value)
 
 
 def _release_leaving_no_folder(lock: OutputLock, out: Path, created: bool) -> None:
