@@ -112,6 +112,13 @@ def test_a_search_killed_in_every_phase_resumes_to_the_same_policy(tmp_path, kil
     assert b["student"]["params"] == a["student"]["params"] and b["budget"] == a["budget"]
     assert b["episodes"] == a["episodes"] == 6 and b["cost_model_anchors"] == a["cost_model_anchors"]
     assert b["matched_reference"] == a["matched_reference"] and a["matched_reference"]["measured_ms"] > 0
+    # The times cover every part of the run, and the result says it was resumed.
+    assert b["total_seconds"] >= b["search_seconds"] and any(n.startswith("resumed after") for n in b["notes"])
+    # A finished search has nothing to resume: refused, nothing rewritten.
+    before = (killed / "result.json").stat().st_mtime_ns
+    again = subprocess.run(_command("--resume", str(killed), "--quiet"), env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "holds a finished search" in again.stderr and "--episodes" in again.stderr, again.stderr
+    assert (killed / "result.json").stat().st_mtime_ns == before
     if "--context-students" not in extra:  # the same fit, resumed or not
         fit = {k: v for k, v in a["cost_model_context"].items() if k != "seconds"}
         assert fit == {k: v for k, v in b["cost_model_context"].items() if k != "seconds"} and fit["students"] == 6

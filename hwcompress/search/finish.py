@@ -281,6 +281,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "policy": policy_rows,
         "episodes": len(history),
         "best_episode": candidate.episode,
+        **({"kept_whole_int8": True} if candidate.extra.get("whole_int8") else {}),
         "search_seconds": round(search_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,

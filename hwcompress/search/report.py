@@ -94,6 +94,15 @@ def verdict_text(doc: dict[str, Any]) -> str:
     return f"budget {met}: {verdict['text']} ({how})"
 
 
+def _best(doc: dict[str, Any]) -> str:
+    """Which student the result is: an episode's, the whole teacher in int8, or a re-applied policy's."""
+    if doc.get("best_episode") is not None:
+        return f"episode {doc['best_episode']}"
+    if doc.get("kept_whole_int8"):
+        return "none of them; the whole teacher in int8 was kept"
+    return "a re-applied policy" if not doc.get("episodes") else "none recorded"
+
+
 def summary_markdown(doc: dict[str, Any]) -> str:
     t, s = doc["teacher"], doc["student"]
     lines = [
@@ -109,7 +118,7 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         f"| MACs | {t['macs']:,} | {s['macs']:,} |",
         f"| parameters | {t['params']:,} | {s['params']:,} |",
         "",
-        f"{doc['episodes']} episodes in {doc['search_seconds']:.0f} s (best: episode {doc['best_episode']}); total {doc['total_seconds']:.0f} s."
+        f"{doc['episodes']} episodes in {doc['search_seconds']:.0f} s (best: {_best(doc)}); total {doc['total_seconds']:.0f} s."
         + (" **Interrupted**: this is the best student so far, not fine-tuned." if doc["interrupted"] else "")
         + (f" Each scored student was distilled from the teacher for {steps} step{'s' * (steps != 1)} before its accuracy counted "
            "(`--reward-finetune-steps`)." if (steps := (doc.get("scoring") or {}).get("finetune_steps")) else ""),

@@ -115,7 +115,8 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             log(lock.note)
         if checkpoint is None and out is not None:
             check_fresh(out)
-        started = time.perf_counter()
+        # The run's clock starts where the interrupted one stopped: total time covers every part of it.
+        started = time.perf_counter() - float((checkpoint or {}).get("elapsed_seconds", 0.0))
         saved = (checkpoint or {}).get("saved")
 
         def save_early(what: dict[str, Any] | None) -> None:
@@ -156,7 +157,9 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             context.history = list(checkpoint["history"])
             context.best = Candidate.from_dict(checkpoint["best"]) if checkpoint.get("best") else None
             search_seconds = float(checkpoint.get("search_seconds", 0.0))
-            log(f"resuming {out} after {len(context.history)} of {config.episodes} episodes")
+            resumed = f"resumed after {len(context.history)} of {config.episodes} episodes"
+            log(f"{resumed}: {out}")
+            prepared.notes.append(f"{resumed} (the times are of every part of the run)")
         loop_start = time.perf_counter()
 
         def save() -> None:
@@ -167,6 +170,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                 "agent_state": agent.state_dict(), "history": context.history,
                 "best": context.best.to_dict() if context.best is not None else None,
                 "search_seconds": search_seconds + time.perf_counter() - loop_start,
+                "elapsed_seconds": time.perf_counter() - started,
             })
 
         save()  # everything measured before the first episode: a resume from here measures nothing again
@@ -289,8 +293,23 @@ def resume_search(out: str | Path, *, changes: dict[str, Any] | None = None, ove
         listed = "; ".join(f"{name}: saved {_shown(old)}, given {_shown(new)}" for name, (old, new) in sorted(differences.items()))
         raise UserError(f"{folder} was searched with other settings ({listed}); drop them to resume as it was, or "
                         f"accept them with --resume-override {','.join(sorted(differences))}")
+    history = checkpoint.get("history") or []
+    if len(history) >= wanted.episodes and _finished(folder) and not changed:
+        # (A finished run resumed with another --verdict-rounds measures its student again: that is asked for.)
+        raise UserError(f"{folder} holds a finished search ({len(history)} of {wanted.episodes} episodes, result.json "
+                        "written): nothing to resume; give more --episodes to extend it")
     with torch_threads(wanted.torch_threads):
         return _search(wanted, checkpoint, progress=progress, teacher=teacher, splits=data)
+
+
+def _finished(folder: Path) -> bool:
+    """Whether ``folder`` holds the result of a search that ran to its end (not one written on Ctrl-C)."""
+    import json
+
+    try:
+        return not json.loads((folder / "result.json").read_text()).get("interrupted", False)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _shown(value: Any) -> str:
