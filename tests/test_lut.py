@@ -829,6 +829,77 @@ def test_show_and_merge(recorded, tmp_path, capsys):
     assert code == 2 and "threads differs" in error_line(err) and str(small) in err
 
 
+
+def test_merge_never_replaces_a_file_it_did_not_write(recorded, tmp_path, capsys):
+    """`lut merge --out` writes a new file, one of its inputs (which then takes the others in), or an existing
+    LUT with --overwrite. A file that is not a LUT is refused in one line before anything is written; it
+    was replaced ("wrote notes.txt: 14 entries"), and replacing an input or another LUT was silent."""
+    document = json.loads(recorded.read_text())
+    first, second = tmp_path / "first.lut.json", tmp_path / "second.lut.json"
+    first.write_text(json.dumps({**document, "entries": document["entries"][:5]}))
+    second.write_text(json.dumps({**document, "entries": document["entries"][5:], "models": []}))
+    inputs = [str(first), str(second)]
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    other = tmp_path / "other.lut.json"
+    other.write_bytes(recorded.read_bytes())
+    for target, extra, expected in ((notes, (), "is not a hwcompress LUT"), (other, (), "--overwrite"),
+                                    (notes, ("--overwrite",), "is not a hwcompress LUT")):
+        before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+        code, _, err = run_main(capsys, "lut", "merge", *inputs, "--out", str(target), *extra)
+        line = error_line(err)
+        assert code == 2 and str(target) in line and expected in line and "another --out" in line
+        assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before  # nothing written, no temporary file
+
+    code, _, err = run_main(capsys, "lut", "merge", *inputs, "--out", str(other), "--overwrite")
+    assert code == 0 and f"wrote {other} (replacing the LUT there)" in err
+    assert len(LatencyTable.load(other)) == 14 and LatencyTable.load(other).provenance["merged_from"] == inputs
+
+    code, _, err = run_main(capsys, "lut", "merge", *inputs, "--out", str(first))  # into one of its inputs: said, and safe
+    assert code == 0 and f"wrote {first} (it was one of the 2 files: it now holds their merge)" in err
+    merged = LatencyTable.load(first)
+    assert len(merged) == 14 and [m["name"] for m in merged.models] == ["tiny"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["first.lut.json", "notes.txt", "other.lut.json", "second.lut.json"]
+
+
+def test_lut_show_names_the_precisions_it_holds(recorded, tmp_path, capsys):
+    """A table with fp32 and int8 entries showed only "precision fp32" and three identical-looking calibration
+    rows (fp32, int8, transitions): the header now counts the entries per precision, and every calibration
+    row names its precision."""
+    document = json.loads(recorded.read_text())
+    model = document["models"][0]
+    document["schema"] = "hwcompress.lut/2"
+    document["entries"] += [{**e, "precision": "int8", "median": e["median"] / 2} for e in document["entries"][:9]]
+    transitions = {**{k: v for k, v in model.items() if k != "points"}, "precision": "transitions", "ms_per_element": 2e-6}
+    document["models"] += [{**model, "precision": "int8"}, transitions]
+    path = tmp_path / "mixed.lut.json"
+    path.write_text(json.dumps(document))
+
+    code, out, err = run_main(capsys, "lut", "show", str(path))
+    assert code == 0, err
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
+    assert "fp32 (base) 14 entries, int8 9 entries" in rows["precisions"] and "base precision fp32" in rows["settings"]
+    labels = [[cell.strip() for cell in line.split("│")[1:3]] for line in out.splitlines() if line.startswith("│ tiny")]
+    assert labels == [["tiny", "fp32"], ["tiny", "int8"], ["tiny", "transitions (mixed)"]]
+    assert "tiny transitions: the model timed with float and int8 layers mixed" in out and "2.000 ms per million elements" in out
+
+    code, out, err = run_main(capsys, "lut", "show", str(path), "--json", "-")
+    assert code == 0 and json.loads(out)["precision_entries"] == {"fp32": 14, "int8": 9}, err
+    code, out, _ = run_main(capsys, "lut", "show", str(recorded))  # one precision: said as well
+    assert "fp32 (base) 14 entries" in out and "base precision" not in out
+
+
+@pytest.mark.parametrize("content", ['{"entries": []}', '{"schema": "other"}', "[1, 2]"])
+def test_a_file_that_is_not_a_lut_names_both_schemas(content, tmp_path, capsys):
+    path = tmp_path / "notes.json"
+    path.write_text(content)
+    code, _, err = run_main(capsys, "lut", "show", str(path))
+    line = error_line(err)
+    assert code == 2 and str(path) in line and "not a hwcompress LUT" in line
+    assert "hwcompress.lut/1" in line and "hwcompress.lut/2" in line
+
+
 def _mutations():
     def provenance(key, value):
         def apply(doc):
@@ -1240,3 +1311,15 @@ def test_record_into_a_lut_keeps_its_runs(tmp_path, capsys, tinynets):
     extended = LatencyTable.load(table)
     assert len(extended) > len(LatencyTable.from_dict(json.loads(recorded))) and extended.provenance["runs"] == 3
     assert {e.runs for e in extended.entries.values()} == {3}
+
+
+def test_lut_record_never_replaces_or_extends_a_file_that_is_not_a_lut(tmp_path, capsys, tinynets):
+    """`lut record --overwrite` replaced any --out (the table was saved over it unread); now a file that
+    is not a LUT is refused before anything is timed, with or without --overwrite, and left as it was."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_main(capsys, "lut", "record", "--device", "cpu", "-m", tinynets, "--input-shape", "1,3,16,16",
+                                "--out", str(notes), "--runs", "3", "--warmup", "1", "--points", "2", "--quantum", "8", "-q", *extra)
+        assert code == 2 and "is not a hwcompress LUT" in error_line(err) and "give another --out" in error_line(err)
+        assert notes.read_text() == "my notes\n" and sorted(p.name for p in tmp_path.iterdir()) == ["lut_tinynets.py", "notes.txt"]

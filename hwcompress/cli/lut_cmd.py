@@ -15,6 +15,8 @@ from rich.markup import escape
 from hwcompress.cli.common import console, device_options, emit_json, fmt_count, parse_input_shape, timing_options
 from hwcompress.devices import resolve_device
 from hwcompress.errors import UserError
+from hwcompress.files import check_writable
+from hwcompress.lut.keys import TRANSITIONS
 from hwcompress.lut.plan import load_plan, record_plan
 from hwcompress.lut.table import LatencyTable
 from hwcompress.measure.contract import ProfileSettings
@@ -106,6 +108,8 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
         raise UserError(f"--passes must be at least 1 (got {passes})")
     widths = grid_options(points, min_ratio, quantum, calibration_widths)
     settings = make_settings(descriptor, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=False)
+    if os.path.isfile(out):
+        existing_lut(out)  # a file that is not a LUT is never resumed or replaced
     if not overwrite and os.path.exists(out):
         settings = resumed_settings(out, settings, runs=runs, warmup=warmup)
     wanted = [p.strip() for p in (precisions or "").split(",") if p.strip()] or None
@@ -280,27 +284,75 @@ def show(file, json_target, entries):
 
 @lut.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The merged LUT file.")
-def merge(files, out):
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False),
+              help="The merged LUT file: a new file, one of FILES (which then takes the others in), or an existing LUT "
+                   "with --overwrite. A file that is not a LUT is never replaced.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it is an existing LUT that is not one of FILES.")
+def merge(files, out, overwrite):
     """Combine LUTs recorded on the same device with the same runtime and settings.
 
     Where two tables timed the same configuration, the one with more runs wins (the later file on a
     tie); calibrations of every recorded model are kept. Tables from another device, runtime
     version, precision, batch or thread count are refused.
 
+    --out may name one of FILES: every file is read before anything is written, and the table is
+    replaced in one step by the merge, which holds all it held. An existing LUT that is not one of
+    FILES is replaced only with --overwrite; a file that is not a LUT, never.
+
     \b
     Examples:
       hwcompress lut merge resnet18.lut.json mobilenet_v2.lut.json --out rpi5.lut.json
+      hwcompress lut merge rpi5.lut.json efficientnet_b0.lut.json --out rpi5.lut.json   # extend rpi5.lut.json
     """
     if len(files) < 2:
         raise UserError("`hwcompress lut merge` needs at least two LUT files")
-    tables = [LatencyTable.load(f) for f in files]
+    tables = [LatencyTable.load(f) for f in files]  # every file read (and checked to mix) before --out is written
     merged = tables[0]
     for other in tables[1:]:
         merged.merge(other)
     merged.provenance["merged_from"] = list(files)
+    replaced = check_merge_out(out, files, overwrite)
     merged.save(out)
-    click.echo(f"wrote {out}: {len(merged)} entries, {len(merged.models)} calibrated model(s) from {len(files)} files", err=True)
+    note = {"input": f" (it was one of the {len(files)} files: it now holds their merge)", "lut": " (replacing the LUT there)"}
+    click.echo(f"wrote {out}{note.get(replaced, '')}: {len(merged)} entries, {len(merged.models)} calibrated model(s) "
+               f"from {len(files)} files", err=True)
+
+
+def check_merge_out(out: str, files: tuple[str, ...], overwrite: bool) -> str | None:
+    """Refuse a `lut merge --out` that would replace a file it must not (before anything is written).
+
+    A new path, or one written through (``/dev/stdout``, a FIFO: :mod:`hwcompress.files`), is fine
+    (None). An existing file must be one of ``files`` (``"input"``: the merge holds all it held) or a
+    LUT this hwcompress reads, and then ``overwrite`` must be given (``"lut"``); anything else is a
+    :class:`UserError` naming it, as `lut record` refuses an --out it cannot extend.
+    """
+    path = check_writable(out, "--out")  # a folder, a parent that is not one, no permission
+    if not path.is_file():  # missing, or not a regular file (written through, never replaced)
+        return None
+    if any(_same_file(path, f) for f in files):
+        return "input"
+    existing_lut(out)
+    if not overwrite:
+        raise UserError(f"--out {out} is an existing LUT that is not one of the files merged; pass --overwrite to replace it, "
+                        "add it to the files to merge it in, or give another --out")
+    return "lut"
+
+
+def existing_lut(out: str) -> LatencyTable:
+    """The LUT at ``out`` (an existing regular file); a UserError where it is not one this hwcompress reads,
+    which `lut record` and `lut merge` then neither extend nor replace."""
+    try:
+        return LatencyTable.load(out)
+    except UserError as error:
+        raise UserError(f"--out {out} exists and is not a hwcompress LUT this hwcompress reads ({str(error)[:160]}); it "
+                        "is not replaced: give another --out") from None
+
+
+def _same_file(path: os.PathLike[str], other: str) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # a missing input: LatencyTable.load names it
+        return False
 
 
 def print_summary(summary: dict) -> None:
@@ -314,8 +366,12 @@ def print_summary(summary: dict) -> None:
     head.add_column()
     head.add_row("device", f"{p.get('device')} (recorded on {p.get('host', '?')}, {p.get('machine', '?')})")
     head.add_row("runtime", f"{p.get('runtime')} {p.get('runtime_version')} via the {p.get('profiler')} profiler")
-    head.add_row("settings", f"precision {p.get('precision')}, batch {p.get('batch')}, threads {p.get('threads')}, "
-                             f"runs {p.get('runs', '?')}, warmup {p.get('warmup', '?')}")
+    base = p.get("precision")
+    held = summary.get("precision_entries") or {base: summary["entries"]}
+    head.add_row("settings", f"{'base precision' if len(held) > 1 else 'precision'} {base}, batch {p.get('batch')}, "
+                             f"threads {p.get('threads')}, runs {p.get('runs', '?')}, warmup {p.get('warmup', '?')}")
+    head.add_row("precisions", ", ".join(f"{name}{' (base)' if name == base else ''} {n} entr{'y' if n == 1 else 'ies'}"
+                                         for name, n in held.items()))
     clocks = p.get("clocks") or {}
     head.add_row("clocks", ", ".join(f"{k}={v}" for k, v in clocks.items()) or "not readable")
     head.add_row("recorded", f"{p.get('date')} (updated {p.get('updated', p.get('date'))}) by {p.get('recorder')}")
@@ -347,15 +403,22 @@ def print_summary(summary: dict) -> None:
     out.print(head)
     if summary["models"]:
         models = Table(title="calibration (whole model measured vs sum of its layers)")
-        for column in ("model", "input", "MACs", "measured ms", "layer sum ms", "scale", "by width"):
+        for column in ("model", "precision", "input", "MACs", "measured ms", "layer sum ms", "scale", "by width"):
             models.add_column(column, justify="right" if column.endswith(("ms", "scale", "MACs")) else "left")
         for m in summary["models"]:
             widths = " ".join(f"{w['width']:.2f}:x{w['ratio']:.3f}" for w in m.get("points") or [])
             models.add_row(
-                str(m["name"]), "x".join(map(str, m.get("input_shape") or [])), fmt_count(m.get("macs")),
+                str(m["name"]), precision_label(m, base), "x".join(map(str, m.get("input_shape") or [])),
+                fmt_count(m.get("macs")),
                 f"{m['measured_ms']:.3f}", f"{m['layer_sum_ms']:.3f}", f"{m['scale']:.3f}", widths or "-",
             )
         out.print(models)
+        for m in summary["models"]:
+            if m.get("precision") == TRANSITIONS:
+                rate = m.get("ms_per_element")
+                rate = f": {1e6 * float(rate):.3f} ms per million elements" if rate is not None else ""
+                out.print(f"[dim]{escape(str(m['name']))} transitions: the model timed with float and int8 layers mixed, "
+                          f"for what a change of precision costs per element crossing it{rate}[/dim]")
         for m in summary["models"]:
             for problem in m.get("checks") or []:
                 out.print(f"[yellow]warning:[/] {escape(str(m['name']))}"
@@ -364,3 +427,10 @@ def print_summary(summary: dict) -> None:
                           "(and --overwrite) on a quieter machine")
     else:
         out.print("[dim]no calibration recorded: predictions are plain sums of layers[/dim]")
+
+
+def precision_label(model: dict, base: str | None) -> str:
+    """A calibration row's precision in `lut show`: the table's base where the record names none, and a
+    ``transitions`` record (the mixed-precision model) as such."""
+    precision = model.get("precision") or base or "?"
+    return "transitions (mixed)" if precision == TRANSITIONS else str(precision)

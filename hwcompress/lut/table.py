@@ -43,6 +43,7 @@ from hwcompress.lut.keys import (
     SCHEMA_PREFIX,
     TIMING_KERNELS,
     TIMING_SESSION,
+    TRANSITIONS,
     LayerConfig,
     LutEntry,
 )
@@ -231,13 +232,14 @@ class LatencyTable:
         """Validate a parsed LUT document (see :meth:`load`)."""
         where = f"LUT file {source}"
         if not isinstance(document, dict):
-            raise UserError(f"{where} is not a hwcompress LUT (a JSON object with \"schema\": \"{SCHEMA}\" expected)")
+            raise UserError(f"{where} is not a hwcompress LUT (a JSON object with \"schema\": \"{SCHEMA}\" or "
+                            f"\"{SCHEMA_PRECISIONS}\" expected)")
         schema = document.get("schema")
         if schema not in (SCHEMA, SCHEMA_PRECISIONS):
             if isinstance(schema, str) and schema.startswith(SCHEMA_PREFIX):
                 raise UserError(f"{where} has schema {schema!r}, this hwcompress reads {SCHEMA!r} and {SCHEMA_PRECISIONS!r}; "
                                 "re-record it or upgrade hwcompress")
-            raise UserError(f"{where} is not a hwcompress LUT (schema {schema!r}, expected {SCHEMA!r})")
+            raise UserError(f"{where} is not a hwcompress LUT (schema {schema!r}, expected {SCHEMA!r} or {SCHEMA_PRECISIONS!r})")
         provenance = document.get("provenance")
         if not isinstance(provenance, dict):
             raise UserError(f"{where} has no provenance block")
@@ -477,6 +479,9 @@ class LatencyTable:
             "off_path_priced_net": any(self.predictor.off_path_netted(e) for e in self.entries.values()),
             "entries": len(self.entries),
             "precisions": self.precisions,
+            # entries per precision, the base first (what `lut show` prints beside the base precision)
+            "precision_entries": {p: sum(1 for e in self.entries.values() if (e.config.precision or self.precision) == p)
+                                  for p in self.precisions},
             "families": len({e.config.family() for e in self.entries.values()}),
             "ops": dict(sorted(ops.items())),
             "models": [
@@ -494,6 +499,9 @@ class LatencyTable:
                         for q in m.get("points") or []
                     ],
                     **({"precision": m["precision"]} if m.get("precision") else {}),
+                    # a transitions record: what a change of precision costs, per element crossing it
+                    **({"ms_per_element": self.predictor.current_transition_rate(m)}
+                       if m.get("precision") == TRANSITIONS else {}),
                     **({"competition": m["competition"]} if m.get("competition") else {}),
                     **({"checks": list(m["checks"])} if m.get("checks") else {}),
                 }
