@@ -352,13 +352,18 @@ def _plan_and_cost(int8_lut, mode="mixed"):
     return plan, cost, groups, layers
 
 
-def test_the_cost_model_prices_each_layer_in_its_precision(int8_lut):
-    plan, cost, groups, _ = _plan_and_cost(int8_lut)
+@pytest.mark.parametrize("mode", ["mixed", "int8"])
+def test_the_cost_model_prices_each_layer_in_its_precision(int8_lut, mode):
+    # The teacher is priced in float in both modes: a --quantize int8 run once priced it in int8 (its
+    # plan puts every layer the runtime runs in int8 back there) beside the float teacher's measurement.
+    plan, cost, groups, _ = _plan_and_cost(int8_lut, mode)
     full = cost.full_policy()
     int8, fp32 = cost.cost(full), cost.teacher_cost()
     table = LatencyTable.load(int8_lut)
     assert fp32 == pytest.approx(next(m for m in table.models if "precision" not in m)["measured_ms"], rel=1e-6)
     assert int8 == pytest.approx(next(m for m in table.models if m.get("precision") == "int8")["measured_ms"], rel=1e-6)
+    if mode == "int8":  # nothing to choose: a student is all int8
+        return
     one_float = cost.at_precision({groups[-1].name: "fp32"}).cost(full)
     assert one_float != int8 and cost.cost(full) == int8  # views share the memo, keyed by precision
 
@@ -581,7 +586,13 @@ def test_search_writes_a_deployable_int8_student(tmp_path, int8_lut, quantize, m
     assert not (tmp_path / "float").exists()
     if quantize == "int8":
         assert all(row["precision"] == "int8" for row in doc["layers"])
+        # Its cost model prices int8 students: the float teacher measured beside them gets no prediction
+        # (it once showed the int8 teacher's, half its measurement, in the teacher's column), the whole
+        # teacher in int8 its own, labelled.
+        assert doc["teacher"]["predicted_latency_ms"] is None and doc["teacher"]["predicted_latency_ms_int8"] > 0
+        assert f"{doc['teacher']['predicted_latency_ms_int8']:.3f} ms (in int8)" in (out / "summary.md").read_text()
     else:
+        assert doc["teacher"]["predicted_latency_ms"] > 0 and "predicted_latency_ms_int8" not in doc["teacher"]
         assert "precision" in json.loads((out / "policy.json").read_text())
         history = json.loads((out / "history.json").read_text())
         assert all("precision" in record for record in history)

@@ -227,6 +227,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
             "float_layers": deployed.float_layers, "scoring": SCORING_NOTE},
             "layers": quantized.layer_rows(cost_model, candidate.keep, precision, deployed)}
     teacher_measured = prepared.teacher_measured
+    all_int8 = quantized is not None and not quantized.plan.choosable
     document = {
         "schema": RESULT_SCHEMA,
         "agent": config.agent,
@@ -236,7 +237,10 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "teacher": {
             "latency_ms": teacher_measured["median"] if teacher_measured else None,
             "latency": teacher_measured and {k: v for k, v in teacher_measured.items() if k != "facts"},
-            "predicted_latency_ms": cost_model.teacher_cost() if budget.is_latency else None,
+            # A --quantize int8 cost model prices int8 students (fitted on them in context): the float
+            # teacher it measured has no prediction of its own there; the whole teacher in int8 has.
+            "predicted_latency_ms": cost_model.teacher_cost() if budget.is_latency and not all_int8 else None,
+            **({"predicted_latency_ms_int8": cost_model.cost(cost_model.full_policy())} if budget.is_latency and all_int8 else {}),
             "accuracy": prepared.teacher_meta.get("test_accuracy"),
             "val_accuracy": prepared.teacher_meta.get("val_accuracy"),
             "macs": sum(layer.macs for layer in prepared.layers),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hwcompress.errors import UserError
 from hwcompress.files import write_atomic, write_json
@@ -94,6 +94,13 @@ def verdict_text(doc: dict[str, Any]) -> str:
     return f"budget {met}: {verdict['text']} ({how})"
 
 
+def _teacher_predicted(teacher: dict[str, Any], ms: Callable[[float | None], str] = _ms) -> str:
+    """The teacher's predicted latency; in a --quantize int8 run, the whole teacher's in int8 (so labelled)."""
+    if teacher.get("predicted_latency_ms") is None and teacher.get("predicted_latency_ms_int8") is not None:
+        return f"{ms(teacher['predicted_latency_ms_int8'])} (in int8)"
+    return ms(teacher.get("predicted_latency_ms"))
+
+
 def _best(doc: dict[str, Any]) -> str:
     """Which student the result is: an episode's, the whole teacher in int8, or a re-applied policy's."""
     if doc.get("best_episode") is not None:
@@ -113,7 +120,7 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         "| | teacher | student |",
         "|---|---|---|",
         f"| latency, measured | {_ms(t['latency_ms'])} | {_ms(s['latency_ms'])} |",
-        f"| latency, predicted by the cost model | {_ms(t.get('predicted_latency_ms'))} | {_ms(s['predicted_latency_ms'])} |",
+        f"| latency, predicted by the cost model | {_teacher_predicted(t)} | {_ms(s['predicted_latency_ms'])} |",
         f"| test accuracy | {100 * (t['accuracy'] or 0):.2f}% | {100 * s['accuracy']:.2f}% (before fine-tuning {100 * s['accuracy_before_finetune']:.2f}%) |",
         f"| MACs | {t['macs']:,} | {s['macs']:,} |",
         f"| parameters | {t['params']:,} | {s['params']:,} |",
@@ -195,7 +202,7 @@ def print_summary(doc: dict[str, Any], console: Any, out: Path | None) -> None:
         return "-" if value is None else f"{value:.3f}"
 
     table.add_row("latency ms (measured)", ms(t["latency_ms"]), ms(s["latency_ms"]))
-    table.add_row("latency ms (predicted)", ms(t.get("predicted_latency_ms")), ms(s["predicted_latency_ms"]))
+    table.add_row("latency ms (predicted)", _teacher_predicted(t, ms), ms(s["predicted_latency_ms"]))
     table.add_row("test accuracy", f"{100 * (t['accuracy'] or 0):.2f}%", f"{100 * s['accuracy']:.2f}%")
     table.add_row("accuracy before fine-tune", "", f"{100 * s['accuracy_before_finetune']:.2f}%")
     table.add_row("MACs", f"{t['macs']:,}", f"{s['macs']:,}")
