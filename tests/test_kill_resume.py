@@ -179,3 +179,10 @@ def test_resume_refuses_changed_settings_in_one_line(tmp_path, monkeypatch):
         lines = refused.stderr.strip().splitlines()
         assert refused.returncode == 2 and len(lines) == 1 and wanted in lines[0], refused.stderr
     assert "20,000,000 MACs" in lines[0] and "--policy" in lines[0]
+    # A student over its budget beyond doubt (here by count) exits 3, so that a script sees the miss; the
+    # result is written all the same.
+    missed = subprocess.run(_command(*SEARCH[:6], "--macs", "1e6", "--policy", str(out / "policy.json"), "--finetune-epochs", "0",
+                                     "--no-plots", "-o", str(tmp_path / "missed"), "--quiet"),
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert missed.returncode == 3 and "budget NOT met" in missed.stdout, (missed.stdout, missed.stderr)
+    assert json.loads((tmp_path / "missed" / "result.json").read_text())["budget_met"] is False

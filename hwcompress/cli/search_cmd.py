@@ -107,6 +107,10 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
     student so far; --resume DIR continues the search to the same policy an uninterrupted run would
     reach (it reuses the saved budget, measurements and LUT).
 
+    Exit codes: 0 budget met (or missed within the machine's noise, which the verdict says); 3 the
+    student misses the budget beyond it (results are written all the same); 2 bad input or an
+    infeasible budget; 130 interrupted.
+
     \b
     Examples:
       hwcompress search --latency-ms 2.5                       # embedded default on this CPU
@@ -177,6 +181,12 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
     emit_json(document, json_target)
     if document.get("interrupted"):
         sys.exit(130)
+    if not document["budget_met"] and document["verdict"].get("decided", True):
+        sys.exit(MISSED)  # over beyond the machine's noise (or by count, or as predicted): a script must see it
+
+
+#: The exit code of a search whose student misses its budget beyond the measurement's noise.
+MISSED = 3
 
 
 def _budget(latency_ms, latency_ratio, margin, macs, params_budget, *, required: bool) -> Budget | None:
