@@ -266,6 +266,12 @@ def test_transport_fields_and_pools_parse(tmp_path):
     phone = load_descriptor(write_device(tmp_path, "phone", {"kind": "adb", "serial": "R58M", "interpreter": "/data/py"}))
     assert phone.transports[0].label == "adb:R58M" and phone.transports[0].python == "/data/py"
     assert phone.transports[0].workdir == "/data/local/tmp/hwcompress-runner"
+    # A suggested command names a device the way it can be found again: by its file where only a file
+    # describes it (`--device mybox` was suggested for a --device-file device and found nothing).
+    from hwcompress.devices import resolve_device
+
+    assert resolve_device(device_file=str(path)).option == f"--device-file {path}"
+    assert resolve_device("cpu").option == "--device cpu"
 
 
 @pytest.mark.parametrize("transport, hosts, message", [

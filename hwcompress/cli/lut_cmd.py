@@ -168,7 +168,7 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
         shape_hint = f" --input-shape {input_shape}" if input_shape else ""
         if manifest is not None:
             shape_hint = " --input-shape " + ",".join(str(d) for d in manifest.get("input_shape", []))
-        err.print(f"wrote {out}: predict with `hwcompress profile --device {descriptor.name} --lut {out} "
+        err.print(f"wrote {out}: predict with `hwcompress profile {descriptor.option} --lut {out} "
                   f"--model {(manifest or {}).get('model', model)}{shape_hint}`")
 
 

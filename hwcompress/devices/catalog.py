@@ -121,5 +121,6 @@ def resolve_device(name: str | None = None, device_file: str | None = None) -> D
         descriptor = load_descriptor(device_file)
         if name and name not in (descriptor.name, *descriptor.aliases):
             raise UserError(f"--device {name!r} does not match {device_file} (which describes {descriptor.name!r})")
+        descriptor.named_by = f"--device-file {device_file}"
         return descriptor
     return catalog().get(name or "cpu")

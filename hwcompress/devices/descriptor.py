@@ -98,6 +98,9 @@ class DeviceDescriptor:
     lut: str | None = None
     record_hint: str = ""
     source: str = ""
+    #: How the command line named it, where not by ``--device NAME`` (``--device-file PATH``): what a
+    #: suggested command repeats (:attr:`option`).
+    named_by: str = ""
     # Profilers to measure with, in order, when ``profiler`` is unavailable here (nvidia-gpu: ["cuda"]).
     fallback_profilers: list[str] = field(default_factory=list)
     # The hosts measurements run on (``[transport]``, ``hosts``); empty: this machine.
@@ -155,6 +158,12 @@ class DeviceDescriptor:
             if (base / candidate).exists():
                 return base / candidate
         return (user_data_dir() / "luts" / candidate)
+
+    @property
+    def option(self) -> str:
+        """The option a suggested command names this device with: ``--device NAME``, or ``--device-file
+        PATH`` for a device described only by a file (``--device NAME`` would not find it)."""
+        return self.named_by or f"--device {self.name}"
 
     def to_dict(self) -> dict[str, Any]:
         out = {

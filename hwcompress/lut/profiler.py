@@ -61,7 +61,7 @@ class LutPredictor:
         detail = self.table.predict_detail(analysis)
         coverage = detail.coverage()
         notes = calibration_notes(detail) + notes
-        record = (f"hwcompress lut record --device {self.descriptor.name} --model {artifact.name} --input-shape "
+        record = (f"hwcompress lut record {self.descriptor.option} --model {artifact.name} --input-shape "
                   f"{','.join(map(str, artifact.input_shape))} --out {self.table.where()}")
         warning = coverage_warning(self.table, analysis.layers, detail, artifact.name, record)
         if warning:

@@ -341,12 +341,12 @@ class LatencyTable:
         if p["device"] not in names:
             raise UserError(
                 f"{where} was recorded for device {p['device']!r}, not {descriptor.name!r}; "
-                f"record one on the {descriptor.name} (hwcompress lut record --device {descriptor.name} ...)"
+                f"record one on the {descriptor.name} (hwcompress lut record {descriptor.option} ...)"
             )
         if str(settings.precision) != p["precision"]:
             raise UserError(
                 f"{where} was recorded at precision {p['precision']}, the profile asks for {settings.precision}; "
-                f"pass --precision {p['precision']} or record a {settings.precision} LUT"
+                f"pass --precision {p['precision']} or record {'an' if str(settings.precision).startswith(('int8', 'fp')) else 'a'} {settings.precision} LUT"
             )
         if int(settings.threads) != int(p["threads"]):
             raise UserError(
@@ -365,14 +365,14 @@ class LatencyTable:
             if runtime == p.get("runtime") and version and version != p["runtime_version"]:
                 raise UserError(
                     f"{where} was recorded with {p['runtime']} {p['runtime_version']}, this machine runs {version}; "
-                    f"re-record it (hwcompress lut record --device {descriptor.name} ...)"
+                    f"re-record it (hwcompress lut record {descriptor.option} ...)"
                 )
             block = int(local_facts.get("channel_block") or 0)
             if runtime == p.get("runtime") and block > 1 and block != self.quantum:
                 notes.append(
                     f"{where} has channel quantum {self.quantum} ({p.get('channel_quantum_source', 'given')}), but {runtime} "
                     f"here works in blocks of {block} channels: its predictions between blocks are off; re-record it "
-                    f"(hwcompress lut record --device {descriptor.name} ... --overwrite)"
+                    f"(hwcompress lut record {descriptor.option} ... --overwrite)"
                 )
         else:
             notes.append(f"recorded with {p['runtime']} {p['runtime_version']} on {p.get('host', '?')} ({p['date'][:10]}); the runtime on the device is not checked from here")

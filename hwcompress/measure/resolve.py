@@ -270,7 +270,7 @@ def _why_not_measured(descriptor: DeviceDescriptor, skipped: list[tuple[str, str
 
 
 def _record_hint(descriptor: DeviceDescriptor) -> str:
-    return descriptor.record_hint or f"hwcompress lut record --device {descriptor.name} --model MODEL --out FILE"
+    return descriptor.record_hint or f"hwcompress lut record {descriptor.option} --model MODEL --out FILE"
 
 
 def resolve_timing(descriptor: DeviceDescriptor, lut: str | os.PathLike[str] | None = None) -> Timing:

@@ -148,7 +148,8 @@ def anchor_latency(
         cost_model.set_latency(AnchoredLatency(raw, kept))
     kept = sorted(kept, key=lambda a: a.predicted_ms)
     parts = [f"{a.name} {a.measured_ms:.3f} ms (predicted {a.predicted_ms:.3f})" for a in reversed(kept)]
-    note = f"cost model anchored on {len(kept)} students measured in this run: " + ", ".join(parts)
+    note = (f"cost model anchored on {len(kept)} student{'s' * (len(kept) != 1)} measured in this run: "
+            + ", ".join(parts))
     # Slower, not noise: predicted under every anchor kept and measured no faster than the teacher.
     slower = [a for a in dropped if a.predicted_ms < kept[0].predicted_ms and a.measured_ms >= teacher.measured_ms]
     noise = [a for a in dropped if a not in slower]

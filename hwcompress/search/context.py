@@ -310,8 +310,9 @@ def fit_in_context(prepared_like: Any, count: int, seed: int, log: Callable[[str
     if quantized is not None and quantized.plan.choosable:
         for keep in context_policies(cost_model, count // 2 + 4, seed + 2)[4:]:
             plans.append((keep, {g: (LOW if rng.random() < 0.5 else FLOAT) for g in quantized.plan.choosable}))
+    mixed = f" ({count} widths in int8 and in float, and mixed ones)" if quantized is not None and quantized.plan.choosable else ""
     log(f"cost model: profiling {len(plans)} students layer by layer on the device, {PASSES} passes "
-        f"(--context-students {count})")
+        f"(--context-students {count}{mixed})")
     with tempfile.TemporaryDirectory(prefix="hwcompress-context-") as folder:
         files = [(*built, precision is not None and precision != ALL_FLOAT)
                  for built, (_, precision) in zip(build_students(prepared_like, plans, folder), plans)]

@@ -160,7 +160,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         accuracy_before = quantized.accuracy(student, prepared.splits.test, precision)
     finetune_info: dict[str, Any] = {}
     if config.finetune_epochs > 0 and not interrupted:
-        log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epochs")
+        log(f"fine-tuning the student by distillation for {config.finetune_epochs:g} epoch{'s' * (config.finetune_epochs != 1)}")
         finetune_info = finetune(student, prepared, notes, progress)
     accuracy_after = evaluate(student, prepared.splits.test)
     student.eval()

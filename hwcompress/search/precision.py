@@ -59,7 +59,7 @@ def check_int8_path(mode: str | None, descriptor: Any, timing: Any, table: Any =
     table = table if table is not None else getattr(timing, "table", None)
     if table is not None and LOW not in table.precisions:
         raise UserError(f"--quantize {mode}: the LUT {table.where()} for {descriptor.name} has no int8 entries; record them "
-                        f"on the device: hwcompress lut record --device {descriptor.name} --precisions fp32,int8 ...")
+                        f"on the device: hwcompress lut record {descriptor.option} --precisions fp32,int8 ...")
 
 
 @dataclass

@@ -218,7 +218,8 @@ def undo_grow(document: dict[str, Any], repairs: list[dict[str, Any]]) -> dict[s
     if not all(r.get("grown") and "measured_after_ms" in r for r in repairs):
         return None
     grown_ms, start_ms, limit = repairs[-1]["measured_after_ms"], repairs[0]["measured_ms"], verdict["limit"]
-    note = (f"the grown student measured {verdict['value']:.3f} ms at the verdict, over the {limit:.3f} ms budget (the grow "
+    digits = 3 if round(verdict["value"], 3) != round(limit, 3) else 4  # "0.296 over 0.296" hid why it was over
+    note = (f"the grown student measured {verdict['value']:.{digits}f} ms at the verdict, over the {limit:.{digits}f} ms budget (the grow "
             f"step had measured it at {grown_ms:.3f} ms); the student before the grow step, measured at {start_ms:.3f} ms, "
             "is fine-tuned and measured instead")
     return {"note": note, "grown_verdict_ms": verdict["value"], "grown_measured_ms": grown_ms, "start_measured_ms": start_ms,

@@ -216,5 +216,6 @@ def print_summary(doc: dict[str, Any], console: Any, out: Path | None) -> None:
         line += f"; on the device run `hwcompress profile --device {doc['device']['name']} -m {out}/student.onnx`"
     if out is not None:
         plots = ", plots" if doc["artifacts"].get("plots") else ""
-        line += f"; results in {out}/ (result.json, summary.md, student.onnx, student.pt{plots})"
+        fp32 = ", student_fp32.onnx" if doc["artifacts"].get("onnx_fp32") else ""
+        line += f"; results in {out}/ (result.json, summary.md, student.onnx{fp32}, student.pt{plots})"
     console.print(line)

@@ -344,7 +344,7 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
             raise UserError(f"policy {policy_path} chooses a precision per group (a --quantize mixed run's); "
                             "re-apply it with --quantize mixed, or drop its 'precision' map for a float student")
         if policy.get("quantize") and not config.quantize:
-            raise UserError(f"policy {policy_path} was searched for an {policy['quantize']} student (--quantize "
+            raise UserError(f"policy {policy_path} was searched for {'an' if str(policy['quantize'])[:1] in 'aeiou8' else 'a'} {policy['quantize']} student (--quantize "
                             f"{policy['quantize']}); re-apply it with --quantize {policy['quantize']}, or drop its "
                             "'quantize' field for a float student")
         created = out is not None and not out.exists()
