@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import islice
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hwcompress.model.data import loader
 
@@ -69,6 +70,8 @@ def train_supervised(
     val_ds: Dataset | None = None,
     progress: bool | ProgressCallback | None = None,
     description: str = "Training",
+    keep_last: bool = False,
+    bn_images: int = 0,
 ) -> dict[str, Any]:
     """Train a classifier from labels with cross-entropy, Nesterov SGD and a one-cycle schedule.
 
@@ -88,17 +91,24 @@ def train_supervised(
         val_ds: If given, accuracy on it is reported.
         progress: ``True`` for a progress bar on stderr, a callback ``(step, total, loss)``, or None.
         description: Label of the progress bar.
+        keep_last: Train on every item each epoch: the short last batch is kept (see :func:`train_loader`);
+            False drops it, as the students' fine-tuning and the embedded teacher do.
+        bn_images: After training, re-estimate the BatchNorm running statistics from this many training
+            items (:func:`reestimate_batchnorm`; 0: keep the running averages training left).
 
     Returns:
-        ``loss`` (mean over the last epoch), ``steps``, ``epochs``, ``seconds``, and ``val_accuracy`` if
-        ``val_ds`` was given. The model is left in eval mode.
+        ``loss`` (mean over the last epoch), ``steps``, ``steps_per_epoch``, ``epochs``, ``seconds``,
+        ``bn_images`` (items the statistics were re-estimated from), and ``val_accuracy`` if ``val_ds``
+        was given. The model is left in eval mode.
     """
     torch.manual_seed(seed)
-    batches = train_loader(train_ds, batch_size, seed)
+    batches = train_loader(train_ds, batch_size, seed, keep_last=keep_last)
     total_steps = epochs * len(batches)
     optimizer = sgd(model, lr, momentum, weight_decay)
+    # OneCycleLR divides by its warm-up's end step, pct_start * total_steps - 1: zero (ZeroDivisionError) at 4 steps.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(total_steps, 1), pct_start=0.25, cycle_momentum=False
+        optimizer, max_lr=lr, total_steps=max(total_steps, 1), pct_start=0.25 if total_steps != 4 else 0.3,
+        cycle_momentum=False,
     )
 
     def objective(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,6 +117,8 @@ def train_supervised(
     result = optimise(
         model, batches, total_steps, objective, optimizer, scheduler, augment, progress, description
     )
+    result["steps_per_epoch"] = len(batches)
+    result["bn_images"] = reestimate_batchnorm(model, train_ds, bn_images, seed, batch_size) if bn_images > 0 else 0
     return finish(model, result, val_ds)
 
 
@@ -115,11 +127,81 @@ def device_of(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+def train_loader(dataset: Dataset, batch_size: int, seed: int, keep_last: bool = False) -> DataLoader:
+    """Batches of ``dataset`` reshuffled every epoch in an order fixed by ``seed``.
+
+    One item alone makes BatchNorm fail in train mode, so a last batch of one never stands alone: by
+    default (``keep_last=False``) the short last batch is dropped (those items wait for another epoch's
+    order); with ``keep_last`` every item is used every epoch, the short last batch is kept, and one of a
+    single item joins the batch before it.
+    """
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
-    # Drop the short last batch: one image alone makes BatchNorm fail in train mode.
-    return loader(dataset, batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)
+    if not keep_last:
+        return loader(dataset, batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)
+    sampler = _EveryItem(len(dataset), batch_size, torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+
+
+def steps_per_epoch(size: int, batch_size: int) -> int:
+    """Batches an epoch of ``size`` items makes with ``train_loader(keep_last=True)``: a last batch of one
+    item joins the one before it."""
+    full, rest = divmod(size, batch_size)
+    return full + (rest > 1 or (rest == 1 and full == 0))
+
+
+class _EveryItem(Sampler[list[int]]):
+    """Shuffled batches that use every item once an epoch (``train_loader(keep_last=True)``)."""
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator) -> None:
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.size, self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        batches = [order[start:start + self.batch_size] for start in range(0, self.size, self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            single = batches.pop()
+            batches[-1] += single  # a batch of one would break BatchNorm
+        return iter(batches)
+
+
+def reestimate_batchnorm(model: nn.Module, dataset: Dataset, images: int, seed: int, batch_size: int = 64) -> int:
+    """Replace every BatchNorm layer's running statistics with their average over ``images`` training items.
+
+    Training leaves running averages (momentum 0.1) of batches seen while the weights were still moving;
+    after a short training they describe earlier weights, and the model in eval mode scores far below what
+    its weights do (measured: a resnet18 trained 15 epochs on 120 images, 60% test accuracy in eval mode,
+    100% once re-estimated). Here the BatchNorm layers alone run in train mode (dropout and the rest in
+    eval mode, as at inference), under ``no_grad``, with ``momentum=None`` (a cumulative average) over at
+    most ``ceil(images / batch_size)`` batches of a shuffled pass whose order ``seed`` fixes. No weight
+    changes. Returns how many items were used (0 when the model has no BatchNorm layer).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or images <= 0:
+        return 0
+    momenta = [norm.momentum for norm in norms]
+    was_training = model.training
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    device = device_of(model)
+    batches = -(-min(images, len(dataset)) // batch_size)
+    used = 0
+    try:
+        with torch.no_grad():
+            for batch, _labels in islice(train_loader(dataset, batch_size, seed, keep_last=True), batches):
+                model(batch.to(device))
+                used += len(batch)
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.train(was_training)
+    return used
 
 
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -128,9 +128,24 @@ def _scoring_precision(config: SearchConfig, saved: dict[str, Any] | None) -> tu
     return resolve_scoring_precision(config.scoring_precision)
 
 
+def _with_option(option: str, value: str) -> str:
+    """The command this process runs with ``option value`` added, where it is the CLI (``hwcompress search
+    ...``); the option's advice otherwise (the Python API has no command line to repeat)."""
+    import os
+    import shlex
+    import sys
+
+    program = sys.argv[0].replace(os.sep, "/")
+    cli = os.path.basename(program) == "hwcompress" or program.endswith("hwcompress/__main__.py")  # or python -m hwcompress
+    if cli and len(sys.argv) > 1 and sys.argv[1] == "search":
+        return shlex.join(["hwcompress", *sys.argv[1:], option, value])
+    return f"add {option} {value} (epochs) to this command" if option == "--train-teacher" else f"add {option} {value}"
+
+
 def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: DataSplits | None,
-                 log: Callable[[str], None]) -> tuple[Any, dict[str, Any], DataSplits]:
-    """The teacher module, its metadata and its data (given, or loaded from the config)."""
+                 log: Callable[[str], None], resumed: bool = False) -> tuple[Any, dict[str, Any], DataSplits]:
+    """The teacher module, its metadata and its data (given, or loaded from the config). ``resumed``: a resumed
+    search, whose ``--resume-override`` of ``--train-teacher`` trains its teacher again (:func:`scratch.trained_teacher`)."""
     for what, spec, given in (("teacher", config.model, teacher), ("data", config.data, splits)):
         if spec == PYTHON_OBJECT and given is None:
             raise UserError(f"this search's {what} was a Python object; resume it from Python with the same objects: "
@@ -163,8 +178,9 @@ def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: Data
         if not config.train_teacher:
             raise UserError(f"{teacher.name} from torchvision has random weights here (nothing is downloaded); pass the "
                             f"weights trained on your data (--weights FILE, a state dict, or a checkpoint as --model), "
-                            f"or train it here first: add --train-teacher 30 (epochs) to this command")
-        module, trained = scratch.trained_teacher(teacher.name, splits, config.train_teacher, config.seed, config.out, log)
+                            f"or train it here first: {_with_option('--train-teacher', '30')}")
+        module, trained = scratch.trained_teacher(teacher.name, splits, config.train_teacher, config.seed, config.out, log,
+                                                  resumed=resumed)
         return module, {"name": teacher.name, "source": "torchvision, trained here", "trained": trained}, splits
     if config.train_teacher:
         raise UserError(f"--train-teacher trains a torchvision architecture from random weights; {teacher.name} "
@@ -203,7 +219,7 @@ def latency_table(config: SearchConfig, descriptor: DeviceDescriptor, timing: Ti
     if not measured:  # nothing here re-records what the table lacks: a teacher it does not cover is refused
         specs = analyze(teacher, tuple(input_shape)).layers
         name = config.model or "embedded"
-        record = (f"hwcompress lut record --device {descriptor.name} --model {name} --input-shape "
+        record = (f"hwcompress lut record {descriptor.option} --model {name} --input-shape "
                   f"{','.join(map(str, input_shape))} --out {path}")
         warning = coverage_warning(table, specs, table.predict_detail(specs), f"the teacher ({name})", record)
         if warning:
@@ -288,7 +304,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         notes += timing.check_settings(settings)
     check_int8_path(config.quantize, descriptor, timing)  # before anything is measured
     torch.manual_seed(config.seed)  # a factory model's initialisation, too, follows the seed
-    module, meta, splits = load_teacher(config, teacher, splits, log)
+    module, meta, splits = load_teacher(config, teacher, splits, log, resumed=saved is not None)
     module.eval()
     input_shape = tuple(config.input_shape or splits.input_shape)
     example = torch.zeros(*input_shape)
