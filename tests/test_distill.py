@@ -160,3 +160,22 @@ def test_evaluate_accepts_datasets_and_loaders_and_restores_mode():
 
     assert evaluate(Oracle(), data, batch_size=64) == 1.0
     assert evaluate(model, TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long))) == 0.0
+
+
+def test_batchnorm_is_recalibrated_on_a_sample_of_every_class_not_the_first_items():
+    """A train/ folder is read class by class: the first 64 items were all one class's, and a student's
+    statistics described that class alone. The sample is shuffled in a fixed order now."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from hwcompress.search.scoring import recalibrate_batchnorm
+
+    # 256 items sorted by class: the first half all 0.0, the second all 4.0 (one channel, 2x2 pixels).
+    images = torch.cat([torch.zeros(128, 1, 2, 2), torch.full((128, 1, 2, 2), 4.0)])
+    data = TensorDataset(images, torch.cat([torch.zeros(128), torch.ones(128)]).long())
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Dropout(0.5)).eval()
+    recalibrate_batchnorm(model, data, 64)
+    assert 1.0 < float(model[0].running_mean) < 3.0  # both classes (the first 64 items alone: 0.0)
+    first = float(model[0].running_mean)
+    recalibrate_batchnorm(model, data, 64)
+    assert float(model[0].running_mean) == first and not model.training  # the same sample every time; eval mode kept

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from hwcompress.measure.runner import cpu_flags
-from hwcompress.model.training import evaluate
+from hwcompress.model.training import evaluate, reestimate_batchnorm
 from hwcompress.slim.distill import distill
 from hwcompress.slim.pruning import prune_channels
 from hwcompress.slim.units import remove_units
@@ -46,24 +46,15 @@ def recalibrate_batchnorm(model: Any, dataset: Any, images: int, batch_size: int
     Re-estimating them (no weight changes; EagleEye's "adaptive BN", Li et al. 2020) restores a reward
     that ranks students the way fine-tuning does. Measured on the embedded ResNet-56 at 50% of the
     channels inside each block: 8.9% -> 97.0% validation accuracy. ``images=0`` keeps AMC's original
-    behaviour (the teacher's statistics). Deterministic: the first ``images`` items, in order.
+    behaviour (the teacher's statistics).
+
+    The images are a shuffled sample in a fixed order (seed 0: every student sees the same ones), and
+    only the BatchNorm layers run in train mode (:func:`hwcompress.model.training.reestimate_batchnorm`).
+    Until 2026-11-28 they were the first ``images`` items in order, which in a ``train/`` folder read as
+    it is (with ``val/`` beside it) are the first class's alone, and the whole model ran in train mode
+    (dropout and stochastic depth active while the statistics were taken).
     """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if images <= 0 or not norms:
-        return
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over the calibration batches
-    was_training = model.training
-    model.train()
-    count = min(images, len(dataset))
-    with torch.no_grad():
-        for start in range(0, count, batch_size):
-            batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, count))])
-            model(batch)
-    for norm in norms:
-        norm.momentum = 0.1
-    model.train(was_training)
+    reestimate_batchnorm(model, dataset, images, seed=0, batch_size=batch_size)
 
 
 def build_student(teacher: Any, example: Any, keep: dict[str, int], removed_units: list[str] | None = None) -> Any:
