@@ -31,7 +31,7 @@ from hwcompress.measure.profile import profile_model
 from hwcompress.measure.report import ProfileReport
 from hwcompress.model.data import DataSplits, resolve_data
 from hwcompress.model.loading import LoadedModel, parse_input_shape
-from hwcompress.search.config import SearchConfig, latency_only_given
+from hwcompress.search.config import SearchConfig, check_latency_only
 from hwcompress.search.prepare import PYTHON_OBJECT
 from hwcompress.search.run import SearchResult, apply_policy, resume_search, run_search
 
@@ -146,11 +146,10 @@ def compress(
         raise UserError("budget must be a hwcompress.Budget: Budget.latency_ms(x), Budget.latency_ratio(r), "
                         "Budget.macs(n) or Budget.params(n)")
     _check_keywords("compress", settings, sorted(f.name for f in fields(SearchConfig)))
-    ignored = latency_only_given(budget, settings)
-    if ignored:  # as the CLI refuses their flags: a MACs or parameter budget never measures latency
-        raise UserError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to latency budgets only "
-                        f"(Budget.latency_ms or Budget.latency_ratio); drop {'it' if len(ignored) == 1 else 'them'} "
-                        f"with Budget.{budget.metric}")
+    try:  # as the CLI refuses their flags: a MACs or parameter budget never measures latency
+        check_latency_only(budget, settings)
+    except UserError as error:
+        raise UserError(in_api_words(str(error))) from None
     shape = _shape(input_shape)
     if agent_options is not None and not isinstance(agent_options, dict):
         raise UserError(f"agent_options must be a dict like {{'delta_decay': 0.9}}, not {type(agent_options).__name__}")

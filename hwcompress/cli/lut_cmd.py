@@ -108,10 +108,9 @@ def record(device, device_file, model, input_shape, weights, out, plan, profiler
         raise UserError(f"--passes must be at least 1 (got {passes})")
     widths = grid_options(points, min_ratio, quantum, calibration_widths)
     settings = make_settings(descriptor, threads=threads, runs=runs, warmup=warmup, precision=precision, per_layer=False)
-    if os.path.isfile(out):
-        existing_lut(out)  # a file that is not a LUT is never resumed or replaced
-    if not overwrite and os.path.exists(out):
-        settings = resumed_settings(out, settings, runs=runs, warmup=warmup)
+    existing = existing_lut(out) if os.path.isfile(out) else None  # a file that is not a LUT is never resumed or replaced
+    if existing is not None and not overwrite:
+        settings = resumed_settings(existing, settings, runs=runs, warmup=warmup)
     wanted = [p.strip() for p in (precisions or "").split(",") if p.strip()] or None
     if wanted and plan:
         raise UserError("--precisions applies to recording a model; a plan records the precisions it was made with")
@@ -229,11 +228,11 @@ def grid_options(points: int, min_ratio: float, quantum: int | None, calibration
     return widths
 
 
-def resumed_settings(out: str, settings: ProfileSettings, **given: int | None) -> ProfileSettings:
-    """``settings`` for recording into the existing LUT ``out``: its entries keep the runs and warm-up they
+def resumed_settings(table: LatencyTable, settings: ProfileSettings, **given: int | None) -> ProfileSettings:
+    """``settings`` for recording into the existing LUT ``table``: its entries keep the runs and warm-up they
     were timed with, so new ones are timed alike. A --runs or --warmup given otherwise is refused (like
     another --threads): the table would claim settings half its entries were not timed with."""
-    recorded = LatencyTable.load(out).provenance
+    recorded, out = table.provenance, table.where()
     for name, value in given.items():
         before = recorded.get(name)
         if isinstance(before, bool) or not isinstance(before, int):  # a table recorded before it was stored

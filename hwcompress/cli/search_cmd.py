@@ -16,7 +16,7 @@ from hwcompress.cli.common import device_options, emit_json, parse_input_shape
 from hwcompress.errors import UserError
 from hwcompress.files import check_writable
 from hwcompress.lut.table import LatencyTable
-from hwcompress.search.config import DEFAULT_OUT, SearchConfig, latency_only_given
+from hwcompress.search.config import DEFAULT_OUT, SearchConfig, check_latency_only
 
 
 @click.command()
@@ -143,7 +143,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         budget = _policy_budget(policy_file)
         if not quiet:
             click.echo(f"budget: {budget}, as the search that wrote {policy_file} had it", err=True)
-    _check_latency_only(budget, given)
+    check_latency_only(budget, given)
     if json_target and json_target != "-":
         check_writable(json_target, "--json file")
     if lut:
@@ -210,14 +210,6 @@ def _budget(latency_ms, latency_ratio, margin, macs, params_budget, *, required:
     if name == "latency_ratio":
         return Budget.latency_ratio(value, margin=margin)
     return Budget.macs(value) if name == "macs" else Budget.params(value)
-
-
-def _check_latency_only(budget: Budget | None, given: dict) -> None:
-    """Refuse, as --margin is refused, latency settings given with a budget they do nothing for."""
-    named = ["--" + name.replace("_", "-") for name in latency_only_given(budget, given)]
-    if named:
-        raise UserError(f"{', '.join(named)} {'applies' if len(named) == 1 else 'apply'} to latency budgets only "
-                        f"(--latency-ms or --latency-ratio); drop {'it' if len(named) == 1 else 'them'} with --{budget.metric}")
 
 
 def _policy_budget(policy_file: str) -> Budget:

@@ -41,7 +41,7 @@ from hwcompress.lut.keys import CONV_OPS
 from hwcompress.model.analysis import LayerSpec
 
 
-def _pooled(shape: Sequence[int] | None) -> bool:
+def pooled(shape: Sequence[int] | None) -> bool:
     """A tensor with every spatial extent 1 (after a global pool, or an excitation's output)."""
     return bool(shape) and len(shape) >= 3 and all(int(d) == 1 for d in shape[2:])  # type: ignore[union-attr]
 
@@ -94,8 +94,8 @@ def layout_conversions(predictor: Any, specs: Sequence[LayerSpec]) -> dict[str, 
         previous = spec.name
         if spec.name in grouped:
             continue
-        pooled_input = _pooled(spec.in_shape)
-        if predictor.squeeze_credit and (pooled_input or any(_pooled(shapes.get(s)) for s in sources)):
+        pooled_input = pooled(spec.in_shape)
+        if predictor.squeeze_credit and (pooled_input or any(pooled(shapes.get(s)) for s in sources)):
             # On a squeeze-excitation path the runtime leaves its blocked layout whatever the channels.
             if not pooled_input:  # the projection, read through the multiply
                 for source in sources:  # each credited at the convolution whose output is no longer converted

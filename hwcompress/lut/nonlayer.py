@@ -33,16 +33,12 @@ import statistics
 import tempfile
 from typing import Any, Callable, Sequence
 
+from hwcompress.lut.conversions import pooled
 from hwcompress.lut.keys import CONV_OPS
 from hwcompress.model.analysis import LayerSpec
 
 #: The kinds of work between layers, and the ONNX op each is timed as.
 KINDS = {"scale": "Mul", "add": "Add", "global_pool": "GlobalAveragePool", "pool": "MaxPool"}
-
-
-def _pooled(shape: Sequence[int] | None) -> bool:
-    """A tensor with every spatial extent 1 (after a global pool, or an excitation's output)."""
-    return bool(shape) and len(shape) >= 3 and all(int(d) == 1 for d in shape[2:])  # type: ignore[union-attr]
 
 
 def _elements(shape: Sequence[int] | None) -> int:
@@ -67,16 +63,16 @@ def non_layer_work(specs: Sequence[LayerSpec], fused: Callable[[str], bool] | No
         if spec.sources is None or not spec.in_shape or (spec.op not in CONV_OPS and spec.op != "Linear"):
             continue
         sources = [rows[s] for s in spec.sources if s in rows and rows[s].out_shape]
-        full = [s for s in sources if len(s.out_shape) >= 3 and not _pooled(s.out_shape)]  # type: ignore[arg-type]
-        excited = any(_pooled(s.out_shape) for s in sources)
+        full = [s for s in sources if len(s.out_shape) >= 3 and not pooled(s.out_shape)]  # type: ignore[arg-type]
+        excited = any(pooled(s.out_shape) for s in sources)
+        names = frozenset(s.name for s in full)
         if len(full) >= 2:  # their sum (a chain of residual adds reaches every block's output)
-            names = frozenset(s.name for s in full)
             if not any(names == known for known, _, _ in sums):
                 # at the smallest source's size: a source pooled on its way in is added after the pool
                 sums.append((names, min((tuple(s.out_shape) for s in full), key=_elements), len(full) - 1))  # type: ignore[arg-type]
-        if _pooled(spec.in_shape) or (spec.op == "Linear" and len(spec.in_shape) == 2):
-            if full and ("global_pool", frozenset(s.name for s in full)) not in seen:  # one pool of their sum
-                seen.add(("global_pool", frozenset(s.name for s in full)))
+        if pooled(spec.in_shape) or (spec.op == "Linear" and len(spec.in_shape) == 2):
+            if full and ("global_pool", names) not in seen:  # one pool of their sum
+                seen.add(("global_pool", names))
                 _add(work, "global_pool", 1, max((tuple(s.out_shape) for s in full), key=_elements))  # type: ignore[arg-type]
             continue
         if excited and full and ("scale", frozenset(spec.sources)) not in seen:

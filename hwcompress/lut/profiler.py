@@ -21,6 +21,7 @@ from hwcompress.model.analysis import LayerSpec, analyze
 #: a model none of whose layers is priced exactly, by interpolation or within this factor is refused.
 FAR_BY_WORK = 10.0
 
+
 class LutPredictor:
     """A recorded table behind the profiler contract: ``measure`` predicts instead of timing.
 

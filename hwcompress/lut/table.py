@@ -346,7 +346,7 @@ class LatencyTable:
         if str(settings.precision) != p["precision"]:
             raise UserError(
                 f"{where} was recorded at precision {p['precision']}, the profile asks for {settings.precision}; "
-                f"pass --precision {p['precision']} or record {'an' if str(settings.precision).startswith(('int8', 'fp')) else 'a'} {settings.precision} LUT"
+                f"pass --precision {p['precision']} or record an {settings.precision} LUT"
             )
         if int(settings.threads) != int(p["threads"]):
             raise UserError(

@@ -34,11 +34,17 @@ REFERENCES = ("matched", "teacher")
 LATENCY_ONLY = ("anchors", "context_students", "verdict_rounds", "reference")
 
 
-def latency_only_given(budget: Budget | None, given: Any) -> list[str]:
-    """Of the setting names in ``given``, those :data:`LATENCY_ONLY` ones a non-latency ``budget`` ignores."""
+def check_latency_only(budget: Budget | None, given: Any) -> None:
+    """Refuse, as --margin is refused, the :data:`LATENCY_ONLY` settings among the names in ``given`` when
+    ``budget`` is not a latency budget (they would do nothing). Worded with the CLI's flags."""
     if budget is None or budget.is_latency:
-        return []
-    return [name for name in LATENCY_ONLY if name in given]
+        return
+    named = ["--" + name.replace("_", "-") for name in LATENCY_ONLY if name in given]
+    if named:
+        raise UserError(f"{', '.join(named)} {'applies' if len(named) == 1 else 'apply'} to latency budgets only "
+                        f"(--latency-ms or --latency-ratio); drop {'it' if len(named) == 1 else 'them'} with --{budget.metric}")
+
+
 #: N2N's students per controller epoch (``N2NSettings.rollouts``' default, here so that the config can check
 #: ``episodes`` without importing PyTorch).
 N2N_ROLLOUTS = 5

@@ -128,18 +128,16 @@ def _scoring_precision(config: SearchConfig, saved: dict[str, Any] | None) -> tu
     return resolve_scoring_precision(config.scoring_precision)
 
 
-def _with_option(option: str, value: str) -> str:
-    """The command this process runs with ``option value`` added, where it is the CLI (``hwcompress search
-    ...``); the option's advice otherwise (the Python API has no command line to repeat)."""
+def _search_command_with(*extra: str) -> str | None:
+    """The ``hwcompress search ...`` command this process runs, with ``extra`` added; None outside the CLI
+    (the Python API has no command line to repeat)."""
     import os
     import shlex
     import sys
 
     program = sys.argv[0].replace(os.sep, "/")
     cli = os.path.basename(program) == "hwcompress" or program.endswith("hwcompress/__main__.py")  # or python -m hwcompress
-    if cli and len(sys.argv) > 1 and sys.argv[1] == "search":
-        return shlex.join(["hwcompress", *sys.argv[1:], option, value])
-    return f"add {option} {value} (epochs) to this command" if option == "--train-teacher" else f"add {option} {value}"
+    return shlex.join(["hwcompress", *sys.argv[1:], *extra]) if cli and sys.argv[1:2] == ["search"] else None
 
 
 def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: DataSplits | None,
@@ -178,7 +176,8 @@ def load_teacher(config: SearchConfig, teacher: LoadedModel | None, splits: Data
         if not config.train_teacher:
             raise UserError(f"{teacher.name} from torchvision has random weights here (nothing is downloaded); pass the "
                             f"weights trained on your data (--weights FILE, a state dict, or a checkpoint as --model), "
-                            f"or train it here first: {_with_option('--train-teacher', '30')}")
+                            "or train it here first: "
+                            + (_search_command_with("--train-teacher", "30") or "add --train-teacher 30 (epochs) to this command"))
         module, trained = scratch.trained_teacher(teacher.name, splits, config.train_teacher, config.seed, config.out, log,
                                                   resumed=resumed)
         return module, {"name": teacher.name, "source": "torchvision, trained here", "trained": trained}, splits
