@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
-import zlib
 from pathlib import Path
 
 import torch
@@ -68,40 +66,32 @@ def main() -> int:
     if missing:
         parser.error(f"no such file: {', '.join(missing)} (the lut_fidelity.py --json document and the LUT that run recorded)")
     run = json.loads(args.run.read_text())
-    seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
     table = LatencyTable.load(args.lut)
     steps = step_tables(args.lut, tuple(run["input_shape"]), resolve_device(args.device, None).channel_multiple) if args.steps else {}
     stepped: dict[str, list[tuple[str, str, float, float, float, float]]] = {step: [] for step in steps}
     device = resolve_device(args.device, None)
     shape = tuple(run["input_shape"])
-    rng = random.Random(seed)  # drawn in the run's order: the project's variants share one generator
-    kind_rngs = {kind: random.Random(f"{seed}:{kind}") for kind in lf.KINDS if kind != "project"}
     rules = {"graph": (True, True), "squeeze charged": (True, False), "grouped too": (False, True), "none": None}
     scored: dict[str, list[tuple[str, str, float, float, float, float]]] = {rule: [] for rule in rules}
     reorders: list[tuple[str, str, float, dict[str, float]]] = []  # (model, kind, timed ms, predicted ms per rule)
     kinds = run["settings"].get("kinds", ",".join(lf.KINDS)).split(",")
-    for name, result in run["results"].items():
-        for kind in kinds:
-            kind_rng = rng if kind == "project" else kind_rngs[kind]
-            for index in range(variants):
-                torch.manual_seed(zlib.crc32(f"{seed}:{name}:fp32:{kind}:{index}".encode()))
-                model, _ = lf.build_variant(name, kind, shape, kind_rng, device.channel_multiple)
-                specs = analyze(model, shape).layers
-                row = next(r for r in result["rows"] if r["kind"] == kind and r["variant"] == index)
-                predicted_conversions = {}
-                for rule, spare in rules.items():
-                    table.predictor.spare_grouped_conversions, table.predictor.squeeze_credit = spare or (True, True)
-                    detail = table.predict_detail(specs)
-                    predicted_conversions[rule] = 0.0 if spare is None else detail.layout_conversion_ms
-                    predicted = detail.total_ms - (detail.layout_conversion_ms if spare is None else 0.0)
-                    scored[rule].append((name, kind, predicted, row["measured_ms"], row["measured_corrected_ms"],
-                                         row["predicted_ms"]))
-                table.predictor.spare_grouped_conversions, table.predictor.squeeze_credit = True, True
-                for step, stepped_table in steps.items():
-                    stepped[step].append((name, kind, stepped_table.predict_detail(specs).total_ms, row["measured_ms"],
-                                          row["measured_corrected_ms"], row["predicted_ms"]))
-                if args.in_situ and kind in ("tp8", "tpnone"):
-                    reorders.append((name, kind, timed_reorders(model, shape), predicted_conversions))
+    for name, kind, index, model in lf.rebuilt_variants(run, device.channel_multiple):
+        specs = analyze(model, shape).layers
+        row = next(r for r in run["results"][name]["rows"] if r["kind"] == kind and r["variant"] == index)
+        predicted_conversions = {}
+        for rule, spare in rules.items():
+            table.predictor.spare_grouped_conversions, table.predictor.squeeze_credit = spare or (True, True)
+            detail = table.predict_detail(specs)
+            predicted_conversions[rule] = 0.0 if spare is None else detail.layout_conversion_ms
+            predicted = detail.total_ms - (detail.layout_conversion_ms if spare is None else 0.0)
+            scored[rule].append((name, kind, predicted, row["measured_ms"], row["measured_corrected_ms"],
+                                 row["predicted_ms"]))
+        table.predictor.spare_grouped_conversions, table.predictor.squeeze_credit = True, True
+        for step, stepped_table in steps.items():
+            stepped[step].append((name, kind, stepped_table.predict_detail(specs).total_ms, row["measured_ms"],
+                                  row["measured_corrected_ms"], row["predicted_ms"]))
+        if args.in_situ and kind in ("tp8", "tpnone"):
+            reorders.append((name, kind, timed_reorders(model, shape), predicted_conversions))
     for name in run["results"]:
         print(name)
         for rule in rules:

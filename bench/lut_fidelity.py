@@ -82,7 +82,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 RATIO_RANGE = (0.3, 1.0)
 TP_RATIO_RANGE = (0.1, 0.6)
@@ -262,6 +262,26 @@ def prune_torch_pruning(model: Any, input_shape: tuple[int, ...], rng: random.Ra
     )
     pruner.step()
     return model.eval(), {"pruning_ratio": ratio, "global_pruning": global_pruning, "round_to": round_to}
+
+
+def rebuilt_variants(run: dict[str, Any], multiple: int) -> Iterator[tuple[str, str, int, Any]]:
+    """A finished run's float variants (its ``--json`` document), rebuilt from its seed in the order it drew
+    them (the project's variants share one generator, each other kind has its own): ``(architecture, kind,
+    index, model)``. What the scripts that score a run again without timing it (``conversion_rules.py``,
+    ``recording_agreement.py``) predict."""
+    import torch
+
+    seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
+    shape = tuple(run["input_shape"])
+    rng = random.Random(seed)
+    kind_rngs = {kind: random.Random(f"{seed}:{kind}") for kind in KINDS if kind != "project"}
+    kinds = run["settings"].get("kinds", ",".join(KINDS)).split(",")
+    for name in run["results"]:
+        for kind in kinds:
+            kind_rng = rng if kind == "project" else kind_rngs[kind]
+            for index in range(variants):
+                torch.manual_seed(zlib.crc32(f"{seed}:{name}:fp32:{kind}:{index}".encode()))  # the random weights
+                yield name, kind, index, build_variant(name, kind, shape, kind_rng, multiple)[0]
 
 
 def build_variant(name: str, kind: str, input_shape: tuple[int, ...], rng: random.Random,

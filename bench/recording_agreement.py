@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
-import zlib
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lut_fidelity as lf  # noqa: E402
@@ -41,21 +37,11 @@ from hwcompress.model.analysis import analyze  # noqa: E402
 
 def predictions(run: dict, tables: list[LatencyTable], device: str) -> dict[str, list[tuple[str, int, list[float]]]]:
     """Per architecture, ``(kind, variant, [prediction from each table])`` for the run's variants, rebuilt from its seed."""
-    seed, variants = run["settings"].get("seed", 0), run["settings"]["variants"]
-    multiple = resolve_device(device, None).channel_multiple
     shape = tuple(run["input_shape"])
-    rng = random.Random(seed)  # drawn in the run's order: the project's variants share one generator
-    kind_rngs = {kind: random.Random(f"{seed}:{kind}") for kind in lf.KINDS if kind != "project"}
-    kinds = run["settings"].get("kinds", ",".join(lf.KINDS)).split(",")
     out: dict[str, list[tuple[str, int, list[float]]]] = {}
-    for name in run["results"]:
-        for kind in kinds:
-            kind_rng = rng if kind == "project" else kind_rngs[kind]
-            for index in range(variants):
-                torch.manual_seed(zlib.crc32(f"{seed}:{name}:fp32:{kind}:{index}".encode()))
-                model, _ = lf.build_variant(name, kind, shape, kind_rng, multiple)
-                specs = analyze(model, shape).layers
-                out.setdefault(name, []).append((kind, index, [t.predict_detail(specs).total_ms for t in tables]))
+    for name, kind, index, model in lf.rebuilt_variants(run, resolve_device(device, None).channel_multiple):
+        specs = analyze(model, shape).layers
+        out.setdefault(name, []).append((kind, index, [t.predict_detail(specs).total_ms for t in tables]))
     return out
 
 
