@@ -376,6 +376,41 @@ def test_a_grown_student_whose_verdict_meets_the_budget_is_kept(tmp_path, monkey
         == verdicts[0]
 
 
+@pytest.mark.parametrize("verdict", ["met", "over"])
+def test_a_student_trimmed_past_its_budget_grows_back(tmp_path, monkeypatch, verdict):
+    """The searched student measures over the acceptance line and is trimmed; the trimmed one measures
+    well under 95% of the budget (one trim step of a wide group took more than the overshoot: the README's
+    ResNet-56 went from 0.743 to 0.638 ms for 0.741), so it grows back, to no student priced within 3% of
+    the one that measured over the line, and the grown student is the one kept. (Limit 0.9x, acceptance
+    0.8865x; the candidate measures 0.95x, then 0.7x after the trim; the grown one 0.87x.) When the grown
+    student's verdict lands over the budget, the trimmed student is finished instead."""
+    _skew_cost_model(monkeypatch, 1.6, feasible_at=0.9 * (1 - 0.03))
+    given = measured_as(monkeypatch, {"smallest": 0.5, "candidate": [0.95, 0.7], "grown": 0.87,
+                                      "student": [1.0 if verdict == "over" else 0.87, 0.7]})
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10, verdict_rounds=5))
+    records = doc["budget_repairs"]
+    assert records and not records[0].get("grown"), records
+    assert records[0]["measured_ms"] == pytest.approx(0.95 * given["teacher"][0])
+    grown = [r for r in records if r.get("grown")]
+    assert grown and records[1:] == grown, ("the trimmed student should have grown back", records, doc["notes"])
+    assert grown[0]["measured_ms"] == pytest.approx(0.7 * given["teacher"][0])
+    # It grew (by the prediction) and stayed clear of the student that measured over the line (the cost model
+    # was re-anchored on that one, so its price is its measurement).
+    assert grown[0]["predicted_after_ms"] > grown[0]["predicted_ms"]
+    assert grown[-1]["retarget_ms"] <= records[0]["measured_ms"] * (1 - 0.03) + 1e-4
+    assert grown[-1]["predicted_after_ms"] <= records[0]["measured_ms"] * (1 - 0.03) + 1e-4
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Repair 1: the student measured" in summary and "Grow step 1: the student measured" in summary
+    assert doc["budget_met"]
+    if verdict == "met":
+        assert "grow_undone" not in doc and len(given["student"]) == 1
+        assert doc["student"]["predicted_cost"] == pytest.approx(grown[-1]["predicted_after_ms"], abs=1e-4)
+    else:  # the trimmed student, the last repair's, fine-tuned and measured instead
+        assert doc["grow_undone"]["trims"] == 1 and len(given["student"]) == 2
+        assert doc["student"]["predicted_cost"] == pytest.approx(records[0]["predicted_after_ms"], abs=1e-4)
+        assert "repaired student from before the grow step" in summary
+
+
 def test_a_grow_is_undone_only_when_its_measured_verdict_misses():
     from hwcompress.search.repair import undo_grow
 
@@ -386,6 +421,11 @@ def test_a_grow_is_undone_only_when_its_measured_verdict_misses():
     assert undo_grow({**missed, "budget_met": True}, grown) is None
     assert undo_grow(missed, []) is None
     assert undo_grow(missed, [{"measured_ms": 0.12, "predicted_ms": 0.1, "keep": {}}]) is None  # a repair: nothing to undo
+    # A repair, then a grow step: the repaired student is the one to finish instead.
+    trimmed = [{"measured_ms": 0.112, "predicted_ms": 0.1, "keep": {"g": 8}}, *grown]
+    undone = undo_grow(missed, trimmed)
+    assert undone["trims"] == 1 and undone["grow_steps"] == 1 and undone["start_measured_ms"] == 0.091
+    assert undo_grow(missed, grown)["trims"] == 0
     assert undo_grow({**missed, "verdict": {**missed["verdict"], "source": "predicted"}},
                      [{"predicted_ms": 0.09, "grown": True, "source": "predicted"}]) is None
 

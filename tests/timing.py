@@ -8,7 +8,8 @@ from __future__ import annotations
 
 def measured_as(monkeypatch, fractions: dict[str, float]) -> dict:
     """Paired measurements of the students named in ``fractions`` report that fraction of the teacher's
-    reference latency (1.2: fewer channels stopped paying); the others are measured for real. The names
+    reference latency (1.2: fewer channels stopped paying; a list: one per measurement of that name, in
+    order, the last repeated); the others are measured for real. The names
     are those the search gives its measurements: ``smallest``, ``uniform``, ``teacher-int8``,
     ``smallest-fp32``, ``candidate``, ``grown``, ``student``. Returns the medians given, by name, in
     order, and the teacher's reference under ``"teacher"``."""
@@ -20,7 +21,10 @@ def measured_as(monkeypatch, fractions: dict[str, float]) -> dict:
     def spy(self, module, name, *args, **kwargs):
         measured = real_measure(self, module, name, *args, **kwargs)
         if name in fractions:
-            measured = {**measured, "median": fractions[name] * self.teacher_ms}
+            fraction = fractions[name]
+            if isinstance(fraction, (list, tuple)):  # one per measurement of that name, the last repeated
+                fraction = fraction[min(len(given.get(name, [])), len(fraction) - 1)]
+            measured = {**measured, "median": fraction * self.teacher_ms}
         given.setdefault(name, []).append(measured["median"])
         given["teacher"] = [self.teacher_ms]
         return measured

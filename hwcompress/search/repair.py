@@ -24,7 +24,10 @@ a cost model that over-predicts, left budget unused: mobilenet_v2 ended at 0.22x
 gets channels back where they buy the most of the search's accuracy per unit of latency added
 (:meth:`~hwcompress.search.cost.CostModel.grown_policy`), and is measured again; a grown student that
 measures over the acceptance line is not kept, and the next try grows half as far (a small student's
-time is overhead-bound, so the cost model's bias measured on it overstates the room above it).
+time is overhead-bound, so the cost model's bias measured on it overstates the room above it). A
+repaired student grows too: one trim step of a wide group can take more than the overshoot (the README's
+ResNet-56 went from 0.743 ms, over a 0.741 ms budget, to 0.638), so a trimmed student that measures
+under 95% of the budget grows back, to no student priced within 3% of the one that measured over the line.
 
 A grown student is measured once more at the verdict, after fine-tuning, with more rounds; two
 measurements of one student can differ by a few percent (seen: a mixed-precision mobilenet_v2 student
@@ -110,7 +113,7 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
     if prepared.measure is None:
         return _grow_predicted(prepared, dict(candidate.keep), log, score)
     repairs: list[dict[str, Any]] = []
-    keep = dict(candidate.keep)
+    keep = over_keep = dict(candidate.keep)
     started = time.perf_counter()
     for attempt in range(attempts):
         measurement = prepared.measure(build_student(prepared.teacher, prepared.example, keep), "candidate")
@@ -145,7 +148,7 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
         log(f"student measured {measured:.3f} ms (predicted {predicted:.3f}), over {budget.acceptance:.3f} ms (the "
             f"{budget.limit:.3f} ms budget less half the margin): trimmed to {record['predicted_after_ms']:.3f} ms predicted "
             f"(repair {attempt + 1} of at most {attempts})")
-        keep = dict(trimmed)
+        over_keep, keep = keep, dict(trimmed)
         if time.perf_counter() - started > max_seconds:
             note = f"the budget repair stopped after {max_seconds:.0f} s; the last repaired student is kept"
             log(note)
@@ -153,18 +156,25 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
             break
     else:
         return repairs
-    if repairs:
-        return repairs  # trimmed to fit: growing back would undo the repair
-    return _grow(prepared, keep, measured, log, score, attempts)
+    if measured > budget.acceptance:
+        return repairs  # stopped over the line (nothing left to trim, or out of time): nothing to grow
+    if not repairs:
+        return _grow(prepared, keep, measured, log, score, attempts)
+    # Trimmed to fit, and maybe past it: a trim step of a wide group can take more than the overshoot
+    # (the README's ResNet-56 went from 0.743 ms to 0.638 for a 0.741 ms budget). Grow back, to no
+    # student priced within the least disagreement that counts of the one that measured over the line.
+    ceiling = prepared.cost_model.cost(over_keep) * (1 - MIN_DISAGREEMENT)
+    return repairs + _grow(prepared, keep, measured, log, score, attempts, ceiling=ceiling)
 
 
 def _grow(prepared: Prepared, keep: dict[str, int], measured: float, log: Callable[[str], None],
-          score: Callable[[dict[str, int]], float] | None, attempts: int) -> list[dict[str, Any]]:
-    """The grow step (module docstring): records with ``"grown": True``, the last ``keep`` kept."""
+          score: Callable[[dict[str, int]], float] | None, attempts: int,
+          ceiling: float = math.inf) -> list[dict[str, Any]]:
+    """The grow step (module docstring): records with ``"grown": True``, the last ``keep`` kept; ``ceiling``
+    caps the predicted cost it grows to (after an overshoot, the next try grows at most half as far)."""
     budget = prepared.budget
     keep = prepared.cost_model.complete(keep)  # as grown_policy returns it
     grown: list[dict[str, Any]] = []
-    ceiling = math.inf  # after an overshoot, the next try grows at most half as far (in predicted cost)
     for attempt in range(attempts):
         if measured >= GROW_BELOW * budget.limit:
             break
@@ -211,16 +221,21 @@ def _grow_predicted(prepared: Prepared, keep: dict[str, int], log: Callable[[str
 
 def undo_grow(document: dict[str, Any], repairs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """When the measured verdict puts a grown student over the budget, what to report of the undone grow
-    (with its log line, ``note``); None when the student keeps (met, not grown, or not measured)."""
+    (with its log line, ``note``); None when the student keeps (met, not grown, or not measured).
+    ``trims`` says how many of ``repairs`` come before the grow steps: the student to finish instead is
+    the last of them (the searched student when none)."""
     verdict = document.get("verdict") or {}
     if document.get("budget_met") or verdict.get("source") != "measured" or not repairs:
         return None
-    if not all(r.get("grown") and "measured_after_ms" in r for r in repairs):
+    trims = len(repairs)
+    while trims and repairs[trims - 1].get("grown") and "measured_after_ms" in repairs[trims - 1]:
+        trims -= 1
+    if trims == len(repairs) or any(r.get("grown") for r in repairs[:trims]):
         return None
-    grown_ms, start_ms, limit = repairs[-1]["measured_after_ms"], repairs[0]["measured_ms"], verdict["limit"]
+    grown_ms, start_ms, limit = repairs[-1]["measured_after_ms"], repairs[trims]["measured_ms"], verdict["limit"]
     digits = 3 if round(verdict["value"], 3) != round(limit, 3) else 4  # "0.296 over 0.296" hid why it was over
     note = (f"the grown student measured {verdict['value']:.{digits}f} ms at the verdict, over the {limit:.{digits}f} ms budget (the grow "
             f"step had measured it at {grown_ms:.3f} ms); the student before the grow step, measured at {start_ms:.3f} ms, "
             "is fine-tuned and measured instead")
     return {"note": note, "grown_verdict_ms": verdict["value"], "grown_measured_ms": grown_ms, "start_measured_ms": start_ms,
-            "grow_steps": len(repairs)}
+            "grow_steps": len(repairs) - trims, "trims": trims}

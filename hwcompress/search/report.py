@@ -162,7 +162,10 @@ def summary_markdown(doc: dict[str, Any]) -> str:
                 else "no channels fitted in the time it freed")
         lines.append(f"\nPrecision exchange: `{move['group']}` went from float to int8 and {back}; validation accuracy "
                      f"{move['accuracy_before']:.2%} -> {move['accuracy_after']:.2%} at {move['predicted_after_ms']:.3f} ms predicted.")
-    for number, repair in enumerate(doc.get("budget_repairs") or [], 1):
+    numbers = {True: 0, False: 0}  # repairs and grow steps counted apart (a trimmed student may grow back)
+    for repair in doc.get("budget_repairs") or []:
+        numbers[bool(repair.get("grown"))] += 1
+        number = numbers[bool(repair.get("grown"))]
         if repair.get("grown") and repair.get("source") == "predicted":
             lines.append(f"\nGrow step {number}: the student was predicted at {repair['predicted_ms']:.3f} ms, under 95% of "
                          f"the budget; channels came back where they buy the most validation accuracy per millisecond, up "
@@ -181,8 +184,9 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     undone = doc.get("grow_undone")
     if undone:
         lines.append(f"\nGrow undone: the grown student measured {undone['grown_verdict_ms']:.3f} ms at the verdict, over the "
-                     f"budget, so the student from before the grow step ({undone['start_measured_ms']:.3f} ms when the grow "
-                     "step measured it) was fine-tuned and measured instead; the numbers above are that student's.")
+                     f"budget, so the {'repaired ' if undone.get('trims') else ''}student from before the grow step "
+                     f"({undone['start_measured_ms']:.3f} ms when the grow step measured it) was fine-tuned and measured "
+                     "instead; the numbers above are that student's.")
     for note in doc.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"

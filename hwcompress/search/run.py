@@ -230,6 +230,10 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             if out is not None:  # the grown student's report goes first: the folder is not complete until result.json is back
                 for name in ("result.json", "summary.md", "student.ts"):
                     (out / name).unlink(missing_ok=True)
+            if undone["trims"]:  # the trimmed student the grow step started from, as the repair scored it
+                keep = repairs[undone["trims"] - 1]["keep"]
+                before_repairs = Candidate(keep, list(before_repairs.removed_units), before_repairs.episode, score(keep),
+                                           prepared.cost_model.cost(keep), before_repairs.reward, None, best.extra)
             finished = finish(prepared, before_repairs, context.history, out=out, started=started,
                               search_seconds=search_seconds, interrupted=interrupted, log=log, progress=progress, extra=extra)
         if console.console is not None:
