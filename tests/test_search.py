@@ -426,6 +426,17 @@ def test_a_grow_is_undone_only_when_its_measured_verdict_misses():
     undone = undo_grow(missed, trimmed)
     assert undone["trims"] == 1 and undone["grow_steps"] == 1 and undone["start_measured_ms"] == 0.091
     assert undo_grow(missed, grown)["trims"] == 0
+    # Two grow steps: the verdict read the last one 1.05x its grow-step measurement; the first grown student,
+    # read the same way (0.0966 ms), is under the acceptance line (0.1024), so it is the one finished.
+    chain = [{"measured_ms": 0.080, "grown": True, "measured_after_ms": 0.092, "keep": {"g": 16}},
+             {"measured_ms": 0.092, "grown": True, "measured_after_ms": 0.100, "keep": {"g": 24}}]
+    with_margin = {**missed, "budget": {"margin": 0.03}}
+    undone = undo_grow(with_margin, chain)
+    assert (undone["kept_grow_steps"], undone["finished_measured_ms"], undone["grow_steps"]) == (1, 0.092, 2)
+    assert "grow step 1 (of 2)" in undone["note"]
+    # Read 1.2x, it would not be (0.110 ms): back to the student the grow step started from.
+    undone = undo_grow({**with_margin, "verdict": {**missed["verdict"], "value": 0.120}}, chain)
+    assert (undone["kept_grow_steps"], undone["finished_measured_ms"]) == (0, 0.080)
     assert undo_grow({**missed, "verdict": {**missed["verdict"], "source": "predicted"}},
                      [{"predicted_ms": 0.09, "grown": True, "source": "predicted"}]) is None
 

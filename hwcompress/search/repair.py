@@ -32,8 +32,10 @@ under 95% of the budget grows back, to no student priced within 3% of the one th
 A grown student is measured once more at the verdict, after fine-tuning, with more rounds; two
 measurements of one student can differ by a few percent (seen: a mixed-precision mobilenet_v2 student
 grown to 0.100 ms for a 0.104 ms budget measured 0.105 ms at the verdict). When the verdict puts the
-grown student over the budget, the search finishes the student the grow step started from instead
-(:func:`undo_grow`): it measured under 95% of the budget, and growing was to use room, not to risk it.
+grown student over the budget, the search finishes a smaller student of the grow step's chain instead
+(:func:`undo_grow`): the last one that, read as the verdict read the grown one, is under the acceptance
+line, or the student the grow step started from (measured under 95% of the budget); growing was to use
+room, not to risk it.
 
 Off the device (a latency predicted from the device's LUT, nothing measured), the grow step works on the
 prediction alone: a student the cost model puts under 95% of the budget gets channels back, by the same
@@ -222,8 +224,13 @@ def _grow_predicted(prepared: Prepared, keep: dict[str, int], log: Callable[[str
 def undo_grow(document: dict[str, Any], repairs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """When the measured verdict puts a grown student over the budget, what to report of the undone grow
     (with its log line, ``note``); None when the student keeps (met, not grown, or not measured).
-    ``trims`` says how many of ``repairs`` come before the grow steps: the student to finish instead is
-    the last of them (the searched student when none)."""
+
+    The verdict read the grown student ``grown_verdict_ms / grown_measured_ms`` times its grow-step
+    measurement; the student finished instead is the last of the chain (the student the grow step started
+    from, then each grown one) whose own grow-step measurement, read the same way, is under the acceptance
+    line (the starting student when none is): ``kept_grow_steps`` of them. ``trims`` says how many of
+    ``repairs`` come before the grow steps, so the finished student is ``repairs[trims + kept_grow_steps - 1]``
+    (the searched student when that index is -1)."""
     verdict = document.get("verdict") or {}
     if document.get("budget_met") or verdict.get("source") != "measured" or not repairs:
         return None
@@ -232,10 +239,16 @@ def undo_grow(document: dict[str, Any], repairs: list[dict[str, Any]]) -> dict[s
         trims -= 1
     if trims == len(repairs) or any(r.get("grown") for r in repairs[:trims]):
         return None
-    grown_ms, start_ms, limit = repairs[-1]["measured_after_ms"], repairs[trims]["measured_ms"], verdict["limit"]
+    grown_ms, limit = repairs[-1]["measured_after_ms"], verdict["limit"]
+    reading = verdict["value"] / grown_ms
+    acceptance = limit * (1 - document.get("budget", {}).get("margin", 0.0) / 2)
+    chain = [repairs[trims]["measured_ms"]] + [r["measured_after_ms"] for r in repairs[trims:-1]]
+    kept = max([k for k, ms in enumerate(chain) if ms * reading <= acceptance], default=0)
     digits = 3 if round(verdict["value"], 3) != round(limit, 3) else 4  # "0.296 over 0.296" hid why it was over
+    which = ("the student before the grow step" if kept == 0 else
+             f"the student of grow step {kept} (of {len(chain)}), {chain[kept] * reading:.3f} ms at the verdict's reading,")
     note = (f"the grown student measured {verdict['value']:.{digits}f} ms at the verdict, over the {limit:.{digits}f} ms budget (the grow "
-            f"step had measured it at {grown_ms:.3f} ms); the student before the grow step, measured at {start_ms:.3f} ms, "
+            f"step had measured it at {grown_ms:.3f} ms, {reading:.2f}x less); {which} measured at {chain[kept]:.3f} ms, "
             "is fine-tuned and measured instead")
-    return {"note": note, "grown_verdict_ms": verdict["value"], "grown_measured_ms": grown_ms, "start_measured_ms": start_ms,
-            "grow_steps": len(repairs) - trims, "trims": trims}
+    return {"note": note, "grown_verdict_ms": verdict["value"], "grown_measured_ms": grown_ms, "start_measured_ms": chain[0],
+            "finished_measured_ms": chain[kept], "grow_steps": len(repairs) - trims, "kept_grow_steps": kept, "trims": trims}

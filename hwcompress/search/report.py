@@ -184,9 +184,10 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     undone = doc.get("grow_undone")
     if undone:
         lines.append(f"\nGrow undone: the grown student measured {undone['grown_verdict_ms']:.3f} ms at the verdict, over the "
-                     f"budget, so the {'repaired ' if undone.get('trims') else ''}student from before the grow step "
-                     f"({undone['start_measured_ms']:.3f} ms when the grow step measured it) was fine-tuned and measured "
-                     "instead; the numbers above are that student's.")
+                     f"budget, so " + (f"the student of grow step {undone['kept_grow_steps']}" if undone.get("kept_grow_steps") else
+                                   f"the {'repaired ' if undone.get('trims') else ''}student from before the grow step")
+                     + f" ({undone.get('finished_measured_ms', undone['start_measured_ms']):.3f} ms when the grow step measured it) "
+                     "was fine-tuned and measured instead; the numbers above are that student's.")
     for note in doc.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"

@@ -223,15 +223,16 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                           interrupted=interrupted, log=log, progress=progress, extra=extra)
         undone = undo_grow(finished.document, repairs)
         if undone is not None:
-            # A grow step must not cost the budget: finish the student it started from, which measured with room.
+            # A grow step must not cost the budget: finish a smaller student of its chain, which measured with room.
             log(undone["note"])
             prepared.notes[:] = [*notes_before, undone["note"]]
             extra["grow_undone"] = {k: v for k, v in undone.items() if k != "note"}
             if out is not None:  # the grown student's report goes first: the folder is not complete until result.json is back
                 for name in ("result.json", "summary.md", "student.ts"):
                     (out / name).unlink(missing_ok=True)
-            if undone["trims"]:  # the trimmed student the grow step started from, as the repair scored it
-                keep = repairs[undone["trims"] - 1]["keep"]
+            back = undone["trims"] + undone["kept_grow_steps"]
+            if back:  # a repaired or grown student short of the last, as the repair scored it
+                keep = repairs[back - 1]["keep"]
                 before_repairs = Candidate(keep, list(before_repairs.removed_units), before_repairs.episode, score(keep),
                                            prepared.cost_model.cost(keep), before_repairs.reward, None, best.extra)
             finished = finish(prepared, before_repairs, context.history, out=out, started=started,
