@@ -290,3 +290,25 @@ def test_a_split_without_a_label_list_is_cut_to_its_first_items_and_reported_so(
     assert _subset_kind(stratified_subset(items, 5), items) == "first" and _subset_kind(items, items) == "all"
     labelled = TensorDataset(torch.zeros(20, 1), torch.arange(20) % 2)
     assert has_label_list(labelled) and _subset_kind(stratified_subset(labelled, 5), labelled) == "stratified"
+
+
+def test_an_image_folder_split_is_held_in_memory_once_with_the_same_items(tmp_path):
+    """A search scores every student on the reward-validation split: an image folder's is read once into
+    memory (the same tensors, in order), unless its images take more than the limit; tensors stay as they are."""
+    from torch.utils.data import Subset
+
+    from hwcompress.model.data import held_in_memory
+
+    for split, count in [("train", 6), ("val", 3), ("test", 2)]:
+        _write_class_tree(tmp_path / split, per_class=count)
+    splits = load_data(str(tmp_path), input_size=8)
+    held, size = held_in_memory(splits.val)
+    assert size == 6 * 3 * 8 * 8 * 4 and len(held) == len(splits.val) == 6
+    for index in range(len(held)):
+        assert torch.equal(held[index][0], splits.val[index][0]) and int(held[index][1]) == splits.val[index][1]
+    subset = Subset(splits.train, [5, 0, 7])  # a subset of a folder too (a stratified subset, the val carved from train)
+    held, size = held_in_memory(subset)
+    assert size > 0 and [int(held[i][1]) for i in range(3)] == [subset[i][1] for i in range(3)]
+    assert held_in_memory(splits.val, max_bytes=size - 1) == (splits.val, 0)  # over the limit: read lazily
+    digits = digits_splits()
+    assert held_in_memory(digits.val) == (digits.val, 0) and held_in_memory(Subset(digits.val, [1, 2]))[1] == 0

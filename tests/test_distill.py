@@ -179,3 +179,37 @@ def test_batchnorm_is_recalibrated_on_a_sample_of_every_class_not_the_first_item
     first = float(model[0].running_mean)
     recalibrate_batchnorm(model, data, 64)
     assert float(model[0].running_mean) == first and not model.training  # the same sample every time; eval mode kept
+
+
+def test_the_batchnorm_sample_is_read_once_per_dataset():
+    """Every student of a search re-estimates its statistics on the same images: they are read once per
+    dataset (an image folder decodes each item again on every access), with the same result."""
+    import torch
+    from torch.utils.data import Dataset
+
+    from hwcompress.model.training import reestimate_batchnorm
+    from hwcompress.search.scoring import recalibrate_batchnorm
+
+    class Counting(Dataset):
+        def __init__(self):
+            self.reads = 0
+
+        def __len__(self):
+            return 300
+
+        def __getitem__(self, index):
+            self.reads += 1
+            return torch.full((1, 2, 2), float(index)), index % 2
+
+    data = Counting()
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1)).eval()
+    recalibrate_batchnorm(model, data, 100)
+    first, reads = float(model[0].running_mean), data.reads
+    assert reads == 128  # two batches of 64
+    with torch.inference_mode():  # as a scorer calls it
+        recalibrate_batchnorm(model, data, 100)
+    recalibrate_batchnorm(model, data, 100)
+    assert data.reads == reads and float(model[0].running_mean) == first
+    fresh = torch.nn.Sequential(torch.nn.BatchNorm2d(1)).eval()
+    reestimate_batchnorm(fresh, data, 100, seed=0)  # the same sample as read directly
+    assert float(fresh[0].running_mean) == first and data.reads == 2 * reads

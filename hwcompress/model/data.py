@@ -250,6 +250,30 @@ def stratified_subset(dataset: Any, size: int) -> Any:
     return Subset(dataset, chosen)
 
 
+#: A split read lazily (an image folder) is held in memory for a search when its images take at most this.
+IN_MEMORY_BYTES = 1 << 30
+
+
+def held_in_memory(dataset: Any, max_bytes: int = IN_MEMORY_BYTES) -> tuple[Any, int]:
+    """``dataset`` read once into a ``TensorDataset`` of (images, labels) when its items are decoded on each
+    access (an image folder, or a subset of one) and its images take at most ``max_bytes``; else
+    ``dataset`` itself. Returns the dataset and the bytes its images now hold in memory (0: left as it was).
+    The items are the same tensors in the same order (the folder's transform is deterministic), so a
+    search that scores every student on it reads each image once instead of once per student."""
+    inner = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if len(dataset) == 0 or isinstance(inner, TensorDataset):
+        return dataset, 0
+    first, _label = dataset[0]
+    if not isinstance(first, torch.Tensor) or first.numel() * first.element_size() * len(dataset) > max_bytes:
+        return dataset, 0
+    images, labels = [], []
+    for batch, label in loader(dataset, 256):
+        images.append(batch)
+        labels.append(torch.as_tensor(label, dtype=torch.int64))
+    held = TensorDataset(torch.cat(images), torch.cat(labels))
+    return held, held.tensors[0].numel() * held.tensors[0].element_size()
+
+
 def has_label_list(dataset: Any) -> bool:
     """Whether ``dataset``'s labels can be read without loading its items (what
     :func:`stratified_subset` needs to keep the classes in their proportions)."""

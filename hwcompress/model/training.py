@@ -168,7 +168,15 @@ class _EveryItem(Sampler[list[int]]):
         return iter(batches)
 
 
-def reestimate_batchnorm(model: nn.Module, dataset: Dataset, images: int, seed: int, batch_size: int = 64) -> int:
+def batchnorm_sample(dataset: Dataset, images: int, seed: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """The batches :func:`reestimate_batchnorm` runs: at most ``ceil(images / batch_size)`` batches of a
+    shuffled pass over ``dataset`` whose order ``seed`` fixes (images only, labels dropped)."""
+    batches = -(-min(images, len(dataset)) // batch_size)
+    return [batch for batch, _labels in islice(train_loader(dataset, batch_size, seed, keep_last=True), batches)]
+
+
+def reestimate_batchnorm(model: nn.Module, dataset: Dataset, images: int, seed: int, batch_size: int = 64,
+                         sample: list[torch.Tensor] | None = None) -> int:
     """Replace every BatchNorm layer's running statistics with their average over ``images`` training items.
 
     Training leaves running averages (momentum 0.1) of batches seen while the weights were still moving;
@@ -176,8 +184,9 @@ def reestimate_batchnorm(model: nn.Module, dataset: Dataset, images: int, seed: 
     its weights do (measured: a resnet18 trained 15 epochs on 120 images, 60% test accuracy in eval mode,
     100% once re-estimated). Here the BatchNorm layers alone run in train mode (dropout and the rest in
     eval mode, as at inference), under ``no_grad``, with ``momentum=None`` (a cumulative average) over at
-    most ``ceil(images / batch_size)`` batches of a shuffled pass whose order ``seed`` fixes. No weight
-    changes. Returns how many items were used (0 when the model has no BatchNorm layer).
+    most ``ceil(images / batch_size)`` batches of a shuffled pass whose order ``seed`` fixes
+    (:func:`batchnorm_sample`; ``sample``: those batches already read). No weight changes. Returns how
+    many items were used (0 when the model has no BatchNorm layer).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or images <= 0:
@@ -190,11 +199,10 @@ def reestimate_batchnorm(model: nn.Module, dataset: Dataset, images: int, seed: 
         norm.momentum = None
         norm.train()
     device = device_of(model)
-    batches = -(-min(images, len(dataset)) // batch_size)
     used = 0
     try:
         with torch.no_grad():
-            for batch, _labels in islice(train_loader(dataset, batch_size, seed, keep_last=True), batches):
+            for batch in sample if sample is not None else batchnorm_sample(dataset, images, seed, batch_size):
                 model(batch.to(device))
                 used += len(batch)
     finally:

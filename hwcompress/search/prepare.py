@@ -39,7 +39,7 @@ from hwcompress.measure.contract import ProfileSettings
 from hwcompress.measure.resolve import Timing, make_settings, resolve_timing
 from hwcompress.model import embedded, scratch
 from hwcompress.model.analysis import LayerSpec, analyze
-from hwcompress.model.data import DataSplits, check_splits, resolve_data, stratified_subset
+from hwcompress.model.data import DataSplits, check_splits, held_in_memory, resolve_data, stratified_subset
 from hwcompress.model.loading import LoadedModel, load_model
 from hwcompress.model.training import evaluate
 from hwcompress.search.amc.mixed import CHOICES
@@ -321,6 +321,9 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
     val_set = splits.val
     if config.val_limit:
         val_set = stratified_subset(splits.val, config.val_limit)  # the classes in their proportions
+    val_set, held = held_in_memory(val_set)  # every student is scored on it: an image folder is read once
+    if held:
+        notes.append(f"the {len(val_set)} reward-validation images are read once and held in memory ({held / 2**20:.0f} MB)")
     quantized = None
     if config.quantize:
         facts: dict[str, Any] = {}  # the device's: measured here or there, or as its LUT's recording found it

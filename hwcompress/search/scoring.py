@@ -8,12 +8,13 @@ With ``--reward-finetune-steps N`` each student is first distilled from the teac
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import torch
 
 from hwcompress.measure.runner import cpu_flags
-from hwcompress.model.training import evaluate, reestimate_batchnorm
+from hwcompress.model.training import batchnorm_sample, evaluate, reestimate_batchnorm
 from hwcompress.slim.distill import distill
 from hwcompress.slim.pruning import prune_channels
 from hwcompress.slim.units import remove_units
@@ -53,8 +54,19 @@ def recalibrate_batchnorm(model: Any, dataset: Any, images: int, batch_size: int
     Until 2026-11-28 they were the first ``images`` items in order, which in a ``train/`` folder read as
     it is (with ``val/`` beside it) are the first class's alone, and the whole model ran in train mode
     (dropout and stochastic depth active while the statistics were taken).
+
+    The sample is read once per dataset and kept while the dataset lives (every student of a search uses
+    the same images): an image folder is not decoded again for each student.
     """
-    reestimate_batchnorm(model, dataset, images, seed=0, batch_size=batch_size)
+    kept = _BN_SAMPLES.setdefault(dataset, {})
+    if (images, batch_size) not in kept:
+        with torch.inference_mode(False):  # plain tensors, usable outside a scorer's inference mode too
+            kept[(images, batch_size)] = batchnorm_sample(dataset, images, seed=0, batch_size=batch_size)
+    reestimate_batchnorm(model, dataset, images, seed=0, batch_size=batch_size, sample=kept[(images, batch_size)])
+
+
+#: The batches :func:`recalibrate_batchnorm` read, per training dataset (dropped with it).
+_BN_SAMPLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def build_student(teacher: Any, example: Any, keep: dict[str, int], removed_units: list[str] | None = None) -> Any:
