@@ -886,8 +886,14 @@ def test_lut_show_names_the_precisions_it_holds(recorded, tmp_path, capsys):
 
     code, out, err = run_main(capsys, "lut", "show", str(path), "--json", "-")
     assert code == 0 and json.loads(out)["precision_entries"] == {"fp32": 14, "int8": 9}, err
+    # An int8 copy of a shape is the same layer shape (it counted twice before).
+    assert json.loads(out)["families"] == LatencyTable.load(recorded).summary()["families"]
     code, out, _ = run_main(capsys, "lut", "show", str(recorded))  # one precision: said as well
     assert "fp32 (base) 14 entries" in out and "base precision" not in out
+    # Merged, one model timed in fp32, int8 and mixed is one calibrated model with three records.
+    merged = tmp_path / "merged.lut.json"
+    code, _, err = run_main(capsys, "lut", "merge", str(path), str(recorded), "--out", str(merged))
+    assert code == 0 and "1 calibrated model(s) (3 whole-model records)" in err, err
 
 
 @pytest.mark.parametrize("content", ['{"entries": []}', '{"schema": "other"}', "[1, 2]"])

@@ -482,7 +482,8 @@ class LatencyTable:
             # entries per precision, the base first (what `lut show` prints beside the base precision)
             "precision_entries": {p: sum(1 for e in self.entries.values() if (e.config.precision or self.precision) == p)
                                   for p in self.precisions},
-            "families": len({e.config.family() for e in self.entries.values()}),
+            # layer shapes, whatever precision their entries were timed in (an int8 copy is the same shape)
+            "families": len({e.config.with_precision(None).family() for e in self.entries.values()}),
             "ops": dict(sorted(ops.items())),
             "models": [
                 {
