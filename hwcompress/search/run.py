@@ -152,6 +152,14 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             warmup_episodes=config.warmup_episodes, bn_calibration=config.bn_calibration, notes=prepared.notes,
             log=log, precision=prepared.quantized.plan if prepared.quantized is not None else None)
         search_seconds = 0.0
+        trained = prepared.teacher_meta.get("trained") or {}
+        if checkpoint is not None and checkpoint.get("history") and trained and not trained.get("from_cache"):
+            # --resume-override train_teacher (or data): the episodes so far were scored against another teacher.
+            note = (f"the teacher was trained again, so the {len(checkpoint['history'])} episodes scored against the "
+                    "old one are dropped and the search starts over")
+            log(note)
+            prepared.notes.append(note)
+            checkpoint = {**checkpoint, "agent_state": None, "history": [], "best": None, "search_seconds": 0.0}
         if checkpoint is not None and checkpoint.get("agent_state") is not None:
             agent.load_state_dict(checkpoint["agent_state"])
             context.history = list(checkpoint["history"])
