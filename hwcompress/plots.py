@@ -181,8 +181,8 @@ def _accuracy_vs_cost(plt: Any, document: dict[str, Any], scored: Sequence[dict[
     ax.axvline(budget, color=BUDGET_COLOUR, linestyle="--", label="budget")
     best = document.get("best_episode")
     chosen = [h for h in scored if h["episode"] == best]
-    undone = document.get("grow_undone")  # undone with no trim before it: the episode's student is kept
-    repaired = bool(document.get("budget_repairs")) and not (undone and not undone.get("trims"))
+    undone = document.get("grow_undone")  # undone back to the start with no trim before it: the episode's student is kept
+    repaired = bool(document.get("budget_repairs")) and not (undone and not undone.get("trims") and not undone.get("kept_grow_steps"))
     if chosen:
         label = f"best found (episode {best})" if repaired else f"kept (episode {best})"
         ax.scatter([chosen[0]["cost"]], [100 * chosen[0]["accuracy"]], marker="*", s=160, color=BUDGET_COLOUR,

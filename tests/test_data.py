@@ -312,3 +312,5 @@ def test_an_image_folder_split_is_held_in_memory_once_with_the_same_items(tmp_pa
     assert held_in_memory(splits.val, max_bytes=size - 1) == (splits.val, 0)  # over the limit: read lazily
     digits = digits_splits()
     assert held_in_memory(digits.val) == (digits.val, 0) and held_in_memory(Subset(digits.val, [1, 2]))[1] == 0
+    pairs = [(digits.val[i][0], int(digits.val[i][1])) for i in range(3)]  # a custom dataset: items may be drawn anew
+    assert held_in_memory(pairs) == (pairs, 0)

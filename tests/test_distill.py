@@ -213,3 +213,15 @@ def test_the_batchnorm_sample_is_read_once_per_dataset():
     fresh = torch.nn.Sequential(torch.nn.BatchNorm2d(1)).eval()
     reestimate_batchnorm(fresh, data, 100, seed=0)  # the same sample as read directly
     assert float(fresh[0].running_mean) == first and data.reads == 2 * reads
+
+    class Shifting(torch.nn.Module):  # a first op that changes its input in place must not change the kept sample
+        def forward(self, x):
+            return x.add_(100.0)
+
+    recalibrate_batchnorm(torch.nn.Sequential(Shifting(), torch.nn.BatchNorm2d(1)), data, 100)
+    recalibrate_batchnorm(model, data, 100)
+    assert float(model[0].running_mean) == first
+    # A dataset that cannot be weakly referenced (a list of pairs, which the Python API accepts) is read each time.
+    pairs = [data[i] for i in range(300)]
+    recalibrate_batchnorm(model, pairs, 100)
+    assert float(model[0].running_mean) == first

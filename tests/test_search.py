@@ -411,6 +411,47 @@ def test_a_student_trimmed_past_its_budget_grows_back(tmp_path, monkeypatch, ver
         assert "repaired student from before the grow step" in summary
 
 
+@pytest.mark.parametrize("second", ["met", "missed"])
+def test_an_undone_grow_finishes_the_grown_student_that_fits_at_the_verdicts_reading(tmp_path, monkeypatch, second):
+    """Two grow steps (0.6x -> 0.8x -> 0.87x of the teacher; limit 0.9x, acceptance 0.8865x); the verdict reads
+    the last one at 0.918x, 1.055x its grow-step measurement, over the budget. Read the same way, the first
+    grown student (0.8x -> 0.844x) is under the line: it is finished instead, not the start. When its own
+    verdict misses too, the student the grow steps started from is finished. (The grow records are given:
+    how many steps a real grow takes depends on this VM's timing of the teacher.)"""
+    import hwcompress.search.run as run_module
+
+    def two_grow_steps(prepared, candidate, log, score):
+        teacher_ms, cost = prepared.measure.teacher_ms, prepared.cost_model.cost
+        start = prepared.cost_model.min_policy()
+        first = prepared.cost_model.grown_policy(start, (cost(start) + cost(prepared.cost_model.full_policy())) / 2)
+        last = prepared.cost_model.full_policy()
+        assert start != first != last
+        return [{"measured_ms": 0.6 * teacher_ms, "predicted_ms": cost(start), "grown": True,
+                 "measured_after_ms": 0.8 * teacher_ms, "predicted_after_ms": cost(first), "keep": first},
+                {"measured_ms": 0.8 * teacher_ms, "predicted_ms": cost(first), "grown": True,
+                 "measured_after_ms": 0.87 * teacher_ms, "predicted_after_ms": cost(last), "keep": last}]
+
+    monkeypatch.setattr(run_module, "fit_to_budget", two_grow_steps)
+    verdicts = [0.918, 0.87 if second == "met" else 0.95, 0.6]
+    given = measured_as(monkeypatch, {"smallest": 0.5, "student": verdicts})
+    doc = _search(_config(tmp_path, budget=Budget.latency_ratio(0.9), agent="uniform", episodes=1, runs=10, verdict_rounds=5))
+    grown = doc["budget_repairs"]
+    undone = doc["grow_undone"]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert doc["budget_met"] and undone["trims"] == 0 and undone["grow_steps"] in (1, 2)
+    if second == "met":
+        assert undone["kept_grow_steps"] == 1 and undone["finishes"] == 2 and len(given["student"]) == 2
+        assert undone["finished_measured_ms"] == pytest.approx(0.8 * given["teacher"][0])
+        assert doc["student"]["predicted_cost"] == pytest.approx(grown[0]["predicted_after_ms"], abs=1e-4)
+        assert any("the student of grow step 1 (of 2)" in n for n in doc["notes"]) and "Grow undone" in summary
+    else:  # the searched student: the one the grow steps started from
+        assert undone["kept_grow_steps"] == 0 and undone["finishes"] == 3 and len(given["student"]) == 3
+        history = json.loads((tmp_path / "out" / "history.json").read_text())
+        searched = next(h for h in history if h["episode"] == doc["best_episode"])
+        assert doc["student"]["predicted_cost"] == pytest.approx(searched["cost"], rel=1e-3)
+        assert sum("at the verdict, over the" in n for n in doc["notes"]) == 2
+
+
 def test_a_grow_is_undone_only_when_its_measured_verdict_misses():
     from hwcompress.search.repair import undo_grow
 

@@ -216,7 +216,7 @@ def test_resume_override_train_teacher_trains_the_teacher_again(tmp_path):
     trained = resumed.report["teacher"]["trained_here"]
     assert trained["epochs"] == 2 and not trained["from_cache"] and resumed.report["episodes"] == 2
     # The first run's episode was scored against the old teacher: dropped, and both episodes searched anew.
-    assert "the 1 episodes scored against the old one are dropped" in " ".join(resumed.report["notes"])
+    assert "the search starts over, dropping the 1 episode scored against the old one" in " ".join(resumed.report["notes"])
     assert not any("resumed after" in note for note in resumed.report["notes"])
     assert [h["episode"] for h in json.loads((out / "history.json").read_text())] == [0, 1]
     assert torch.load(out / "teacher.pt", weights_only=True)["recipe"]["epochs"] == 2

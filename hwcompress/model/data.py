@@ -255,23 +255,28 @@ IN_MEMORY_BYTES = 1 << 30
 
 
 def held_in_memory(dataset: Any, max_bytes: int = IN_MEMORY_BYTES) -> tuple[Any, int]:
-    """``dataset`` read once into a ``TensorDataset`` of (images, labels) when its items are decoded on each
-    access (an image folder, or a subset of one) and its images take at most ``max_bytes``; else
-    ``dataset`` itself. Returns the dataset and the bytes its images now hold in memory (0: left as it was).
-    The items are the same tensors in the same order (the folder's transform is deterministic), so a
+    """``dataset`` read once into a ``TensorDataset`` of (images, labels) when it is an image folder (or a
+    subset of one), whose items are files decoded on each access, and its images take at most
+    ``max_bytes``; else ``dataset`` itself (tensors, and other datasets, whose items may be drawn anew on
+    each access). Returns the dataset and the bytes its images now hold in memory (0: left as it was).
+    The items are the same tensors in the same order (a folder's transform here is deterministic), so a
     search that scores every student on it reads each image once instead of once per student."""
+    from torchvision.datasets import DatasetFolder
+
     inner = dataset.dataset if isinstance(dataset, Subset) else dataset
-    if len(dataset) == 0 or isinstance(inner, TensorDataset):
+    if len(dataset) == 0 or not isinstance(inner, DatasetFolder):
         return dataset, 0
     first, _label = dataset[0]
     if not isinstance(first, torch.Tensor) or first.numel() * first.element_size() * len(dataset) > max_bytes:
         return dataset, 0
-    images, labels = [], []
+    images = torch.empty((len(dataset), *first.shape), dtype=first.dtype)
+    labels = torch.empty(len(dataset), dtype=torch.int64)
+    start = 0
     for batch, label in loader(dataset, 256):
-        images.append(batch)
-        labels.append(torch.as_tensor(label, dtype=torch.int64))
-    held = TensorDataset(torch.cat(images), torch.cat(labels))
-    return held, held.tensors[0].numel() * held.tensors[0].element_size()
+        images[start:start + len(batch)] = batch
+        labels[start:start + len(batch)] = torch.as_tensor(label)
+        start += len(batch)
+    return TensorDataset(images, labels), images.numel() * images.element_size()
 
 
 def has_label_list(dataset: Any) -> bool:

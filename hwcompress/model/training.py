@@ -203,7 +203,7 @@ def reestimate_batchnorm(model: nn.Module, dataset: Dataset, images: int, seed: 
     try:
         with torch.no_grad():
             for batch in sample if sample is not None else batchnorm_sample(dataset, images, seed, batch_size):
-                model(batch.to(device))
+                model(batch.to(device, copy=sample is not None))  # a kept sample must survive an in-place first op
                 used += len(batch)
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):

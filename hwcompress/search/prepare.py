@@ -323,7 +323,7 @@ def prepare(config: SearchConfig, *, teacher: LoadedModel | None = None, splits:
         val_set = stratified_subset(splits.val, config.val_limit)  # the classes in their proportions
     val_set, held = held_in_memory(val_set)  # every student is scored on it: an image folder is read once
     if held:
-        notes.append(f"the {len(val_set)} reward-validation images are read once and held in memory ({held / 2**20:.0f} MB)")
+        notes.append(f"the {len(val_set)} reward-validation images are read once and held in memory ({held / 2**20:.1f} MB)")
     quantized = None
     if config.quantize:
         facts: dict[str, Any] = {}  # the device's: measured here or there, or as its LUT's recording found it

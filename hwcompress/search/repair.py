@@ -27,15 +27,16 @@ measures over the acceptance line is not kept, and the next try grows half as fa
 time is overhead-bound, so the cost model's bias measured on it overstates the room above it). A
 repaired student grows too: one trim step of a wide group can take more than the overshoot (the README's
 ResNet-56 went from 0.743 ms, over a 0.741 ms budget, to 0.638), so a trimmed student that measures
-under 95% of the budget grows back, to no student priced within 3% of the one that measured over the line.
+under 95% of the budget grows back, to no student priced within 3% of the one that measured over the line
+(priced as measured when the repair re-anchored the cost model on it, which it does when the two disagree).
 
 A grown student is measured once more at the verdict, after fine-tuning, with more rounds; two
 measurements of one student can differ by a few percent (seen: a mixed-precision mobilenet_v2 student
 grown to 0.100 ms for a 0.104 ms budget measured 0.105 ms at the verdict). When the verdict puts the
 grown student over the budget, the search finishes a smaller student of the grow step's chain instead
 (:func:`undo_grow`): the last one that, read as the verdict read the grown one, is under the acceptance
-line, or the student the grow step started from (measured under 95% of the budget); growing was to use
-room, not to risk it.
+line, or the student the grow step started from (measured under 95% of the budget); when that one's
+verdict misses too, a smaller one again, down to the start. Growing was to use room, not to risk it.
 
 Off the device (a latency predicted from the device's LUT, nothing measured), the grow step works on the
 prediction alone: a student the cost model puts under 95% of the budget gets channels back, by the same
@@ -162,9 +163,12 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
         return repairs  # stopped over the line (nothing left to trim, or out of time): nothing to grow
     if not repairs:
         return _grow(prepared, keep, measured, log, score, attempts)
+    if time.perf_counter() - started > max_seconds:
+        return repairs  # the repair took its time: no grow measurements on top
     # Trimmed to fit, and maybe past it: a trim step of a wide group can take more than the overshoot
-    # (the README's ResNet-56 went from 0.743 ms to 0.638 for a 0.741 ms budget). Grow back, to no
-    # student priced within the least disagreement that counts of the one that measured over the line.
+    # (the README's ResNet-56 went from 0.743 ms to 0.638 for a 0.741 ms budget, docs/benchmarks.md). Grow
+    # back, to no student priced within the least disagreement that counts of the one that measured over
+    # the line (whose price is its measurement when the repair re-anchored the cost model on it).
     ceiling = prepared.cost_model.cost(over_keep) * (1 - MIN_DISAGREEMENT)
     return repairs + _grow(prepared, keep, measured, log, score, attempts, ceiling=ceiling)
 
@@ -248,7 +252,7 @@ def undo_grow(document: dict[str, Any], repairs: list[dict[str, Any]]) -> dict[s
     which = ("the student before the grow step" if kept == 0 else
              f"the student of grow step {kept} (of {len(chain)}), {chain[kept] * reading:.3f} ms at the verdict's reading,")
     note = (f"the grown student measured {verdict['value']:.{digits}f} ms at the verdict, over the {limit:.{digits}f} ms budget (the grow "
-            f"step had measured it at {grown_ms:.3f} ms, {reading:.2f}x less); {which} measured at {chain[kept]:.3f} ms, "
+            f"step had measured it at {grown_ms:.3f} ms: the verdict read it {reading:.2f}x that); {which} measured at {chain[kept]:.3f} ms, "
             "is fine-tuned and measured instead")
     return {"note": note, "grown_verdict_ms": verdict["value"], "grown_measured_ms": grown_ms, "start_measured_ms": chain[0],
             "finished_measured_ms": chain[kept], "grow_steps": len(repairs) - trims, "kept_grow_steps": kept, "trims": trims}

@@ -155,8 +155,9 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         trained = prepared.teacher_meta.get("trained") or {}
         if checkpoint is not None and checkpoint.get("history") and trained and not trained.get("from_cache"):
             # --resume-override train_teacher (or data): the episodes so far were scored against another teacher.
-            note = (f"the teacher was trained again, so the {len(checkpoint['history'])} episodes scored against the "
-                    "old one are dropped and the search starts over")
+            dropped = len(checkpoint["history"])
+            note = (f"the teacher was trained again: the search starts over, dropping the {dropped} "
+                    f"episode{'s' if dropped != 1 else ''} scored against the old one")
             log(note)
             prepared.notes.append(note)
             checkpoint = {**checkpoint, "agent_state": None, "history": [], "best": None, "search_seconds": 0.0}
@@ -229,22 +230,27 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         notes_before = list(prepared.notes)
         finished = finish(prepared, best, context.history, out=out, started=started, search_seconds=search_seconds,
                           interrupted=interrupted, log=log, progress=progress, extra=extra)
-        undone = undo_grow(finished.document, repairs)
-        if undone is not None:
-            # A grow step must not cost the budget: finish a smaller student of its chain, which measured with room.
+        undone, chain, undo_notes = undo_grow(finished.document, repairs), repairs, []
+        while undone is not None:
+            # A grow step must not cost the budget: finish a smaller student of its chain, which measured with
+            # room; when that one's verdict misses too, a smaller one again, down to where the grow step started.
             log(undone["note"])
-            prepared.notes[:] = [*notes_before, undone["note"]]
-            extra["grow_undone"] = {k: v for k, v in undone.items() if k != "note"}
+            undo_notes.append(undone["note"])
+            prepared.notes[:] = [*notes_before, *undo_notes]
+            extra["grow_undone"] = {**{k: v for k, v in undone.items() if k != "note"}, "finishes": len(undo_notes) + 1}
             if out is not None:  # the grown student's report goes first: the folder is not complete until result.json is back
                 for name in ("result.json", "summary.md", "student.ts"):
                     (out / name).unlink(missing_ok=True)
             back = undone["trims"] + undone["kept_grow_steps"]
+            instead = before_repairs
             if back:  # a repaired or grown student short of the last, as the repair scored it
                 keep = repairs[back - 1]["keep"]
-                before_repairs = Candidate(keep, list(before_repairs.removed_units), before_repairs.episode, score(keep),
-                                           prepared.cost_model.cost(keep), before_repairs.reward, None, best.extra)
-            finished = finish(prepared, before_repairs, context.history, out=out, started=started,
+                instead = Candidate(keep, list(before_repairs.removed_units), before_repairs.episode, score(keep),
+                                    prepared.cost_model.cost(keep), before_repairs.reward, None, best.extra)
+            finished = finish(prepared, instead, context.history, out=out, started=started,
                               search_seconds=search_seconds, interrupted=interrupted, log=log, progress=progress, extra=extra)
+            chain = chain[:back]
+            undone = undo_grow(finished.document, chain) if undone["kept_grow_steps"] else None
         if console.console is not None:
             print_summary(finished.document, console.console, out)
         return SearchResult(finished.student, finished.document, out)

@@ -58,7 +58,11 @@ def recalibrate_batchnorm(model: Any, dataset: Any, images: int, batch_size: int
     The sample is read once per dataset and kept while the dataset lives (every student of a search uses
     the same images): an image folder is not decoded again for each student.
     """
-    kept = _BN_SAMPLES.setdefault(dataset, {})
+    try:
+        kept = _BN_SAMPLES.setdefault(dataset, {})
+    except TypeError:  # a dataset that cannot be weakly referenced or hashed (a list of pairs): read each time
+        reestimate_batchnorm(model, dataset, images, seed=0, batch_size=batch_size)
+        return
     if (images, batch_size) not in kept:
         with torch.inference_mode(False):  # plain tensors, usable outside a scorer's inference mode too
             kept[(images, batch_size)] = batchnorm_sample(dataset, images, seed=0, batch_size=batch_size)
