@@ -54,6 +54,7 @@ from typing import Any, Callable
 from hwcompress.search.agent import Candidate
 from hwcompress.search.anchors import Anchor, AnchoredLatency, monotone_anchors
 from hwcompress.search.prepare import Prepared
+from hwcompress.search.quantized import int8_instead
 from hwcompress.search.scoring import build_student
 
 #: The least relative disagreement between measurement and prediction that re-anchors the cost model.
@@ -116,7 +117,8 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
     if prepared.measure is None:
         return _grow_predicted(prepared, dict(candidate.keep), log, score)
     repairs: list[dict[str, Any]] = []
-    keep = over_keep = dict(candidate.keep)
+    keep = dict(candidate.keep)
+    over_keep: dict[str, int] | None = None  # the last student trimmed after measuring over the line
     started = time.perf_counter()
     for attempt in range(attempts):
         measurement = prepared.measure(build_student(prepared.teacher, prepared.example, keep), "candidate")
@@ -125,6 +127,13 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
         # a hair under the budget flips over on the next run's noise (seen: 0.94 then 0.949 ms for 0.946).
         if measured <= budget.acceptance:
             break
+        switched = int8_instead(prepared, keep, measured, log) if attempt == 0 else None
+        if switched is not None:  # --quantize mixed: the float groups in int8 too measured faster
+            repairs.append(switched[0])
+            measurement, over_keep = switched[1], None
+            measured = measurement["median"]
+            if measured <= budget.acceptance:
+                break
         predicted = prepared.cost_model.cost(keep)
         ratio = measurement["paired_ratio"]
         noise = max(MIN_DISAGREEMENT, (measurement["ratio_max"] - measurement["ratio_min"]) / ratio if ratio else 0.0)
@@ -169,7 +178,7 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
     # (the README's ResNet-56 went from 0.743 ms to 0.638 for a 0.741 ms budget, docs/benchmarks.md). Grow
     # back, to no student priced within the least disagreement that counts of the one that measured over
     # the line (whose price is its measurement when the repair re-anchored the cost model on it).
-    ceiling = prepared.cost_model.cost(over_keep) * (1 - MIN_DISAGREEMENT)
+    ceiling = math.inf if over_keep is None else prepared.cost_model.cost(over_keep) * (1 - MIN_DISAGREEMENT)
     return repairs + _grow(prepared, keep, measured, log, score, attempts, ceiling=ceiling)
 
 

@@ -171,6 +171,12 @@ def summary_markdown(doc: dict[str, Any]) -> str:
                          f"the budget; channels came back where they buy the most validation accuracy per millisecond, up "
                          f"to {repair['predicted_after_ms']:.3f} ms predicted (nothing was measured on the device).")
             continue
+        if repair.get("to_int8"):
+            lines.append(f"\nRepair {number}: the mixed-precision student measured {repair['measured_ms']:.3f} ms (predicted "
+                         f"{repair['predicted_ms']:.3f}), over the budget less half the margin; with its "
+                         f"{repair['float_groups']} float groups in int8 too it measured {repair['measured_after_ms']:.3f} ms, "
+                         "and went on in int8.")
+            continue
         if repair.get("grown"):
             lines.append(f"\nGrow step {number}: the student measured {repair['measured_ms']:.3f} ms, under 95% of the "
                          f"budget; channels came back where they buy the most validation accuracy per millisecond, and "

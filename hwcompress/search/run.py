@@ -216,10 +216,14 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         repairs = fit_to_budget(prepared, best, log, score)
         repair_seconds = time.perf_counter() - repair_started
         if repairs:
-            # The repaired or grown student's own score (memoised: the repair scored it on its way there).
+            # The repaired or grown student's own score (memoised: the repair scored it on its way there), at
+            # the precision the repair left it in (a mixed student over its budget may have gone to int8).
+            extra_now = {k: v for k, v in best.extra.items() if k != "whole_int8"}
+            switched = [r["precision"] for r in repairs if "precision" in r]
+            if switched:
+                extra_now["precision"] = dict(switched[-1])
             best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, score(repairs[-1]["keep"]),
-                             prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None,
-                             {k: v for k, v in best.extra.items() if k != "whole_int8"})
+                             prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None, extra_now)
         extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs],
                                  **({"precision_exchanges": exchanges, "exchange_seconds": round(exchange_seconds, 2)}
                                     if prepared.quantized is not None else {}),
