@@ -153,18 +153,28 @@ def exchange_precisions(prepared: Any, best: Any, score: Callable[..., float],
                       best.reward, None, extra), moves
 
 
+#: The int8 copy replaces a mixed student over its budget that it does not fit when the mixed student's
+#: measurement is off its prediction by this much more than the copy's (relative): the changes of precision
+#: are then what the cost model misprices, and trimming channels at that precision follows a wrong price.
+PRICED_WORSE = 0.03
+
+
 def int8_instead(prepared: Any, keep: Mapping[str, int], measured_ms: float,
                  log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """``--quantize mixed``, a student with float groups that measured over the budget's acceptance line:
-    the same channels with every group in int8, measured. Where it measures faster, the search goes on
-    with it (its precision becomes the student's; returns the repair record, with ``"to_int8": True``, and
-    its measurement); else the precision is left as it was and None is returned.
+    the same channels with every group in int8, measured. The search goes on with it (its precision
+    becomes the student's; returns the repair record, with ``"to_int8": True``, and its measurement) when
+    it is faster and either fits under the line (no channel lost) or is the better predicted of the two
+    (the mixed student's measured/predicted over the copy's by more than :data:`PRICED_WORSE`); else the
+    precision is left as it was, the repair trims the mixed student, and None is returned.
 
     Trimming channels cannot take away what changes of precision cost between float and int8 layers
     (a dequantize and a quantize, and the fusions the runtime loses there), and the cost model prices
     them least well at small widths: a resnet18 student at 64 px with 3 of 21 layers in float measured
-    0.175 ms against 0.105 predicted, and four trims brought it to 0.137 ms for a 0.111 ms budget that
-    the smallest all-int8 student (0.104 ms) met."""
+    0.175 ms against 0.105 predicted, and four trims, each re-anchored on the last measurement, brought it
+    to 0.137 ms for a 0.111 ms budget that the smallest all-int8 student (0.104 ms) met. A mixed student
+    that its prediction prices as well as its int8 copy's is trimmed as before: its float groups were
+    chosen for their accuracy."""
     quantized = prepared.quantized
     if quantized is None or not quantized.plan.choosable:
         return None
@@ -177,18 +187,28 @@ def int8_instead(prepared: Any, keep: Mapping[str, int], measured_ms: float,
     prepared.cost_model, quantized.precision = cost_model.at_precision({}), {}
     measurement = prepared.measure(build_student(prepared.teacher, prepared.example, dict(keep)), "candidate-int8")
     after = measurement["median"]
-    if after >= measured_ms:
+    predicted, predicted_after = cost_model.cost(keep), prepared.cost_model.cost(keep)
+    fits = after <= prepared.budget.acceptance
+    mispriced = predicted > 0 and predicted_after > 0 and measured_ms / predicted > (1 + PRICED_WORSE) * after / predicted_after
+    moved = ", ".join(floating)
+    if after >= measured_ms or not (fits or mispriced):
         prepared.cost_model, quantized.precision = cost_model, precision
-        log(f"the student with its {len(floating)} float groups in int8 too measured {after:.3f} ms, no faster than "
-            f"{measured_ms:.3f}: kept as it was")
+        why = (f"no faster than {measured_ms:.3f}" if after >= measured_ms else
+               f"over the budget too and no better predicted ({after / predicted_after:.2f}x its prediction, the "
+               f"mixed student {measured_ms / predicted:.2f}x)")
+        note = f"the mixed-precision student with its float groups ({moved}) in int8 too measured {after:.3f} ms, {why}: kept as it was"
+        log(note)
+        prepared.notes.append(note)
         return None
-    note = (f"the mixed-precision student measured {measured_ms:.3f} ms (predicted {cost_model.cost(keep):.3f}), over the "
-            f"budget; with its {len(floating)} float groups in int8 too it measured {after:.3f} ms, so it goes on in int8")
+    why = "under the budget" if fits else (f"{after / predicted_after:.2f}x its prediction where the mixed student ran "
+                                          f"{measured_ms / predicted:.2f}x its own")
+    note = (f"the mixed-precision student measured {measured_ms:.3f} ms (predicted {predicted:.3f}), over the budget; with "
+            f"its float groups ({moved}) in int8 too it measured {after:.3f} ms, {why}, so it goes on in int8")
     log(note)
     prepared.notes.append(note)
-    record = {"measured_ms": measured_ms, "predicted_ms": round(cost_model.cost(keep), 4), "to_int8": True,
-              "float_groups": len(floating), "measured_after_ms": after,
-              "predicted_after_ms": round(prepared.cost_model.cost(keep), 4), "keep": dict(keep), "precision": {}}
+    record = {"measured_ms": measured_ms, "predicted_ms": round(predicted, 4), "to_int8": True,
+              "float_groups": floating, "measured_after_ms": after, "predicted_after_ms": round(predicted_after, 4),
+              "keep": dict(keep), "precision": {}}
     return record, measurement
 
 

@@ -139,7 +139,7 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
         noise = max(MIN_DISAGREEMENT, (measurement["ratio_max"] - measurement["ratio_min"]) / ratio if ratio else 0.0)
         record: dict[str, Any] = {"measured_ms": measured, "predicted_ms": round(predicted, 4)}
         if abs(measured - predicted) / measured > noise:
-            note = _reanchor(prepared, keep, measured, f"repair {attempt + 1}")
+            note = _reanchor(prepared, keep, measured, f"repair {len(repairs) + 1}")
             if note:
                 log(note)
                 prepared.notes.append(note)
@@ -159,7 +159,7 @@ def fit_to_budget(prepared: Prepared, candidate: Candidate, log: Callable[[str],
         repairs.append(record)
         log(f"student measured {measured:.3f} ms (predicted {predicted:.3f}), over {budget.acceptance:.3f} ms (the "
             f"{budget.limit:.3f} ms budget less half the margin): trimmed to {record['predicted_after_ms']:.3f} ms predicted "
-            f"(repair {attempt + 1} of at most {attempts})")
+            f"(repair {len(repairs)}, {attempt + 1} of at most {attempts} measurements)")
         over_keep, keep = keep, dict(trimmed)
         if time.perf_counter() - started > max_seconds:
             note = f"the budget repair stopped after {max_seconds:.0f} s; the last repaired student is kept"

@@ -174,7 +174,7 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         if repair.get("to_int8"):
             lines.append(f"\nRepair {number}: the mixed-precision student measured {repair['measured_ms']:.3f} ms (predicted "
                          f"{repair['predicted_ms']:.3f}), over the budget less half the margin; with its "
-                         f"{repair['float_groups']} float groups in int8 too it measured {repair['measured_after_ms']:.3f} ms, "
+                         f"{len(repair['float_groups'])} float groups in int8 too it measured {repair['measured_after_ms']:.3f} ms, "
                          "and went on in int8.")
             continue
         if repair.get("grown"):
