@@ -620,6 +620,9 @@ def test_reconstruct_and_policy_reapply(tmp_path):
     again = apply_policy(_config(tmp_path, out=str(tmp_path / "again")), str(tmp_path / "out" / "policy.json"),
                          progress=False).report
     assert again["student"]["params"] == doc["student"]["params"] and again["episodes"] == 0
+    # Re-applied into a folder that holds a result: nothing to resume there, so the refusal does not offer it.
+    with pytest.raises(UserError, match="again already holds a result; choose another --out$"):
+        apply_policy(_config(tmp_path, out=str(tmp_path / "again")), str(tmp_path / "out" / "policy.json"), progress=False)
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(UserError, match="not a hwcompress policy"):
         apply_policy(_config(tmp_path, out=str(tmp_path / "bad")), str(tmp_path / "bad.json"), progress=False)

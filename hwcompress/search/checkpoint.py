@@ -114,9 +114,12 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
 FRESH_FOLDER_FILES = (LOCK, "teacher.pt")
 
 
-def check_fresh(folder: Path) -> None:
-    """Refuse to start a new search (or re-apply a policy) in a folder that already holds a search, or that
-    holds files hwcompress did not write: student.onnx, summary.md and the rest would replace them."""
+def check_fresh(folder: Path, resumable: bool = True) -> None:
+    """Refuse to start a new search (or re-apply a policy: ``resumable=False``, nothing to resume) in a folder
+    that already holds a search, or that holds files hwcompress did not write: student.onnx, summary.md and
+    the rest would replace them."""
+    if not resumable and (folder / RESULT).exists():
+        raise UserError(f"{folder} already holds a result; choose another --out")
     if (folder / RESULT).exists() or (folder / CHECKPOINT).exists():
         raise UserError(f"{folder} already holds a search; pass --resume {folder} to continue it, or choose another --out")
     found = sorted(path.name for path in folder.iterdir() if path.name not in FRESH_FOLDER_FILES)

@@ -375,10 +375,8 @@ def apply_policy(config: SearchConfig, policy_path: str | Path, *, progress: boo
         if lock is not None:
             lock.acquire()
         try:
-            if out is not None and (out / "result.json").exists():
-                raise UserError(f"{out} already holds a result; choose another --out")
             if out is not None:
-                check_fresh(out)
+                check_fresh(out, resumable=False)
             started = time.perf_counter()
             prepared = prepare(config, teacher=teacher, splits=data, log=console.log, search=False)
             by_name = {g.name: g for g in prepared.groups}
