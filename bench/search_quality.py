@@ -123,8 +123,9 @@ def bench_teacher(args: argparse.Namespace, out: Path) -> tuple[Any, Any, float 
     from hwcompress.model.loading import LoadedModel
     from hwcompress.model.training import evaluate
 
-    splits = resolve_data("digits", input_size=args.input_size)
-    cache = out / f"teacher-{args.model}@{args.input_size}-e{args.train_teacher}"
+    splits = resolve_data(args.data, input_size=args.input_size)
+    cache = out / (f"teacher-{args.model}@{args.input_size}-e{args.train_teacher}"
+                   + ("" if args.data == "digits" else f"-{args.data.replace(':', '-')}"))
     module, _ = scratch.trained_teacher(args.model, splits, args.train_teacher, 0, cache, log=lambda m: print(f"  {m}"))
     loaded = LoadedModel(args.model, module, None, tuple(splits.input_shape), "bench")
     return loaded, splits, evaluate(module, splits.test)
@@ -263,7 +264,7 @@ def quantized_markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"{__import__('os').cpu_count()} cores, ONNX Runtime CPU, 1 thread, AMC for every search. Same absolute budget per "
         "ratio (the first run turns the ratio into milliseconds), same fine-tuning (distillation in float, then static "
         "int8 quantization where the row quantizes). Latencies are measured medians (paired with the teacher) of the "
-        "deployed file: the Q/DQ int8 model where the row quantizes; accuracies are on the digits test split, as ONNX "
+        "deployed file: the Q/DQ int8 model where the row quantizes; accuracies are on the data's test split, as ONNX "
         "Runtime runs the int8 model.",
         "",
         "| variant | seed | budget | student ms (measured) | met | int8 layers | params compression | acc. before FT | acc. after FT | search s |",
@@ -292,7 +293,8 @@ def quantized_section(args: argparse.Namespace) -> str:
 def teacher_flags(args: argparse.Namespace) -> str:
     if args.model is None:
         return ""
-    return f" --model {args.model} --input-size {args.input_size} --train-teacher {args.train_teacher}"
+    data = "" if args.data == "digits" else f" --data {args.data}"
+    return f" --model {args.model} --input-size {args.input_size} --train-teacher {args.train_teacher}{data}"
 
 
 def write_docs(text: str, section: str = SECTION) -> None:
@@ -326,6 +328,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="--quantized: a torchvision architecture trained here on digits "
                         "(default: the embedded ResNet-56)")
     parser.add_argument("--input-size", type=int, default=64, help="--model: the digits' size in px")
+    parser.add_argument("--data", default="digits",
+                        help="--model: the data, as --data takes it (default digits; 'noisy_digits:splits' with bench/ on "
+                             "PYTHONPATH: overlaid, noisy digits, bench/noisy_digits.py, where students differ more)")
     parser.add_argument("--anchors", type=int, default=None, choices=(2, 3),
                         help="--quantized: students measured to anchor each search's cost model (3: also one at the budget; "
                              "default: the search's, 3 under --quantize)")

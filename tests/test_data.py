@@ -314,3 +314,18 @@ def test_an_image_folder_split_is_held_in_memory_once_with_the_same_items(tmp_pa
     assert held_in_memory(digits.val) == (digits.val, 0) and held_in_memory(Subset(digits.val, [1, 2]))[1] == 0
     pairs = [(digits.val[i][0], int(digits.val[i][1])) for i in range(3)]  # a custom dataset: items may be drawn anew
     assert held_in_memory(pairs) == (pairs, 0)
+
+
+def test_the_noisy_digits_benchmark_data_loads_as_a_data_factory(monkeypatch):
+    """bench/noisy_digits.py (the harder task bench/search_quality.py --data takes): a factory --data accepts,
+    the same images every call, the embedded default's split sizes and labels, and not the plain digits."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    noisy = load_data("noisy_digits:splits", input_size=32)
+    again = load_data("noisy_digits:splits", input_size=32)
+    plain = digits_splits()
+    assert (len(noisy.train), len(noisy.val), len(noisy.test)) == (1169, 269, 359) and noisy.input_shape == (1, 3, 32, 32)
+    assert torch.equal(_images(noisy.train), _images(again.train))
+    assert torch.equal(noisy.test.tensors[1], plain.test.tensors[1])  # the same digits, in the same splits
+    assert not torch.allclose(_images(noisy.test), _images(plain.test), atol=0.5)
