@@ -19,6 +19,7 @@ import argparse
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +27,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hwcompress.model.data import digits_splits, held_in_memory, load_data
-from hwcompress.search import scoring
-from hwcompress.slim.pruning import find_channel_groups, prune_channels
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from episode_cost import random_policy  # noqa: E402
+
+from hwcompress.model.data import digits_splits, held_in_memory, load_data  # noqa: E402
+from hwcompress.search import scoring  # noqa: E402
+from hwcompress.slim.pruning import find_channel_groups, prune_channels  # noqa: E402
 
 
 def write_folder(root: Path, size: int, fmt: str) -> None:
@@ -64,8 +68,7 @@ def main() -> None:
         groups = find_channel_groups(teacher, example)
         pairs = scoring.conv_norm_pairs(teacher, example)
         rng = random.Random(args.seed)
-        students = [{g.name: max(g.min_channels, round(g.channels * rng.uniform(0.2, 1.0))) for g in groups}
-                    for _ in range(args.students)]
+        students = [random_policy(groups, rng) for _ in range(args.students)]
         started = time.perf_counter()
         held, size = held_in_memory(splits.val)
         read_once = time.perf_counter() - started

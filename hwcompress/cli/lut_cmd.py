@@ -313,7 +313,7 @@ def merge(files, out, overwrite):
     replaced = check_merge_out(out, files, overwrite)
     merged.save(out)
     note = {"input": f" (it was one of the {len(files)} files: it now holds their merge)", "lut": " (replacing the LUT there)"}
-    models = len({(m.get("name"), tuple(m.get("input_shape") or ()), m.get("fingerprint")) for m in merged.models})
+    models = merged.calibrated_models()
     records = f" ({len(merged.models)} whole-model records)" if len(merged.models) != models else ""
     click.echo(f"wrote {out}{note.get(replaced, '')}: {len(merged)} entries, {models} calibrated model(s){records} "
                f"from {len(files)} files", err=True)

@@ -463,6 +463,11 @@ class LatencyTable:
 
     # ---- summary -----------------------------------------------------------------------------------
 
+    def calibrated_models(self) -> int:
+        """How many models the calibration records are of (one model's fp32, int8 and transitions records
+        count once)."""
+        return len({_model_id(model)[:3] for model in self.models})
+
     def summary(self) -> dict[str, Any]:
         """What ``hwcompress lut show`` prints."""
         ops: dict[str, int] = {}

@@ -188,20 +188,20 @@ def int8_instead(prepared: Any, keep: Mapping[str, int], measured_ms: float,
     measurement = prepared.measure(build_student(prepared.teacher, prepared.example, dict(keep)), "candidate-int8")
     after = measurement["median"]
     predicted, predicted_after = cost_model.cost(keep), prepared.cost_model.cost(keep)
+    # measured over predicted, of the mixed student and of its int8 copy (0 where nothing was predicted)
+    bias, bias_after = (measured_ms / predicted if predicted > 0 else 0.0), (after / predicted_after if predicted_after > 0 else 0.0)
     fits = after <= prepared.budget.acceptance
-    mispriced = predicted > 0 and predicted_after > 0 and measured_ms / predicted > (1 + PRICED_WORSE) * after / predicted_after
+    mispriced = predicted > 0 and predicted_after > 0 and bias > (1 + PRICED_WORSE) * bias_after
     moved = ", ".join(floating)
     if after >= measured_ms or not (fits or mispriced):
         prepared.cost_model, quantized.precision = cost_model, precision
         why = (f"no faster than {measured_ms:.3f}" if after >= measured_ms else
-               f"over the budget too and no better predicted ({after / predicted_after:.2f}x its prediction, the "
-               f"mixed student {measured_ms / predicted:.2f}x)")
+               f"over the budget too and no better predicted ({bias_after:.2f}x its prediction, the mixed student {bias:.2f}x)")
         note = f"the mixed-precision student with its float groups ({moved}) in int8 too measured {after:.3f} ms, {why}: kept as it was"
         log(note)
         prepared.notes.append(note)
         return None
-    why = "under the budget" if fits else (f"{after / predicted_after:.2f}x its prediction where the mixed student ran "
-                                          f"{measured_ms / predicted:.2f}x its own")
+    why = "under the budget" if fits else f"{bias_after:.2f}x its prediction where the mixed student ran {bias:.2f}x its own"
     note = (f"the mixed-precision student measured {measured_ms:.3f} ms (predicted {predicted:.3f}), over the budget; with "
             f"its float groups ({moved}) in int8 too it measured {after:.3f} ms, {why}, so it goes on in int8")
     log(note)

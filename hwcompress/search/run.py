@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hwcompress.budget import Budget
 from hwcompress.errors import UserError
@@ -216,14 +216,12 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         repairs = fit_to_budget(prepared, best, log, score)
         repair_seconds = time.perf_counter() - repair_started
         if repairs:
-            # The repaired or grown student's own score (memoised: the repair scored it on its way there), at
-            # the precision the repair left it in (a mixed student over its budget may have gone to int8).
+            # At the precision the repair left it in (a mixed student over its budget may have gone to int8).
             extra_now = {k: v for k, v in best.extra.items() if k != "whole_int8"}
             switched = [r["precision"] for r in repairs if "precision" in r]
             if switched:
                 extra_now["precision"] = dict(switched[-1])
-            best = Candidate(repairs[-1]["keep"], list(best.removed_units), best.episode, score(repairs[-1]["keep"]),
-                             prepared.cost_model.cost(repairs[-1]["keep"]), best.reward, None, extra_now)
+            best = _at_policy(best, repairs[-1]["keep"], score, prepared.cost_model, extra_now)
         extra: dict[str, Any] = {"budget_repairs": [{k: v for k, v in r.items() if k != "keep"} for r in repairs],
                                  **({"precision_exchanges": exchanges, "exchange_seconds": round(exchange_seconds, 2)}
                                     if prepared.quantized is not None else {}),
@@ -246,11 +244,9 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                 for name in ("result.json", "summary.md", "student.ts"):
                     (out / name).unlink(missing_ok=True)
             back = undone["trims"] + undone["kept_grow_steps"]
-            instead = before_repairs
-            if back:  # a repaired or grown student short of the last, as the repair scored it
-                keep = repairs[back - 1]["keep"]
-                instead = Candidate(keep, list(before_repairs.removed_units), before_repairs.episode, score(keep),
-                                    prepared.cost_model.cost(keep), before_repairs.reward, None, best.extra)
+            # a repaired or grown student short of the last, as the repair scored it; else the searched one
+            instead = _at_policy(before_repairs, repairs[back - 1]["keep"], score, prepared.cost_model, best.extra) \
+                if back else before_repairs
             finished = finish(prepared, instead, context.history, out=out, started=started,
                               search_seconds=search_seconds, interrupted=interrupted, log=log, progress=progress, extra=extra)
             chain = chain[:back]
@@ -261,6 +257,14 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
     finally:
         if lock is not None:
             lock.release()
+
+
+def _at_policy(searched: Candidate, keep: dict[str, int], score: Callable[..., float], cost_model: Any,
+               extra: dict[str, Any]) -> Candidate:
+    """The searched student moved to the channel policy ``keep`` by the repair or the grow step: its own
+    score (memoised: the repair scored it on its way there) and predicted cost, ``extra`` as given."""
+    return Candidate(keep, list(searched.removed_units), searched.episode, score(keep), cost_model.cost(keep),
+                     searched.reward, None, extra)
 
 
 def run_search(config: SearchConfig, *, progress: bool = True, teacher: LoadedModel | None = None,
