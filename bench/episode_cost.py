@@ -3,7 +3,8 @@
 Before: each student's BatchNorm statistics re-estimated on 256 training images, weights in the default
 (NCHW) memory order, and the budget repair scoring every one of its 8 candidate steps at every step.
 Now (the defaults): 64 images, channels-last weights (exact), each BatchNorm folded into its
-convolution after re-estimation and the student scored under inference mode (same accuracies), the
+convolution after re-estimation and the student scored under inference mode (same accuracies), racing
+(in the searches: a student that cannot beat the best so far scored on a third of the images), the
 evaluation in ``--scoring-precision`` (fp32, the search's default; ``auto`` evaluates in bfloat16 where
 the CPU has a unit for it; the reference scorer stays fp32, so the rank agreement shows what bfloat16
 costs), and the
@@ -25,6 +26,10 @@ trained here on digits at 64 px, side by side and interleaved:
     python bench/episode_cost.py [--setups embedded,resnet18@64] [--students 16] [--repairs 3] [--episodes 24]
     python bench/episode_cost.py --rank-study 40     # would fewer images rank students as well?
     python bench/episode_cost.py --precision-study --setups embedded --repeats 3   # fp32 or bf16 scoring?
+    python bench/episode_cost.py --racing-study --fixed-cost --repeats 8   # racing off or on?
+
+``--racing-study`` is the same study with racing off and on (``--racing``: a student that cannot beat the best so far
+is scored on a third of the validation images), each run's episodes per hour and how many scores racing cut beside.
 
 ``--precision-study``: the same search ("now" settings, ``--episodes`` at ``--ratio``) scored in fp32 and in
 bf16, alternating, for seeds ``--seed`` .. ``--seed + --repeats - 1``; each final student's test accuracy
@@ -32,7 +37,7 @@ before fine-tuning as the search reports it and with its BatchNorm re-estimated 
 training images (does the number of images explain a gap?). With ``--fixed-cost`` every search of the study
 runs on this CPU *predicted from its LUT* (a device file naming the LUT this machine recorded, read-only, so
 nothing is measured during the study): the budget and the cost model are then the same numbers in every run
-(a predicted device has no measured repairs; its grow step follows the same prediction), the searches are deterministic (the first seed is searched twice in fp32 to show it), and the
+(a predicted device has no measured repairs; its grow step follows the same prediction), the searches are deterministic (the first seed is searched twice in each arm to show it), and the
 two precisions differ only in how candidates were scored. Without it, each search measures its own teacher,
 budget and anchors on a machine whose speed moves, which is what made two earlier studies disagree.
 """
@@ -64,9 +69,14 @@ from hwcompress.search.prepare import PYTHON_OBJECT
 from hwcompress.search.run import run_search
 from hwcompress.slim.pruning import find_channel_groups, prune_channels
 
-BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False, "fold_norms": False, "precision": "fp32"}
+BEFORE = {"bn_calibration": 256, "channels_last": False, "incremental": False, "fold_norms": False, "precision": "fp32",
+          "racing": False}
 NOW = {"bn_calibration": SearchConfig.__dataclass_fields__["bn_calibration"].default, "channels_last": True,
-       "incremental": True, "fold_norms": True, "precision": SearchConfig.__dataclass_fields__["scoring_precision"].default}
+       "incremental": True, "fold_norms": True, "precision": SearchConfig.__dataclass_fields__["scoring_precision"].default,
+       "racing": SearchConfig.__dataclass_fields__["racing"].default}
+#: The two arms of ``--precision-study`` and of ``--racing-study``: labels and the search settings they differ in.
+STUDIES = {"precision": {"fp32": {"scoring_precision": "fp32"}, "bf16": {"scoring_precision": "bf16"}},
+           "racing": {"full": {"racing": False}, "raced": {"racing": True}}}
 REFERENCE_BN = 1024
 
 
@@ -217,22 +227,26 @@ def fixed_cost_device(name: str, loaded: Any, splits: Any, folder: Path) -> Path
     return device
 
 
-def precision_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+def arm_study(name: str, teacher: Any, splits: Any, args: argparse.Namespace, folder: Path,
+              arms: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     from hwcompress.model.training import evaluate
 
     loaded = LoadedModel(name, teacher, None, tuple(splits.input_shape), "bench")
     example = torch.zeros(*splits.input_shape)
     device_file = str(fixed_cost_device(name, loaded, splits, folder)) if args.fixed_cost else None
     rows = []
-    arms = [(args.seed + r, p) for r in range(args.repeats) for p in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"))]
+    first_arm, second_arm = arms
+    runs = [(args.seed + r, a) for r in range(args.repeats) for a in ((first_arm, second_arm) if r % 2 == 0 else (second_arm, first_arm))]
     if args.fixed_cost:
-        arms.insert(1, (args.seed, "fp32"))  # the same search again: a fixed cost model makes it deterministic
-    for seed, precision in arms:
-        out = folder / f"{name}-{precision}-{seed}"
+        # the same searches again: a fixed cost model makes them deterministic
+        runs[1:1] = [(args.seed, first_arm)]
+        runs[3:3] = [(args.seed, second_arm)]
+    for seed, arm in runs:
+        out = folder / f"{name}-{arm}-{seed}"
         shutil.rmtree(out, ignore_errors=True)
         config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes, seed=seed,
                               finetune_epochs=0, out=str(out), model=PYTHON_OBJECT, data=PYTHON_OBJECT,
-                              scoring_precision=precision, device_file=device_file)
+                              device_file=device_file, **arms[arm])
         doc = run_search(config, progress=False, teacher=loaded, data=splits).report
         keep = {row["group"]: row["kept"] for row in doc["policy"]}
         by_images = {}
@@ -240,13 +254,15 @@ def precision_study(name: str, teacher: Any, splits: Any, args: argparse.Namespa
             student = scoring.build_student(teacher, example, keep)
             scoring.recalibrate_batchnorm(student, splits.train, images)
             by_images[images] = evaluate(student, splits.test)
-        rows.append({"setup": name, "seed": seed, "precision": precision, "acc": doc["student"]["accuracy_before_finetune"],
+        rows.append({"setup": name, "seed": seed, "arm": arm, "acc": doc["student"]["accuracy_before_finetune"],
+                     "episodes_per_hour": 3600 * doc["episodes"] / doc["search_seconds"],
+                     "cut": (doc["scoring"].get("racing") or {}).get("cut"),
                      "policy": [row["kept"] for row in doc["policy"]], "verdict": doc["verdict"]["source"],
                      "student_ms": doc["student"].get("latency_ms") or doc["student"].get("predicted_latency_ms"),
                      "budget_ms": doc["budget"]["latency_ms"],
                      "search_score": doc["student"].get("val_accuracy_during_search"),
                      "repairs": len(doc.get("budget_repairs") or []), "by_images": by_images})
-        print(f"  {name} seed {seed} {precision}: accuracy before FT {rows[-1]['acc']:.2%} "
+        print(f"  {name} seed {seed} {arm}: {rows[-1]['episodes_per_hour']:.0f} episodes/h, accuracy before FT {rows[-1]['acc']:.2%} "
               f"({rows[-1]['repairs']} repairs), scored {rows[-1]['search_score']:.2%} during the search", flush=True)
     return rows
 
@@ -262,7 +278,7 @@ def search_part(name: str, teacher: Any, splits: Any, args: argparse.Namespace, 
             config = SearchConfig(budget=Budget.latency_ratio(args.ratio), agent="amc", episodes=args.episodes,
                                   seed=args.seed + repeat, finetune_epochs=0, out=str(out), model=PYTHON_OBJECT,
                                   data=PYTHON_OBJECT, bn_calibration=setting["bn_calibration"],
-                                  scoring_precision=setting["precision"])
+                                  scoring_precision=setting["precision"], racing=setting["racing"])
             scoring.CHANNELS_LAST = setting["channels_last"]
             scoring.FOLD_NORMS = setting["fold_norms"]
             original = CostModel.trimmed_policy
@@ -300,56 +316,67 @@ def main() -> None:
                         help="what the 'now' arm evaluates candidates in (default: the search's default)")
     parser.add_argument("--precision-study", action="store_true",
                         help="instead: searches scored in fp32 and in bf16, --repeats seeds, accuracy before fine-tuning")
+    parser.add_argument("--racing-study", action="store_true",
+                        help="instead: searches with racing off and on (--racing), --repeats seeds, episodes per hour and "
+                             "accuracy before fine-tuning")
     parser.add_argument("--fixed-cost", action="store_true",
-                        help="with --precision-study: every search on this CPU predicted from its LUT (one budget, one cost "
+                        help="with --precision-study or --racing-study: every search on this CPU predicted from its LUT (one budget, one cost "
                              "model, nothing measured), so that only the scoring differs between runs")
     parser.add_argument("--rank-study", type=int, default=0,
                         help="instead: N students, would 64 BatchNorm images or half the validation set rank them as well?")
     args = parser.parse_args()
-    if args.fixed_cost and not args.precision_study:
-        parser.error("--fixed-cost goes with --precision-study")
+    if args.fixed_cost and not (args.precision_study or args.racing_study):
+        parser.error("--fixed-cost goes with --precision-study or --racing-study")
+    if args.precision_study and args.racing_study:
+        parser.error("one study at a time: --precision-study or --racing-study")
     NOW["precision"], precision_reason = scoring.resolve_scoring_precision(args.scoring_precision)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="hwcompress-episode-cost-"))
     rows, searches = [], []
     with scoring.torch_threads(1):
-        if args.precision_study:
+        if args.precision_study or args.racing_study:
+            arms = STUDIES["precision" if args.precision_study else "racing"]
+            first_arm, second_arm = arms
             study = []
             for name in args.setups.split(","):
                 teacher, splits, label = setup(name, folder)
                 print(f"{name}: {label}")
-                study += precision_study(name, teacher, splits, args, folder)
+                study += arm_study(name, teacher, splits, args, folder, arms)
             print(f"\n{platform.processor() or platform.machine()}, 1 thread; {time.perf_counter() - started:.0f} s in all\n")
-            print("| setup | seed | precision | acc. before FT (repairs) | its score during the search | student / budget ms "
-                  "(verdict) | BN 64 / 256 / 1024 images |")
-            print("|---|---|---|---|---|---|---|")
+            print("| setup | seed | arm | episodes/hour (cut) | acc. before FT (repairs) | its score during the search | "
+                  "student / budget ms (verdict) | BN 64 / 256 / 1024 images |")
+            print("|---|---|---|---|---|---|---|---|")
             for r in study:
-                print(f"| {r['setup']} | {r['seed']} | {r['precision']} | {100 * r['acc']:.2f}% ({r['repairs']}) | "
+                print(f"| {r['setup']} | {r['seed']} | {r['arm']} | {r['episodes_per_hour']:.0f}"
+                      + (f" ({r['cut']})" if r["cut"] is not None else "") + f" | {100 * r['acc']:.2f}% ({r['repairs']}) | "
                       f"{100 * r['search_score']:.2f}% | {r['student_ms']:.3f} / {r['budget_ms']:.3f} ({r['verdict']}) | "
                       + " / ".join(f"{100 * v:.2f}" for v in r["by_images"].values()) + " |")
             for name in dict.fromkeys(r["setup"] for r in study):
                 mine = [r for r in study if r["setup"] == name]
                 first = {}
-                for r in mine:  # the first run of each (seed, precision); a repeat says whether the search is deterministic
-                    key = (r["seed"], r["precision"])
+                for r in mine:  # the first run of each (seed, arm); a repeat says whether the search is deterministic
+                    key = (r["seed"], r["arm"])
                     if key in first:
                         same = first[key]["policy"] == r["policy"] and first[key]["acc"] == r["acc"]
                         print(f"{name}: seed {key[0]} {key[1]} searched twice: {'the same' if same else 'a different'} "
                               f"student ({100 * first[key]['acc']:.2f}% and {100 * r['acc']:.2f}%)")
                     else:
                         first[key] = r
-                print(f"{name}: mean accuracy before FT " + ", ".join(
-                    f"{p} {100 * statistics.mean(r['acc'] for r in first.values() if r['precision'] == p):.2f}%"
-                    for p in ("fp32", "bf16")))
-                seeds = sorted({seed for seed, p in first if p == "fp32" and (seed, "bf16") in first})
-                gaps = [first[(seed, "bf16")]["acc"] - first[(seed, "fp32")]["acc"] for seed in seeds]
+                print(f"{name}: mean accuracy before FT, episodes/hour " + ", ".join(
+                    f"{a} {100 * statistics.mean(r['acc'] for r in first.values() if r['arm'] == a):.2f}%, "
+                    f"{statistics.mean(r['episodes_per_hour'] for r in first.values() if r['arm'] == a):.0f}" for a in arms))
+                seeds = sorted({seed for seed, a in first if a == first_arm and (seed, second_arm) in first})
+                gaps = [first[(seed, second_arm)]["acc"] - first[(seed, first_arm)]["acc"] for seed in seeds]
                 if gaps:
-                    print(f"{name}: bf16 - fp32 per seed (points): " + ", ".join(f"{100 * g:+.2f}" for g in gaps)
-                          + f"; mean {100 * statistics.mean(gaps):+.2f}, bf16 ahead on {sum(g > 0 for g in gaps)}, "
+                    rates = [first[(seed, second_arm)]["episodes_per_hour"] / first[(seed, first_arm)]["episodes_per_hour"] for seed in seeds]
+                    print(f"{name}: {second_arm} - {first_arm} per seed (points): " + ", ".join(f"{100 * g:+.2f}" for g in gaps)
+                          + f"; mean {100 * statistics.mean(gaps):+.2f}, {second_arm} ahead on {sum(g > 0 for g in gaps)}, "
                           f"tied on {sum(g == 0 for g in gaps)}, behind on {sum(g < 0 for g in gaps)} of {len(gaps)}; "
                           f"median {100 * statistics.median(gaps):+.2f}; the same student (policy) in "
-                          f"{sum(first[(seed, 'bf16')]['policy'] == first[(seed, 'fp32')]['policy'] for seed in seeds)}")
+                          f"{sum(first[(seed, second_arm)]['policy'] == first[(seed, first_arm)]['policy'] for seed in seeds)}; "
+                          f"episodes/hour {second_arm} / {first_arm} per seed: " + ", ".join(f"{x:.2f}" for x in rates)
+                          + f" (geometric mean {statistics.geometric_mean(rates):.2f})")
             shutil.rmtree(folder, ignore_errors=True)
             return
         if args.rank_study:

@@ -175,8 +175,18 @@ def _accuracy_vs_cost(plt: Any, document: dict[str, Any], scored: Sequence[dict[
     budget = document["budget"][metric]
     unit = {"latency_ms": "predicted latency (ms)", "macs": "MACs", "params": "parameters"}.get(metric, metric)
     fig, ax = plt.subplots(figsize=(6, 4))
-    points = ax.scatter([h["cost"] for h in scored], [100 * h["accuracy"] for h in scored],
-                        c=[h["episode"] for h in scored], cmap="viridis", s=12, alpha=0.8)
+    images = (document.get("scoring") or {}).get("val_images")
+    cut = [h for h in scored if images and h.get("val_images") and h["val_images"] < images]
+    whole = [h for h in scored if h not in cut]
+    episodes = [h["episode"] for h in scored]
+    shade = {"cmap": "viridis", "vmin": min(episodes, default=0), "vmax": max(episodes, default=1)}
+    points = ax.scatter([h["cost"] for h in whole], [100 * h["accuracy"] for h in whole],
+                        c=[h["episode"] for h in whole], s=12, alpha=0.8, **shade)
+    if cut:  # racing: rewarded on a third of the validation images, under what the best needed
+        first = (document.get("scoring") or {}).get("racing") or {}
+        ax.scatter([h["cost"] for h in cut], [100 * h["accuracy"] for h in cut], c=[h["episode"] for h in cut],
+                   marker="x", s=14, alpha=0.8, label=f"scored on {first.get('first_images', 'a third of the')} images (racing)",
+                   **shade)
     fig.colorbar(points, ax=ax, label="episode")
     ax.axvline(budget, color=BUDGET_COLOUR, linestyle="--", label="budget")
     best = document.get("best_episode")

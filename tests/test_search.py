@@ -122,6 +122,25 @@ def test_resume_reaches_the_same_policy(tmp_path):
     assert straight["policy"] == resumed["policy"]
 
 
+def test_a_raced_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
+    """Racing on (the whole validation split; the bound narrowed so that the tiny model's scores are cut):
+    interrupted after 4 episodes, cuts among them, and resumed with an empty memo, the search gets the same
+    rewards, the same policy and the same racing counts as an uninterrupted one."""
+    from hwcompress.search import scoring
+
+    monkeypatch.setattr(scoring, "RACE_Z", 0.25)
+    straight = _search(_config(tmp_path / "a", val_limit=None, episodes=8, finetune_epochs=0))
+    _search(_config(tmp_path / "b", val_limit=None, episodes=4, finetune_epochs=0))
+    (tmp_path / "b" / "out" / "result.json").unlink()
+    first_part = json.loads((tmp_path / "b" / "out" / "history.json").read_text())
+    assert any(r.get("val_images") == 90 for r in first_part)
+    resumed = resume_search(tmp_path / "b" / "out", changes={"episodes": 8}, progress=False).report
+    rows = [[(r["ratios"], r["reward"], r.get("val_images")) for r in json.loads((tmp_path / f / "out" / "history.json").read_text())]
+            for f in ("a", "b")]
+    assert rows[0] == rows[1] and len(rows[0]) == 8
+    assert straight["policy"] == resumed["policy"] and straight["scoring"]["racing"] == resumed["scoring"]["racing"]
+
+
 def test_a_resumed_latency_search_times_beside_the_reference_it_measured(tmp_path):
     """The size-matched reference is reused as the interrupted run measured it (its latency is the scale of
     every verdict after), not measured again; ``--reference teacher`` adds none."""
@@ -914,6 +933,106 @@ def test_scoring_in_bfloat16_where_the_cpu_has_a_unit_for_it(monkeypatch):
     assert max(abs(a - b) for a, b in zip(scores["fp32"], scores["bf16"])) <= 4 / 192, scores
 
 
+def test_racing_cuts_a_student_that_cannot_beat_the_bar_and_scores_it_in_full_when_asked(monkeypatch):
+    """Racing: a student is scored on a stratified third of the validation images first; when the Wilson
+    upper bound of that third's accuracy is under ``beat`` the rest is not scored and that third's accuracy is
+    returned. Asked again without ``beat`` (the repair, the final student), it is scored in full, the same
+    number as a student never cut; the answer depends on the policy and the bar alone, not on the memo."""
+    from torch.utils.data import TensorDataset
+
+    from hwcompress.model.training import evaluate
+    from hwcompress.search import rewards, scoring
+    from hwcompress.slim.pruning import prune_channels
+
+    assert scoring.upper_bound(90, 90) == 1.0 and 0.0 < scoring.upper_bound(0, 90) < 0.1
+    assert scoring.upper_bound(40, 90) < scoring.upper_bound(54, 90) < scoring.upper_bound(54, 60)
+    assert 0.6 + 3 * (0.6 * 0.4 / 90) ** 0.5 > scoring.upper_bound(54, 90) > 0.6
+    for mode, cost in (("budget", 0.4), ("accuracy", 0.4), ("accuracy", 3e-6)):
+        bar = rewards.accuracy_to_beat(mode, rewards.reward(mode, 0.8, cost, "latency_ms"), cost, "latency_ms")
+        assert bar == pytest.approx(0.8)
+
+    model, x, _, groups, cost = _model_and_cost()
+    images = torch.randn(240, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    data = TensorDataset(images, model(images).argmax(1).detach())
+    keep = {g.name: min(cost.allowed_counts(g)) for g in groups}
+    plain = scoring.policy_scorer(model, x, groups, data, data, 32)
+    raced = scoring.policy_scorer(model, x, groups, data, data, 32, racing=True)
+    assert not plain.racing and plain.racing_summary([{"val_images": 80}]) is None and raced.racing
+    first, rest = raced.parts
+    assert len(first) == 80 and sorted([*first.indices, *rest.indices]) == list(range(240))
+    labels = data.tensors[1]
+    for c in labels.unique():  # each class in its proportion, within one image
+        assert abs(int((labels[first.indices] == c).sum()) - int((labels == c).sum()) / 3) <= 1
+
+    full = plain(keep)
+    assert full < 1.0
+    part = raced(keep, beat=1.0)  # nothing under 100% can reach a perfect bar
+    assert raced.last_images == 80 and part * 80 == pytest.approx(round(part * 80))
+    student = scoring.ready_student(scoring.build_student(model, x, keep).to(memory_format=torch.channels_last), data, 32,
+                                    raced.pairs)
+    with torch.inference_mode():
+        assert part == evaluate(student, first)
+    calls = []
+    monkeypatch.setattr(scoring, "prune_channels", lambda *a: calls.append(1) or prune_channels(*a))
+    assert raced(keep, beat=1.0) == part and not calls  # memoised: still cut, nothing scored again
+    again = raced(keep)  # asked without a bar: scored in full now
+    assert len(calls) == 1 and raced.last_images == 240
+    assert abs(again - full) <= 1 / 240  # (two parts: a near tie may flip)
+    assert scoring.upper_bound(round(part * 80), 80) >= 0.5  # (the data's: a bar of 0.5 is within reach)
+    assert raced(keep, beat=1.0) == part and raced(keep, beat=0.5) == again and len(calls) == 1
+    other = scoring.policy_scorer(model, x, groups, data, data, 32, racing=True)
+    assert other(keep, beat=0.0) == again and other.last_images == 240
+    assert other(keep, beat=1.0) == part  # scored in full before: the same answer as a fresh scorer's, from the memo
+    history = [{"val_images": 240}, {"val_images": 80}, {}, {"val_images": 80}]  # what agents record
+    assert other.racing_summary(history) == {"first_images": 80, "images": 240, "z": scoring.RACE_Z, "raced": 3, "cut": 2}
+    assert other.racing_summary([{}]) is None
+    unlabelled = scoring.race_parts([(image, 0) for image in images])  # no label list: spread over the set
+    assert len(unlabelled[0]) == 80 and unlabelled[0].indices[:3] == [0, 3, 6] and unlabelled[0].indices[-1] == 237
+    small = TensorDataset(images[:150], labels[:150])  # a first third under 60 images: no racing
+    assert not scoring.policy_scorer(model, x, groups, data, small, 32, racing=True).racing
+
+
+def test_a_search_races_its_episodes_and_says_so(tmp_path, monkeypatch):
+    """On the whole digits validation split (269 images) the episodes race against the best so far: each
+    cut student's history accuracy is its first part's (a multiple of 1/90), the best episode never a cut
+    one, result.json counts them; ``--no-racing`` (and a checkpoint saved before racing existed) scores all.
+    (The tiny model's students all score 9-17%, within 3 standard errors of one another on 90 images: the
+    bound is narrowed to a quarter of one so that some are cut.)"""
+    from hwcompress.search import scoring
+
+    monkeypatch.setattr(scoring, "RACE_Z", 0.25)
+    config = _config(tmp_path, val_limit=None, episodes=8, warmup_episodes=4)
+    doc = _search(config)
+    racing = doc["scoring"]["racing"]
+    assert racing["first_images"] == 90 and racing["images"] == 269 and racing["z"] == 0.25
+    assert 0 < racing["cut"] <= racing["raced"] <= 7
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    best = max(history, key=lambda r: r["reward"])
+    assert best["episode"] == doc["best_episode"] and best.get("val_images", 269) == 269  # scored in full
+    assert "val_images" not in history[0]  # nothing to beat yet
+    cut = [r for r in history if r.get("val_images") == 90]
+    assert len(cut) == racing["cut"] and racing["raced"] == sum("val_images" in r for r in history) == 7
+    assert all(r["accuracy"] * 90 == pytest.approx(round(r["accuracy"] * 90)) for r in cut)
+    from hwcompress.plots import has_matplotlib
+
+    if has_matplotlib():  # the cut episodes are drawn apart in the accuracy-vs-cost plot
+        from hwcompress import plots
+
+        drawn = []
+        monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=120: drawn.append(fig) or path)
+        plots.search_plots(doc, history, tmp_path)
+        labels = [t.get_text() for f in drawn for ax in f.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+        assert "scored on 90 images (racing)" in labels
+    assert any(n.startswith(f"racing: {racing['cut']} of the {racing['raced']} students") for n in doc["notes"])
+    off = _search(config.replace(racing=False, out=str(tmp_path / "off")))
+    assert off["scoring"]["racing"] is None
+    saved = config.to_dict()
+    del saved["racing"]
+    assert SearchConfig.from_dict(saved).racing is False and SearchConfig.from_dict(config.to_dict()).racing is True
+    with pytest.raises(UserError, match="racing must be True or False"):
+        config.replace(racing="yes")
+
+
 def test_a_device_predicted_from_its_lut_grows_on_the_prediction(tmp_path):
     """Off the device nothing is measured: the verdict is the LUT's prediction, result.json names the LUT,
     and a student predicted under 95% of the budget gets channels back up to the search target."""
@@ -1074,3 +1193,29 @@ def test_the_size_matched_reference_is_sized_again_when_it_measures_far_from_the
     measure.teacher_ms = 1.5
     moved = add_matched_reference(measure, model, x, cost, 0.375, None, None, lines.append)
     assert "the teacher ran x1.33 its own latency" in moved["note"] and moved["note"] == lines[-1]
+
+
+def test_an_undone_grow_names_what_the_student_before_it_was():
+    """summary.md's "Grow undone" line says "repaired" only after a trim, "int8" after a switch to int8 alone."""
+    from hwcompress.search.report import _before_growing
+
+    undone = {"trims": 1, "kept_grow_steps": 0}
+    assert _before_growing({"budget_repairs": [{"to_int8": True}, {"grown": True}]}, undone) == "int8 "
+    assert _before_growing({"budget_repairs": [{"measured_ms": 1.0}, {"grown": True}]}, undone) == "repaired "
+    assert _before_growing({"budget_repairs": [{"to_int8": True}, {"measured_ms": 1.0}, {"grown": True}]},
+                           {"trims": 2}) == "repaired "
+    assert _before_growing({"budget_repairs": [{"grown": True}]}, {"trims": 0}) == ""
+
+
+def test_no_racing_from_the_command_line(tmp_path, cli):
+    """``--no-racing`` reaches the search (saved in result.json's config; nothing raced), and ``--help`` explains it."""
+    run_cli = cli
+    out = tmp_path / "out"
+    result = run_cli("search", "--macs", "12e6", "-m", TINY, "--data", "digits", "--episodes", "3", "--finetune-epochs", "0",
+                     "--no-racing", "--no-plots", "-o", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["config"]["racing"] is False and saved["scoring"]["racing"] is None
+    assert all("val_images" not in r for r in json.loads((out / "history.json").read_text()))
+    help_text = " ".join(run_cli("search", "--help").stdout.split())
+    assert "--racing / --no-racing" in help_text and "3 standard errors" in help_text

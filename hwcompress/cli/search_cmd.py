@@ -54,6 +54,10 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig, check_latency_on
               help="What float candidates are evaluated in while the search scores them: fp32 (default); auto = bfloat16 where "
                    "the CPU has a bfloat16 unit (AMX, AVX-512 BF16, Arm BF16), about 2.5x faster there; as accurate on resnet18, "
                    "2 points lower on the embedded ResNet-56 over 8 seeds (docs/benchmarks.md). Final accuracies are fp32 either way.")
+@click.option("--racing/--no-racing", default=None,
+              help="Score an episode's student on a stratified third of the validation images first and stop there when it "
+                   "certainly (3 standard errors) cannot beat the best so far; its reward is that third's accuracy. "
+                   "Float students; default on (result.json: scoring.racing).")
 @click.option("--reconstruct", is_flag=True, default=None, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--anchors", type=int,
               help="Students measured on the device to anchor the latency cost model: 2 = the teacher and the smallest "
@@ -96,7 +100,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig, check_latency_on
 @click.option("--quiet", "-q", is_flag=True, help="No progress, per-episode lines or tables: one closing line.")
 def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_option, device, device_file, model, weights,
            train_teacher, data, input_shape, episodes, warmup_episodes, seed, reward, lbound, finetune_epochs, bn_calibration,
-           reward_finetune_steps, scoring_precision, reconstruct,
+           reward_finetune_steps, scoring_precision, racing, reconstruct,
            anchors, context_students, verdict_rounds, reference, no_plots, lut, runs, threads, torch_threads, val_limit, skip_bad_images, quantize, out, resume, resume_override, policy_file, json_target, quiet):
     """Find a smaller student that meets a budget on a device, distil it from the teacher, and measure it.
 
@@ -131,7 +135,7 @@ def search(latency_ms, latency_ratio, margin, macs, params_budget, agent, agent_
         "device_file": device_file, "model": model, "weights": weights, "data": data,
         "input_shape": parse_input_shape(input_shape), "episodes": episodes, "warmup_episodes": warmup_episodes,
         "seed": seed, "reward": reward, "lbound": lbound, "finetune_epochs": finetune_epochs,
-        "bn_calibration": bn_calibration, "reward_finetune_steps": reward_finetune_steps, "scoring_precision": scoring_precision, "reconstruct": reconstruct, "anchors": anchors,
+        "bn_calibration": bn_calibration, "reward_finetune_steps": reward_finetune_steps, "scoring_precision": scoring_precision, "racing": racing, "reconstruct": reconstruct, "anchors": anchors,
         "context_students": context_students, "lut": lut, "runs": runs,
         "threads": threads, "torch_threads": torch_threads, "val_limit": val_limit, "skip_bad_images": skip_bad_images,
         "quantize": quantize, "train_teacher": train_teacher, "verdict_rounds": verdict_rounds,

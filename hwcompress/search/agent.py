@@ -118,6 +118,11 @@ class SearchContext:
         score: ``score(keep) -> accuracy``: the teacher pruned to ``keep``, BatchNorm re-estimated,
             scored on ``val_set``, no training (memoised). Under ``--quantize`` the student is quantized
             and scored by ONNX Runtime, and ``score(keep, precision)`` takes a group precision map.
+            Where :attr:`racing`, ``score(keep, beat=a)`` may return the accuracy on the first third of
+            ``val_set`` alone when that third shows the student cannot reach ``a``
+            (:class:`~hwcompress.search.scoring.PolicyScorer`; :meth:`accuracy_to_beat` gives ``a``;
+            :meth:`score_against_best` does both).
+        racing: whether ``score`` takes ``beat`` (float students, ``--racing``, the default).
         log: ``log(message)`` for one-line progress messages.
         precision: under ``--quantize``, the :class:`~hwcompress.search.precision.PrecisionPlan`
             (which layers may run in int8; ``mixed``: which groups' precision an agent may choose,
@@ -146,6 +151,7 @@ class SearchContext:
     on_checkpoint: Callable[[], None] = lambda: None
     on_total: Callable[[int], None] = lambda _total: None
     precision: Any = None
+    racing: bool = False
 
     @property
     def target(self) -> float:
@@ -154,6 +160,23 @@ class SearchContext:
     def reward(self, accuracy: float, cost: float) -> float:
         """The run's reward (``--reward``) for a student: see :mod:`hwcompress.search.rewards`."""
         return rewards.reward(self.reward_mode, accuracy, cost, self.budget.metric)
+
+    def accuracy_to_beat(self, cost: float) -> float | None:
+        """What a student of ``cost`` must score to out-reward :attr:`best`, for ``score(keep, beat=...)``;
+        None when the scorer does not race or nothing is best yet."""
+        if not self.racing or self.best is None or self.best.reward is None:
+            return None
+        return rewards.accuracy_to_beat(self.reward_mode, self.best.reward, cost, self.budget.metric)
+
+    def score_against_best(self, keep: dict[str, int], cost: float) -> tuple[float, int | None]:
+        """``score(keep)``, raced against :attr:`best` where :attr:`racing`: the accuracy, and how many
+        validation images it rests on when it was raced (None: scored as ``score(keep)``). Agents record
+        the count as ``val_images``; result.json's ``scoring.racing`` counts the episodes from it."""
+        beat = self.accuracy_to_beat(cost)
+        if beat is None:
+            return self.score(keep), None
+        accuracy = self.score(keep, beat=beat)
+        return accuracy, getattr(self.score, "last_images", None)
 
     def report(self, record: dict[str, Any], candidate: Candidate | None = None) -> None:
         """One student was scored; ``candidate`` when it is the agent's new best."""

@@ -89,6 +89,10 @@ class SearchConfig:
             on resnet18 at 64 px and 2.1 points lower on the embedded ResNet-56 (docs/benchmarks.md). The
             final student's accuracies (before and after fine-tuning) are fp32; the search-time scores
             (history, ``val_accuracy_during_search``) are in this precision.
+        racing: an episode's student that cannot out-score the best so far is scored on a third of the
+            validation images (:class:`~hwcompress.search.scoring.PolicyScorer`; float students, AMC and
+            the other episode agents); False: every image, always. A checkpoint from before the setting
+            existed did not race.
         torch_threads: PyTorch intra-op threads for training and scoring.
         quantize: ``int8`` (every layer the device runs in int8 quantized, channels pruned on top) or
             ``mixed`` (the agent chooses int8 or float per channel group too); None: float students.
@@ -130,6 +134,7 @@ class SearchConfig:
     bn_calibration: int = 64
     reward_finetune_steps: int = 0
     scoring_precision: str = "fp32"
+    racing: bool = True
     torch_threads: int = 1
     quantize: str | None = None
     skip_bad_images: bool = False
@@ -170,6 +175,8 @@ class SearchConfig:
         whole(self.reward_finetune_steps, "--reward-finetune-steps", 0)
         if self.scoring_precision not in SCORING_PRECISIONS:
             raise UserError(f"--scoring-precision must be one of {', '.join(SCORING_PRECISIONS)} (got {self.scoring_precision!r})")
+        if not isinstance(self.racing, bool):
+            raise UserError(f"racing must be True or False (got {self.racing!r})")
         whole(self.torch_threads, "--torch-threads", 1)
         whole(self.train_teacher, "--train-teacher", 0)
         if not isinstance(self.plots, bool):
@@ -254,6 +261,7 @@ class SearchConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["budget"] = Budget.from_dict(values["budget"])
+        values.setdefault("racing", False)  # saved before racing existed: its episodes were scored in full
         if values.get("input_shape"):
             values["input_shape"] = tuple(values["input_shape"])
         return cls(**values)

@@ -291,7 +291,7 @@ def finish(prepared: Prepared, candidate: Candidate, history: list[dict[str, Any
         "episodes_per_second": round(len(history) / search_seconds, 4) if search_seconds else None,
         "scoring": {"val_images": len(prepared.val_set), "bn_calibration_images": min(config.bn_calibration, len(prepared.splits.train)),
                     "val_subset": _subset_kind(prepared.val_set, prepared.splits.val),
-                    "finetune_steps": config.reward_finetune_steps,
+                    "finetune_steps": config.reward_finetune_steps, "racing": prepared.racing,
                     **({} if prepared.quantized is not None else
                        {"precision": prepared.scoring_precision[0], "precision_reason": prepared.scoring_precision[1]})},
         "finetune": {k: v for k, v in finetune_info.items() if isinstance(v, (int, float, str))},

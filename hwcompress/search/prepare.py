@@ -96,6 +96,8 @@ class Prepared:
     second_look: dict[str, Any] | None = None
     #: The size-matched reference students near the budget are timed beside (:mod:`hwcompress.search.reference`).
     matched_reference: dict[str, Any] | None = None
+    #: How the episodes' scores were raced (:meth:`~hwcompress.search.scoring.PolicyScorer.racing_summary`); None: they were not.
+    racing: dict[str, Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

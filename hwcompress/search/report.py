@@ -191,12 +191,20 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     if undone:
         lines.append(f"\nGrow undone: the grown student measured {undone['grown_verdict_ms']:.3f} ms at the verdict, over the "
                      f"budget, so " + (f"the student of grow step {undone['kept_grow_steps']}" if undone.get("kept_grow_steps") else
-                                   f"the {'repaired ' if undone.get('trims') else ''}student from before the grow step")
+                                   f"the {_before_growing(doc, undone)}student from before the grow step")
                      + f" ({undone.get('finished_measured_ms', undone['start_measured_ms']):.3f} ms when the grow step measured it) "
                      "was fine-tuned and measured instead; the numbers above are that student's.")
     for note in doc.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _before_growing(doc: dict[str, Any], undone: dict[str, Any]) -> str:
+    """What the student the grow step started from was: repaired (trimmed), moved to int8 only, or the searched one."""
+    before = (doc.get("budget_repairs") or [])[:undone.get("trims") or 0]
+    if not before:
+        return ""
+    return "int8 " if all(r.get("to_int8") for r in before) else "repaired "
 
 
 def print_summary(doc: dict[str, Any], console: Any, out: Path | None) -> None:

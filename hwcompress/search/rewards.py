@@ -53,3 +53,14 @@ def reward(mode: str, accuracy: float, cost: float, metric: str) -> float:
     if mode == "accuracy":
         return accuracy_guaranteed_reward(accuracy, cost, metric)
     raise ValueError(f"unknown reward mode {mode!r}; one of {', '.join(MODES)}")
+
+
+def accuracy_to_beat(mode: str, best_reward: float, cost: float, metric: str) -> float:
+    """The accuracy a student of ``cost`` needs for a reward above ``best_reward`` under ``mode`` (both
+    rewards rise with the accuracy at a fixed cost): what racing a student's score compares it with."""
+    if mode == "budget":
+        return 1.0 + float(best_reward)
+    if mode == "accuracy":
+        base = float(cost) * 1000.0 if metric == LATENCY else float(cost)
+        return 1.0 + float(best_reward) / math.log(max(base, math.e))
+    raise ValueError(f"unknown reward mode {mode!r}; one of {', '.join(MODES)}")

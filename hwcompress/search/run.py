@@ -30,7 +30,7 @@ from hwcompress.search.prepare import BudgetAlreadyMet, Prepared, prepare
 from hwcompress.search.quantized import candidate_precision, settle_precision
 from hwcompress.search.repair import fit_to_budget, undo_grow
 from hwcompress.search.report import load_policy, print_summary
-from hwcompress.search.scoring import policy_scorer, torch_threads
+from hwcompress.search.scoring import PolicyScorer, policy_scorer, torch_threads
 
 __all__ = ["BudgetAlreadyMet", "SearchResult", "apply_policy", "resume_search", "run_search"]
 
@@ -144,13 +144,14 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
         else:
             score = policy_scorer(prepared.teacher, prepared.example, prepared.groups, prepared.splits.train,
                                   prepared.val_set, config.bn_calibration, precision=prepared.scoring_precision[0],
-                                  finetune_steps=config.reward_finetune_steps, seed=config.seed)
+                                  finetune_steps=config.reward_finetune_steps, seed=config.seed, racing=config.racing)
         context = SearchContext(
             teacher=prepared.teacher, example=prepared.example, layers=prepared.layers, groups=prepared.groups,
             cost_model=prepared.cost_model, budget=prepared.budget, episodes=config.episodes, seed=config.seed,
             splits=prepared.splits, val_set=prepared.val_set, score=score, reward_mode=config.reward,
             warmup_episodes=config.warmup_episodes, bn_calibration=config.bn_calibration, notes=prepared.notes,
-            log=log, precision=prepared.quantized.plan if prepared.quantized is not None else None)
+            log=log, precision=prepared.quantized.plan if prepared.quantized is not None else None,
+            racing=bool(getattr(score, "racing", False)))
         search_seconds = 0.0
         trained = prepared.teacher_meta.get("trained") or {}
         if checkpoint is not None and checkpoint.get("history") and trained and not trained.get("from_cache"):
@@ -226,6 +227,13 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
                                  **({"precision_exchanges": exchanges, "exchange_seconds": round(exchange_seconds, 2)}
                                     if prepared.quantized is not None else {}),
                                  "repair_seconds": round(repair_seconds, 2)}
+        prepared.racing = score.racing_summary(context.history) if isinstance(score, PolicyScorer) else None
+        if prepared.racing and prepared.racing["cut"]:
+            prepared.notes.append(
+                f"racing: {prepared.racing['cut']} of the {prepared.racing['raced']} students scored against the best so far were "
+                f"scored on {prepared.racing['first_images']} of the {prepared.racing['images']} validation images alone "
+                f"(their optimistic accuracy there, at {prepared.racing['z']:g} standard errors, was under what the best needed); "
+                "their reward is that part's accuracy (--no-racing scores every image)")
         summary = getattr(agent, "summary", None)
         if callable(summary):
             extra[config.agent] = summary()

@@ -37,11 +37,15 @@ class EpisodeAgent:
         for index in range(len(context.history), self.episode_count(context)):
             episode = self.propose(walker, index)
             cost = walker.cost(episode)
-            accuracy = context.score(episode.keep, episode.precision) if episode.precision else context.score(episode.keep)
+            images = None
+            if episode.precision:
+                accuracy = context.score(episode.keep, episode.precision)
+            else:  # racing: a student that cannot beat the best is scored on a third of the images
+                accuracy, images = context.score_against_best(episode.keep, cost)
             reward = context.reward(accuracy, cost)
             self.learn(episode, reward, index)
             record = {"episode": index, "reward": reward, "accuracy": accuracy, "cost": cost,
-                      "ratios": [round(r, 4) for r in episode.ratios]}
+                      "ratios": [round(r, 4) for r in episode.ratios], **({"val_images": images} if images else {})}
             extra = {"precision": dict(episode.precision)} if episode.precision else {}
             record.update(extra)
             best = context.best
