@@ -129,6 +129,7 @@ def test_a_raced_search_resumes_to_the_same_policy(tmp_path, monkeypatch):
     from hwcompress.search import scoring
 
     monkeypatch.setattr(scoring, "RACE_Z", 0.25)
+    monkeypatch.setattr(scoring, "RACE_MARGIN", 0.0)
     straight = _search(_config(tmp_path / "a", val_limit=None, episodes=8, finetune_epochs=0))
     _search(_config(tmp_path / "b", val_limit=None, episodes=4, finetune_epochs=0))
     (tmp_path / "b" / "out" / "result.json").unlink()
@@ -984,7 +985,11 @@ def test_racing_cuts_a_student_that_cannot_beat_the_bar_and_scores_it_in_full_wh
     assert other(keep, beat=0.0) == again and other.last_images == 240
     assert other(keep, beat=1.0) == part  # scored in full before: the same answer as a fresh scorer's, from the memo
     history = [{"val_images": 240}, {"val_images": 80}, {}, {"val_images": 80}]  # what agents record
-    assert other.racing_summary(history) == {"first_images": 80, "images": 240, "z": scoring.RACE_Z, "raced": 3, "cut": 2}
+    assert other.racing_summary(history) == {"first_images": 80, "images": 240, "z": scoring.RACE_Z,
+                                             "margin": scoring.RACE_MARGIN, "raced": 3, "cut": 2}
+    optimistic = scoring.upper_bound(round(part * 80), 80)  # a little under the bar is not far enough: scored in full
+    assert other(keep, beat=optimistic + scoring.RACE_MARGIN / 2) == again and other.last_images == 240
+    assert other(keep, beat=optimistic + scoring.RACE_MARGIN * 1.5) == part and other.last_images == 80
     assert other.racing_summary([{}]) is None
     unlabelled = scoring.race_parts([(image, 0) for image in images])  # no label list: spread over the set
     assert len(unlabelled[0]) == 80 and unlabelled[0].indices[:3] == [0, 3, 6] and unlabelled[0].indices[-1] == 237
@@ -1001,6 +1006,7 @@ def test_a_search_races_its_episodes_and_says_so(tmp_path, monkeypatch):
     from hwcompress.search import scoring
 
     monkeypatch.setattr(scoring, "RACE_Z", 0.25)
+    monkeypatch.setattr(scoring, "RACE_MARGIN", 0.0)
     config = _config(tmp_path, val_limit=None, episodes=8, warmup_episodes=4)
     doc = _search(config)
     racing = doc["scoring"]["racing"]
