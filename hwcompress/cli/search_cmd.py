@@ -56,7 +56,7 @@ from hwcompress.search.config import DEFAULT_OUT, SearchConfig, check_latency_on
                    "2 points lower on the embedded ResNet-56 over 8 seeds (docs/benchmarks.md). Final accuracies are fp32 either way.")
 @click.option("--racing/--no-racing", default=None,
               help="Score an episode's student on a stratified third of the validation images first and stop there when it "
-                   "certainly (3 standard errors) cannot beat the best so far; its reward is that third's accuracy. "
+                   "certainly (3 standard errors) falls 5 points short of the best so far; its reward is that third's accuracy. "
                    "Float students; default on (result.json: scoring.racing).")
 @click.option("--reconstruct", is_flag=True, default=None, help="Least-squares reconstruction of pruned layers (AMC) before fine-tuning.")
 @click.option("--anchors", type=int,

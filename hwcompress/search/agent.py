@@ -119,7 +119,7 @@ class SearchContext:
             scored on ``val_set``, no training (memoised). Under ``--quantize`` the student is quantized
             and scored by ONNX Runtime, and ``score(keep, precision)`` takes a group precision map.
             Where :attr:`racing`, ``score(keep, beat=a)`` may return the accuracy on the first third of
-            ``val_set`` alone when that third shows the student cannot reach ``a``
+            ``val_set`` alone when that third shows the student falls clearly short of ``a``
             (:class:`~hwcompress.search.scoring.PolicyScorer`; :meth:`accuracy_to_beat` gives ``a``;
             :meth:`score_against_best` does both).
         racing: whether ``score`` takes ``beat`` (float students, ``--racing``, the default).

@@ -89,8 +89,8 @@ class SearchConfig:
             on resnet18 at 64 px and 2.1 points lower on the embedded ResNet-56 (docs/benchmarks.md). The
             final student's accuracies (before and after fine-tuning) are fp32; the search-time scores
             (history, ``val_accuracy_during_search``) are in this precision.
-        racing: an episode's student that cannot out-score the best so far is scored on a third of the
-            validation images (:class:`~hwcompress.search.scoring.PolicyScorer`; float students, AMC and
+        racing: an episode's student that falls clearly short of the best so far (3 standard errors and
+            5 points) is scored on a third of the validation images (:class:`~hwcompress.search.scoring.PolicyScorer`; float students, AMC and
             the other episode agents); False: every image, always. A checkpoint from before the setting
             existed did not race.
         torch_threads: PyTorch intra-op threads for training and scoring.

@@ -40,7 +40,7 @@ class EpisodeAgent:
             images = None
             if episode.precision:
                 accuracy = context.score(episode.keep, episode.precision)
-            else:  # racing: a student that cannot beat the best is scored on a third of the images
+            else:  # racing: a student clearly short of the best is scored on a third of the images
                 accuracy, images = context.score_against_best(episode.keep, cost)
             reward = context.reward(accuracy, cost)
             self.learn(episode, reward, index)
