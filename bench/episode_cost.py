@@ -4,7 +4,7 @@ Before: each student's BatchNorm statistics re-estimated on 256 training images,
 (NCHW) memory order, and the budget repair scoring every one of its 8 candidate steps at every step.
 Now (the defaults): 64 images, channels-last weights (exact), each BatchNorm folded into its
 convolution after re-estimation and the student scored under inference mode (same accuracies), racing
-(in the searches: a student that cannot beat the best so far scored on a third of the images), the
+(in the searches: a student clearly short of the best so far scored on a third of the images), the
 evaluation in ``--scoring-precision`` (fp32, the search's default; ``auto`` evaluates in bfloat16 where
 the CPU has a unit for it; the reference scorer stays fp32, so the rank agreement shows what bfloat16
 costs), and the
@@ -28,7 +28,7 @@ trained here on digits at 64 px, side by side and interleaved:
     python bench/episode_cost.py --precision-study --setups embedded --repeats 3   # fp32 or bf16 scoring?
     python bench/episode_cost.py --racing-study --fixed-cost --repeats 8   # racing off or on?
 
-``--racing-study`` is the same study with racing off and on (``--racing``: a student that cannot beat the best so far
+``--racing-study`` is the same study with racing off and on (``--racing``: a student clearly short of the best so far
 is scored on a third of the validation images), each run's episodes per hour and how many scores racing cut beside.
 
 ``--precision-study``: the same search ("now" settings, ``--episodes`` at ``--ratio``) scored in fp32 and in

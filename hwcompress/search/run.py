@@ -151,7 +151,7 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             splits=prepared.splits, val_set=prepared.val_set, score=score, reward_mode=config.reward,
             warmup_episodes=config.warmup_episodes, bn_calibration=config.bn_calibration, notes=prepared.notes,
             log=log, precision=prepared.quantized.plan if prepared.quantized is not None else None,
-            racing=bool(getattr(score, "racing", False)))
+            racing=isinstance(score, PolicyScorer) and score.racing)
         search_seconds = 0.0
         trained = prepared.teacher_meta.get("trained") or {}
         if checkpoint is not None and checkpoint.get("history") and trained and not trained.get("from_cache"):
@@ -232,7 +232,8 @@ def _search(config: SearchConfig, checkpoint: dict[str, Any] | None, *, progress
             prepared.notes.append(
                 f"racing: {prepared.racing['cut']} of the {prepared.racing['raced']} students scored against the best so far were "
                 f"scored on {prepared.racing['first_images']} of the {prepared.racing['images']} validation images alone "
-                f"(their optimistic accuracy there, at {prepared.racing['z']:g} standard errors, was under what the best needed); "
+                f"(their optimistic accuracy there, at {prepared.racing['z']:g} standard errors, was more than "
+                f"{100 * prepared.racing['margin']:g} points under what the best needed); "
                 "their reward is that part's accuracy (--no-racing scores every image)")
         summary = getattr(agent, "summary", None)
         if callable(summary):

@@ -200,7 +200,7 @@ def short_finetune(student: Any, teacher: Any, train_set: Any, steps: int, seed:
 #: Racing (Maron and Moore's Hoeffding races; Hyperband's early stopping, for one evaluation): a student an
 #: agent scores against a bar is first evaluated on this share of the validation images (a stratified part,
 #: the same for every student), and the rest is left out when the Wilson upper bound of that part's accuracy
-#: at :data:`RACE_Z` standard errors is under the bar (``--no-racing``: every image, always).
+#: at :data:`RACE_Z` standard errors is under the bar less :data:`RACE_MARGIN` (``--no-racing``: every image).
 RACE_SHARE = 1 / 3
 RACE_Z = 3.0
 #: ... and under the bar by at least this much: a student that is only a little worse than the best keeps
@@ -251,10 +251,8 @@ class PolicyScorer:
     ``scorer(keep)`` is the accuracy on every validation image. ``scorer(keep, beat=a)`` races (when
     ``racing`` and the set is large enough, :func:`race_parts`): the student is scored on the first part,
     and when even the optimistic end of that part's accuracy (:func:`upper_bound`) is under ``a`` less
-    :data:`RACE_MARGIN`, that
-    part's accuracy is returned without the rest (a fixed stratified third, scored as precisely as 90 of
-    269 images allow; the same images for every student). The answer is
-    a function of ``keep`` and ``beat`` alone: a student scored in full before and now asked with a bar it
+    :data:`RACE_MARGIN`, that part's accuracy is returned without the rest (a fixed stratified third, the
+    same images for every student). The answer is a function of ``keep`` and ``beat`` alone: a student scored in full before and now asked with a bar it
     cannot reach gets its first part's accuracy too, and one cut before is scored in full when asked
     without ``beat`` (the repair, the final student) or with a bar it may reach. The validation images are
     always evaluated in the same two parts. :attr:`last_images` says how many images the last answer
